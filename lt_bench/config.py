@@ -1,0 +1,87 @@
+"""Checks of config.yaml that need the registries, and resolution of the grid.
+
+The JSON schema (workflow/schemas/config.schema.yaml) catches typos and types; this
+module catches names that only the registries know (unknown suite, dataset, backbone or
+method) and resolves each method's hyper-parameters for one dataset.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Suite:
+    name: str
+    datasets: list[str]
+    backbones: list[str]
+    methods: list[str]
+    seeds: list[int]
+
+
+def _check_names(kind: str, names: list[str], registry, where: str) -> None:
+    for n in names:
+        if kind == "backbone" and n.startswith("local:"):
+            continue
+        if n not in registry:
+            raise ConfigError(f"{where}: unknown {kind} {n!r}; valid {kind}s: "
+                              f"{', '.join(registry.names())}")
+
+
+def resolve_suite(config: dict[str, Any]) -> Suite:
+    from lt_bench.backbones import BACKBONES
+    from lt_bench.data import DATASETS
+    from lt_bench.methods import METHODS
+
+    name = config.get("suite", "demo")
+    suites = config.get("suites", {})
+    if name not in suites:
+        raise ConfigError(f"unknown suite {name!r} (config key 'suite'); "
+                          f"valid suites: {', '.join(sorted(suites))}")
+    s = suites[name]
+    where = f"suites.{name}"
+    _check_names("dataset", s["datasets"], DATASETS, f"{where}.datasets")
+    _check_names("backbone", s["backbones"], BACKBONES, f"{where}.backbones")
+    _check_names("method", s["methods"], METHODS, f"{where}.methods")
+    for m in config.get("methods", {}):
+        if m not in METHODS:
+            raise ConfigError(f"methods: unknown method {m!r}; valid methods: "
+                              f"{', '.join(METHODS.names())}")
+    for m in s["methods"]:
+        for req in METHODS.get(m).requires:
+            if req not in s["methods"]:
+                raise ConfigError(f"{where}.methods: {m!r} builds on {req!r}, which is not "
+                                  "in the suite; add it")
+    for d in config.get("method_overrides", {}):
+        if d not in DATASETS:
+            raise ConfigError(f"method_overrides: unknown dataset {d!r}; valid datasets: "
+                              f"{', '.join(DATASETS.names())}")
+    return Suite(name, list(s["datasets"]), list(s["backbones"]), list(s["methods"]),
+                 [int(x) for x in s["seeds"]])
+
+
+def method_hparams(config: dict[str, Any], method: str, dataset: str) -> dict[str, Any]:
+    """Resolved hyper-parameters: method defaults < config.methods < per-dataset overrides.
+
+    Overrides apply only to keys the method accepts (``epochs: 20`` for iNat2018 touches
+    trained heads, not zero-shot).
+    """
+    from lt_bench.methods import METHODS
+
+    cls = METHODS.get(method)
+    given = dict(config.get("methods", {}).get(method) or {})
+    unknown = set(given) - set(cls.defaults)
+    if unknown:
+        raise ConfigError(f"methods.{method}: unknown hyper-parameter(s) {sorted(unknown)}; "
+                          f"valid: {sorted(cls.defaults) or 'none'}")
+    over = config.get("method_overrides", {}).get(dataset, {})
+    bad = set(over) - set().union(*(c.defaults for _, c in METHODS.items()))
+    if bad:
+        raise ConfigError(f"method_overrides.{dataset}: unknown hyper-parameter(s) "
+                          f"{sorted(bad)}")
+    return {**cls.defaults, **given, **{k: v for k, v in over.items() if k in cls.defaults}}

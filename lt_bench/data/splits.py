@@ -1,0 +1,177 @@
+"""Split lists in the OLTR format and class-name files.
+
+A split list has one ``relative/path label`` per line. Labels are integers in
+``[0, num_classes)``. A path is everything before the *last* run of whitespace, so a
+path with inner spaces survives (the ImageNet/Places/iNat lists have none, but user
+datasets may). ``classnames.txt`` has one class name per line; line ``i`` names
+label ``i``.
+
+Data groups follow the paper: *many* = classes with more than 100 training images,
+*medium* = 20 to 100 inclusive, *few* = fewer than 20.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from lt_bench.io import atomic_path, sha256_file
+
+#: a class is "many" above this many training images
+MANY_ABOVE = 100
+#: a class is "few" below this many training images
+FEW_BELOW = 20
+
+
+class SplitFormatError(ValueError):
+    """A split list or class-name file is malformed; the message names file and line."""
+
+
+def _where(path: str | os.PathLike, lineno: int) -> str:
+    return f"{path}, line {lineno}"
+
+
+def parse_split_line(line: str, path: str | os.PathLike = "<split>", lineno: int = 0,
+                     num_classes: int | None = None) -> tuple[str, int]:
+    """Parse one ``relative/path label`` line (split on the last whitespace)."""
+    text = line.strip()
+    parts = text.rsplit(None, 1)
+    if len(parts) != 2:
+        raise SplitFormatError(
+            f"{_where(path, lineno)}: expected 'relative/path label', got {text!r}"
+        )
+    rel, raw_label = parts
+    try:
+        label = int(raw_label)
+    except ValueError:
+        raise SplitFormatError(
+            f"{_where(path, lineno)}: label {raw_label!r} is not an integer "
+            f"(expected 'relative/path label')"
+        ) from None
+    if label < 0 or (num_classes is not None and label >= num_classes):
+        bound = f"[0, {num_classes})" if num_classes is not None else ">= 0"
+        raise SplitFormatError(f"{_where(path, lineno)}: label {label} is out of range {bound}")
+    return rel, label
+
+
+def read_split(path: str | os.PathLike, num_classes: int | None = None
+               ) -> tuple[list[str], list[int]]:
+    """Read a split list; returns ``(relative_paths, labels)``.
+
+    Blank lines are skipped (a trailing newline is normal). Any other malformed line
+    raises :class:`SplitFormatError` naming the file and its 1-based line number.
+    """
+    paths: list[str] = []
+    labels: list[int] = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            rel, label = parse_split_line(line, path, lineno, num_classes)
+            paths.append(rel)
+            labels.append(label)
+    return paths, labels
+
+
+def write_split(path: str | os.PathLike, paths: Sequence[str], labels: Sequence[int]) -> None:
+    """Write a split list atomically; refuses entries that could not be read back."""
+    if len(paths) != len(labels):
+        raise ValueError(f"{path}: {len(paths)} paths but {len(labels)} labels")
+    lines = []
+    for i, (rel, label) in enumerate(zip(paths, labels, strict=True)):
+        # A path with a newline, or with leading/trailing whitespace, would not parse back.
+        if not rel or "\n" in rel or "\r" in rel or rel != rel.strip():
+            raise ValueError(f"{path}: entry {i}: path {rel!r} cannot be written to a split list")
+        lines.append(f"{rel} {int(label)}\n")
+    with atomic_path(path) as tmp:
+        tmp.write_text("".join(lines), encoding="utf-8")
+
+
+def class_counts(labels: Sequence[int] | np.ndarray, num_classes: int) -> np.ndarray:
+    """Images per class as an int64 array of length ``num_classes``."""
+    arr = np.asarray(labels, dtype=np.int64)
+    if arr.size and (arr.min() < 0 or arr.max() >= num_classes):
+        bad = int(arr.max()) if arr.max() >= num_classes else int(arr.min())
+        raise ValueError(f"label {bad} is out of range [0, {num_classes})")
+    return np.bincount(arr, minlength=num_classes)
+
+
+def group_of_count(count: int) -> str:
+    """D-group of a class from its training-image count: 'many', 'medium' or 'few'."""
+    if count > MANY_ABOVE:
+        return "many"
+    if count >= FEW_BELOW:
+        return "medium"
+    return "few"
+
+
+def group_counts(counts: np.ndarray) -> dict[str, int]:
+    """How many classes fall in each D-group."""
+    counts = np.asarray(counts)
+    return {
+        "many": int((counts > MANY_ABOVE).sum()),
+        "medium": int(((counts >= FEW_BELOW) & (counts <= MANY_ABOVE)).sum()),
+        "few": int((counts < FEW_BELOW).sum()),
+    }
+
+
+def stats_from_labels(labels: Sequence[int], num_classes: int | None = None) -> dict:
+    """Statistics of a label list; see :func:`split_stats`."""
+    arr = np.asarray(labels, dtype=np.int64)
+    k = num_classes if num_classes is not None else (int(arr.max()) + 1 if arr.size else 0)
+    counts = class_counts(arr, k)
+    max_count = int(counts.max()) if k else 0
+    min_count = int(counts.min()) if k else 0
+    return {
+        "n_images": int(arr.size),
+        # classes that actually have images: a class missing from a split shows up here
+        "n_classes": int((counts > 0).sum()),
+        "max_count": max_count,
+        "min_count": min_count,
+        # None rather than inf when a class is empty: inf is not valid JSON
+        "imbalance_ratio": (max_count / min_count) if min_count else None,
+        **group_counts(counts),
+    }
+
+
+def split_stats(path: str | os.PathLike, num_classes: int | None = None) -> dict:
+    """Statistics of a split list.
+
+    Keys: ``n_images``, ``n_classes`` (classes with at least one image), ``max_count``,
+    ``min_count``, ``imbalance_ratio`` (max/min; None if a class is empty), and
+    ``many`` / ``medium`` / ``few`` (number of classes per D-group). Counts run over
+    ``num_classes`` classes when given, else over ``0..max label``; classes with no
+    image count as ``min_count = 0`` and as *few*.
+    """
+    _, labels = read_split(path, num_classes)
+    return stats_from_labels(labels, num_classes)
+
+
+def split_hash(path: str | os.PathLike) -> str:
+    """sha256 of a split file (recorded in feature metadata to tie features to splits)."""
+    return sha256_file(path)
+
+
+def read_classnames(path: str | os.PathLike, num_classes: int | None = None) -> list[str]:
+    """Read ``classnames.txt`` (one name per line; line i names label i)."""
+    names = Path(path).read_text(encoding="utf-8").splitlines()
+    while names and not names[-1].strip():  # tolerate trailing blank lines only
+        names.pop()
+    for lineno, name in enumerate(names, start=1):
+        if not name.strip():
+            raise SplitFormatError(f"{_where(path, lineno)}: empty class name")
+    if num_classes is not None and len(names) != num_classes:
+        raise SplitFormatError(f"{path}: expected {num_classes} class names, found {len(names)}")
+    return [n.strip() for n in names]
+
+
+def write_classnames(path: str | os.PathLike, names: Sequence[str]) -> None:
+    """Write ``classnames.txt`` atomically, one name per line."""
+    for i, name in enumerate(names):
+        if not name.strip() or "\n" in name or "\r" in name:
+            raise ValueError(f"{path}: class {i} has an invalid name {name!r}")
+    with atomic_path(path) as tmp:
+        tmp.write_text("".join(f"{n.strip()}\n" for n in names), encoding="utf-8")

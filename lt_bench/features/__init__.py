@@ -1,0 +1,1 @@
+"""Feature extraction into Parquet and the feature store."""

@@ -1,0 +1,25 @@
+"""Logit-adjusted loss (Menon et al. 2021): ``CE(z + τ log π, y)``; τ = 1 is Balanced Softmax.
+
+At test time the raw logits ``z`` are used, which is what removes the train prior.
+"""
+
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+
+from lt_bench.methods.base import METHODS, FitContext
+from lt_bench.methods.heads import HEAD_DEFAULTS, HeadMethod
+
+
+@METHODS.register("la")
+class LogitAdjusted(HeadMethod):
+    name = "la"
+    defaults: ClassVar[dict[str, Any]] = {**HEAD_DEFAULTS, "tau": 1.0}
+    description = "logit-adjusted loss CE(z + τ log π, y)"
+
+    def setup(self, ctx: FitContext) -> None:
+        self.adjust = self.hparams["tau"] * torch.as_tensor(ctx.log_prior, dtype=torch.float32)
+
+    def loss(self, logits: torch.Tensor, y: torch.Tensor, epoch: int) -> torch.Tensor:
+        return F.cross_entropy(logits + self.adjust, y)
