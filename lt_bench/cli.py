@@ -192,7 +192,29 @@ def _data_commands(sub):
     add_data_commands(sub)
 
 
-_EXTRA_COMMANDS = [_data_commands]
+def _hook(module: str, func: str):
+    """Subcommands contributed by a package (``add_*_commands(subparsers)``)."""
+
+    def add(sub):
+        import importlib
+
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as e:  # that stage is not installed in this checkout
+            if e.name != module:
+                raise
+            return
+        getattr(mod, func)(sub)
+
+    return add
+
+
+_EXTRA_COMMANDS = [
+    _data_commands,
+    _hook("lt_bench.methods.cli", "add_method_commands"),  # prior, backdoor
+    _hook("lt_bench.report.cli", "add_report_commands"),  # report, tables, figures
+    _hook("lt_bench.tracking", "add_tracking_commands"),  # ingest
+]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,3 +1,6 @@
+FINAL_TARGETS.extend(["results/tables/main.csv", "results/tables/main.md"])
+
+
 localrules:
     aggregate,
 

@@ -1,0 +1,1 @@
+# Prior estimation (GLA) and the causal backdoor ensemble: see issue 3.

@@ -1,0 +1,1 @@
+# MLflow ingestion (single local writer): see issue 5.
