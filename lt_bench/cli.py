@@ -24,6 +24,17 @@ def _kv(s: str) -> tuple[str, str]:
     return k, v
 
 
+def _workers(s: str) -> int:
+    if s == "auto":
+        from lt_bench.features.extract import auto_num_workers
+
+        return auto_num_workers()
+    try:
+        return max(0, int(s))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of workers or 'auto', got {s!r}") from None
+
+
 def _threads(n: int | None) -> None:
     if n:
         import torch
@@ -82,11 +93,27 @@ def cmd_extract(a):
 
     _threads(a.threads)
     ds = get_dataset(a.dataset, **(a.dataset_params or {}))
-    root = ds.image_root(Path(a.split_dir), a.data_root)
+    if a.image_root_from:  # the root an image check verified (lt-bench check-images --out)
+        root = Path(json.loads(Path(a.image_root_from).read_text())["image_root"])
+    else:
+        root = ds.image_root(Path(a.split_dir), a.data_root)
     stats = extract_all(a.dataset, Path(a.split_dir), root, a.backbone, Path(a.out_dir),
                         checkpoint=a.checkpoint, splits=ds.splits, batch_size=a.batch_size,
                         num_workers=a.num_workers, device=a.device, shard_size=a.shard_size)
     print(json.dumps(stats))
+
+
+def cmd_check_images(a):
+    from lt_bench.data.real import ensure_images
+    from lt_bench.io import write_json
+
+    data_root = str(Path(a.data_root).expanduser().absolute()) if a.data_root else None
+    report = ensure_images(a.dataset, Path(a.split_dir), data_root, params=a.params or {},
+                           download=a.download, sample=a.sample)
+    if a.out:
+        write_json(a.out, report)
+    print(json.dumps({k: report[k] for k in ("dataset", "image_root", "n_listed", "n_sampled",
+                                             "ok")}))
 
 
 def cmd_train(a):
@@ -94,7 +121,8 @@ def cmd_train(a):
 
     _threads(a.threads)
     m = train_run(a.method, Path(a.features_dir), Path(a.out), a.seed, a.hparams or {},
-                  prior=Path(a.prior) if a.prior else None, base_runs=dict(a.base or []))
+                  prior=Path(a.prior) if a.prior else None, base_runs=dict(a.base or []),
+                  tune=a.tune)
     print(json.dumps({k: m[k] for k in ("top1", "many", "medium", "few")}))
 
 
@@ -145,15 +173,34 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--dataset-params", type=_json_arg)
     s.add_argument("--split-dir", required=True)
     s.add_argument("--data-root", help="image root of real datasets")
+    s.add_argument("--image-root-from", metavar="REPORT",
+                   help="take the image root from a `check-images --out` report instead")
     s.add_argument("--backbone", required=True)
     s.add_argument("--checkpoint", help="local checkpoint (required for toy backbones)")
     s.add_argument("--out-dir", required=True)
     s.add_argument("--batch-size", type=int, default=256)
-    s.add_argument("--num-workers", type=int, default=2)
+    s.add_argument("--num-workers", type=_workers, default="auto",
+                   help="decode worker processes, or auto: the CPUs this process may use - 1, "
+                        "at most 16 (default: auto)")
     s.add_argument("--shard-size", type=int, default=8192)
     s.add_argument("--device", help="cpu, cuda, cuda:1 (default: pick a free one)")
     s.add_argument("--threads", type=int)
     s.set_defaults(func=cmd_extract)
+
+    s = sub.add_parser("check-images", help="verify a dataset's images (download if allowed)",
+                       description="Check that every image of the split lists exists under "
+                       "--data-root and that a sample decodes; with --download, Places-LT and "
+                       "iNat2018 images that are missing are downloaded first. Writes the "
+                       "report (with the verified image root) to --out.")
+    s.add_argument("dataset")
+    s.add_argument("--split-dir", required=True, help="folder with train/val/test.txt")
+    s.add_argument("--data-root", help="folder the split-list paths are relative to")
+    s.add_argument("--params", type=_json_arg, help="dataset parameters as JSON")
+    s.add_argument("--download", action="store_true",
+                   help="download missing images (places_lt, inat2018; never ImageNet)")
+    s.add_argument("--sample", type=int, default=200, help="images to decode (default: 200)")
+    s.add_argument("--out", help="JSON report, written atomically when the check passes")
+    s.set_defaults(func=cmd_check_images)
 
     s = sub.add_parser("train", help="fit one method on one (dataset, backbone, seed)")
     s.add_argument("--method", required=True)
@@ -164,6 +211,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--prior", help="prior parquet of the backbone (q_hat)")
     s.add_argument("--base", type=_kv, action="append", metavar="METHOD=RUN_DIR",
                    help="finished run this method builds on (repeatable)")
+    s.add_argument("--tune", action=argparse.BooleanOptionalAction, default=None,
+                   help="may post-hoc knobs be tuned on val (--no-tune where val overlaps "
+                        "train; default: from the dataset's default split policy)")
     s.add_argument("--threads", type=int)
     s.set_defaults(func=cmd_train)
 

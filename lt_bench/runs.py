@@ -8,6 +8,7 @@ logits without retraining), ``metrics.json``, ``per_class.parquet``, ``history.j
 
 from __future__ import annotations
 
+import json
 import logging
 import platform
 import time
@@ -52,11 +53,34 @@ def read_prior(path: Path | None) -> np.ndarray | None:
     return df.sort_values("label")["q_hat"].to_numpy()
 
 
+def read_prior_temperature(path: Path | None) -> float | None:
+    """The temperature T the prior q̂ was fitted at (schema metadata of the prior file)."""
+    if path is None:
+        return None
+    meta = json.loads((pq.read_schema(path).metadata or {}).get(b"lt_bench", b"{}"))
+    return meta.get("temperature")
+
+
+def may_tune(dataset: str | None) -> bool:
+    """False where the dataset's val split (at its default parameters) overlaps train."""
+    from lt_bench.data import DATASETS
+
+    if dataset not in DATASETS:
+        return True
+    return not DATASETS.get(dataset)().val_overlaps_train
+
+
 def train_run(method: str, features_dir: Path, out_dir: Path, seed: int,
               hparams: dict[str, Any] | None = None, prior: Path | None = None,
-              base_runs: dict[str, Path] | None = None) -> dict[str, Any]:
+              base_runs: dict[str, Path] | None = None,
+              tune: bool | None = None) -> dict[str, Any]:
+    """Fit ``method`` and write its run folder. ``tune``: may knobs be tuned on val (None:
+    decided by the dataset's default ``val_overlaps_train``; the workflow passes it)."""
     features_dir, out_dir = Path(features_dir), Path(out_dir)
     cls = METHODS.get(method)
+    if getattr(cls, "kind", None) == "ensemble":
+        raise ValueError(f"method {method!r} combines runs of several backbones and is not "
+                         f"trained on one; use `lt-bench {method} --members RUN_DIR... --out DIR`")
     m = cls(**(hparams or {}))
     base_runs = {k: Path(v) for k, v in (base_runs or {}).items()}
     missing = [r for r in cls.requires if r not in base_runs]
@@ -73,9 +97,16 @@ def train_run(method: str, features_dir: Path, out_dir: Path, seed: int,
     q_hat = read_prior(prior)
     if cls.needs_prior and q_hat is None:
         raise ValueError(f"method {method!r} needs the backbone's estimated prior (--prior)")
+    if q_hat is not None and len(q_hat) != k:
+        raise ValueError(f"prior {prior} covers {len(q_hat)} classes; the features in "
+                         f"{features_dir} have {k}")
+    if tune is None:
+        tune = may_tune(splits["train"].meta.get("dataset"))
     ctx = FitContext(train=splits["train"], val=splits["val"], test=splits["test"], text=text,
                      train_counts=counts, hparams=m.hparams, seed=seed, prior=q_hat,
-                     base={n: load_predictor(d) for n, d in base_runs.items()})
+                     base={n: load_predictor(d) for n, d in base_runs.items()},
+                     tune=tune, features_dir=features_dir,
+                     prior_temperature=read_prior_temperature(prior))
     t0 = time.time()
     result = m.fit(ctx)
     fit_seconds = time.time() - t0
@@ -91,6 +122,7 @@ def train_run(method: str, features_dir: Path, out_dir: Path, seed: int,
         "feature_sha256": {s: sha256_file(features_dir / f"{s}.parquet") for s in SPLITS},
         "split_sha256": {s: f.meta.get("split_sha256") for s, f in splits.items()},
         "prior": str(prior) if prior else None,
+        "tune": tune,
         "base_runs": {k: str(v) for k, v in base_runs.items()},
         "platform": platform.platform(),
     }

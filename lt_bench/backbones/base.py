@@ -1,8 +1,23 @@
 """Backbone specs, the registry, and one loader for every kind of backbone.
 
-Toy CLIPs are open_clip models with a custom config; they load through the same
-``open_clip.create_model_and_transforms(..., pretrained=<path>)`` call as a real
-CLIP with a local checkpoint, so the toy world exercises the real code path.
+Three kinds, one loader (:func:`load_backbone`):
+
+``open_clip``
+    A real CLIP: an open_clip model config plus a pretrained tag, downloaded by open_clip
+    on the user's machine (``ViT-B-16-quickgelu`` + ``openai``), or any local checkpoint
+    of an open_clip architecture, named ``local:<open_clip model>:<checkpoint path>``.
+``toy``
+    The pipeline's toy CLIPs: open_clip models with a custom config (``model_configs/``)
+    whose checkpoint the pipeline pre-trains. They load through the same
+    ``open_clip.create_model_and_transforms(..., pretrained=<path>)`` call as a real CLIP
+    with a local checkpoint, so the toy world exercises the real code path.
+``timm``
+    A non-CLIP image model (``timm.create_model(f"{model}.{pretrained}", num_classes=0)``):
+    its pooled pre-logits features; no text tower, so no zero-shot and heads start from
+    class means.
+
+A checkpoint given to :func:`load_backbone` replaces the download of a registered real
+backbone (an offline machine, a mirror); the preprocessing is still the tag's.
 """
 
 from __future__ import annotations
@@ -20,6 +35,7 @@ log = logging.getLogger(__name__)
 
 _CONFIG_DIR = Path(__file__).parent / "model_configs"
 _configs_added = False
+_CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
 
 
 def ensure_model_configs() -> None:
@@ -37,8 +53,9 @@ class BackboneSpec:
     name: str
     #: "open_clip" (real or local checkpoint), "toy" (pre-trained by the pipeline), "timm"
     library: str
+    #: open_clip model config name, or timm architecture name (without the tag)
     model: str
-    #: open_clip pretrained tag or timm pretrained flag; None for toy backbones
+    #: open_clip pretrained tag / checkpoint path, or timm pretrained tag; None for toy
     pretrained: str | None = None
     #: CLIP-style models have a text tower, so zero-shot and text-initialised heads
     has_text: bool = True
@@ -46,8 +63,15 @@ class BackboneSpec:
     templates: str = "imagenet"
     #: toy backbones: index into the pre-training seeds (its own class order)
     toy_index: int | None = None
+    #: dimension of the stored image feature (None where unknown, e.g. local checkpoints)
+    feature_dim: int | None = None
     description: str = ""
     extra: dict = field(default_factory=dict)
+
+    @property
+    def timm_name(self) -> str:
+        """``architecture.tag`` as timm names pretrained weights."""
+        return f"{self.model}.{self.pretrained}" if self.pretrained else self.model
 
 
 BACKBONES: Registry[BackboneSpec] = Registry("backbone")
@@ -68,54 +92,117 @@ class LoadedBackbone:
 
     @property
     def logit_scale(self) -> float | None:
+        if not self.spec.has_text:
+            return None
         ls = getattr(self.model, "logit_scale", None)
-        return float(ls.exp()) if ls is not None else None
+        return float(ls.detach().float().exp().item()) if ls is not None else None
 
 
 def resolve_spec(name: str) -> BackboneSpec:
     """Registered name, or ``local:<open_clip model>:<checkpoint path>`` for any local ckpt."""
     if name.startswith("local:"):
-        try:
-            _, model, path = name.split(":", 2)
-        except ValueError:
+        _, model, path = (name.split(":", 2) + ["", ""])[:3]
+        if not model or not path:
             raise ValueError(
-                f"backbone {name!r}: expected 'local:<open_clip model name>:<checkpoint path>'"
-            ) from None
-        return BackboneSpec(name=name, library="open_clip", model=model, pretrained=path)
+                f"backbone {name!r}: expected 'local:<open_clip model name>:<checkpoint path>', "
+                "e.g. local:ViT-B-16:/models/my_clip.pt")
+        return BackboneSpec(name=name, library="open_clip", model=model, pretrained=path,
+                            description=f"local open_clip checkpoint {path}")
     return BACKBONES.get(name)
+
+
+def _looks_like_file(value: str | None) -> bool:
+    return bool(value) and (Path(value).suffix in _CHECKPOINT_SUFFIXES or "/" in value)
+
+
+def open_clip_tag_preprocess(model: str, tag: str | None) -> dict:
+    """Preprocessing of an open_clip pretrained tag (mean, std, interpolation, resize mode).
+
+    Used when a local checkpoint replaces the tag's download, so the images are
+    preprocessed as the weights expect (open_clip's defaults are OpenAI's otherwise).
+    """
+    if not tag or _looks_like_file(tag):
+        return {}
+    from open_clip.pretrained import get_pretrained_cfg
+
+    cfg = get_pretrained_cfg(model, tag) or {}
+    keys = {"mean": "image_mean", "std": "image_std", "interpolation": "image_interpolation",
+            "resize_mode": "image_resize_mode"}
+    return {arg: cfg[k] for k, arg in keys.items() if cfg.get(k) is not None}
+
+
+def _load_open_clip(spec: BackboneSpec, checkpoint: str | Path | None,
+                    device: torch.device) -> LoadedBackbone:
+    import open_clip
+
+    ensure_model_configs()
+    if spec.library == "toy" and checkpoint is None:
+        raise ValueError(f"backbone {spec.name!r} is a toy CLIP: pass its checkpoint "
+                         f"(results/backbones/{spec.name}/checkpoint.pt, made by `lt-bench pretrain`)")
+    pretrained = str(checkpoint) if checkpoint is not None else spec.pretrained
+    if spec.model not in open_clip.list_models():
+        raise ValueError(f"backbone {spec.name!r}: open_clip has no model config {spec.model!r}; "
+                         "see open_clip.list_models()")
+    kwargs = open_clip_tag_preprocess(spec.model, spec.pretrained) if checkpoint else {}
+    if _looks_like_file(pretrained) and not Path(pretrained).is_file():
+        raise FileNotFoundError(f"checkpoint for backbone {spec.name!r} not found: {pretrained}")
+    try:
+        model, _, preprocess = open_clip.create_model_and_transforms(
+            spec.model, pretrained=pretrained, device=device, **kwargs)
+    except RuntimeError as e:
+        if "Failed to download" not in str(e):
+            raise
+        raise RuntimeError(
+            f"backbone {spec.name!r}: could not get the weights of open_clip "
+            f"{spec.model!r} / {pretrained!r} ({e}). open_clip downloads them on first use "
+            "(Hugging Face Hub or the publisher's URL) into ~/.cache; on a machine without "
+            "network, download them elsewhere into the same cache (HF_HOME), or pass the file "
+            "as --checkpoint (or use the backbone name local:<model>:<path>).") from e
+    tokenizer = open_clip.get_tokenizer(spec.model)
+    return LoadedBackbone(spec, model, preprocess, tokenizer, pretrained)
+
+
+def _load_timm(spec: BackboneSpec, checkpoint: str | Path | None,
+               device: torch.device) -> LoadedBackbone:
+    import timm
+    from timm.data import create_transform, resolve_model_data_config
+
+    if checkpoint is not None and not Path(checkpoint).is_file():
+        raise FileNotFoundError(f"checkpoint for backbone {spec.name!r} not found: {checkpoint}")
+    name = spec.timm_name
+    # With a local file timm loads it through its pretrained machinery (the classifier of
+    # the file is dropped for num_classes=0), so the tag's preprocessing still applies.
+    load = checkpoint is not None or bool(spec.pretrained)
+    overlay = {"file": str(checkpoint)} if checkpoint is not None else None
+    try:
+        model = timm.create_model(name, pretrained=load, num_classes=0,
+                                  pretrained_cfg_overlay=overlay)
+    except RuntimeError as e:
+        if checkpoint is not None:
+            raise
+        raise RuntimeError(
+            f"backbone {spec.name!r}: could not get the weights of timm {name!r} ({e}); on a "
+            "machine without network pass a local file as --checkpoint") from e
+    preprocess = create_transform(**resolve_model_data_config(model), is_training=False)
+    return LoadedBackbone(spec, model.to(device), preprocess, None,
+                          str(checkpoint) if checkpoint is not None else name)
 
 
 def load_backbone(name: str, checkpoint: str | Path | None = None,
                   device: str | torch.device = "cpu") -> LoadedBackbone:
-    """Build a backbone in eval mode.
+    """Build a backbone in eval mode on ``device``.
 
     ``checkpoint`` is required for toy backbones (the pipeline's pre-trained file) and
-    overrides the pretrained tag of an open_clip backbone otherwise.
+    replaces the download of a registered open_clip or timm backbone otherwise.
     """
     spec = resolve_spec(name)
+    device = torch.device(device)
     if spec.library == "timm":
-        import timm
-        from timm.data import create_transform, resolve_data_config
-
-        model = timm.create_model(spec.model, pretrained=checkpoint is None and bool(spec.pretrained),
-                                  num_classes=0,
-                                  pretrained_cfg_overlay=({"file": str(checkpoint)} if checkpoint else None))
-        preprocess = create_transform(**resolve_data_config({}, model=model))
-        loaded = LoadedBackbone(spec, model, preprocess, None, str(checkpoint or spec.pretrained))
+        loaded = _load_timm(spec, checkpoint, device)
+    elif spec.library in ("open_clip", "toy"):
+        loaded = _load_open_clip(spec, checkpoint, device)
     else:
-        import open_clip
-
-        ensure_model_configs()
-        pretrained = str(checkpoint) if checkpoint is not None else spec.pretrained
-        if spec.library == "toy" and checkpoint is None:
-            raise ValueError(f"backbone {name!r} is a toy CLIP: pass its checkpoint "
-                             "(results/backbones/{name}/checkpoint.pt, made by `lt-bench pretrain`)")
-        if pretrained and Path(pretrained).suffix in (".pt", ".pth", ".bin", ".safetensors") \
-                and not Path(pretrained).is_file():
-            raise FileNotFoundError(f"checkpoint for backbone {name!r} not found: {pretrained}")
-        model, _, preprocess = open_clip.create_model_and_transforms(
-            spec.model, pretrained=pretrained, device=device)
-        tokenizer = open_clip.get_tokenizer(spec.model)
-        loaded = LoadedBackbone(spec, model, preprocess, tokenizer, pretrained)
+        raise ValueError(f"backbone {name!r}: unknown library {spec.library!r}; "
+                         "valid: open_clip, toy, timm")
     loaded.model.eval().to(device)
     return loaded

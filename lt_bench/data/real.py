@@ -15,8 +15,10 @@ Images
     layout when it is missing or wrong, and :func:`verify_images` checks that every listed
     image exists and that a sample decodes. ImageNet is never downloaded (licence).
     Places365-Standard and iNat2018 archives are downloaded by :func:`download_images`
-    only when the config asks for it (``download: true``); both resume and are extracted
-    with :func:`lt_bench.data.download.safe_extract_tar`.
+    only when the config asks for it (``download_images: true``); both resume and are
+    extracted with :func:`lt_bench.data.download.safe_extract_tar`. :func:`ensure_images`
+    (``lt-bench check-images``, the workflow's ``verify_images`` rule) verifies and, when
+    allowed, downloads what is missing first.
 
 iNaturalist 2018: what is tuned on what
     iNat2018 has no test split: the official val list (LIFT's ``iNaturalist18_val.txt``,
@@ -63,6 +65,11 @@ CIFAR-100-LT
     keeps all 500 of its CIFAR training images. ``test.txt`` is
     the whole CIFAR-100 test set (100 per class). Images are written as PNG files under
     ``<split_dir>/images/``, which is their image root.
+
+    ``cifar100_lt_ir100``, ``cifar100_lt_ir50`` and ``cifar100_lt_ir10`` are the same
+    dataset with the imbalance ratio fixed by the name (no ``imb_ratio`` param), so each IR
+    gets its own ``resources/data/<name>/`` and its own features and runs; ``cifar100_lt``
+    (``imb_ratio`` param, default 100) stays for use outside the workflow.
 """
 
 from __future__ import annotations
@@ -233,14 +240,14 @@ data_root must be the ILSVRC-2012 root, with the val images sorted into class fo
 PLACES_LAYOUT = """\
 Places-LT uses Places365-Standard in the "easy directory structure"
 (places365standard_easyformat.tar, from http://places2.csail.mit.edu/download.html, or
-set download: true). data_root must be its places365_standard folder (the folder that
+set download_images: true). data_root must be its places365_standard folder (the folder that
 contains places365_standard/ works too):
   <data_root>/train/airfield/00000001.jpg
   <data_root>/val/airfield/Places365_val_00000435.jpg"""
 
 INAT_LAYOUT = """\
 iNaturalist 2018 uses train_val2018.tar.gz (120 GB; from
-https://github.com/visipedia/inat_comp/tree/master/2018, or set download: true).
+https://github.com/visipedia/inat_comp/tree/master/2018, or set download_images: true).
 data_root must be the folder that contains train_val2018/:
   <data_root>/train_val2018/Actinopterygii/2229/2c5596da5091695e44b5604c2a53c477.jpg"""
 
@@ -640,6 +647,40 @@ class Cifar100LT(_ParamsMixin, Dataset):
         return Path(split_dir)
 
 
+class _Cifar100LTFixedIR(Cifar100LT):
+    """CIFAR-100-LT with the imbalance ratio fixed by the registered name."""
+
+    fixed_imb_ratio: ClassVar[int]
+    defaults = {k: v for k, v in Cifar100LT.defaults.items() if k != "imb_ratio"}
+
+    def __init__(self, **params: Any):
+        Dataset.__init__(self, **self._resolve_params(params), imb_ratio=self.fixed_imb_ratio)
+
+
+@DATASETS.register("cifar100_lt_ir100")
+class Cifar100LTIR100(_Cifar100LTFixedIR):
+    """CIFAR-100-LT, imbalance ratio 100 (500 -> 5 training images per class)."""
+
+    name = "cifar100_lt_ir100"
+    fixed_imb_ratio = 100
+
+
+@DATASETS.register("cifar100_lt_ir50")
+class Cifar100LTIR50(_Cifar100LTFixedIR):
+    """CIFAR-100-LT, imbalance ratio 50 (500 -> 10 training images per class)."""
+
+    name = "cifar100_lt_ir50"
+    fixed_imb_ratio = 50
+
+
+@DATASETS.register("cifar100_lt_ir10")
+class Cifar100LTIR10(_Cifar100LTFixedIR):
+    """CIFAR-100-LT, imbalance ratio 10 (500 -> 50 training images per class)."""
+
+    name = "cifar100_lt_ir10"
+    fixed_imb_ratio = 10
+
+
 # --------------------------------------------------------------------- image checks
 
 
@@ -739,7 +780,7 @@ def download_images(dataset: str, data_root: str | os.PathLike, *,
     """Download and safely extract a dataset's image archive into ``data_root``.
 
     Only for datasets in :data:`IMAGE_ARCHIVES` (Places-LT, iNat2018), and only to be
-    called when the config asks for it (``download: true``). Resumable; the archive is
+    called when the config asks for it (``download_images: true``). Resumable; the archive is
     verified (md5 for iNat2018; Places365 publishes no checksum, so its length is checked
     and the sha256 we compute is recorded in ``<archive>.sha256`` and checked on later
     runs). Returns what was done, with the archive's digest.
@@ -776,6 +817,43 @@ def _download_unchecksummed(url: str, archive: Path, progress: bool) -> dict:
     log.warning("%s: the publisher gives no checksum; verified the length only. "
                 "Computed sha256 %s, recorded in %s", url, digest, record)
     return {"checksum": f"sha256:{digest}", "checksum_source": "computed (none published)"}
+
+
+def ensure_images(dataset: str, split_dir: str | os.PathLike,
+                  data_root: str | os.PathLike | None, *, params: dict | None = None,
+                  download: bool = False, sample: int = 200, seed: int = 0) -> dict:
+    """Verify a dataset's images; with ``download``, fetch missing Places/iNat images first.
+
+    Returns the :func:`verify_images` report (plus ``download`` when something was
+    downloaded). Raises :class:`DataRootError` (no or wrong ``data_root``) or
+    :class:`ImageVerificationError` (missing or unreadable images) with a message saying
+    what is missing, where it was looked for and how to get it.
+    """
+    try:
+        report = verify_images(dataset, split_dir, data_root, sample=sample, seed=seed,
+                               params=params)
+        if report["ok"]:
+            return report
+        problem: Exception = ImageVerificationError(report["error"], report)
+    except DataRootError as err:
+        if data_root in (None, ""):
+            raise  # nowhere to put a download either
+        problem = err
+    if not download or dataset not in IMAGE_ARCHIVES:
+        if dataset in IMAGE_ARCHIVES:
+            hint = (f"\nlt-bench can download them: set the config key download_images: true "
+                    f"(or run `lt-bench data download-images {dataset} --data-root {data_root}`).")
+            if isinstance(problem, ImageVerificationError):
+                raise ImageVerificationError(str(problem) + hint, problem.report) from None
+            raise DataRootError(str(problem) + hint) from None
+        raise problem
+    log.warning("images of %s are missing under %s (%s); downloading them", dataset,
+                data_root, str(problem).splitlines()[0])
+    Path(data_root).expanduser().mkdir(parents=True, exist_ok=True)
+    fetched = download_images(dataset, data_root)
+    report = verify_images(dataset, split_dir, data_root, sample=sample, seed=seed,
+                           params=params, strict=True)
+    return {**report, "download": fetched}
 
 
 def _no_download_message(dataset: str) -> str:

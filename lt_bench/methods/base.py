@@ -9,6 +9,7 @@ the logits can be rebuilt without retraining.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -32,6 +33,13 @@ class FitContext:
     base: dict[str, Any] = field(default_factory=dict)
     #: the split knobs are tuned on ("val"; never the test split)
     tune_split: str = "val"
+    #: False where the tune split overlaps train (``Dataset.val_overlaps_train``, iNat2018's
+    #: default policy): post-hoc knobs then keep their defaults, and the run records it
+    tune: bool = True
+    #: the features folder the splits were read from (k-NN records its train file)
+    features_dir: Path | None = None
+    #: temperature T the prior q̂ was estimated at (``q̂`` fits ``z/T``); None without q̂
+    prior_temperature: float | None = None
 
     @property
     def num_classes(self) -> int:

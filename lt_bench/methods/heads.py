@@ -89,6 +89,10 @@ class HeadMethod(Method):
     def setup(self, ctx: FitContext) -> None:
         """Precompute loss constants (log priors, weights, margins) from the context."""
 
+    def init_weight(self, ctx: FitContext, rng: np.random.Generator) -> np.ndarray:
+        """Initial head weights (K, D); cRT overrides this to start from the CE head."""
+        return initial_weight(ctx, self.hparams["init"], rng)
+
     def loss(self, logits: torch.Tensor, y: torch.Tensor, epoch: int) -> torch.Tensor:
         return F.cross_entropy(logits, y)
 
@@ -100,7 +104,7 @@ class HeadMethod(Method):
         torch.manual_seed(ctx.seed)
         rng = np.random.default_rng(ctx.seed)
         self.setup(ctx)
-        head = CosineHead(initial_weight(ctx, hp["init"], rng), hp["scale"])
+        head = CosineHead(self.init_weight(ctx, rng), hp["scale"])
         opt = torch.optim.SGD(head.parameters(), lr=hp["lr"], momentum=hp["momentum"],
                               weight_decay=hp["weight_decay"])
         x_all = torch.from_numpy(ctx.train.features)

@@ -22,3 +22,34 @@ def collect_runs(runs_root: Path | str, metrics_files: list[Path | str] | None =
     if not rows:
         raise FileNotFoundError(f"no finished runs (metrics.json) under {runs_root}")
     return pd.DataFrame(rows)
+
+
+def run_identity(run_dir: Path | str) -> dict:
+    """dataset, backbone, method, seed of a finished run (and its ensemble members, if any)."""
+    run_dir = Path(run_dir)
+    m = read_json(run_dir / "metrics.json")
+    cfg_path = run_dir / "config.json"
+    cfg = read_json(cfg_path) if cfg_path.is_file() else {}
+    ident = {k: m.get(k, cfg.get(k)) for k in ("dataset", "backbone", "method", "seed")}
+    ident["members"] = list(cfg.get("members") or [])
+    return ident
+
+
+def collect_per_class(run_dirs: list[Path | str]) -> pd.DataFrame:
+    """``per_class.parquet`` of each run, with the run's identity and folder as columns."""
+    frames = []
+    for d in run_dirs:
+        d = Path(d)
+        path = d / "per_class.parquet"
+        if not path.is_file():
+            raise FileNotFoundError(f"{d}: finished run without per_class.parquet")
+        ident = run_identity(d)
+        df = pd.read_parquet(path)
+        for k in ("dataset", "backbone", "method", "seed"):
+            df[k] = ident[k]
+        df["ensemble"] = bool(ident["members"]) or ident["backbone"] == "ensemble"
+        df["run_dir"] = str(d)
+        frames.append(df)
+    if not frames:
+        raise FileNotFoundError("no run folders given")
+    return pd.concat(frames, ignore_index=True)

@@ -1,7 +1,14 @@
+# Features (DESIGN §3 stage 3): image features of every split + class text embeddings.
+# One GPU per job: `--resources gpu=N` caps concurrent jobs, and each job claims a free
+# device itself (lock files, lt_bench/features/device.py; SLURM's CUDA_VISIBLE_DEVICES is
+# honoured). Resumable: an interrupted job keeps its finished shards.
+
+
 rule extract_features:
     input:
         splits=multiext("resources/data/{dataset}/", "train.txt", "val.txt", "test.txt"),
         classnames="resources/data/{dataset}/classnames.txt",
+        images=images_verified,
         checkpoint=checkpoint_input,
     output:
         train="results/features/{dataset}/{backbone}/train.parquet",
@@ -10,8 +17,14 @@ rule extract_features:
         text="results/features/{dataset}/{backbone}/text.parquet",
     params:
         dataset_params=lambda wc: json.dumps(dataset_params(wc.dataset), sort_keys=True),
-        data_root=lambda wc: f"--data-root {config['data_root']}" if config["data_root"] else "",
-        checkpoint=lambda wc, input: f"--checkpoint {input.checkpoint}" if input.checkpoint else "",
+        # the verified image root is read from the check's report at run time, so moving
+        # data_root re-runs the (cheap) check but not the extraction
+        image_root=lambda wc, input: (
+            f"--image-root-from {input.images}" if input.images else ""
+        ),
+        checkpoint=lambda wc, input: (
+            f"--checkpoint {input.checkpoint}" if input.checkpoint else ""
+        ),
         batch_size=config["extract"]["batch_size"],
         num_workers=config["extract"]["num_workers"],
         shard_size=config["extract"]["shard_size"],
@@ -24,7 +37,7 @@ rule extract_features:
         gpu=1,
     shell:
         "lt-bench extract --dataset {wildcards.dataset} --dataset-params '{params.dataset_params}'"
-        " --split-dir resources/data/{wildcards.dataset} {params.data_root}"
+        " --split-dir resources/data/{wildcards.dataset} {params.image_root}"
         " --backbone {wildcards.backbone} {params.checkpoint}"
         " --out-dir results/features/{wildcards.dataset}/{wildcards.backbone}"
         " --batch-size {params.batch_size} --num-workers {params.num_workers}"

@@ -1,0 +1,19 @@
+"""Balanced Softmax (Ren et al. 2020): the logit-adjusted loss with τ fixed to 1."""
+
+from typing import Any, ClassVar
+
+import torch
+
+from lt_bench.methods.base import METHODS, FitContext
+from lt_bench.methods.heads import HEAD_DEFAULTS
+from lt_bench.methods.la import LogitAdjusted
+
+
+@METHODS.register("bs")
+class BalancedSoftmax(LogitAdjusted):
+    name = "bs"
+    defaults: ClassVar[dict[str, Any]] = dict(HEAD_DEFAULTS)  # no τ: it is fixed to 1
+    description = "balanced softmax CE(z + log π, y) (= la at τ = 1)"
+
+    def setup(self, ctx: FitContext) -> None:
+        self.adjust = torch.as_tensor(ctx.log_prior, dtype=torch.float32)

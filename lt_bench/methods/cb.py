@@ -1,0 +1,23 @@
+"""Class-balanced loss (Cui et al. 2019): CE weighted by ``(1 − β)/(1 − β^{n_k})``, mean 1."""
+
+from typing import Any, ClassVar
+
+import torch
+
+from lt_bench.methods.base import METHODS, FitContext
+from lt_bench.methods.heads import HEAD_DEFAULTS, HeadMethod
+from lt_bench.methods.losses import class_balanced_weights, weighted_ce
+
+
+@METHODS.register("cb")
+class ClassBalanced(HeadMethod):
+    name = "cb"
+    defaults: ClassVar[dict[str, Any]] = {**HEAD_DEFAULTS, "beta": 0.9999}
+    description = "class-balanced CE, w_k = (1−β)/(1−β^n_k)"
+
+    def setup(self, ctx: FitContext) -> None:
+        self.weight = torch.as_tensor(
+            class_balanced_weights(ctx.train_counts, self.hparams["beta"]), dtype=torch.float32)
+
+    def loss(self, logits: torch.Tensor, y: torch.Tensor, epoch: int) -> torch.Tensor:
+        return weighted_ce(logits, y, self.weight)

@@ -1,0 +1,31 @@
+"""Both priors in the loss (the paper's Eq. 6): ``CE(z + log π + log q̂, y)``.
+
+``π`` is the downstream train prior, ``q̂`` the backbone's estimated pre-training prior
+(``lt-bench prior``). Test logits are the raw ``z``.
+"""
+
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from lt_bench.methods.base import METHODS, FitContext
+from lt_bench.methods.heads import HEAD_DEFAULTS, HeadMethod
+
+
+@METHODS.register("gla_train")
+class GLATrain(HeadMethod):
+    name = "gla_train"
+    defaults: ClassVar[dict[str, Any]] = dict(HEAD_DEFAULTS)
+    needs_prior = True
+    description = "cosine head, CE(z + log π + log q̂, y)"
+
+    def setup(self, ctx: FitContext) -> None:
+        if ctx.prior is None:
+            raise ValueError("gla_train needs the backbone's estimated prior q̂ (--prior)")
+        adjust = ctx.log_prior + np.log(np.asarray(ctx.prior, dtype=np.float64))
+        self.adjust = torch.as_tensor(adjust, dtype=torch.float32)
+
+    def loss(self, logits: torch.Tensor, y: torch.Tensor, epoch: int) -> torch.Tensor:
+        return F.cross_entropy(logits + self.adjust, y)

@@ -1,0 +1,139 @@
+"""k-NN probe of the frozen features (the paper's Table 4): cosine k-NN on the train split.
+
+Each query's k most cosine-similar train images vote for their labels with weights
+``exp(sim / temperature)`` (DINO's weighted k-NN); the class scores are the vote shares
+``p_c`` and the logits ``log(p_c + 1e-6)`` (so softmax ≈ the vote shares for the ECE).
+``k`` is chosen on val from ``k_grid`` (``k`` where val overlaps train: there every val
+image would find itself). The run saves k, the temperature and the train features' path
+and sha256, so ``lt-bench logits`` rebuilds the logits without refitting.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from lt_bench.features.store import read_features
+from lt_bench.io import sha256_file, write_json
+from lt_bench.methods._posthoc import choose, top1
+from lt_bench.methods.base import METHODS, FitContext, FitResult, Method
+from lt_bench.methods.predictor import PREDICTOR_LOADERS
+
+EPS = 1e-6
+
+
+def _unit(x: np.ndarray) -> torch.Tensor:
+    t = torch.as_tensor(np.asarray(x, dtype=np.float32))
+    return t / t.norm(dim=1, keepdim=True).clamp_min(1e-12)
+
+
+def knn_neighbours(queries: np.ndarray, train: np.ndarray, k: int,
+                   max_elements: int = 1 << 25) -> tuple[np.ndarray, np.ndarray]:
+    """(similarities, indices) of the ``k`` most cosine-similar train rows per query,
+    most similar first; computed in chunks of queries to bound memory."""
+    tr = _unit(train)
+    k = min(k, tr.shape[0])
+    chunk = max(1, max_elements // max(tr.shape[0], 1))
+    sims, idx = [], []
+    q_all = _unit(queries)
+    for lo in range(0, q_all.shape[0], chunk):
+        s = q_all[lo:lo + chunk] @ tr.T
+        v, i = torch.topk(s, k, dim=1)  # sorted, descending
+        sims.append(v.numpy())
+        idx.append(i.numpy())
+    if not sims:
+        return np.zeros((0, k), np.float32), np.zeros((0, k), np.int64)
+    return np.concatenate(sims), np.concatenate(idx)
+
+
+def knn_vote_logits(sims: np.ndarray, neighbour_labels: np.ndarray, k: int,
+                    temperature: float, num_classes: int) -> np.ndarray:
+    """Logits ``log(p_c + 1e-6)`` from the first ``k`` neighbours' weighted votes."""
+    s = sims[:, :k].astype(np.float64)
+    w = np.exp((s - s[:, :1]) / temperature)  # shift by the max: the shares are unchanged
+    votes = np.zeros((len(s), num_classes))
+    np.add.at(votes, (np.arange(len(s))[:, None], neighbour_labels[:, :k]), w)
+    votes /= votes.sum(1, keepdims=True)
+    return np.log(votes + EPS).astype(np.float32)
+
+
+class KNNPredictor:
+    """Rebuilds k-NN logits from the train features file (checked against its sha256)."""
+
+    kind = "knn"
+
+    def __init__(self, k: int, temperature: float, train_features: str, train_sha256: str,
+                 num_classes: int):
+        self.k, self.temperature = int(k), float(temperature)
+        self.train_features, self.train_sha256 = str(train_features), train_sha256
+        self.num_classes = int(num_classes)
+        self._train = None
+
+    def _load(self):
+        if self._train is None:
+            path = Path(self.train_features)
+            if not path.is_file():
+                raise FileNotFoundError(f"k-NN predictor: train features {path} not found")
+            sha = sha256_file(path)
+            if sha != self.train_sha256:
+                raise ValueError(f"k-NN predictor: train features {path} changed since the run "
+                                 f"(sha256 {sha[:12]}…, run recorded {self.train_sha256[:12]}…); "
+                                 "rerun the knn run")
+            tr = read_features(path)
+            self._train = (tr.features, tr.labels)
+        return self._train
+
+    def logits(self, features: np.ndarray) -> np.ndarray:
+        feats, labels = self._load()
+        sims, idx = knn_neighbours(features, feats, self.k)
+        return knn_vote_logits(sims, labels[idx], self.k, self.temperature, self.num_classes)
+
+    def save(self, run_dir: Path) -> None:
+        write_json(Path(run_dir) / "predictor.json", {
+            "kind": "knn", "k": self.k, "temperature": self.temperature,
+            "train_features": self.train_features, "train_sha256": self.train_sha256,
+            "num_classes": self.num_classes})
+
+
+def _load_knn(run_dir: Path, spec: dict) -> KNNPredictor:
+    return KNNPredictor(spec["k"], spec["temperature"], spec["train_features"],
+                        spec["train_sha256"], spec["num_classes"])
+
+
+PREDICTOR_LOADERS["knn"] = _load_knn
+
+
+@METHODS.register("knn")
+class KNN(Method):
+    name = "knn"
+    defaults: ClassVar[dict[str, Any]] = {"k": 10, "k_grid": [1, 3, 5, 10, 20, 50, 100],
+                                          "temperature": 0.07}
+    description = "cosine k-NN on the frozen train features, k tuned on val"
+
+    def fit(self, ctx: FitContext) -> FitResult:
+        hp = self.hparams
+        if ctx.features_dir is None:
+            raise ValueError("knn needs the features folder (FitContext.features_dir) to "
+                             "record which train features its logits are rebuilt from")
+        path = Path(ctx.features_dir) / "train.parquet"
+        n = len(ctx.train)
+        grid = sorted({min(int(g), n) for g in hp["k_grid"]})
+        default = min(int(hp["k"]), n)
+        neighbours: dict[str, np.ndarray] = {}
+
+        def val_top1(k: int) -> float:
+            if not neighbours:  # one neighbour search serves every k of the grid
+                sims, idx = knn_neighbours(ctx.val.features, ctx.train.features, max(grid))
+                neighbours.update(sims=sims, labels=ctx.train.labels[idx])
+            z = knn_vote_logits(neighbours["sims"], neighbours["labels"], k,
+                                hp["temperature"], ctx.num_classes)
+            return top1(z, ctx.val.labels)
+
+        k, info = choose("k", grid, default, val_top1, ctx)
+        pred = KNNPredictor(k, hp["temperature"], str(path), sha256_file(path),
+                            ctx.num_classes)
+        pred._train = (ctx.train.features, ctx.train.labels)  # already in memory
+        return FitResult(pred, info={**info, "temperature": hp["temperature"]})

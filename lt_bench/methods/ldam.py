@@ -1,0 +1,36 @@
+"""LDAM (Cao et al. 2019): margin ``m_y ∝ n_y^(−1/4)`` (largest 0.5) subtracted from the
+true class's cosine, i.e. ``z_y − s · m_y`` with the head scale s; optional DRW.
+
+DRW (deferred re-weighting): from epoch ``drw_epoch`` on (0-based; ``null`` = off, the
+default) each sample's loss is weighted by its class-balanced weight
+``(1 − β)/(1 − β^{n_y})`` (β = ``drw_beta``, mean 1). LDAM-DRW defers to the last quarter
+of training, e.g. ``drw_epoch: 8`` for 10 epochs.
+"""
+
+from typing import Any, ClassVar
+
+import torch
+
+from lt_bench.methods.base import METHODS, FitContext
+from lt_bench.methods.heads import HEAD_DEFAULTS, HeadMethod
+from lt_bench.methods.losses import class_balanced_weights, ldam_loss, ldam_margins
+
+
+@METHODS.register("ldam")
+class LDAM(HeadMethod):
+    name = "ldam"
+    defaults: ClassVar[dict[str, Any]] = {**HEAD_DEFAULTS, "max_margin": 0.5,
+                                          "drw_epoch": None, "drw_beta": 0.9999}
+    description = "label-distribution-aware margin z_y − s·m_y (optional DRW)"
+
+    def setup(self, ctx: FitContext) -> None:
+        hp = self.hparams
+        self.margins = torch.as_tensor(ldam_margins(ctx.train_counts, hp["max_margin"]),
+                                       dtype=torch.float32)
+        self.drw_weight = torch.as_tensor(
+            class_balanced_weights(ctx.train_counts, hp["drw_beta"]), dtype=torch.float32)
+
+    def loss(self, logits: torch.Tensor, y: torch.Tensor, epoch: int) -> torch.Tensor:
+        drw = self.hparams["drw_epoch"]
+        weight = self.drw_weight if drw is not None and epoch >= drw else None
+        return ldam_loss(logits, y, self.margins, self.hparams["scale"], weight)

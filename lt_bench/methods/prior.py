@@ -1,0 +1,179 @@
+"""Estimating a backbone's pre-training label prior q̂ (GLA, Zhu et al. 2023; DESIGN §1).
+
+1. zero-shot logits ``z`` on a class-balanced labelled split (val);
+2. temperature: ``T`` such that the mean max-softmax confidence of ``z/T`` equals the
+   accuracy (a 1-D root find on log T; accuracy does not depend on T);
+3. ``q̂ = argmin_{q ∈ simplex} mean CE(z/T − log q, y)`` with ``q = softmax(θ)``, solved
+   with L-BFGS in float64 on the CPU (deterministic; the problem is convex in log q).
+
+At the optimum the debiased model's mean predicted distribution on the balanced split
+matches the uniform label marginal, which is what removing the pre-training prior means.
+
+Output: ``results/prior/{dataset}/{backbone}.parquet`` with ``label``, ``q_hat`` (and
+``q_true`` for toy backbones, whose true prior is known); T, accuracy and provenance in
+the ``lt_bench`` schema metadata.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from scipy.optimize import brentq
+from scipy.special import softmax
+
+from lt_bench.features.store import META_KEY, read_features, read_text_embeddings, write_table
+from lt_bench.io import sha256_file
+
+log = logging.getLogger(__name__)
+
+#: the temperature is searched in [1/T_BOUND, T_BOUND]
+T_BOUND = 1e3
+
+
+def mean_confidence(logits: np.ndarray, temperature: float) -> float:
+    return float(softmax(np.asarray(logits, dtype=np.float64) / temperature, axis=1)
+                 .max(1).mean())
+
+
+def calibrate_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
+    """T with mean max-softmax confidence of ``z/T`` equal to the accuracy of ``z``.
+
+    Confidence falls monotonically from 1 (T → 0) to 1/K (T → ∞); where the accuracy is
+    outside that range the nearer end of [1/T_BOUND, T_BOUND] is returned.
+    """
+    logits = np.asarray(logits, dtype=np.float64)
+    acc = float((logits.argmax(1) == labels).mean())
+
+    def gap(log_t: float) -> float:
+        return mean_confidence(logits, math.exp(log_t)) - acc
+
+    lo, hi = -math.log(T_BOUND), math.log(T_BOUND)
+    g_lo, g_hi = gap(lo), gap(hi)
+    if g_lo <= 0:  # even the sharpest softmax is under-confident
+        return math.exp(lo)
+    if g_hi >= 0:  # even the flattest is over-confident (accuracy <= 1/K)
+        return math.exp(hi)
+    return math.exp(brentq(gap, lo, hi, xtol=1e-10, rtol=1e-10, maxiter=200))
+
+
+def fit_prior(logits: np.ndarray, labels: np.ndarray, max_iter: int = 500) -> np.ndarray:
+    """``argmin_q mean CE(z − log q, y)`` over the simplex (``z`` already divided by T)."""
+    z = torch.as_tensor(np.asarray(logits, dtype=np.float64))
+    y = torch.as_tensor(np.asarray(labels, dtype=np.int64))
+    k = z.shape[1]
+    missing = np.setdiff1d(np.arange(k), np.unique(labels))
+    if len(missing):
+        raise ValueError(f"prior estimation needs every class in the labelled split; "
+                         f"{len(missing)} class(es) have no sample (e.g. {missing[:5].tolist()})")
+    theta = torch.zeros(k, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([theta], lr=1.0, max_iter=max_iter, tolerance_grad=1e-12,
+                            tolerance_change=1e-14, history_size=50,
+                            line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(z - torch.log_softmax(theta, 0), y)
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return torch.softmax(theta.detach(), 0).numpy()
+
+
+def estimate_prior(logits: np.ndarray, labels: np.ndarray,
+                   temperature: float | None = None) -> tuple[np.ndarray, float]:
+    """(q̂, T): T calibrated on (logits, labels) unless given, then q̂ fitted on ``z/T``."""
+    t = calibrate_temperature(logits, labels) if temperature is None else float(temperature)
+    return fit_prior(np.asarray(logits, dtype=np.float64) / t, labels), t
+
+
+def zero_shot_logits(features_dir: Path, split: str = "val") -> tuple[np.ndarray, np.ndarray]:
+    """(labels, logits) of the CLIP text classifier ``s · cos(e(x), t_k)`` on ``split``."""
+    features_dir = Path(features_dir)
+    text = read_text_embeddings(features_dir / "text.parquet")
+    if text.embeddings is None or text.logit_scale is None:
+        raise ValueError(f"{features_dir}: backbone {text.meta.get('backbone')!r} has no text "
+                         "tower, so no zero-shot logits and no prior estimate")
+    feats = read_features(features_dir / f"{split}.parquet")
+    f = feats.features.astype(np.float64)
+    f /= np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
+    t = text.embeddings.astype(np.float64)
+    t /= np.maximum(np.linalg.norm(t, axis=1, keepdims=True), 1e-12)
+    return feats.labels, text.logit_scale * f @ t.T
+
+
+def read_true_prior(path: Path, num_classes: int) -> np.ndarray:
+    df = pd.read_parquet(path)
+    if "prior" not in df.columns or "label" not in df.columns:
+        raise ValueError(f"{path}: a true-prior file needs columns 'label' and 'prior'")
+    q = df.sort_values("label")["prior"].to_numpy(dtype=np.float64)
+    if len(q) != num_classes:
+        raise ValueError(f"{path}: true prior covers {len(q)} classes, the features have "
+                         f"{num_classes}")
+    return q
+
+
+def write_prior(out: Path, q_hat: np.ndarray, meta: dict[str, Any],
+                q_true: np.ndarray | None = None) -> None:
+    cols = {"label": pa.array(np.arange(len(q_hat), dtype=np.int32)),
+            "q_hat": pa.array(np.asarray(q_hat, dtype=np.float64))}
+    if q_true is not None:
+        cols["q_true"] = pa.array(np.asarray(q_true, dtype=np.float64))
+    table = pa.table(cols).replace_schema_metadata(
+        {META_KEY: json.dumps(meta, sort_keys=True, default=str)})
+    write_table(table, out)
+
+
+def read_prior_meta(path: Path) -> dict[str, Any]:
+    md = pq.read_schema(path).metadata or {}
+    return json.loads(md.get(META_KEY, b"{}"))
+
+
+def prior_from_features(features_dir: Path, out: Path, true_prior: Path | None = None,
+                        split: str = "val") -> dict[str, Any]:
+    """Estimate q̂ from a features folder and write the prior file; returns its metadata."""
+    features_dir = Path(features_dir)
+    labels, logits = zero_shot_logits(features_dir, split)
+    q_hat, t = estimate_prior(logits, labels)
+    val_meta = read_features(features_dir / f"{split}.parquet").meta
+    acc = float((logits.argmax(1) == labels).mean())
+    meta: dict[str, Any] = {
+        "temperature": t, "split": split, "zero_shot_top1": acc,
+        "mean_confidence_at_T": mean_confidence(logits, t),
+        "n_samples": int(len(labels)), "num_classes": int(logits.shape[1]),
+        "dataset": val_meta.get("dataset"), "backbone": val_meta.get("backbone"),
+        "features_dir": str(features_dir),
+        "feature_sha256": sha256_file(features_dir / f"{split}.parquet"),
+        "method": "GLA: T by confidence = accuracy; q̂ = argmin CE(z/T − log q, y)",
+    }
+    q_true = None
+    if true_prior is not None:
+        q_true = read_true_prior(Path(true_prior), logits.shape[1])
+        meta.update(true_prior=str(true_prior), **prior_agreement(q_hat, q_true))
+    write_prior(Path(out), q_hat, meta, q_true)
+    log.info("prior %s: T %.4g, zero-shot top1 %.4f%s", out, t, acc,
+             f", spearman {meta['spearman']:.3f}" if q_true is not None else "")
+    return meta
+
+
+def prior_agreement(q_hat: np.ndarray, q_true: np.ndarray) -> dict[str, float]:
+    """How well q̂ tracks a known prior: Spearman and Pearson ρ, KL(q_true ‖ q̂), TV."""
+    from scipy.stats import pearsonr, spearmanr
+
+    q_hat = np.asarray(q_hat, dtype=np.float64)
+    q_true = np.asarray(q_true, dtype=np.float64)
+    return {
+        "spearman": float(spearmanr(q_hat, q_true).statistic),
+        "pearson": float(pearsonr(q_hat, q_true).statistic),
+        "kl_true_hat": float(np.sum(q_true * (np.log(q_true) - np.log(q_hat)))),
+        "tv": float(0.5 * np.abs(q_true - q_hat).sum()),
+    }

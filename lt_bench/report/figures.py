@@ -1,0 +1,317 @@
+"""Figures from the run files (matplotlib, Agg backend; each as PNG and PDF).
+
+* ``accuracy``: per-class test accuracy (mean over seeds) against the class's training
+  count (log x; D-group borders at 20 and 100) and against the backbone's estimated
+  pre-training prior q̂ (log x; P-group borders), one panel per backbone, one colour per
+  method. Ensemble (backdoor) runs share the training counts, so they are drawn in every
+  panel of the count figure, and get their own panel in the q̂ figure (their q̂ is the
+  members' mean).
+* ``prior``: estimated prior q̂ against the true pre-training prior of each toy backbone
+  (log-log, Spearman ρ), from ``results/prior/{dataset}/{backbone}.parquet``.
+* ``dxp``: heat-map of the 3×3 D-group × P-group accuracy of one method, one panel per
+  backbone.
+
+Where the inputs of a figure are absent (no q̂ yet, no D×P keys), a placeholder figure that
+says so is written, so the workflow's outputs always exist.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from lt_bench.io import atomic_path, read_json
+from lt_bench.report.collect import collect_per_class
+
+D_GROUPS = ("many", "medium", "few")
+P_GROUPS = ("p_many", "p_medium", "p_few")
+DEFAULT_METHODS = ("zero_shot", "ce", "la", "backdoor")
+FEW_MAX, MANY_MIN = 20, 100
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plt.rcParams.update({"font.size": 9, "axes.titlesize": 10, "figure.dpi": 100,
+                         "savefig.dpi": 150, "axes.spines.top": False,
+                         "axes.spines.right": False})
+    return plt
+
+
+def save(fig, stem: Path | str) -> list[Path]:
+    """``<stem>.png`` and ``<stem>.pdf``, written atomically; the figure is closed."""
+    plt = _plt()
+    stem = Path(stem)
+    out = []
+    for fmt, meta in (("png", {"Software": None}), ("pdf", {"CreationDate": None})):
+        path = stem.with_name(f"{stem.name}.{fmt}")
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format=fmt, bbox_inches="tight", metadata=meta)
+        out.append(path)
+    plt.close(fig)
+    return out
+
+
+def placeholder(stem: Path | str, title: str, message: str) -> list[Path]:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 2), layout="constrained")
+    ax.axis("off")
+    ax.set_title(title)
+    ax.text(0.5, 0.5, message, ha="center", va="center", wrap=True, transform=ax.transAxes)
+    return save(fig, stem)
+
+
+def _colors(methods: Sequence[str]) -> dict[str, tuple]:
+    plt = _plt()
+    cmap = plt.get_cmap("tab10")
+    return {m: cmap(i % 10) for i, m in enumerate(methods)}
+
+
+def _grid(n: int, width: float = 4.2, height: float = 3.4, sharey: bool = True):
+    plt = _plt()
+    cols = min(n, 3)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False,
+                             sharey=sharey, layout="constrained")
+    for ax in axes.flat[n:]:
+        ax.axis("off")
+    return fig, list(axes.flat[:n])
+
+
+def _binned_mean(x: np.ndarray, y: np.ndarray, bins: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    """Mean of y in equal-width bins of log x (bins with no class skipped)."""
+    ok = np.isfinite(x) & np.isfinite(y) & (x > 0)
+    x, y = x[ok], y[ok]
+    if len(x) < 2 or x.min() == x.max():
+        return x, y
+    edges = np.geomspace(x.min(), x.max() * (1 + 1e-9), bins + 1)
+    idx = np.digitize(x, edges) - 1
+    cx, cy = [], []
+    for b in range(bins):
+        m = idx == b
+        if m.any():
+            cx.append(math.exp(np.log(x[m]).mean()))
+            cy.append(y[m].mean())
+    return np.asarray(cx), np.asarray(cy)
+
+
+def _methods_present(per_class: pd.DataFrame, methods: Sequence[str] | None) -> list[str]:
+    have = list(dict.fromkeys(per_class["method"]))
+    if methods:
+        return [m for m in methods if m in have]
+    return have
+
+
+def _mean_over_seeds(per_class: pd.DataFrame) -> pd.DataFrame:
+    cols = {"accuracy": "mean", "train_count": "first", "ensemble": "first"}
+    if "q_hat" in per_class.columns:
+        cols["q_hat"] = "mean"
+    if "p_group" in per_class.columns:
+        cols["p_group"] = "first"
+    return (per_class.groupby(["backbone", "method", "label"], sort=False)
+            .agg(cols).reset_index())
+
+
+def _series(ax, x, y, color, label, dashed=False) -> None:
+    ax.scatter(x, y * 100, s=10, alpha=0.35, color=color, linewidths=0,
+               marker="x" if dashed else "o")
+    bx, by = _binned_mean(np.asarray(x, float), np.asarray(y, float))
+    ax.plot(bx, by * 100, color=color, lw=1.8, ls="--" if dashed else "-", label=label)
+
+
+def accuracy_figures(run_dirs: list[Path | str], out_dir: Path | str,
+                     methods: Sequence[str] | None = DEFAULT_METHODS) -> list[Path]:
+    """``acc_vs_count`` and ``acc_vs_qhat`` (PNG + PDF) for the runs of one dataset."""
+    out_dir = Path(out_dir)
+    pc = collect_per_class(run_dirs)
+    datasets = sorted(set(pc["dataset"]))
+    ds = ", ".join(datasets)
+    chosen = _methods_present(pc, methods)
+    written = []
+    if not chosen:
+        msg = (f"none of the methods {list(methods or [])} has runs here "
+               f"(present: {sorted(set(pc['method']))})")
+        written += placeholder(out_dir / "acc_vs_count", f"{ds}: accuracy vs train count", msg)
+        written += placeholder(out_dir / "acc_vs_qhat", f"{ds}: accuracy vs q̂", msg)
+        return written
+    pc = pc[pc["method"].isin(chosen)]
+    mean = _mean_over_seeds(pc)
+    colors = _colors(chosen)
+    n_seeds = pc.groupby(["backbone", "method"])["seed"].nunique()
+
+    # --- against the training count
+    singles = sorted(set(mean.loc[~mean["ensemble"], "backbone"]))
+    ensembles = sorted(set(mean.loc[mean["ensemble"], "backbone"]))
+    panels = singles or ensembles
+    fig, axes = _grid(len(panels))
+    for ax, b in zip(axes, panels, strict=True):
+        for m in chosen:
+            for bb, dashed in [(b, b in ensembles)] + [(e, True) for e in ensembles
+                                                          if e != b and singles]:
+                part = mean[(mean["backbone"] == bb) & (mean["method"] == m)]
+                if part.empty:
+                    continue
+                label = m if bb == b else f"{m} ({bb})"
+                label += f" [{n_seeds.get((bb, m), 0)} seeds]"
+                _series(ax, part["train_count"], part["accuracy"], colors[m], label, dashed)
+        for v in (FEW_MAX, MANY_MIN):
+            ax.axvline(v, color="0.6", lw=0.8, ls=":")
+        ax.set_xscale("log")
+        ax.set_title(b)
+        ax.set_xlabel("training images of the class (log)")
+        ax.set_ylim(-3, 103)
+        ax.legend(fontsize=7, loc="best")
+    axes[0].set_ylabel("per-class test accuracy (%)")
+    fig.suptitle(f"{ds}: per-class accuracy vs training count (points: classes; lines: "
+                 "mean in log-count bins; dotted: Few | Medium | Many borders)", fontsize=9)
+    written += save(fig, out_dir / "acc_vs_count")
+
+    # --- against the estimated prior q̂
+    if "q_hat" not in mean.columns or mean["q_hat"].notna().sum() == 0:
+        written += placeholder(out_dir / "acc_vs_qhat", f"{ds}: accuracy vs q̂",
+                               "no run has the estimated prior q̂ (column q_hat of "
+                               "per_class.parquet): run the prior stage first")
+        return written
+    withq = mean[mean["q_hat"].notna()]
+    panels = sorted(set(withq["backbone"]), key=lambda b: (b in ensembles, b))
+    fig, axes = _grid(len(panels))
+    for ax, b in zip(axes, panels, strict=True):
+        part_b = withq[withq["backbone"] == b]
+        for m in chosen:
+            part = part_b[part_b["method"] == m]
+            if not part.empty:
+                _series(ax, part["q_hat"], part["accuracy"], colors[m],
+                        f"{m} [{n_seeds.get((b, m), 0)} seeds]")
+        if "p_group" in part_b.columns:
+            lab = part_b.drop_duplicates("label")
+            for g in P_GROUPS[:2]:
+                q = lab.loc[lab["p_group"] == g, "q_hat"]
+                if len(q):
+                    ax.axvline(q.min(), color="0.6", lw=0.8, ls=":")
+        ax.set_xscale("log")
+        ax.set_title(b)
+        ax.set_xlabel("estimated pre-training prior q̂ of the class (log)")
+        ax.set_ylim(-3, 103)
+        ax.legend(fontsize=7, loc="best")
+    axes[0].set_ylabel("per-class test accuracy (%)")
+    fig.suptitle(f"{ds}: per-class accuracy vs estimated prior q̂ (dotted: P-Few | P-Medium "
+                 "| P-Many borders)", fontsize=9)
+    written += save(fig, out_dir / "acc_vs_qhat")
+    return written
+
+
+def read_prior_table(path: Path | str, true_prior: Path | str | None = None) -> pd.DataFrame:
+    """``label``, ``q_hat``, ``q_true`` (``q_true`` from ``true_prior``'s ``prior`` if absent)."""
+    df = pd.read_parquet(path)
+    if "q_true" not in df.columns and true_prior is not None and Path(true_prior).is_file():
+        t = pd.read_parquet(true_prior)[["label", "prior"]].rename(columns={"prior": "q_true"})
+        df = df.merge(t, on="label", how="left")
+    return df
+
+
+def prior_figure(priors: dict[str, Path | str], out_stem: Path | str, dataset: str = "",
+                 true_priors: dict[str, Path | str] | None = None) -> list[Path]:
+    """q̂ against the true prior, one panel per (toy) backbone; ``priors``: backbone → file."""
+    from scipy.stats import spearmanr
+
+    plt = _plt()
+    tables = {}
+    for b, p in priors.items():
+        if Path(p).is_file():
+            df = read_prior_table(p, (true_priors or {}).get(b))
+            if {"q_hat", "q_true"} <= set(df.columns) and df["q_true"].notna().any():
+                tables[b] = df
+    title = f"{dataset}: estimated vs true pre-training prior"
+    if not tables:
+        return placeholder(out_stem, title, "no prior file with q_hat and q_true "
+                           "(results/prior/<dataset>/<toy backbone>.parquet)")
+    fig, axes = _grid(len(tables), width=3.6, height=3.4, sharey=False)
+    for ax, (b, df) in zip(axes, tables.items(), strict=True):
+        q, t = df["q_hat"].to_numpy(float), df["q_true"].to_numpy(float)
+        rho = spearmanr(q, t).statistic
+        ax.scatter(t, q, s=12, alpha=0.7, color="tab:blue", linewidths=0)
+        lo = min(np.nanmin(q[q > 0]), np.nanmin(t[t > 0]))
+        hi = max(np.nanmax(q), np.nanmax(t))
+        ax.plot([lo, hi], [lo, hi], color="0.5", lw=0.8, ls="--", label="q̂ = true")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_title(f"{b} (Spearman ρ = {rho:.2f})")
+        ax.set_xlabel("true pre-training prior (log)")
+        ax.legend(fontsize=7, loc="upper left")
+    axes[0].set_ylabel("estimated prior q̂ (log)")
+    fig.suptitle(title + " (one point per class)", fontsize=9)
+    out = save(fig, out_stem)
+    plt.close("all")
+    return out
+
+
+def _dxp_runs(run_dirs: list[Path | str], method: str) -> pd.DataFrame:
+    rows = []
+    for d in run_dirs:
+        m = read_json(Path(d) / "metrics.json")
+        if m.get("method") != method:
+            continue
+        row = {"backbone": m.get("backbone"), "seed": m.get("seed")}
+        for dg in D_GROUPS:
+            for pg in P_GROUPS:
+                row[(dg, pg)] = m.get(f"dp_{dg}_{pg}")
+                row[("n", dg, pg)] = m.get(f"n_dp_{dg}_{pg}_classes")
+        if any(row[(dg, pg)] is not None for dg in D_GROUPS for pg in P_GROUPS) or \
+                any(row[("n", dg, pg)] is not None for dg in D_GROUPS for pg in P_GROUPS):
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def dxp_figure(run_dirs: list[Path | str], method: str, out_stem: Path | str,
+               dataset: str = "") -> list[Path]:
+    """Heat-map of the D×P accuracy (mean over seeds) of ``method``, one panel per backbone."""
+    _plt()
+    runs = _dxp_runs(run_dirs, method)
+    title = f"{dataset}: D×P accuracy of {method}"
+    if runs.empty:
+        return placeholder(out_stem, title, f"no {method} run with D×P metrics (they need the "
+                           "backbone's estimated prior q̂)")
+    backbones = sorted(set(runs["backbone"]), key=lambda b: (b == "ensemble", b))
+    fig, axes = _grid(len(backbones), width=3.6, height=3.3)
+    image = None
+    for ax, b in zip(axes, backbones, strict=True):
+        part = runs[runs["backbone"] == b]
+        grid = np.full((3, 3), np.nan)
+        std = np.full((3, 3), np.nan)
+        ncls = np.full((3, 3), np.nan)
+        for i, dg in enumerate(D_GROUPS):
+            for j, pg in enumerate(P_GROUPS):
+                v = pd.to_numeric(part[(dg, pg)], errors="coerce").dropna() * 100
+                if len(v):
+                    grid[i, j] = v.mean()
+                    std[i, j] = v.std(ddof=1) if len(v) > 1 else np.nan
+                n = pd.to_numeric(part[("n", dg, pg)], errors="coerce").dropna()
+                if len(n):
+                    ncls[i, j] = n.max()
+        image = ax.imshow(np.ma.masked_invalid(grid), vmin=0, vmax=100, cmap="viridis")
+        ax.set_facecolor("0.85")
+        for i in range(3):
+            for j in range(3):
+                txt = "–" if np.isnan(grid[i, j]) else f"{grid[i, j]:.1f}"
+                if not np.isnan(std[i, j]):
+                    txt += f"\n± {std[i, j]:.1f}"
+                if not np.isnan(ncls[i, j]):
+                    txt += f"\n({int(ncls[i, j])} cl.)"
+                dark = not np.isnan(grid[i, j]) and grid[i, j] < 60
+                ax.text(j, i, txt, ha="center", va="center", fontsize=7,
+                        color="white" if dark else "black")
+        ax.set_xticks(range(3), ["P-Many", "P-Medium", "P-Few"])
+        ax.set_yticks(range(3), ["Many", "Medium", "Few"])
+        ax.set_title(f"{b} [{part['seed'].nunique()} seeds]")
+        ax.spines[:].set_visible(False)
+    axes[0].set_ylabel("data group (training count)")
+    fig.suptitle(title + " (%; rows: D-groups, columns: P-groups by q̂)", fontsize=9)
+    fig.colorbar(image, ax=axes, shrink=0.8, label="top-1 (%)")
+    return save(fig, out_stem)

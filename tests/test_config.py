@@ -1,0 +1,84 @@
+"""config.yaml errors: schema violations and names only the registries know."""
+
+import copy
+import subprocess
+import sys
+
+import pytest
+import yaml
+from conftest import REPO, copy_workflow
+from snakemake.exceptions import WorkflowError
+from snakemake.utils import validate
+
+from lt_bench.config import ConfigError, method_hparams, resolve_suite
+
+SCHEMA = str(REPO / "workflow/schemas/config.schema.yaml")
+
+
+@pytest.fixture
+def config():
+    cfg = yaml.safe_load((REPO / "config.yaml").read_text())
+    validate(cfg, SCHEMA)
+    return cfg
+
+
+def test_shipped_config_is_valid_and_defaults_to_demo(config):
+    suite = resolve_suite(config)
+    assert suite.name == "demo" and suite.datasets == ["toy"]
+    assert len(suite.seeds) == 3
+
+
+def test_schema_fills_defaults():
+    cfg = {"suites": {"s": {"datasets": ["toy"], "backbones": ["toyclip0"],
+                            "methods": ["ce"], "seeds": [0]}}}
+    validate(cfg, SCHEMA)
+    assert cfg["suite"] == "demo" and cfg["extract"]["batch_size"] == 256
+    assert cfg["toy_pretrain"]["num_pairs"] == 50000
+
+
+@pytest.mark.parametrize("mutate,needle", [
+    (lambda c: c["toy_pretrain"].update(num_pair=3), "'num_pair' was unexpected"),
+    (lambda c: c.update(suit="paper"), "'suit' was unexpected"),
+    (lambda c: c["methods"].update(ce={"lrr": 0.1}), "'lrr' was unexpected"),
+    (lambda c: c["methods"].update(ce={"lr": -1}), "-1 is less than or equal to"),
+    (lambda c: c["suites"]["demo"].update(seeds=["zero"]), "'zero' is not of type 'integer'"),
+])
+def test_schema_violations_name_the_key(config, mutate, needle):
+    bad = copy.deepcopy(config)
+    mutate(bad)
+    with pytest.raises(WorkflowError, match=needle):
+        validate(bad, SCHEMA)
+
+
+@pytest.mark.parametrize("mutate,needle", [
+    (lambda c: c.update(suite="nope"), "unknown suite 'nope' .*valid suites: .*demo"),
+    (lambda c: c["suites"]["demo"].update(methods=["ce", "lla"]),
+     "suites.demo.methods: unknown method 'lla'; valid methods: .*ce.*la"),
+    (lambda c: c["suites"]["demo"].update(datasets=["imagenet"]),
+     "suites.demo.datasets: unknown dataset 'imagenet'; valid datasets: .*toy"),
+    (lambda c: c["suites"]["demo"].update(backbones=["toyclip9x"]),
+     "unknown backbone 'toyclip9x'; valid backbones: .*toyclip0"),
+    (lambda c: c["method_overrides"].update(inat="x"), "unknown dataset 'inat'"),
+])
+def test_registry_errors_list_valid_names(config, mutate, needle):
+    bad = copy.deepcopy(config)
+    mutate(bad)
+    with pytest.raises(ConfigError, match=needle):
+        resolve_suite(bad)
+
+
+def test_method_hparams_layering(config):
+    cfg = copy.deepcopy(config)
+    cfg["methods"]["la"] = {"tau": 0.5}
+    cfg["method_overrides"] = {"toy": {"epochs": 20}}
+    hp = method_hparams(cfg, "la", "toy")
+    assert hp["tau"] == 0.5 and hp["epochs"] == 20 and hp["lr"] == 0.01
+    assert method_hparams(cfg, "zero_shot", "toy") == {}  # overrides skip unknown keys
+
+
+def test_snakemake_reports_unknown_suite(tmp_path):
+    wf = copy_workflow(tmp_path)
+    r = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--config", "suite=nope"],
+                       cwd=wf, capture_output=True, text=True)
+    assert r.returncode != 0
+    assert "unknown suite 'nope'" in r.stdout + r.stderr

@@ -1,0 +1,171 @@
+"""The paper suite (and the CIFAR-100-LT suite) on a machine without the data.
+
+``snakemake -n --config suite=paper`` must build the whole DAG with nothing on disk; the
+job count of every per-item stage must equal what the suite definition implies, computed
+here independently of the workflow's input functions. A real run must stop at the first
+job that needs the images, saying what is missing, where it looked and how to get it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO, copy_workflow
+
+SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
+
+#: Registered methods the paper suite deliberately leaves out, with the reason. Empty:
+#: every method runs on the paper grid (backdoor as its ensemble over the three CLIPs).
+PAPER_EXCLUDED_METHODS: dict[str, str] = {}
+
+
+def _config() -> dict:
+    return yaml.safe_load((REPO / "config.yaml").read_text())
+
+
+def _env() -> dict:
+    return {**os.environ, "HF_HUB_OFFLINE": "1",
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+
+
+def _snakemake(workdir: Path, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([SNAKEMAKE, *args], cwd=workdir, env=_env(), capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def job_stats(text: str) -> dict[str, int]:
+    """The first 'Job stats:' table of a Snakemake run: {rule: count} (without 'total')."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.strip() == "Job stats:")
+    counts = {}
+    for line in lines[start + 3:]:
+        m = re.fullmatch(r"\s*(\S+)\s+(\d+)\s*", line)
+        if not m:
+            break
+        if m.group(1) != "total":
+            counts[m.group(1)] = int(m.group(2))
+    return counts
+
+
+def expected_jobs(suite: dict) -> dict[str, int]:
+    """Jobs per stage implied by a suite: one per dataset / (dataset, backbone) / run."""
+    from lt_bench.backbones.base import resolve_spec
+    from lt_bench.data import DATASETS
+    from lt_bench.data.real import LiftSplitDataset
+    from lt_bench.methods import METHODS
+
+    d, b, s = suite["datasets"], suite["backbones"], suite["seeds"]
+    ensemble = [m for m in suite["methods"] if getattr(METHODS.get(m), "kind", None) == "ensemble"]
+    per_backbone = [m for m in suite["methods"] if m not in ensemble]
+    with_text = [x for x in b if resolve_spec(x).has_text]
+    real = [x for x in d if issubclass(DATASETS.get(x), LiftSplitDataset)]
+    jobs = {
+        "prepare_dataset": len(d),
+        "verify_images": len(real),  # only datasets whose images live under data_root
+        "extract_features": len(d) * len(b),
+        "estimate_prior": len(d) * len(with_text),
+        "train_head": len(d) * len(b) * len(per_backbone) * len(s),
+        "backdoor": len(d) * len(s) * len(ensemble) if len(b) >= 2 else 0,
+        "pretrain_toy_clip": 0,  # real backbones come from open_clip / timm
+        "all": 1,
+    }
+    return {k: v for k, v in jobs.items() if v}
+
+
+@pytest.mark.parametrize("suite_name", ["paper", "cifar100_lt"])
+def test_dry_run_builds_the_whole_dag_without_data(suite_name, tmp_path):
+    wf = copy_workflow(tmp_path / "wf")
+    r = _snakemake(wf, "-n", "--config", f"suite={suite_name}")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    got = job_stats(r.stdout)
+    want = expected_jobs(_config()["suites"][suite_name])
+    assert {k: got.get(k, 0) for k in want} == want
+    assert "pretrain_toy_clip" not in got
+    # the remaining jobs are suite-level summaries (tables, figures, tracking): at most
+    # one per dataset, never one per run
+    n_datasets = len(_config()["suites"][suite_name]["datasets"])
+    others = {k: v for k, v in got.items() if k not in want}
+    assert all(1 <= v <= n_datasets for v in others.values()), others
+    assert not list(wf.glob("resources/**/*")) and not (wf / "results").exists()
+
+
+def test_paper_suite_is_the_published_grid():
+    from lt_bench.backbones.catalog import PAPER_BACKBONES
+    from lt_bench.config import method_hparams, resolve_suite
+    from lt_bench.methods import METHODS
+
+    cfg = _config()
+    paper = cfg["suites"]["paper"]
+    assert paper["datasets"] == ["imagenet_lt", "places_lt", "inat2018"]
+    assert tuple(paper["backbones"]) == PAPER_BACKBONES
+    assert paper["seeds"] == [0, 1, 2]
+    assert set(PAPER_EXCLUDED_METHODS) <= set(METHODS.names())
+    assert sorted(paper["methods"]) == sorted(set(METHODS.names()) - set(PAPER_EXCLUDED_METHODS)), (
+        "the paper suite should run every registered method (or list it, with its reason, "
+        "in PAPER_EXCLUDED_METHODS)")
+    assert len(paper["methods"]) == len(set(paper["methods"]))
+    suite = resolve_suite({**cfg, "suite": "paper"})
+    assert suite.name == "paper"
+    # LIFT trains iNat2018 heads for 20 epochs; the other datasets keep the default
+    assert cfg["method_overrides"]["inat2018"]["epochs"] == 20
+    assert method_hparams(cfg, "ce", "inat2018")["epochs"] == 20
+    assert method_hparams(cfg, "ce", "imagenet_lt")["epochs"] == METHODS.get("ce").defaults["epochs"]
+    cifar = cfg["suites"]["cifar100_lt"]
+    assert cifar["datasets"] == ["cifar100_lt_ir100", "cifar100_lt_ir50", "cifar100_lt_ir10"]
+
+
+def test_cifar_imbalance_ratios_get_their_own_folders():
+    from lt_bench.data import get_dataset
+    from lt_bench.data.real import UnknownParamError
+
+    assert [get_dataset(f"cifar100_lt_ir{r}").params["imb_ratio"] for r in (100, 50, 10)] == [
+        100, 50, 10]
+    with pytest.raises(UnknownParamError, match="imb_ratio"):
+        get_dataset("cifar100_lt_ir50", imb_ratio=10)  # the name fixes it
+
+
+def _fake_imagenet_lists(wf: Path) -> None:
+    d = wf / "resources" / "data" / "imagenet_lt"
+    d.mkdir(parents=True)
+    for split, rel in [("train", "train/n01440764/a.JPEG"), ("val", "train/n01440764/b.JPEG"),
+                       ("test", "val/n01440764/c.JPEG")]:
+        (d / f"{split}.txt").write_text(f"{rel} 0\n")
+    (d / "classnames.txt").write_text("tench\n")
+
+
+def test_real_run_stops_at_the_image_check_saying_what_where_and_how(tmp_path):
+    wf = copy_workflow(tmp_path / "wf")
+    _fake_imagenet_lists(wf)
+    target = "results/features/imagenet_lt/clip_vit_b16/train.parquet"
+    # no data_root at all
+    r = _snakemake(wf, target, "-c1", "--config", "suite=paper")
+    assert r.returncode != 0
+    log = (wf / "logs" / "verify_images" / "imagenet_lt.log").read_text()
+    assert "config key data_root is not set" in log
+    assert "needs its images: set the config key `data_root`" in log
+    assert "image-net.org" in log  # how to get it
+    assert not (wf / "resources/data/imagenet_lt/images_verified.json").exists()
+    assert not (wf / "results").exists()  # extraction never started
+    # a data_root without the dataset's folder: the path it looked at, and the layout
+    (tmp_path / "datasets").mkdir()
+    r = _snakemake(wf, target, "-c1", "--config", "suite=paper",
+                   f"data_root={tmp_path / 'datasets'}")
+    assert r.returncode != 0
+    log = (wf / "logs" / "verify_images" / "imagenet_lt.log").read_text()
+    assert f"{tmp_path / 'datasets' / 'imagenet'}" in log and "is not a directory" in log
+    assert "<data_root>/train/n01440764/" in log
+    # the folder exists but images are missing: which ones
+    (tmp_path / "datasets" / "imagenet" / "train").mkdir(parents=True)
+    (tmp_path / "datasets" / "imagenet" / "val").mkdir()
+    r = _snakemake(wf, target, "-c1", "--config", "suite=paper",
+                   f"data_root={tmp_path / 'datasets'}")
+    assert r.returncode != 0
+    log = (wf / "logs" / "verify_images" / "imagenet_lt.log").read_text()
+    assert "3 of 3 listed images are missing" in log and "train/n01440764/a.JPEG" in log

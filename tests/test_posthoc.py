@@ -1,0 +1,192 @@
+"""Post-hoc methods reuse finished heads (never retrain) and match their formulas:
+τ-norm, post-hoc LA, GLA; cRT starts from the CE head; no tuning where val overlaps train."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+from synth_runs import FAST, make_features_dir, make_prior
+
+from lt_bench.cli import main
+from lt_bench.features.store import read_features, read_text_embeddings
+from lt_bench.io import read_json
+from lt_bench.methods._posthoc import float_grid
+from lt_bench.runs import read_logits, run_logits, train_run
+
+Q = np.array([0.4, 0.05, 0.2, 0.1, 0.15, 0.1])
+
+
+def _unit(x):
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("posthoc")
+    fd = make_features_dir(root / "features")
+    prior = make_prior(root / "prior.parquet", Q, temperature=2.0)
+    runs = {}
+    for m in ("ce", "la"):
+        runs[m] = root / "runs" / m
+        train_run(m, fd, runs[m], seed=0, hparams=FAST, prior=prior)
+    return {"root": root, "fd": fd, "prior": prior, "runs": runs}
+
+
+def _split(world, s):
+    return read_features(world["fd"] / f"{s}.parquet")
+
+
+def _ce_weight(world):
+    return load_file(str(world["runs"]["ce"] / "predictor.safetensors"))["term0.weight"]
+
+
+def _posthoc(world, method, name=None, **kw):
+    out = world["root"] / "runs" / (name or method)
+    base = {r: world["runs"][r] for r in ("ce", "la")}
+    m = train_run(method, world["fd"], out, seed=0, prior=world["prior"],
+                  base_runs={k: v for k, v in base.items()
+                             if k in {"tau_norm": ["ce"], "la_posthoc": ["ce"],
+                                      "crt": ["ce"], "gla": ["la"]}[method]}, **kw)
+    return out, m
+
+
+def _best(grid, score, default):
+    scores = [score(v) for v in grid]
+    ties = [v for v, s in zip(grid, scores, strict=True) if s == max(scores)]
+    return min(ties, key=lambda v: abs(v - default))
+
+
+def test_tau_norm_formula_and_choice(world):
+    w = _ce_weight(world).astype(np.float64)
+    val, test = _split(world, "val"), _split(world, "test")
+
+    def logits(f, tau):
+        return 25.0 * _unit(f) @ (w / np.linalg.norm(w, axis=1, keepdims=True) ** tau).T
+
+    tau = _best(float_grid(0, 2, 0.1),
+                lambda t: (logits(val.features, t).argmax(1) == val.labels).mean(), 1.0)
+    out, m = _posthoc(world, "tau_norm")
+    assert m["info"]["tau"] == pytest.approx(tau) and m["info"]["tuned"] is True
+    labels, z = run_logits(out, "test")
+    np.testing.assert_allclose(z, logits(test.features, tau), rtol=1e-4, atol=1e-4)
+    assert m["top1"] == pytest.approx((z.argmax(1) == labels).mean())
+
+
+def test_tau_one_is_the_ce_head(world):
+    out, _ = _posthoc(world, "tau_norm", "tau_norm_fixed",
+                      hparams={"tau_min": 1.0, "tau_max": 1.0})
+    np.testing.assert_allclose(run_logits(out, "test")[1],
+                               run_logits(world["runs"]["ce"], "test")[1], rtol=1e-5)
+
+
+def test_la_posthoc_formula_and_choice(world):
+    val, train = _split(world, "val"), _split(world, "train")
+    log_pi = np.log(np.bincount(train.labels) / len(train.labels))
+    _, z_ce_val = run_logits(world["runs"]["ce"], "val")
+    tau = _best(float_grid(0, 2, 0.1),
+                lambda t: ((z_ce_val - t * log_pi).argmax(1) == val.labels).mean(), 1.0)
+    out, m = _posthoc(world, "la_posthoc")
+    assert m["info"]["tau"] == pytest.approx(tau)
+    assert set(m["info"]["val_top1_by_tau"]) == {str(t) for t in float_grid(0, 2, 0.1)}
+    _, z_ce = run_logits(world["runs"]["ce"], "test")
+    np.testing.assert_allclose(run_logits(out, "test")[1], z_ce - tau * log_pi,
+                               rtol=1e-4, atol=1e-4)
+
+
+def test_gla_formula(world):
+    test = _split(world, "test")
+    text = read_text_embeddings(world["fd"] / "text.parquet")
+    out, m = _posthoc(world, "gla")
+    z_zs = text.logit_scale * _unit(test.features) @ _unit(text.embeddings).T
+    _, z_la = run_logits(world["runs"]["la"], "test")
+    expected = z_zs / 2.0 - np.log(Q / Q.sum()) + z_la  # T = 2 from the prior file
+    np.testing.assert_allclose(run_logits(out, "test")[1], expected, rtol=1e-4, atol=1e-4)
+    assert m["info"]["temperature"] == 2.0
+
+
+def test_gla_needs_prior_and_text(world, tmp_path):
+    with pytest.raises(ValueError, match="prior"):
+        train_run("gla", world["fd"], tmp_path / "g", 0, base_runs={"la": world["runs"]["la"]})
+    fd = make_features_dir(tmp_path / "f", text=False)
+    with pytest.raises(ValueError, match="text tower"):
+        train_run("gla", fd, tmp_path / "g2", 0, prior=world["prior"],
+                  base_runs={"la": world["runs"]["la"]})
+
+
+def test_posthoc_never_retrains_the_base_run(world):
+    ce = world["runs"]["ce"]
+    before = {p.name: p.stat().st_mtime_ns for p in ce.iterdir()}
+    _posthoc(world, "la_posthoc", "la_posthoc2")
+    assert {p.name: p.stat().st_mtime_ns for p in ce.iterdir()} == before
+    cfg = read_json(world["root"] / "runs" / "la_posthoc2" / "config.json")
+    assert cfg["base_runs"] == {"ce": str(ce)}
+
+
+def test_crt_starts_from_the_ce_head(world):
+    out, m = _posthoc(world, "crt", hparams={"lr": 1e-12, "epochs": 1, "weight_decay": 0.0,
+                                             "batch_size": 64})
+    w = load_file(str(out / "predictor.safetensors"))["term0.weight"]
+    np.testing.assert_allclose(w, _ce_weight(world), rtol=1e-5, atol=1e-6)
+    assert read_json(out / "config.json")["hparams"]["sampler"] == "class_balanced"
+    assert "init" not in read_json(out / "config.json")["hparams"]
+
+
+def test_crt_retrains_with_class_balanced_batches(world, monkeypatch):
+    from lt_bench.methods import heads
+
+    seen = []
+    real = heads.batch_indices
+
+    def spy(labels, batch_size, sampler, rng):
+        seen.append(sampler)
+        return real(labels, batch_size, sampler, rng)
+
+    monkeypatch.setattr(heads, "batch_indices", spy)
+    out, m = _posthoc(world, "crt", "crt_trained", hparams={"epochs": 2, "batch_size": 32})
+    assert seen == ["class_balanced"] * 2
+    w = load_file(str(out / "predictor.safetensors"))["term0.weight"]
+    assert not np.allclose(w, _ce_weight(world))
+    assert len(read_json(out / "history.json")) == 2
+
+
+def test_no_tuning_where_val_overlaps_train(world, tmp_path):
+    fd = make_features_dir(tmp_path / "f", dataset="inat2018")
+    ce = tmp_path / "ce"
+    train_run("ce", fd, ce, 0, hparams=FAST)
+    m = train_run("la_posthoc", fd, tmp_path / "lp", 0, base_runs={"ce": ce})
+    assert m["info"]["tau"] == 1.0 and m["info"]["tuned"] is False
+    assert "overlaps train" in m["info"]["tune_note"]
+    assert read_json(tmp_path / "lp" / "config.json")["tune"] is False
+    m = train_run("tau_norm", fd, tmp_path / "tn", 0, base_runs={"ce": ce},
+                  hparams={"tau": 0.5})
+    assert m["info"]["tau"] == 0.5 and m["info"]["tuned"] is False
+    # the CLI switch overrides the dataset default
+    assert main(["train", "--method", "la_posthoc", "--features-dir", str(fd), "--out",
+                 str(tmp_path / "lp2"), "--base", f"ce={ce}", "--tune"]) == 0
+    assert read_json(tmp_path / "lp2" / "metrics.json")["info"]["tuned"] is True
+
+
+def test_every_run_gets_p_groups_with_a_prior(world):
+    m = read_json(world["runs"]["ce"] / "metrics.json")
+    for key in ("p_many", "p_medium", "p_few", "dp_many_p_few", "dp_few_p_many"):
+        assert key in m
+    cfg = read_json(world["runs"]["ce"] / "config.json")
+    assert cfg["prior"] == str(world["prior"])
+
+
+def test_prior_of_another_class_set_is_an_error(world, tmp_path):
+    bad = make_prior(tmp_path / "p.parquet", np.ones(4))
+    with pytest.raises(ValueError, match="covers 4 classes"):
+        train_run("ce", world["fd"], tmp_path / "x", 0, hparams=FAST, prior=bad)
+
+
+def test_logits_cli_on_posthoc_run(world, tmp_path):
+    out, _ = _posthoc(world, "tau_norm", "tau_norm_cli")
+    assert main(["logits", str(out), "--split", "val", "--out", str(tmp_path / "l.parquet")]) == 0
+    labels, z = read_logits(tmp_path / "l.parquet")
+    m = read_json(out / "metrics.json")
+    assert m["val_top1"] == pytest.approx((z.argmax(1) == labels).mean())
+    assert json.loads((out / "predictor.json").read_text())["kind"] == "linear"

@@ -1,0 +1,52 @@
+"""Registries: one decorator, one lookup, errors that list the valid names."""
+
+import pytest
+
+from lt_bench.backbones import BACKBONES
+from lt_bench.data import DATASETS
+from lt_bench.methods import METHODS, get_method
+from lt_bench.registry import Registry, UnknownNameError
+
+
+def test_unknown_name_lists_valid_names():
+    r = Registry("widget")
+    r.register("b")(object)
+    r.register("a")(int)
+    with pytest.raises(UnknownNameError) as e:
+        r.get("c")
+    assert str(e.value) == "unknown widget 'c'; valid widgets: a, b"
+
+
+def test_double_registration_is_an_error():
+    r = Registry("widget")
+    r.register("a")(int)
+    with pytest.raises(ValueError, match="registered twice"):
+        r.register("a")(float)
+
+
+@pytest.mark.parametrize("registry,name,kind", [
+    (METHODS, "lla", "method"), (DATASETS, "imagenet", "dataset"),
+    (BACKBONES, "clip-b16", "backbone")])
+def test_builtin_registries_name_the_family(registry, name, kind):
+    with pytest.raises(UnknownNameError, match=f"unknown {kind} '{name}'; valid {kind}s: .*"):
+        registry.get(name)
+
+
+def test_skeleton_methods_are_registered():
+    assert {"zero_shot", "ce", "la"} <= set(METHODS.names())
+    assert {"toy"} <= set(DATASETS.names())
+    assert {"toyclip0", "toyclip1", "toyclip2"} <= set(BACKBONES.names())
+
+
+def test_unknown_hyperparameter_names_method_and_valid_keys():
+    with pytest.raises(ValueError, match=r"unknown hyper-parameter\(s\) \['lrr'\] for method "
+                                         r"'ce'; valid: \['batch_size', .*'lr'"):
+        get_method("ce", lrr=0.1)
+
+
+def test_la_defaults_follow_lift():
+    la = get_method("la")
+    assert la.hparams["lr"] == 0.01 and la.hparams["epochs"] == 10
+    assert la.hparams["batch_size"] == 128 and la.hparams["scale"] == 25.0
+    assert la.hparams["weight_decay"] == 5e-4 and la.hparams["momentum"] == 0.9
+    assert la.hparams["tau"] == 1.0 and la.hparams["init"] == "text"

@@ -1,0 +1,103 @@
+"""The real Snakemake workflow, end to end, on a tiny toy world (not a dry-run)."""
+
+import json
+import re
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from conftest import REPO, copy_workflow
+
+from lt_bench.methods import METHODS
+
+pytestmark = pytest.mark.slow
+
+TINY = REPO / "tests/data/tiny_config.yaml"
+
+
+def snakemake(wf: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "snakemake", "--cores", "2", "--configfile", str(TINY), *args]
+    r = subprocess.run(cmd, cwd=wf, capture_output=True, text=True)
+    if check and r.returncode != 0:
+        raise AssertionError(f"snakemake {args} failed:\n{r.stdout[-4000:]}\n{r.stderr[-4000:]}")
+    return r
+
+
+def job_counts(dry_run_output: str) -> dict[str, int]:
+    """Parse the 'Job stats' table of a dry-run."""
+    counts = {}
+    m = re.search(r"Job stats:\n(.*?)\n\n", dry_run_output + "\n\n", re.S)
+    if not m:
+        return counts
+    for line in m.group(1).splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[1].isdigit() and parts[0] != "total":
+            counts[parts[0]] = int(parts[1])
+    return counts
+
+
+@pytest.fixture(scope="module")
+def finished_workflow(tmp_path_factory):
+    wf = copy_workflow(tmp_path_factory.mktemp("wf"))
+    snakemake(wf)
+    return wf
+
+
+def tiny_suite():
+    cfg = yaml.safe_load(TINY.read_text())
+    return cfg["suites"][cfg["suite"]]
+
+
+def test_table_rows_equal_recomputed_means(finished_workflow):
+    wf = finished_workflow
+    suite = tiny_suite()
+    table = pd.read_csv(wf / "results/tables/main.csv")
+    per_backbone = [m for m in suite["methods"] if m != "backdoor"]  # backdoor: "ensemble"
+    single = table[table["backbone"] != "ensemble"]
+    assert len(single) == len(suite["backbones"]) * len(per_backbone)
+    assert (table["n_seeds"] == len(suite["seeds"])).all()
+    for _, row in single.iterrows():
+        vals = [json.loads((wf / "results/runs" / row["dataset"] / row["backbone"] / row["method"]
+                            / f"seed{s}" / "metrics.json").read_text())["top1"] * 100
+                for s in suite["seeds"]]
+        assert row["top1_mean"] == pytest.approx(statistics.mean(vals), abs=1e-3)
+        assert row["top1_std"] == pytest.approx(statistics.stdev(vals), abs=1e-3)
+    md = (wf / "results/tables/main.md").read_text()
+    assert "| toy" in md and "±" in md
+    assert (wf / "logs/pretrain_toy_clip/toyclip0.log").stat().st_size > 0
+
+
+def test_rerun_has_nothing_to_do(finished_workflow):
+    r = snakemake(finished_workflow, "-n")
+    assert "Nothing to be done" in r.stdout + r.stderr, r.stdout[-2000:]
+
+
+def test_changing_one_method_reruns_only_its_jobs(finished_workflow, tmp_path):
+    wf = finished_workflow
+    cfg = yaml.safe_load(TINY.read_text())
+    cfg["methods"].setdefault("la", {})["tau"] = 0.5
+    changed = tmp_path / "changed.yaml"
+    changed.write_text(yaml.safe_dump(cfg))
+    features = wf / "results/features/toy/toyclip0/train.parquet"
+    before = features.stat().st_mtime_ns
+
+    cmd = [sys.executable, "-m", "snakemake", "--cores", "2", "--configfile", str(changed)]
+    dry = subprocess.run([*cmd, "-n"], cwd=wf, capture_output=True, text=True)
+    counts = job_counts(dry.stdout)
+    suite = cfg["suites"][cfg["suite"]]
+    affected = {"la"} | {m for m in suite["methods"] if "la" in METHODS.get(m).requires}
+    n_heads = len(affected - {"backdoor"}) * len(suite["backbones"]) * len(suite["seeds"])
+    assert counts.get("train_head") == n_heads, counts
+    for upstream in ("prepare_dataset", "pretrain_toy_clip", "extract_features",
+                     "estimate_prior"):
+        assert upstream not in counts, f"{upstream} would rerun: {counts}"
+
+    run = subprocess.run(cmd, cwd=wf, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert features.stat().st_mtime_ns == before
+    hp = json.loads((wf / "results/runs/toy/toyclip0/la/seed0/config.json").read_text())
+    assert hp["hparams"]["tau"] == 0.5
