@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -56,3 +57,59 @@ def copy_workflow(dest: Path) -> Path:
     for name in ("workflow", "profiles"):
         shutil.copytree(REPO / name, dest / name, dirs_exist_ok=True)
     return dest
+
+
+# --- the local one-node SLURM cluster (scripts/slurm-cluster.sh) ---------------------------
+
+SLURM_SCRIPT = REPO / "scripts" / "slurm-cluster.sh"
+SLURM_START_TIMEOUT_S = 900  # apt-get install (+ update) on a fresh machine, then the start
+
+
+def _slurm_lab_conf() -> Path:
+    lab = Path(os.environ.get("SLURM_LAB_DIR", "/tmp/lt-bench-slurm"))
+    return lab / "etc" / "slurm.conf"
+
+
+def _slurm_cluster_usable() -> bool:
+    try:
+        r = subprocess.run([str(SLURM_SCRIPT), "status"], capture_output=True, text=True,
+                           timeout=60)
+    except subprocess.TimeoutExpired:
+        return False
+    return r.returncode == 0
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster():
+    """A usable one-node SLURM cluster for the ``slurm`` tests; yields its slurm.conf.
+
+    Uses a running one (``scripts/slurm-cluster.sh status``), else starts one with
+    ``scripts/slurm-cluster.sh start`` (which installs Debian's slurmctld, slurmd,
+    slurm-client and munge with apt-get when missing) and stops it at the end of the
+    session. Skips, saying why, only where SLURM cannot be installed or started: not root,
+    or SLURM missing with no apt-get (or apt-get unable to install it). Any other failure to
+    start is an error. SLURM_CONF points the tests' and Snakemake's sbatch/squeue at it.
+    """
+    started = False
+    if not _slurm_cluster_usable():
+        if os.geteuid() != 0:
+            pytest.skip("SLURM tests need root to start the local cluster "
+                        "(apt-get, mknod, munged); run scripts/slurm-cluster.sh start as root")
+        installed = shutil.which("slurmctld") is not None and shutil.which("sbatch") is not None
+        if not installed and shutil.which("apt-get") is None:
+            pytest.skip("SLURM is not installed and there is no apt-get to install it "
+                        "(Debian packages slurmctld slurmd slurm-client munge)")
+        r = subprocess.run([str(SLURM_SCRIPT), "start"], capture_output=True, text=True,
+                           timeout=SLURM_START_TIMEOUT_S)
+        if r.returncode != 0:
+            if not installed and "apt-get install failed" in r.stderr:
+                pytest.skip(f"could not install SLURM with apt-get:\n{r.stderr[-2000:]}")
+            pytest.fail(f"scripts/slurm-cluster.sh start failed:\n{r.stderr[-4000:]}")
+        started = True
+    conf = _slurm_lab_conf()
+    with pytest.MonkeyPatch.context() as mp:
+        if conf.exists():
+            mp.setenv("SLURM_CONF", str(conf))
+        yield conf
+    if started:
+        subprocess.run([str(SLURM_SCRIPT), "stop"], capture_output=True, text=True, timeout=120)

@@ -112,3 +112,20 @@ def test_bad_fake_gpu_count_is_a_clear_error(monkeypatch):
     monkeypatch.setenv("LT_BENCH_FAKE_GPUS", "four")
     with pytest.raises(ValueError, match="LT_BENCH_FAKE_GPUS must be an integer"):
         device.gpu_count()
+
+
+def test_several_visible_devices_are_claimed_by_their_ids(fake_gpus, monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")  # e.g. exported in a shell profile
+    procs = [_holder() for _ in range(2)]
+    try:
+        assert sorted(int(p.stdout.readline()) for p in procs) == [0, 1]  # torch indices
+        assert sorted(p.name for p in fake_gpus.glob("*.lock")) == ["gpu2.lock", "gpu3.lock"]
+        with pytest.raises(device.NoFreeGPUError, match="all 2 GPUs are claimed"):
+            device.claim_gpu(wait_s=0)
+    finally:
+        _release(procs)
+
+
+def test_empty_visible_devices_means_cpu(fake_gpus, monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert str(device.pick_device()) == "cpu"

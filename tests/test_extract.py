@@ -244,7 +244,6 @@ def test_killed_extraction_resumes_without_re_encoding_finished_shards(checkpoin
         "shard-00000.parquet", "shard-00001.parquet"]
     assert not (out / "train.parquet").exists()  # nothing that reads as complete
     assert not list(out.glob("*.part")) and not list(shard_dir.glob(".*.part"))
-    done_mtimes = {p.name: p.stat().st_mtime_ns for p in shard_dir.glob("shard-*")}
 
     blocker.unlink()
     blocker.write_bytes(saved)
@@ -252,9 +251,9 @@ def test_killed_extraction_resumes_without_re_encoding_finished_shards(checkpoin
     stdout, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 0, stderr
     assert "resuming: 2 of 5 shards (16 of 40 images) already encoded" in stderr
+    # only the 24 images of shards 2-4 went through the model again
     assert json.loads(stdout.strip().splitlines()[-1])["train"]["encoded"] == 24
-    assert done_mtimes  # (the resumed run re-used them; the job removes shards at the end)
-    assert not shard_dir.exists()
+    assert not shard_dir.exists()  # removed once the whole job is done
 
     fresh = tmp_path / "fresh"
     proc = _cli(fresh, d, checkpoint)

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import REPO, copy_workflow
 
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))

@@ -106,31 +106,31 @@ def test_prior_needs_a_text_tower(tmp_path, capsys):
 
 # --- the toy world: q̂ tracks the true pre-training prior -----------------------------
 
-TOY = {"num_classes": 30, "num_pairs": 12000, "epochs": 3}
+#: balanced labelled images per class the prior is fitted on. Measured on the toy CLIP of
+#: ``small_toy_world`` (30 classes, 8000 pairs, 3 epochs): ρ(q̂, q_true) = 0.75 with 10 per
+#: class, 0.77 with 20, 0.82 with 40 (the estimate's own sampling noise shrinks with n).
+PRIOR_VAL_PER_CLASS = 40
 
 
 @pytest.fixture(scope="module")
-def toy_prior(tmp_path_factory):
-    """Pre-train ONE toy CLIP (its own long-tailed prior), extract val features, fit q̂."""
-    import torch
+def toy_prior(small_toy_world, tmp_path_factory):
+    """q̂ of the session's toy CLIP (pre-trained once for all slow tests) on a fresh
+    balanced labelled set of the same toy world."""
+    from conftest import SMALL_TOY
 
-    from lt_bench.backbones.toy_pretrain import pretrain_toy_clip
     from lt_bench.data import get_dataset
     from lt_bench.features.extract import extract_all
 
-    torch.set_num_threads(2)
     root = tmp_path_factory.mktemp("toy_prior")
-    k = TOY["num_classes"]
-    pretrain_toy_clip(root / "bb", num_classes=k, index=0, num_pairs=TOY["num_pairs"],
-                      epochs=TOY["epochs"], eval_per_class=5)
-    get_dataset("toy", num_classes=k, max_per_class=10, imbalance=10, val_per_class=20,
-                test_per_class=1).prepare(root / "data")
+    params = {**SMALL_TOY, "max_per_class": 1, "imbalance": 1,
+              "val_per_class": PRIOR_VAL_PER_CLASS, "test_per_class": 1}
+    get_dataset("toy", **params).prepare(root / "data")
     extract_all("toy", root / "data", root / "data", "toyclip0", root / "feat",
-                checkpoint=root / "bb" / "checkpoint.pt", splits=("val",), batch_size=256,
-                num_workers=0, device="cpu")
+                checkpoint=small_toy_world["backbone_dir"] / "checkpoint.pt", splits=("val",),
+                batch_size=256, num_workers=0, device="cpu")
     out = root / "prior.parquet"
     assert main(["prior", "--features-dir", str(root / "feat"), "--out", str(out),
-                 "--true-prior", str(root / "bb" / "prior.parquet")]) == 0
+                 "--true-prior", str(small_toy_world["backbone_dir"] / "prior.parquet")]) == 0
     return out
 
 
@@ -141,4 +141,4 @@ def test_toy_prior_estimate_tracks_the_true_prior(toy_prior):
     meta = read_prior_meta(toy_prior)
     print(json.dumps({"spearman": rho, "temperature": meta["temperature"],
                       "zero_shot_top1": meta["zero_shot_top1"]}))
-    assert rho >= 0.7
+    assert rho >= 0.7, f"rho(q_hat, true prior) = {rho:.3f}"

@@ -2,16 +2,15 @@
 
 Checks that real SLURM jobs run, that `--gpus` hands out (fake) GPUs the way a GPU
 cluster does, and that squeue sees a job while it runs -- what the Snakemake SLURM
-profile relies on. Skipped unless the cluster is up:
+profile relies on. The ``slurm_cluster`` fixture (conftest.py) uses a running cluster or
+starts one (and stops it after the session); the tests skip only where it cannot:
 
-    scripts/slurm-cluster.sh start
     pytest -m slurm tests/test_slurm_cluster.py
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import time
 import uuid
@@ -21,32 +20,7 @@ import pytest
 
 pytestmark = pytest.mark.slurm
 
-USABLE_NODE_STATES = {"idle", "mixed", "allocated", "completing"}
 JOB_TIMEOUT_S = 120
-
-
-def _cluster_skip_reason() -> str | None:
-    if shutil.which("sbatch") is None:
-        return "sbatch not on PATH (start a local cluster: scripts/slurm-cluster.sh start)"
-    try:
-        res = subprocess.run(
-            ["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=15
-        )
-    except subprocess.TimeoutExpired:
-        return "sinfo timed out: SLURM controller not answering"
-    if res.returncode != 0:
-        return f"SLURM cluster not up (sinfo: {res.stderr.strip() or res.returncode})"
-    states = {s.strip().rstrip("*~#$@^-") for s in res.stdout.split()}
-    if not states & USABLE_NODE_STATES:
-        return f"no usable SLURM node (sinfo states: {sorted(states) or 'none'})"
-    return None
-
-
-@pytest.fixture(scope="module")
-def slurm_cluster() -> None:
-    reason = _cluster_skip_reason()
-    if reason:
-        pytest.skip(reason)
 
 
 def _env_without_gpus() -> dict[str, str]:

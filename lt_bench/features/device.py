@@ -7,9 +7,11 @@ holds it for the life of the process (the kernel drops the lock when the process
 however it exits, so a killed job never leaves a GPU claimed). When every GPU is held, the
 job waits for one to come free, up to a timeout, then fails naming the holders.
 
-Where ``CUDA_VISIBLE_DEVICES`` is already set (SLURM sets it for ``--gpus``, or the user
-chose), the scheduler has done the assignment: the job uses the first visible device and
-takes no lock.
+Where ``CUDA_VISIBLE_DEVICES`` already names a single device (SLURM sets it for
+``--gpus=1``, or the user chose), the scheduler has done the assignment: the job uses it
+and takes no lock. Where it names several (e.g. exported in a shell profile), jobs claim
+among those, with lock files named by the listed ids (under SLURM, in a folder of their
+own per job, since SLURM's ids are job-local).
 
 Environment:
     ``LT_BENCH_GPU_LOCK_DIR``  lock folder (default ``/tmp/lt-bench-gpu-locks``)
@@ -103,68 +105,81 @@ def _try_lock(path: Path) -> int | None:
     return fd
 
 
-def _holders(directory: Path, n: int) -> str:
+def _holders(paths: list[Path]) -> str:
     out = []
-    for i in range(n):
+    for path in paths:
         try:
-            pid = (directory / f"gpu{i}.lock").read_text().strip() or "?"
+            pid = path.read_text().strip() or "?"
         except OSError:
             pid = "?"
-        out.append(f"gpu{i}: pid {pid}")
+        out.append(f"{path.stem}: pid {pid}")
     return ", ".join(out)
+
+
+def visible_devices() -> list[str] | None:
+    """The ids listed in ``CUDA_VISIBLE_DEVICES``; None when it is not set."""
+    raw = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if raw is None:
+        return None
+    return [d.strip() for d in raw.split(",") if d.strip()]
 
 
 def claim_gpu(wait_s: float | None = None) -> GPUClaim | None:
     """Claim a GPU for this process; None when there is no GPU.
 
-    Honours ``CUDA_VISIBLE_DEVICES`` (no locking, device 0 of the visible ones). Otherwise
-    returns the lowest free index, waiting up to ``wait_s`` seconds (default:
-    ``LT_BENCH_GPU_WAIT_S``) when all are claimed, then raises :class:`NoFreeGPUError`.
-    A second call in the same process returns the first claim.
+    A single device in ``CUDA_VISIBLE_DEVICES``: that one, no lock. Otherwise the first
+    free one (of the visible ones, or of all), waiting up to ``wait_s`` seconds (default:
+    ``LT_BENCH_GPU_WAIT_S``) when all are claimed, then :class:`NoFreeGPUError`.
+    ``GPUClaim.index`` is the torch index (``cuda:<index>``). A second call in the same
+    process returns the first claim.
     """
     if _CLAIMS:
         return _CLAIMS[0]
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is not None and visible.strip() not in ("",):
-        if gpu_count() == 0:
-            return None
-        claim = GPUClaim(0, None)
-        log.info("using cuda:0 of CUDA_VISIBLE_DEVICES=%s (assigned by the scheduler)", visible)
-        _CLAIMS.append(claim)
-        return claim
-    n = gpu_count()
+    visible = visible_devices()
+    n = gpu_count() if visible is None else min(len(visible), gpu_count())
     if n == 0:
         return None
+    if visible is not None and len(visible) == 1:
+        log.info("using the GPU of CUDA_VISIBLE_DEVICES=%s (assigned by the scheduler)",
+                 visible[0])
+        _CLAIMS.append(GPUClaim(0, None))
+        return _CLAIMS[0]
+    ids = visible[:n] if visible is not None else [str(i) for i in range(n)]
     directory = lock_dir()
+    if visible is not None and os.environ.get("SLURM_JOB_ID"):
+        directory = directory / f"slurm-{os.environ['SLURM_JOB_ID']}"
     directory.mkdir(parents=True, exist_ok=True)
     try:  # shared between users of the machine: world-writable, sticky like /tmp
         os.chmod(directory, 0o1777)
     except OSError:
         pass
+    paths = [directory / f"gpu{_safe(i)}.lock" for i in ids]
     wait_s = _wait_seconds() if wait_s is None else wait_s
     deadline = time.monotonic() + wait_s
     next_note = 0.0
     while True:
-        for i in range(n):
-            path = directory / f"gpu{i}.lock"
+        for index, path in enumerate(paths):
             fd = _try_lock(path)
             if fd is not None:
-                claim = GPUClaim(i, path, fd)
-                _CLAIMS.append(claim)
-                log.info("claimed GPU %d of %d (lock %s)", i, n, path)
-                return claim
+                _CLAIMS.append(GPUClaim(index, path, fd))
+                log.info("claimed GPU %s (cuda:%d of %d; lock %s)", ids[index], index, n, path)
+                return _CLAIMS[0]
         now = time.monotonic()
         if now >= deadline:
             raise NoFreeGPUError(
-                f"all {n} GPUs are claimed by other lt-bench jobs ({_holders(directory, n)}; "
+                f"all {n} GPUs are claimed by other lt-bench jobs ({_holders(paths)}; "
                 f"lock files in {directory}) and none came free within {wait_s:g} s. Run fewer "
                 f"GPU jobs at once (snakemake --resources gpu={n}), raise LT_BENCH_GPU_WAIT_S, "
                 "or pass --device explicitly.")
         if now >= next_note:
             log.info("all %d GPUs are claimed (%s); waiting up to %.0f s more for one",
-                     n, _holders(directory, n), deadline - now)
+                     n, _holders(paths), deadline - now)
             next_note = now + 60
         time.sleep(min(POLL_S, max(0.0, deadline - now)))
+
+
+def _safe(device_id: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in device_id)
 
 
 def release_gpus() -> None:

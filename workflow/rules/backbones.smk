@@ -13,11 +13,12 @@ rule pretrain_toy_clip:
     log:
         "logs/pretrain_toy_clip/{backbone}.log",
     benchmark:
-        "benchmarks/runs/pretrain_toy_clip/{backbone}.tsv"
+        "results/benchmarks/pretrain_toy_clip/{backbone}.tsv"
     threads: 2
     resources:
         gpu=0,
     shell:
-        "lt-bench pretrain {wildcards.backbone} --dataset-dir resources/data/toy"
+        "echo \"host=$(hostname) slurm_job=${{SLURM_JOB_ID:-none}} gpus=${{CUDA_VISIBLE_DEVICES:-none}}\" > {log};"
+        " lt-bench pretrain {wildcards.backbone} --dataset-dir resources/data/toy"
         " --out results/backbones/{wildcards.backbone} --params '{params.pretrain}'"
-        " --seed {params.seed} --threads {threads} 2> {log}"
+        " --seed {params.seed} --threads {threads} 2>> {log}"

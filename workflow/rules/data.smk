@@ -4,7 +4,11 @@
 # Input functions: common.smk (reads_data_root, image_dir, images_verified).
 
 
+# Both local under a cluster executor: prepare_dataset fetches the pinned split lists (LIFT)
+# or the CIFAR archive, which needs the network that compute nodes may lack, and for the
+# toy world it is ~11 CPU-seconds of PNG writing (demo size).
 localrules:
+    prepare_dataset,
     verify_images,
 
 

@@ -31,14 +31,15 @@ rule extract_features:
     log:
         "logs/extract_features/{dataset}/{backbone}.log",
     benchmark:
-        "benchmarks/runs/extract_features/{dataset}/{backbone}.tsv"
+        "results/benchmarks/extract_features/{dataset}/{backbone}.tsv"
     threads: 2
     resources:
         gpu=1,
     shell:
-        "lt-bench extract --dataset {wildcards.dataset} --dataset-params '{params.dataset_params}'"
+        "echo \"host=$(hostname) slurm_job=${{SLURM_JOB_ID:-none}} gpus=${{CUDA_VISIBLE_DEVICES:-none}}\" > {log};"
+        " lt-bench extract --dataset {wildcards.dataset} --dataset-params '{params.dataset_params}'"
         " --split-dir resources/data/{wildcards.dataset} {params.image_root}"
         " --backbone {wildcards.backbone} {params.checkpoint}"
         " --out-dir results/features/{wildcards.dataset}/{wildcards.backbone}"
         " --batch-size {params.batch_size} --num-workers {params.num_workers}"
-        " --shard-size {params.shard_size} --threads {threads} 2> {log}"
+        " --shard-size {params.shard_size} --threads {threads} 2>> {log}"

@@ -1,0 +1,134 @@
+"""Extraction overhead: end-to-end throughput / bare model forward throughput.
+
+End to end is what ``lt-bench extract`` does for one split: JPEG files -> decode +
+preprocess in DataLoader workers -> model (fp16 autocast on GPU) -> fp16 Parquet shards ->
+the assembled file. The bare forward runs the same model on the same batches, already
+preprocessed and on the device, in the same process. The ratio says how much of the
+model's speed the pipeline keeps (1.0 = the loader and the writer are free); the target
+is >= 0.9.
+
+    python benchmarks/extract.py                      # CPU: random-weight ViT-B-32 at 224 px
+    python benchmarks/extract.py --model ViT-B-16 --device cuda --amp \\
+        --images 8192 --batch-size 256 --num-workers 12   # a GPU box
+
+Synthetic JPEGs (500x375, ImageNet's typical size) are written to a temporary folder;
+the model has random weights (``--pretrained TAG`` loads real ones, needs the network),
+saved as a checkpoint and loaded as the backbone ``local:<model>:<file>``, i.e. through
+the same loader as the real backbones. Prints images/s of both and the ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+
+def write_images(root: Path, n: int, size=(500, 375), seed: int = 0) -> Path:
+    """n photo-like JPEGs (smooth colour fields + noise, so they compress like photos)."""
+    rng = np.random.default_rng(seed)
+    w, h = size
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    lines = []
+    for i in range(n):
+        a, b, c = rng.uniform(0.002, 0.03, 3)
+        base = np.stack([np.sin(a * xx + b * yy + k * c * 50) for k in range(3)], -1)
+        img = (127 + 100 * base + rng.normal(0, 12, base.shape)).clip(0, 255).astype(np.uint8)
+        rel = f"images/{i % 10}/{i:06d}.jpg"
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img).save(root / rel, quality=90)
+        lines.append(f"{rel} {i % 10}\n")
+    (root / "train.txt").write_text("".join(lines))
+    return root / "train.txt"
+
+
+def bare_forward(bb, batches: list[torch.Tensor], device: torch.device, amp: bool) -> float:
+    """Images/s of the model alone on preprocessed batches already on the device."""
+    n = sum(len(b) for b in batches)
+    with torch.no_grad():
+        _sync(device)
+        t0 = time.perf_counter()
+        for x in batches:
+            with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
+                f = bb.encode_image(x)
+            f.float().cpu()  # the pipeline copies every batch back too
+        _sync(device)
+    return n / (time.perf_counter() - t0)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="ViT-B-32", help="open_clip model config (default: ViT-B-32)")
+    p.add_argument("--pretrained", default=None, help="open_clip tag (default: random weights)")
+    p.add_argument("--images", type=int, default=96, help="number of images (default: 96)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--num-workers", type=int, default=1)
+    p.add_argument("--shard-size", type=int, default=8192)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--amp", action="store_true", help="fp16 autocast (what extraction does on GPU)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--repeats", type=int, default=3, help="alternating rounds; medians reported")
+    a = p.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+
+    import open_clip
+
+    from lt_bench.backbones.base import load_backbone
+    from lt_bench.data.splits import read_split
+    from lt_bench.features.extract import extract_split
+
+    device = torch.device(a.device)
+    with tempfile.TemporaryDirectory(prefix="lt-bench-extract-bench-") as tmp:
+        tmp = Path(tmp)
+        split = write_images(tmp, a.images)
+        torch.manual_seed(0)
+        model = open_clip.create_model(a.model, pretrained=a.pretrained)
+        torch.save(model.state_dict(), tmp / "model.pt")
+        del model
+        bb = load_backbone(f"local:{a.model}:{tmp / 'model.pt'}", device=device)
+        paths, _ = read_split(split)
+        xs = torch.stack([bb.preprocess(Image.open(tmp / q).convert("RGB")) for q in paths])
+        batches = [xs[i:i + a.batch_size].to(device) for i in range(0, len(xs), a.batch_size)]
+        bare_forward(bb, batches[:2], device, a.amp)  # warm-up (kernels, allocator)
+
+        e2e, bare = [], []
+        for r in range(a.repeats):
+            out = tmp / f"train{r}.parquet"
+            _sync(device)
+            t0 = time.perf_counter()
+            extract_split(bb, split, tmp, out, {"benchmark": True}, batch_size=a.batch_size,
+                          num_workers=a.num_workers, shard_size=a.shard_size, device=device,
+                          amp=a.amp)
+            _sync(device)
+            e2e.append(len(paths) / (time.perf_counter() - t0))
+            bare.append(bare_forward(bb, batches, device, a.amp))
+            print(f"round {r + 1}: end-to-end {e2e[-1]:.2f} images/s, bare forward "
+                  f"{bare[-1]:.2f} images/s, ratio {e2e[-1] / bare[-1]:.3f}", file=sys.stderr)
+
+    e, b = statistics.median(e2e), statistics.median(bare)
+    print(f"model {a.model} ({'random weights' if not a.pretrained else a.pretrained}), "
+          f"{a.images} JPEGs 500x375, batch {a.batch_size}, {a.num_workers} workers, "
+          f"device {device}, amp {a.amp}, torch threads {torch.get_num_threads()}")
+    print(f"end-to-end (files -> decode -> model -> Parquet): {e:.2f} images/s")
+    print(f"bare model forward (same batches):              {b:.2f} images/s")
+    print(f"ratio end-to-end / bare: {e / b:.3f}  (target >= 0.9)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
