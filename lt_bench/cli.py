@@ -180,8 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out-dir", required=True)
     s.add_argument("--batch-size", type=int, default=256)
     s.add_argument("--num-workers", type=_workers, default="auto",
-                   help="decode worker processes, or auto: the CPUs this process may use - 1, "
-                        "at most 16 (default: auto)")
+                   help="decode worker processes, or auto: this job's share of the CPUs (one "
+                        "share per GPU) - 1, at most 16 (default: auto)")
     s.add_argument("--shard-size", type=int, default=8192)
     s.add_argument("--device", help="cpu, cuda, cuda:1 (default: pick a free one)")
     s.add_argument("--threads", type=int)

@@ -276,3 +276,20 @@ def test_timm_backbone_has_features_but_no_text_embeddings(split_dir, tmp_path, 
     text = read_text_embeddings(tmp_path / "text.parquet")
     assert text.embeddings is None and text.logit_scale is None
     assert text.classnames == CLASSNAMES and text.meta["has_text"] is False
+
+
+def test_auto_workers_share_the_cpus_among_the_gpus(monkeypatch):
+    from lt_bench.features.extract import auto_num_workers
+
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(32)))
+    monkeypatch.setenv("LT_BENCH_FAKE_GPUS", "4")  # 4 jobs at once on a 4-GPU, 32-core box
+    assert auto_num_workers() == 7
+    monkeypatch.setenv("LT_BENCH_FAKE_GPUS", "0")  # CPU only: all but one, at most 16
+    assert auto_num_workers() == 16
+    monkeypatch.setenv("LT_BENCH_FAKE_GPUS", "8")  # SLURM: one GPU, 8 CPUs of its own
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "5")
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)))
+    assert auto_num_workers() == 7
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
+    assert auto_num_workers() == 1  # never zero: decoding stays off the model's thread

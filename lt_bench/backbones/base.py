@@ -173,7 +173,10 @@ def _load_timm(spec: BackboneSpec, checkpoint: str | Path | None,
     # With a local file timm loads it through its pretrained machinery (the classifier of
     # the file is dropped for num_classes=0), so the tag's preprocessing still applies.
     load = checkpoint is not None or bool(spec.pretrained)
-    overlay = {"file": str(checkpoint)} if checkpoint is not None else None
+    # (custom_load is timm's .npz reader, which some tags use for their URL; a state dict
+    # file given here is read as one)
+    overlay = ({"file": str(checkpoint), "custom_load": Path(checkpoint).suffix == ".npz"}
+               if checkpoint is not None else None)
     try:
         model = timm.create_model(name, pretrained=load, num_classes=0,
                                   pretrained_cfg_overlay=overlay)

@@ -78,14 +78,23 @@ class ImageListDataset(Dataset):
 
 
 def auto_num_workers(cap: int = 16) -> int:
-    """Decode workers for this process: the CPUs it may run on (cgroup/SLURM affinity) - 1."""
+    """Decode workers for this process: its share of the CPUs it may run on, minus one.
+
+    The CPUs are this process's affinity (a SLURM job's allocation); they are shared by the
+    GPU jobs that can run at once on this machine (one per GPU it can see), so four
+    extraction jobs on a 4-GPU, 32-core box get 7 workers each. At most ``cap``.
+    """
     import os
+
+    from lt_bench.features.device import gpu_count, visible_devices
 
     try:
         cpus = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         cpus = os.cpu_count() or 1
-    return max(1, min(cpus - 1, cap))
+    visible = visible_devices()
+    gpus = gpu_count() if visible is None else min(len(visible), gpu_count())
+    return max(1, min(cpus // max(1, gpus) - 1, cap))
 
 
 def library_versions() -> dict[str, str]:

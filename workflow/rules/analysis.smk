@@ -22,6 +22,8 @@ rule estimate_prior:
     log:
         "logs/estimate_prior/{dataset}/{backbone}.log",
     threads: 1
+    conda:
+        "../envs/lt-bench.yaml"
     shell:
         "lt-bench prior --features-dir results/features/{wildcards.dataset}/{wildcards.backbone}"
         " --out {output} {params.true_prior} 2> {log}"
@@ -42,6 +44,8 @@ rule backdoor:
     log:
         "logs/backdoor/{dataset}/seed{seed}.log",
     threads: 1
+    conda:
+        "../envs/lt-bench.yaml"
     shell:
         "lt-bench backdoor --members {params.members} --out {params.out}"
         " --rule {params.rule} 2> {log}"
@@ -60,5 +64,7 @@ rule prior_table:
         md="results/tables/prior.md",
     log:
         "logs/prior_table.log",
+    conda:
+        "../envs/lt-bench.yaml"
     shell:
         "lt-bench prior-table --priors {input.priors} --out-dir results/tables 2> {log}"

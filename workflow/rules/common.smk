@@ -10,9 +10,8 @@ from lt_bench.methods import METHODS
 
 
 # Jobs call the `lt-bench` CLI installed next to this Python; put it first on PATH so
-# `.venv/bin/snakemake` works without activating the venv (jobs inherit the environment,
-# also under SLURM, whose sbatch exports it by default).
-os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
+# `.venv/bin/snakemake` works without activating the venv (also inside SLURM jobs).
+shell.prefix(f"set -euo pipefail; export PATH={shlex.quote(os.path.dirname(sys.executable))}:$PATH; ")
 
 validate(config, "../schemas/config.schema.yaml")
 SUITE = resolve_suite(config)
@@ -57,8 +56,7 @@ def base_run_inputs(wildcards):
     """metrics.json of the runs a post-hoc method builds on (same dataset/backbone/seed)."""
     cls = METHODS.get(wildcards.method)
     return {
-        req: run_dir(wildcards.dataset, wildcards.backbone, req, wildcards.seed)
-        + "/metrics.json"
+        req: f"{run_dir(wildcards.dataset, wildcards.backbone, req, wildcards.seed)}/metrics.json"
         for req in cls.requires
     }
 
@@ -150,7 +148,7 @@ def ensemble_runs():
 
 def suite_runs():
     return [
-        run_dir(d, b, m, s) + "/metrics.json"
+        f"{run_dir(d, b, m, s)}/metrics.json"
         for d in SUITE.datasets
         for b in SUITE.backbones
         for m in SUITE.methods

@@ -22,6 +22,8 @@ rule prepare_dataset:
         dataset_params=lambda wc: json.dumps(dataset_params(wc.dataset), sort_keys=True),
     log:
         "logs/prepare_dataset/{dataset}.log",
+    conda:
+        "../envs/lt-bench.yaml"
     shell:
         "lt-bench prepare {wildcards.dataset} --out resources/data/{wildcards.dataset}"
         " --params '{params.dataset_params}' 2> {log}"
@@ -43,6 +45,8 @@ rule verify_images:
         dataset="(?:" + "|".join(real_image_datasets()) + ")",
     log:
         "logs/verify_images/{dataset}.log",
+    conda:
+        "../envs/lt-bench.yaml"
     shell:
         "echo 'images of {wildcards.dataset}: {params.where}' > {log};"
         " lt-bench check-images {wildcards.dataset}"

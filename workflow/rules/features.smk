@@ -35,6 +35,8 @@ rule extract_features:
     threads: 2
     resources:
         gpu=1,
+    conda:
+        "../envs/lt-bench.yaml"
     shell:
         "echo \"host=$(hostname) slurm_job=${{SLURM_JOB_ID:-none}} gpus=${{CUDA_VISIBLE_DEVICES:-none}}\" > {log};"
         " lt-bench extract --dataset {wildcards.dataset} --dataset-params '{params.dataset_params}'"

@@ -74,6 +74,8 @@ rule aggregate:
         methods=" ".join(SUITE.methods),
     log:
         "logs/report/aggregate.log",
+    conda:
+        "../envs/lt-bench.yaml"
     shell:
         "lt-bench tables --metrics {input} --method-order {params.methods}"
         " --out-dir results/tables 2> {log}"
@@ -103,6 +105,8 @@ rule figure_accuracy:
         methods=" ".join(FIGURE_METHODS),
     log:
         "logs/report/figure_accuracy/{dataset}.log",
+    conda:
+        "../envs/lt-bench.yaml"
     shell:
         "lt-bench figures accuracy --metrics {input} --methods {params.methods}"
         " --out-dir results/figures/{wildcards.dataset} > {log} 2>&1"
@@ -124,6 +128,8 @@ rule figure_prior:
         priors=prior_args,
     log:
         "logs/report/figure_prior/{dataset}.log",
+    conda:
+        "../envs/lt-bench.yaml"
     shell:
         "lt-bench figures prior --dataset {wildcards.dataset} {params.priors}"
         " --out results/figures/{wildcards.dataset}/prior_vs_true > {log} 2>&1"
@@ -148,6 +154,8 @@ rule figure_dxp:
         methods=" ".join(SUITE.methods),
     log:
         "logs/report/figure_dxp/{dataset}.log",
+    conda:
+        "../envs/lt-bench.yaml"
     shell:
         "lt-bench figures dxp --metrics {input} --dataset {wildcards.dataset}"
         " --methods {params.methods} --out-dir results/figures/{wildcards.dataset}"

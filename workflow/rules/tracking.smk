@@ -27,5 +27,7 @@ rule ingest_mlflow:
         store=tracking_store_id(),  # common.smk
     log:
         "logs/ingest_mlflow.log",
+    conda:
+        "../envs/lt-bench.yaml"
     shell:
         "lt-bench ingest --suite {params.suite} --metrics {input} --out {output} 2> {log}"

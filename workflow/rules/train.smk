@@ -19,6 +19,8 @@ rule train_head:
     log:
         "logs/train_head/{dataset}/{backbone}/{method}/seed{seed}.log",
     threads: 1
+    conda:
+        "../envs/lt-bench.yaml"
     shell:
         "lt-bench train --method {wildcards.method}"
         " --features-dir results/features/{wildcards.dataset}/{wildcards.backbone}"
