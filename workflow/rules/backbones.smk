@@ -17,6 +17,8 @@ rule pretrain_toy_clip:
     threads: 2
     resources:
         gpu=0,
+    conda:
+        "../envs/lt-bench.yaml"
     shell:
         "echo \"host=$(hostname) slurm_job=${{SLURM_JOB_ID:-none}} gpus=${{CUDA_VISIBLE_DEVICES:-none}}\" > {log};"
         " lt-bench pretrain {wildcards.backbone} --dataset-dir resources/data/toy"
