@@ -36,16 +36,9 @@ REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "tests/data/tiny_config.yaml"
 PROFILE = REPO / "profiles/slurm-local-test/config.yaml"
 GROUP_KEYS = ("groups", "group-components")
+from lt_bench.workflow_copy import copy_workflow  # noqa: E402
+
 SUBMITTED = re.compile(r"has been submitted with SLURM jobid (\d+) \(log: (\S+)\)")
-
-
-def copy_workflow(dest: Path) -> Path:
-    dest.mkdir(parents=True, exist_ok=True)
-    for name in ("Snakefile", "config.yaml"):
-        shutil.copy(REPO / name, dest / name)
-    for name in ("workflow", "profiles"):
-        shutil.copytree(REPO / name, dest / name, dirs_exist_ok=True)
-    return dest
 
 
 def ungrouped_profile(dest: Path) -> Path:

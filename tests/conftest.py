@@ -12,6 +12,8 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "false")
 
+from lt_bench.workflow_copy import copy_workflow  # noqa: E402,F401  (re-exported for tests)
+
 REPO = Path(__file__).resolve().parents[1]
 
 #: A small but meaningful toy world: 30 classes, one toy CLIP pre-trained for ~1-3 min.
@@ -49,14 +51,6 @@ def small_toy_world(tmp_path_factory):
             "features_dir": features_dir}
 
 
-def copy_workflow(dest: Path) -> Path:
-    """A runnable copy of the workflow (Snakefile, config, rules, profiles) in ``dest``."""
-    dest.mkdir(parents=True, exist_ok=True)
-    for name in ("Snakefile", "config.yaml"):
-        shutil.copy(REPO / name, dest / name)
-    for name in ("workflow", "profiles"):
-        shutil.copytree(REPO / name, dest / name, dirs_exist_ok=True)
-    return dest
 
 
 # --- the local one-node SLURM cluster (scripts/slurm-cluster.sh) ---------------------------
