@@ -69,3 +69,16 @@ def test_failed_write_leaves_no_file(tmp_path):
         tmp.write_bytes(b"half")
         raise Boom
     assert list(tmp_path.iterdir()) == []
+
+
+def test_atomic_files_get_umask_permissions(tmp_path):
+    import os
+
+    from lt_bench.io import write_text
+
+    old = os.umask(0o022)
+    try:
+        write_text(tmp_path / "a.txt", "x")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o644
