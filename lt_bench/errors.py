@@ -1,0 +1,22 @@
+"""The one base class of user errors.
+
+Every error a user can fix (a bad value on the command line or in config.yaml, a missing
+or corrupt input file, a refused checkpoint, an unwritable results folder) derives from
+:class:`UserError`. The CLI prints its message on one line and exits with
+:data:`EXIT_USER_ERROR`; ``lt-bench -v`` shows the traceback. Anything else is a bug and
+surfaces as a traceback.
+"""
+
+from __future__ import annotations
+
+#: exit status of every user error (argparse's own usage errors also exit with 2)
+EXIT_USER_ERROR = 2
+
+
+class UserError(Exception):
+    """An error whose message names the input, what was wrong and what was expected."""
+
+
+class InputValidationError(UserError, ValueError):
+    """An input file or value failed a check at the boundary (NaN features, a bad prior,
+    duplicate split lines, a base run of the wrong backbone, ...)."""
