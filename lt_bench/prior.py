@@ -19,19 +19,16 @@ from __future__ import annotations
 import json
 import logging
 import math
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
-import torch
-from scipy.optimize import brentq
-from scipy.special import softmax
 
-from lt_bench.features.store import META_KEY, read_features, read_text_embeddings, write_table
+from lt_bench.errors import InputValidationError
 from lt_bench.io import sha256_file
+
+META_KEY = b"lt_bench"  # the schema-metadata key of every lt-bench Parquet file
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +37,8 @@ T_BOUND = 1e3
 
 
 def mean_confidence(logits: np.ndarray, temperature: float) -> float:
+    from scipy.special import softmax
+
     return float(softmax(np.asarray(logits, dtype=np.float64) / temperature, axis=1)
                  .max(1).mean())
 
@@ -50,6 +49,8 @@ def calibrate_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
     Confidence falls monotonically from 1 (T → 0) to 1/K (T → ∞); where the accuracy is
     outside that range the nearer end of [1/T_BOUND, T_BOUND] is returned.
     """
+    from scipy.optimize import brentq
+
     logits = np.asarray(logits, dtype=np.float64)
     acc = float((logits.argmax(1) == labels).mean())
 
@@ -67,6 +68,8 @@ def calibrate_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
 
 def fit_prior(logits: np.ndarray, labels: np.ndarray, max_iter: int = 500) -> np.ndarray:
     """``argmin_q mean CE(z − log q, y)`` over the simplex (``z`` already divided by T)."""
+    import torch
+
     z = torch.as_tensor(np.asarray(logits, dtype=np.float64))
     y = torch.as_tensor(np.asarray(labels, dtype=np.int64))
     k = z.shape[1]
@@ -97,13 +100,20 @@ def estimate_prior(logits: np.ndarray, labels: np.ndarray,
 
 
 def zero_shot_logits(features_dir: Path, split: str = "val") -> tuple[np.ndarray, np.ndarray]:
-    """(labels, logits) of the CLIP text classifier ``s · cos(e(x), t_k)`` on ``split``."""
+    """(labels, logits) of the CLIP text classifier ``s · cos(e(x), t_k)`` on ``split``
+    (``e(x)`` is ``encode_image``: the stored projection maps pre-projection features)."""
+    from lt_bench.features.store import read_features, read_text_embeddings
+
     features_dir = Path(features_dir)
     text = read_text_embeddings(features_dir / "text.parquet")
     if text.embeddings is None or text.logit_scale is None:
-        raise ValueError(f"{features_dir}: backbone {text.meta.get('backbone')!r} has no text "
-                         "tower, so no zero-shot logits and no prior estimate")
+        raise InputValidationError(
+            f"{features_dir}: backbone {text.meta.get('backbone')!r} has no text tower, so "
+            "no zero-shot logits and no prior estimate")
     feats = read_features(features_dir / f"{split}.parquet")
+    if hasattr(text, "zero_shot_logits"):
+        return feats.labels, np.asarray(text.zero_shot_logits(feats.features), dtype=np.float64)
+    # TEMP until the protocol store lands: features are encode_image outputs
     f = feats.features.astype(np.float64)
     f /= np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
     t = text.embeddings.astype(np.float64)
@@ -112,6 +122,8 @@ def zero_shot_logits(features_dir: Path, split: str = "val") -> tuple[np.ndarray
 
 
 def read_true_prior(path: Path, num_classes: int) -> np.ndarray:
+    import pandas as pd
+
     df = pd.read_parquet(path)
     if "prior" not in df.columns or "label" not in df.columns:
         raise ValueError(f"{path}: a true-prior file needs columns 'label' and 'prior'")
@@ -124,6 +136,10 @@ def read_true_prior(path: Path, num_classes: int) -> np.ndarray:
 
 def write_prior(out: Path, q_hat: np.ndarray, meta: dict[str, Any],
                 q_true: np.ndarray | None = None) -> None:
+    import pyarrow as pa
+
+    from lt_bench.features.store import write_table
+
     cols = {"label": pa.array(np.arange(len(q_hat), dtype=np.int32)),
             "q_hat": pa.array(np.asarray(q_hat, dtype=np.float64))}
     if q_true is not None:
@@ -134,8 +150,63 @@ def write_prior(out: Path, q_hat: np.ndarray, meta: dict[str, Any],
 
 
 def read_prior_meta(path: Path) -> dict[str, Any]:
+    import pyarrow.parquet as pq
+
     md = pq.read_schema(path).metadata or {}
     return json.loads(md.get(META_KEY, b"{}"))
+
+
+@dataclass
+class PriorFile:
+    """A validated prior file: q̂ per class (label order), its temperature, q_true if known."""
+
+    path: Path
+    q_hat: np.ndarray
+    temperature: float | None
+    q_true: np.ndarray | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+#: q̂ must sum to 1 within this (it is a softmax, stored as float64)
+SUM_TOLERANCE = 1e-6
+
+
+def read_prior(path: Path | str, num_classes: int | None = None) -> PriorFile:
+    """Read and check a prior file (``results/prior/{dataset}/{backbone}.parquet``): one
+    entry per class with labels 0..K−1, every q̂ finite and > 0, summing to 1. A prior that
+    fails any of these would give a "finished" run at chance (log 0) — refuse it here."""
+    import pandas as pd
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputValidationError(f"prior file not found: {path} (made by `lt-bench prior`)")
+    try:
+        df = pd.read_parquet(path)
+    except Exception as e:  # pyarrow raises several types for a damaged file
+        raise InputValidationError(f"prior file {path} is not a readable Parquet file ({e}); "
+                                   "delete it and rerun `lt-bench prior`") from e
+    if not {"label", "q_hat"} <= set(df.columns):
+        raise InputValidationError(f"prior file {path}: needs columns 'label' and 'q_hat', "
+                                   f"has {list(df.columns)}")
+    df = df.sort_values("label")
+    labels = df["label"].to_numpy()
+    k = len(df) if num_classes is None else int(num_classes)
+    if len(df) != k or not np.array_equal(labels, np.arange(k)):
+        raise InputValidationError(
+            f"prior file {path}: expected one row per class with labels 0..{k - 1}, got "
+            f"{len(df)} rows (labels {labels[:3].tolist()}…{labels[-3:].tolist()})")
+    q = df["q_hat"].to_numpy(dtype=np.float64)
+    bad = np.flatnonzero(~np.isfinite(q) | (q <= 0))
+    if len(bad):
+        raise InputValidationError(
+            f"prior file {path}: q_hat must be finite and > 0 for every class; "
+            f"{len(bad)} class(es) are not, e.g. label {int(bad[0])} = {q[bad[0]]!r}")
+    if abs(q.sum() - 1.0) > SUM_TOLERANCE:
+        raise InputValidationError(f"prior file {path}: q_hat sums to {q.sum():.9g}, "
+                                   f"expected 1 (within {SUM_TOLERANCE:g})")
+    meta = read_prior_meta(path)
+    q_true = df["q_true"].to_numpy(dtype=np.float64) if "q_true" in df.columns else None
+    return PriorFile(path, q, meta.get("temperature"), q_true, meta)
 
 
 def prior_from_features(features_dir: Path, out: Path, true_prior: Path | None = None,
@@ -143,15 +214,17 @@ def prior_from_features(features_dir: Path, out: Path, true_prior: Path | None =
     """Estimate q̂ from a features folder and write the prior file; returns its metadata."""
     features_dir = Path(features_dir)
     labels, logits = zero_shot_logits(features_dir, split)
+    from lt_bench.features.store import read_meta
+
     q_hat, t = estimate_prior(logits, labels)
-    val_meta = read_features(features_dir / f"{split}.parquet").meta
+    val_meta = read_meta(features_dir / f"{split}.parquet")
     acc = float((logits.argmax(1) == labels).mean())
     meta: dict[str, Any] = {
         "temperature": t, "split": split, "zero_shot_top1": acc,
         "mean_confidence_at_T": mean_confidence(logits, t),
         "n_samples": int(len(labels)), "num_classes": int(logits.shape[1]),
         "dataset": val_meta.get("dataset"), "backbone": val_meta.get("backbone"),
-        "features_dir": str(features_dir),
+        "features_dir": str(features_dir),  # as given (relative to the project root)
         "feature_sha256": sha256_file(features_dir / f"{split}.parquet"),
         "method": "GLA: T by confidence = accuracy; q̂ = argmin CE(z/T − log q, y)",
     }

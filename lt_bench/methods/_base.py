@@ -1,57 +1,73 @@
-"""The method interface: a method turns features into a predictor of logits.
+"""The method interface and its registry.
 
-"A run produces test logits" is the seam between training and evaluation: whatever a
-method does (train a head, adjust another run post hoc, vote with neighbours), it
-returns a predictor that maps a split's features to logits, saved in the run folder so
-the logits can be rebuilt without retraining.
+"A run produces logits per split" is the seam between training and evaluation
+(docs/architecture.md, "The seam"). A method says what it consumes (``consumes``):
+
+``"features"``
+    cached frozen features of one (dataset, backbone): ``fit(ctx)`` returns a predictor
+    (a linear map or a k-NN vote over those features) that the run layer saves;
+``"runs"``
+    finished runs of the same dataset and seed (ensembles such as the backdoor
+    adjustment): the run layer combines their logits, nothing is fitted here;
+``"images"``
+    the images themselves (fine-tuning a backbone): the run layer's fine-tuning driver
+    trains it and stores the val/test logits.
+
+The run layer (``lt_bench.runs``) routes on ``consumes``; nothing else asks what kind a
+method is. This module imports no torch, so planning a workflow and ``lt-bench list
+methods`` stay fast.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from lt_bench.features.store import FeatureSplit, TextEmbeddings
+from lt_bench.errors import InputValidationError
 from lt_bench.registry import Registry
+
+if TYPE_CHECKING:
+    from lt_bench.features.store import FeatureSplit, TextEmbeddings
+
+CONSUMES = ("features", "runs", "images")
 
 
 @dataclass
 class FitContext:
+    """What a features-consuming method may look at. The test split is not here: nothing
+    may be tuned on it, so nothing sees it."""
+
     train: FeatureSplit
     val: FeatureSplit
-    test: FeatureSplit
     text: TextEmbeddings
     train_counts: np.ndarray
-    hparams: dict[str, Any]
     seed: int
-    #: estimated pre-training prior q̂ of the backbone (None where not estimated)
-    prior: np.ndarray | None = None
-    #: predictors of the runs this method builds on, by method name
-    base: dict[str, Any] = field(default_factory=dict)
-    #: the split knobs are tuned on ("val"; never the test split)
-    tune_split: str = "val"
-    #: False where the tune split overlaps train (``Dataset.val_overlaps_train``, iNat2018's
-    #: default policy): post-hoc knobs then keep their defaults, and the run records it
+    #: the backbone's estimated *pre-training* label prior q̂ (GLA), None where not estimated
+    pretrain_prior: np.ndarray | None = None
+    #: temperature T that q̂ was fitted at (q̂ fits ``z/T``); None without q̂
+    pretrain_prior_temperature: float | None = None
+    #: predictors of the finished runs this method builds on, by method name
+    base_predictors: dict[str, Any] = field(default_factory=dict)
+    #: False where val overlaps train (``Dataset.val_overlaps_train``, iNat2018's default
+    #: policy): knobs then keep their defaults, and the run records it
     tune: bool = True
     #: the features folder the splits were read from (k-NN records its train file)
     features_dir: Path | None = None
-    #: temperature T the prior q̂ was estimated at (``q̂`` fits ``z/T``); None without q̂
-    prior_temperature: float | None = None
+    #: "cpu", "cuda", "cuda:1": where trained heads run (the run layer picks it)
+    device: str = "cpu"
 
     @property
     def num_classes(self) -> int:
         return len(self.train_counts)
 
     @property
-    def log_prior(self) -> np.ndarray:
-        """log π_k of the downstream train split."""
+    def log_train_prior(self) -> np.ndarray:
+        """log π_k of the *downstream* train split (every class has ≥ 1 image: the data
+        stage refuses empty classes)."""
         return np.log(self.train_counts / self.train_counts.sum())
-
-    def split(self, name: str) -> FeatureSplit:
-        return {"train": self.train, "val": self.val, "test": self.test}[name]
 
 
 @dataclass
@@ -65,21 +81,26 @@ class FitResult:
 
 class Method:
     name: ClassVar[str]
+    #: what the method is computed from: "features", "runs" or "images" (see module doc)
+    consumes: ClassVar[str] = "features"
     #: every accepted hyper-parameter with its default; others are config errors
     defaults: ClassVar[dict[str, Any]] = {}
     #: methods whose runs (same dataset, backbone, seed) this one reuses
     requires: ClassVar[tuple[str, ...]] = ()
-    needs_text: ClassVar[bool] = False
     needs_prior: ClassVar[bool] = False
     description: ClassVar[str] = ""
 
     def __init__(self, **hparams: Any):
         unknown = set(hparams) - set(self.defaults)
         if unknown:
-            raise ValueError(
+            raise InputValidationError(
                 f"unknown hyper-parameter(s) {sorted(unknown)} for method {self.name!r}; "
                 f"valid: {sorted(self.defaults) or 'none'}")
         self.hparams = {**self.defaults, **hparams}
+        self.validate()
+
+    def validate(self) -> None:
+        """Check hyper-parameter values (types and ranges); raise an InputValidationError naming the key."""
 
     def fit(self, ctx: FitContext) -> FitResult:
         raise NotImplementedError
@@ -90,3 +111,29 @@ METHODS: Registry[type[Method]] = Registry("method")
 
 def get_method(name: str, **hparams: Any) -> Method:
     return METHODS.get(name)(**hparams)
+
+
+def check_number(method: str, key: str, value: Any, *, minimum: float | None = None,
+                 above: float | None = None, maximum: float | None = None,
+                 integer: bool = False, allow_none: bool = False) -> None:
+    """One message for every bad hyper-parameter value: names method, key, value, range."""
+    if value is None and allow_none:
+        return
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if ok and integer:
+        ok = float(value).is_integer()
+    if ok:
+        ok = ((minimum is None or value >= minimum) and (above is None or value > above)
+              and (maximum is None or value <= maximum) and np.isfinite(value))
+    if not ok:
+        want = ["an integer" if integer else "a number"]
+        if above is not None:
+            want.append(f"> {above}")
+        if minimum is not None:
+            want.append(f">= {minimum}")
+        if maximum is not None:
+            want.append(f"<= {maximum}")
+        if allow_none:
+            want.append("or null")
+        raise InputValidationError(f"method {method!r}: hyper-parameter {key} = {value!r} is invalid; "
+                        f"expected {' '.join(want)}")

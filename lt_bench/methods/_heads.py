@@ -13,11 +13,10 @@ import time
 from typing import Any, ClassVar
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
-from lt_bench.methods.base import FitContext, FitResult, Method
-from lt_bench.methods.predictor import LinearPredictor, LinearTerm
+from lt_bench.errors import InputValidationError
+from lt_bench.methods._base import FitContext, FitResult, Method, check_number
+from lt_bench.methods._predictor import LinearPredictor, LinearTerm
 
 log = logging.getLogger(__name__)
 
@@ -42,10 +41,13 @@ def class_means(features: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
 
 def initial_weight(ctx: FitContext, init: str, rng: np.random.Generator) -> np.ndarray:
     if init == "text":
-        if ctx.text.embeddings is None:  # non-CLIP backbone: fall back to class means
+        # LIFT (trainer.py, init_head_text_feat): the single-prompt text embedding mapped
+        # back into the visual feature space, normalize(normalize(t) @ proj.T)
+        w = ctx.text.head_init() if hasattr(ctx.text, "head_init") else ctx.text.embeddings
+        if w is None:  # non-CLIP backbone: fall back to class means
             init = "class_mean"
         else:
-            return ctx.text.embeddings.copy()
+            return np.array(w, dtype=np.float32, copy=True)
     if init == "class_mean":
         return class_means(ctx.train.features, ctx.train.labels, ctx.num_classes)
     if init == "random":
@@ -53,14 +55,23 @@ def initial_weight(ctx: FitContext, init: str, rng: np.random.Generator) -> np.n
     raise ValueError(f"unknown head init {init!r}; valid: text, class_mean, random")
 
 
-class CosineHead(torch.nn.Module):
-    def __init__(self, weight: np.ndarray, scale: float):
-        super().__init__()
-        self.weight = torch.nn.Parameter(torch.as_tensor(weight, dtype=torch.float32).clone())
-        self.scale = scale
+def cosine_head(weight: np.ndarray, scale: float, device: str = "cpu"):
+    """``z = s · cos(f, w_k)``: a torch module built on demand (torch is imported here, not
+    at module import, so the method registry stays light)."""
+    import torch
+    import torch.nn.functional as F
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.scale * F.normalize(x, dim=-1) @ F.normalize(self.weight, dim=-1).T
+    class CosineHead(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight = torch.nn.Parameter(
+                torch.as_tensor(weight, dtype=torch.float32).clone())
+            self.scale = scale
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.scale * F.normalize(x, dim=-1) @ F.normalize(self.weight, dim=-1).T
+
+    return CosineHead().to(device)
 
 
 def batch_indices(labels: np.ndarray, batch_size: int, sampler: str,
@@ -84,7 +95,21 @@ class HeadMethod(Method):
     """A cosine head trained with ``self.loss``; subclasses override ``loss``."""
 
     defaults: ClassVar[dict[str, Any]] = HEAD_DEFAULTS
-    uses_val_for_selection: ClassVar[bool] = False
+
+    def validate(self) -> None:
+        hp = self.hparams
+        check_number(self.name, "epochs", hp["epochs"], minimum=1, integer=True)
+        check_number(self.name, "batch_size", hp["batch_size"], minimum=1, integer=True)
+        check_number(self.name, "lr", hp["lr"], above=0)
+        check_number(self.name, "weight_decay", hp["weight_decay"], minimum=0)
+        check_number(self.name, "momentum", hp["momentum"], minimum=0, maximum=1)
+        check_number(self.name, "scale", hp["scale"], above=0)
+        if hp.get("init", "text") not in ("text", "class_mean", "random"):
+            raise InputValidationError(f"method {self.name!r}: init = {hp['init']!r}; "
+                                       "valid: text, class_mean, random")
+        if hp["sampler"] not in ("instance", "class_balanced"):
+            raise InputValidationError(f"method {self.name!r}: sampler = {hp['sampler']!r}; "
+                                       "valid: instance, class_balanced")
 
     def setup(self, ctx: FitContext) -> None:
         """Precompute loss constants (log priors, weights, margins) from the context."""
@@ -93,31 +118,41 @@ class HeadMethod(Method):
         """Initial head weights (K, D); cRT overrides this to start from the CE head."""
         return initial_weight(ctx, self.hparams["init"], rng)
 
-    def loss(self, logits: torch.Tensor, y: torch.Tensor, epoch: int) -> torch.Tensor:
+    def loss(self, logits, y, epoch: int):
+        """The training loss on a batch (torch tensors); plain CE here."""
+        import torch.nn.functional as F
+
         return F.cross_entropy(logits, y)
 
-    def predictor(self, head: CosineHead, ctx: FitContext) -> LinearPredictor:
-        return LinearPredictor([LinearTerm(head.weight.detach().numpy().copy(), head.scale)])
+    def predictor(self, head, ctx: FitContext) -> LinearPredictor:
+        return LinearPredictor([LinearTerm(head.weight.detach().cpu().numpy().copy(),
+                                           head.scale)])
 
     def fit(self, ctx: FitContext) -> FitResult:
+        import torch
+
         hp = self.hparams
         torch.manual_seed(ctx.seed)
         rng = np.random.default_rng(ctx.seed)
         self.setup(ctx)
-        head = CosineHead(self.init_weight(ctx, rng), hp["scale"])
+        for key, value in vars(self).items():  # loss constants live beside the head
+            if isinstance(value, torch.Tensor):
+                setattr(self, key, value.to(ctx.device))
+        head = cosine_head(self.init_weight(ctx, rng), hp["scale"], ctx.device)
         opt = torch.optim.SGD(head.parameters(), lr=hp["lr"], momentum=hp["momentum"],
                               weight_decay=hp["weight_decay"])
-        x_all = torch.from_numpy(ctx.train.features)
-        y_all = torch.from_numpy(ctx.train.labels)
+        # moved to the device once per fit; batches are gathered there
+        x_all = torch.from_numpy(ctx.train.features).to(ctx.device)
+        y_all = torch.from_numpy(ctx.train.labels).to(ctx.device)
         steps = hp["epochs"] * -(-len(y_all) // hp["batch_size"])
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(steps, 1))
-        x_val = torch.from_numpy(ctx.val.features)
+        x_val = torch.from_numpy(ctx.val.features).to(ctx.device)
         history = []
         t0 = time.time()
         for epoch in range(hp["epochs"]):
             total, n = 0.0, 0
             for idx in batch_indices(ctx.train.labels, hp["batch_size"], hp["sampler"], rng):
-                idx_t = torch.from_numpy(idx)
+                idx_t = torch.from_numpy(idx).to(ctx.device)
                 loss = self.loss(head(x_all[idx_t]), y_all[idx_t], epoch)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -126,7 +161,7 @@ class HeadMethod(Method):
                 total += loss.item() * len(idx)
                 n += len(idx)
             with torch.no_grad():
-                val_acc = float((head(x_val).argmax(1).numpy() == ctx.val.labels).mean())
+                val_acc = float((head(x_val).argmax(1).cpu().numpy() == ctx.val.labels).mean())
             history.append({"epoch": epoch, "train_loss": total / n, "val_top1": val_acc,
                             "lr": sched.get_last_lr()[0]})
             log.info("epoch %d/%d loss %.4f val top1 %.4f", epoch + 1, hp["epochs"],

@@ -8,10 +8,12 @@ head's ``z = s · cos(f, w_k)``.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-import torch.nn.functional as F
+
+if TYPE_CHECKING:  # torch is imported by the functions that need it (a light registry)
+    import torch
 
 
 def _counts(train_counts) -> np.ndarray:
@@ -24,6 +26,8 @@ def focal_loss(logits: torch.Tensor, y: torch.Tensor, gamma: float = 2.0) -> tor
 
     The modulating factor is not detached (the original formulation).
     """
+    import torch.nn.functional as F
+
     logp = F.log_softmax(logits, dim=-1).gather(1, y[:, None]).squeeze(1)
     return (-(1 - logp.exp()) ** gamma * logp).mean()
 
@@ -41,6 +45,8 @@ def ldam_loss(logits: torch.Tensor, y: torch.Tensor, margins: torch.Tensor, scal
     ``z = s · cos`` already, so this is LDAM's ``s · (cos_y − m_y)``. ``weight`` (DRW)
     gives each sample its class weight: mean of ``w_y · CE``.
     """
+    import torch.nn.functional as F
+
     onehot = F.one_hot(y, logits.shape[1]).to(logits.dtype)
     return weighted_ce(logits - scale * margins[y][:, None] * onehot, y, weight)
 
@@ -67,6 +73,8 @@ def weighted_ce(logits: torch.Tensor, y: torch.Tensor,
     batch and so undoes part of the re-weighting; this is the re-weighted empirical risk
     the weights are defined for.
     """
+    import torch.nn.functional as F
+
     ce = F.cross_entropy(logits, y, reduction="none")
     return ce.mean() if weight is None else (weight[y] * ce).mean()
 
@@ -86,6 +94,8 @@ def lade_regulariser(logits: torch.Tensor, y: torch.Tensor, prior: torch.Tensor,
     target distribution, disentangling the train label distribution from the logits.
     The ``1e-9`` and ``1e-8`` guards of the official code are kept.
     """
+    import torch
+
     k = logits.shape[1]
     n = logits.shape[0]
     member = (y[None, :] == torch.arange(k, device=y.device)[:, None]).to(logits.dtype)  # K x N

@@ -1,10 +1,17 @@
-"""Predictors: what a run saves to rebuild its logits without retraining.
+"""Predictors: what a features-consuming run saves to rebuild its logits without retraining.
 
 A linear predictor covers zero-shot, every trained head and the post-hoc adjustments:
-``logits = Σ_t s_t · f̂_t · (W_t / ‖W_t‖^p_t)ᵀ + b`` where ``f̂`` is the (optionally
-L2-normalised) feature. ``p = 1`` with normalised features is the cosine classifier,
-``p`` in [0, 2] is τ-normalisation, and ``b`` holds logit adjustments such as −τ log π.
+``logits = Σ_t s_t · f̂_t · (W_t / ‖W_t‖^p_t)ᵀ + b`` where ``f̂_t`` is the feature, first
+mapped by the term's projection ``P_t`` if it has one (zero-shot on the pre-projection
+feature: ``f @ P`` is open_clip's ``encode_image``), then optionally L2-normalised.
+``p = 1`` with normalised features is the cosine classifier, ``p`` in [0, 2] is
+τ-normalisation, and ``b`` holds logit adjustments such as −τ log π.
 Weights go to safetensors (no pickle), the structure to JSON.
+
+Every predictor has ``logits(features)`` for in-memory features (tuning a knob on val)
+and, through :func:`feature_split_logits`, the seam's ``split_logits(split)`` on the
+features folder it was fitted on. Where a split carries test-time crops
+(``FeatureSplit.crops``, LIFT's five-crop TTE) the logits are averaged over the crops.
 """
 
 from __future__ import annotations
@@ -12,24 +19,31 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-from safetensors.numpy import load_file, save_file
 
 from lt_bench.io import atomic_path, write_json
 
 
+def _unit_rows(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
 @dataclass
 class LinearTerm:
-    weight: np.ndarray  # (K, D)
+    weight: np.ndarray  # (K, E)
     scale: float = 1.0
     normalize_features: bool = True
     weight_power: float = 1.0  # rows divided by ‖w_k‖^power
+    projection: np.ndarray | None = None  # (D, E): features are mapped f @ P first
 
     def logits(self, features: np.ndarray) -> np.ndarray:
         f = features.astype(np.float64)
+        if self.projection is not None:
+            f = f @ self.projection.astype(np.float64)
         if self.normalize_features:
-            f = f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
+            f = _unit_rows(f)
         w = self.weight.astype(np.float64)
         norms = np.maximum(np.linalg.norm(w, axis=1, keepdims=True), 1e-12)
         return self.scale * f @ (w / norms**self.weight_power).T
@@ -50,39 +64,61 @@ class LinearPredictor:
     def save(self, run_dir: Path) -> None:
         tensors = {f"term{i}.weight": np.ascontiguousarray(t.weight, dtype=np.float32)
                    for i, t in enumerate(self.terms)}
+        tensors.update({f"term{i}.projection": np.ascontiguousarray(t.projection,
+                                                                    dtype=np.float32)
+                        for i, t in enumerate(self.terms) if t.projection is not None})
         if self.bias is not None:
             tensors["bias"] = np.ascontiguousarray(self.bias, dtype=np.float32)
+        from safetensors.numpy import save_file
+
         with atomic_path(run_dir / "predictor.safetensors") as tmp:
             save_file(tensors, str(tmp))
         write_json(run_dir / "predictor.json", {
             "kind": "linear", "has_bias": self.bias is not None,
             "terms": [{"scale": float(t.scale), "normalize_features": t.normalize_features,
-                       "weight_power": float(t.weight_power)} for t in self.terms]})
-
-
-def save_predictor(predictor, run_dir: Path) -> None:
-    predictor.save(Path(run_dir))
-
-
-def load_predictor(run_dir: Path):
-    run_dir = Path(run_dir)
-    spec_path = run_dir / "predictor.json"
-    if not spec_path.is_file():
-        raise FileNotFoundError(f"{run_dir}: no predictor.json; is this a finished run folder?")
-    spec = json.loads(spec_path.read_text())
-    kind = spec.get("kind")
-    loader = PREDICTOR_LOADERS.get(kind)
-    if loader is None:
-        raise ValueError(f"{spec_path}: unknown predictor kind {kind!r}; "
-                         f"valid: {sorted(PREDICTOR_LOADERS)}")
-    return loader(run_dir, spec)
+                       "weight_power": float(t.weight_power),
+                       "has_projection": t.projection is not None} for t in self.terms]})
 
 
 def _load_linear(run_dir: Path, spec: dict) -> LinearPredictor:
+    from safetensors.numpy import load_file
+
     tensors = load_file(str(run_dir / "predictor.safetensors"))
-    terms = [LinearTerm(tensors[f"term{i}.weight"], **t) for i, t in enumerate(spec["terms"])]
+    terms = []
+    for i, t in enumerate(spec["terms"]):
+        t = dict(t)
+        proj = tensors[f"term{i}.projection"] if t.pop("has_projection", False) else None
+        terms.append(LinearTerm(tensors[f"term{i}.weight"], projection=proj, **t))
     return LinearPredictor(terms, tensors.get("bias") if spec["has_bias"] else None)
 
 
-#: kind -> loader(run_dir, spec); other predictor kinds (k-NN, ensembles) add theirs
-PREDICTOR_LOADERS = {"linear": _load_linear}
+#: kind -> loader(run_dir, spec) of the predictors that act on features (k-NN adds its own)
+PREDICTOR_LOADERS: dict[str, Any] = {"linear": _load_linear}
+
+
+def read_predictor_spec(run_dir: Path) -> dict:
+    spec_path = Path(run_dir) / "predictor.json"
+    if not spec_path.is_file():
+        raise FileNotFoundError(f"{run_dir}: no predictor.json; is this a finished run folder?")
+    return json.loads(spec_path.read_text())
+
+
+def load_feature_predictor(run_dir: Path):
+    """The saved predictor of a features-consuming run (linear or k-NN)."""
+    run_dir = Path(run_dir)
+    spec = read_predictor_spec(run_dir)
+    loader = PREDICTOR_LOADERS.get(spec.get("kind"))
+    if loader is None:
+        raise ValueError(f"{run_dir}/predictor.json: predictor kind {spec.get('kind')!r} does "
+                         f"not act on features; valid: {sorted(PREDICTOR_LOADERS)}")
+    return loader(run_dir, spec)
+
+
+def split_features_logits(predictor, split) -> np.ndarray:
+    """Logits of ``predictor`` on a FeatureSplit, averaged over its test-time crops if any."""
+    crops = getattr(split, "crops", None)
+    if crops is None:
+        return predictor.logits(split.features)
+    n, c, d = crops.shape
+    z = predictor.logits(crops.reshape(n * c, d).astype(np.float32))
+    return z.reshape(n, c, -1).mean(1).astype(np.float32)

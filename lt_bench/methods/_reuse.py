@@ -1,7 +1,7 @@
 """Shared pieces of the post-hoc methods: reuse a base run's head, tune one knob on val.
 
-Post-hoc and ensemble methods never retrain: they take the predictors of finished runs
-(``ctx.base``) and change how logits are formed. A knob is chosen by top-1 on the tune
+Post-hoc and never retrain: they take the predictors of finished runs
+(``ctx.base_predictors``) and change how logits are formed. A knob is chosen by top-1 on the tune
 split (val, class-balanced); where val overlaps train (``ctx.tune`` False) the knob keeps
 its default and the run records why.
 """
@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from lt_bench.methods.base import FitContext
-from lt_bench.methods.predictor import LinearPredictor
+from lt_bench.methods._base import FitContext
+from lt_bench.methods._predictor import LinearPredictor
 
 NO_TUNE_REASON = ("the tune split overlaps train (Dataset.val_overlaps_train): knobs of heads "
                   "trained on train are not tuned on it; the default is used")
@@ -22,9 +22,9 @@ NO_TUNE_REASON = ("the tune split overlaps train (Dataset.val_overlaps_train): k
 
 def base_linear(ctx: FitContext, method: str, name: str) -> LinearPredictor:
     """The linear predictor of base run ``name`` (a head whose weights can be reused)."""
-    if name not in ctx.base:
+    if name not in ctx.base_predictors:
         raise ValueError(f"method {method!r} builds on a {name!r} run; none was given (--base)")
-    p = ctx.base[name]
+    p = ctx.base_predictors[name]
     if getattr(p, "kind", None) != "linear":
         raise ValueError(f"method {method!r} needs the {name!r} run's linear head; that run "
                          f"has a predictor of kind {getattr(p, 'kind', None)!r}")
@@ -53,5 +53,5 @@ def choose(knob: str, grid: Sequence[Any], default: Any, val_top1: Callable[[Any
     best = max(scores.values())
     ties = [v for v in grid if scores[v] == best]
     chosen = min(ties, key=lambda v: abs(float(v) - float(default)))
-    return chosen, {knob: chosen, "tuned": True, "tune_split": ctx.tune_split,
+    return chosen, {knob: chosen, "tuned": True, "tune_split": "val",
                     f"val_top1_by_{knob}": {str(v): s for v, s in scores.items()}}

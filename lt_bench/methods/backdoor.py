@@ -1,27 +1,33 @@
-"""The causal backdoor adjustment over M backbones (the paper's method; DESIGN §1).
+"""The causal backdoor adjustment over M backbones (the paper's method; DESIGN §1 →
+docs/architecture.md, "Methods").
 
-Not trained per backbone: it combines the finished ``la`` runs of the suite's backbones
-on the same dataset and seed (``lt-bench backdoor``, Snakemake rule ``backdoor``) into
-``results/runs/{dataset}/ensemble/backdoor/seed{seed}/``. See
-``lt_bench.methods.backdoor_ops`` for the rule and the reported M-ablation.
+``P(y | do(x)) = Σ_c P(y | f_c(x), c) · P(c)``, one foundation model per confounder value
+c, ``P(c) = 1/M``. It consumes finished runs, not features: the ``la`` runs of the suite's
+backbones on the same dataset and seed (``backdoor.members`` in config.yaml picks another
+method, e.g. the fine-tuned ``adaptformer_la``). The run layer (``lt_bench.runs.ensemble``)
+combines their logits with ``rule`` (``sum`` of raw logits, the authors' code; or
+``prob_mean``) and reports the M-ablation.
 """
 
 from typing import Any, ClassVar
 
-from lt_bench.methods import backdoor_ops  # noqa: F401  registers the "ensemble" predictor
-from lt_bench.methods.base import METHODS, FitContext, FitResult, Method
+from lt_bench.errors import InputValidationError
+from lt_bench.methods._base import METHODS, Method
+
+RULES = ("sum", "prob_mean")
 
 
 @METHODS.register("backdoor")
 class Backdoor(Method):
     name = "backdoor"
-    #: an ensemble over backbones: not part of the per-backbone grid
-    kind: ClassVar[str] = "ensemble"
-    defaults: ClassVar[dict[str, Any]] = {"rule": "sum"}
-    requires = ("la",)
-    description = "causal backdoor adjustment: Σ over backbones of the la runs' logits"
+    consumes: ClassVar[str] = "runs"
+    defaults: ClassVar[dict[str, Any]] = {"rule": "sum", "members": "la"}
+    description = "causal backdoor adjustment: Σ over backbones of the member runs' logits"
 
-    def fit(self, ctx: FitContext) -> FitResult:
-        raise ValueError("backdoor combines runs of several backbones and is not fitted on "
-                         "one backbone's features; use `lt-bench backdoor --members "
-                         "RUN_DIR... --out DIR` (Snakemake rule `backdoor`)")
+    def validate(self) -> None:
+        if self.hparams["rule"] not in RULES:
+            raise InputValidationError(f"method 'backdoor': rule = {self.hparams['rule']!r}; "
+                                       f"valid: {', '.join(RULES)}")
+        if not isinstance(self.hparams["members"], str):
+            raise InputValidationError("method 'backdoor': members must be a method name "
+                                       f"(e.g. 'la'), got {self.hparams['members']!r}")

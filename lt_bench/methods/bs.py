@@ -2,10 +2,8 @@
 
 from typing import Any, ClassVar
 
-import torch
-
-from lt_bench.methods.base import METHODS, FitContext
-from lt_bench.methods.heads import HEAD_DEFAULTS
+from lt_bench.methods._base import METHODS, FitContext
+from lt_bench.methods._heads import HEAD_DEFAULTS
 from lt_bench.methods.la import LogitAdjusted
 
 
@@ -16,4 +14,5 @@ class BalancedSoftmax(LogitAdjusted):
     description = "balanced softmax CE(z + log π, y) (= la at τ = 1)"
 
     def setup(self, ctx: FitContext) -> None:
-        self.adjust = torch.as_tensor(ctx.log_prior, dtype=torch.float32)
+        import torch
+        self.adjust = torch.as_tensor(ctx.log_train_prior, dtype=torch.float32)

@@ -2,11 +2,9 @@
 
 from typing import Any, ClassVar
 
-import torch
-
-from lt_bench.methods.base import METHODS, FitContext
-from lt_bench.methods.heads import HEAD_DEFAULTS, HeadMethod
-from lt_bench.methods.losses import class_balanced_weights, weighted_ce
+from lt_bench.methods._base import METHODS, FitContext
+from lt_bench.methods._heads import HEAD_DEFAULTS, HeadMethod
+from lt_bench.methods._losses import class_balanced_weights, weighted_ce
 
 
 @METHODS.register("cb")
@@ -16,8 +14,9 @@ class ClassBalanced(HeadMethod):
     description = "class-balanced CE, w_k = (1−β)/(1−β^n_k)"
 
     def setup(self, ctx: FitContext) -> None:
+        import torch
         self.weight = torch.as_tensor(
             class_balanced_weights(ctx.train_counts, self.hparams["beta"]), dtype=torch.float32)
 
-    def loss(self, logits: torch.Tensor, y: torch.Tensor, epoch: int) -> torch.Tensor:
+    def loss(self, logits, y, epoch: int):
         return weighted_ce(logits, y, self.weight)

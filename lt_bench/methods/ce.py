@@ -1,7 +1,7 @@
 """Plain cross-entropy on a text-initialised cosine head (LIFT's classifier baseline)."""
 
-from lt_bench.methods.base import METHODS
-from lt_bench.methods.heads import HeadMethod
+from lt_bench.methods._base import METHODS
+from lt_bench.methods._heads import HeadMethod
 
 
 @METHODS.register("ce")

@@ -10,9 +10,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from lt_bench.methods._posthoc import base_linear
-from lt_bench.methods.base import METHODS, FitContext
-from lt_bench.methods.heads import HEAD_DEFAULTS, HeadMethod
+from lt_bench.methods._base import METHODS, FitContext
+from lt_bench.methods._heads import HEAD_DEFAULTS, HeadMethod
+from lt_bench.methods._reuse import base_linear
 
 
 @METHODS.register("crt")

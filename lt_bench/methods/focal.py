@@ -2,11 +2,9 @@
 
 from typing import Any, ClassVar
 
-import torch
-
-from lt_bench.methods.base import METHODS
-from lt_bench.methods.heads import HEAD_DEFAULTS, HeadMethod
-from lt_bench.methods.losses import focal_loss
+from lt_bench.methods._base import METHODS
+from lt_bench.methods._heads import HEAD_DEFAULTS, HeadMethod
+from lt_bench.methods._losses import focal_loss
 
 
 @METHODS.register("focal")
@@ -15,5 +13,5 @@ class Focal(HeadMethod):
     defaults: ClassVar[dict[str, Any]] = {**HEAD_DEFAULTS, "gamma": 2.0}
     description = "focal loss −(1−p_y)^γ log p_y"
 
-    def loss(self, logits: torch.Tensor, y: torch.Tensor, epoch: int) -> torch.Tensor:
+    def loss(self, logits, y, epoch: int):
         return focal_loss(logits, y, self.hparams["gamma"])

@@ -7,11 +7,9 @@
 from typing import Any, ClassVar
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
-from lt_bench.methods.base import METHODS, FitContext
-from lt_bench.methods.heads import HEAD_DEFAULTS, HeadMethod
+from lt_bench.methods._base import METHODS, FitContext
+from lt_bench.methods._heads import HEAD_DEFAULTS, HeadMethod
 
 
 @METHODS.register("gla_train")
@@ -22,10 +20,12 @@ class GLATrain(HeadMethod):
     description = "cosine head, CE(z + log π + log q̂, y)"
 
     def setup(self, ctx: FitContext) -> None:
-        if ctx.prior is None:
+        import torch
+        if ctx.pretrain_prior is None:
             raise ValueError("gla_train needs the backbone's estimated prior q̂ (--prior)")
-        adjust = ctx.log_prior + np.log(np.asarray(ctx.prior, dtype=np.float64))
+        adjust = ctx.log_train_prior + np.log(np.asarray(ctx.pretrain_prior, dtype=np.float64))
         self.adjust = torch.as_tensor(adjust, dtype=torch.float32)
 
-    def loss(self, logits: torch.Tensor, y: torch.Tensor, epoch: int) -> torch.Tensor:
+    def loss(self, logits, y, epoch: int):
+        import torch.nn.functional as F
         return F.cross_entropy(logits + self.adjust, y)

@@ -2,11 +2,9 @@
 
 from typing import Any, ClassVar
 
-import torch
-
-from lt_bench.methods.base import METHODS, FitContext
-from lt_bench.methods.heads import HEAD_DEFAULTS, HeadMethod
-from lt_bench.methods.losses import inverse_frequency_weights, weighted_ce
+from lt_bench.methods._base import METHODS, FitContext
+from lt_bench.methods._heads import HEAD_DEFAULTS, HeadMethod
+from lt_bench.methods._losses import inverse_frequency_weights, weighted_ce
 
 
 @METHODS.register("grw")
@@ -16,9 +14,10 @@ class GeneralisedReweighting(HeadMethod):
     description = "inverse-frequency weighted CE, w_k ∝ π_k^(−exponent)"
 
     def setup(self, ctx: FitContext) -> None:
+        import torch
         self.weight = torch.as_tensor(
             inverse_frequency_weights(ctx.train_counts, self.hparams["exponent"]),
             dtype=torch.float32)
 
-    def loss(self, logits: torch.Tensor, y: torch.Tensor, epoch: int) -> torch.Tensor:
+    def loss(self, logits, y, epoch: int):
         return weighted_ce(logits, y, self.weight)

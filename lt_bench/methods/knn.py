@@ -14,18 +14,19 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
-import torch
 
 from lt_bench.features.store import read_features
 from lt_bench.io import sha256_file, write_json
-from lt_bench.methods._posthoc import choose, top1
-from lt_bench.methods.base import METHODS, FitContext, FitResult, Method
-from lt_bench.methods.predictor import PREDICTOR_LOADERS
+from lt_bench.methods._base import METHODS, FitContext, FitResult, Method
+from lt_bench.methods._predictor import PREDICTOR_LOADERS
+from lt_bench.methods._reuse import choose, top1
 
 EPS = 1e-6
 
 
-def _unit(x: np.ndarray) -> torch.Tensor:
+def _unit(x: np.ndarray):
+    import torch
+
     t = torch.as_tensor(np.asarray(x, dtype=np.float32))
     return t / t.norm(dim=1, keepdim=True).clamp_min(1e-12)
 
@@ -34,6 +35,8 @@ def knn_neighbours(queries: np.ndarray, train: np.ndarray, k: int,
                    max_elements: int = 1 << 25) -> tuple[np.ndarray, np.ndarray]:
     """(similarities, indices) of the ``k`` most cosine-similar train rows per query,
     most similar first; computed in chunks of queries to bound memory."""
+    import torch
+
     tr = _unit(train)
     k = min(k, tr.shape[0])
     chunk = max(1, max_elements // max(tr.shape[0], 1))

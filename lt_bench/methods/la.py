@@ -5,11 +5,8 @@ At test time the raw logits ``z`` are used, which is what removes the train prio
 
 from typing import Any, ClassVar
 
-import torch
-import torch.nn.functional as F
-
-from lt_bench.methods.base import METHODS, FitContext
-from lt_bench.methods.heads import HEAD_DEFAULTS, HeadMethod
+from lt_bench.methods._base import METHODS, FitContext
+from lt_bench.methods._heads import HEAD_DEFAULTS, HeadMethod
 
 
 @METHODS.register("la")
@@ -19,7 +16,9 @@ class LogitAdjusted(HeadMethod):
     description = "logit-adjusted loss CE(z + τ log π, y)"
 
     def setup(self, ctx: FitContext) -> None:
-        self.adjust = self.hparams["tau"] * torch.as_tensor(ctx.log_prior, dtype=torch.float32)
+        import torch
+        self.adjust = self.hparams["tau"] * torch.as_tensor(ctx.log_train_prior, dtype=torch.float32)
 
-    def loss(self, logits: torch.Tensor, y: torch.Tensor, epoch: int) -> torch.Tensor:
+    def loss(self, logits, y, epoch: int):
+        import torch.nn.functional as F
         return F.cross_entropy(logits + self.adjust, y)

@@ -8,9 +8,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from lt_bench.methods._posthoc import base_linear, choose, float_grid, top1
-from lt_bench.methods.base import METHODS, FitContext, FitResult, Method
-from lt_bench.methods.predictor import LinearPredictor
+from lt_bench.methods._base import METHODS, FitContext, FitResult, Method
+from lt_bench.methods._predictor import LinearPredictor
+from lt_bench.methods._reuse import base_linear, choose, float_grid, top1
 
 
 def adjusted(p: LinearPredictor, shift: np.ndarray) -> LinearPredictor:
@@ -32,5 +32,5 @@ class LogitAdjustedPostHoc(Method):
         z_val = ce.logits(ctx.val.features).astype(np.float64)
         grid = float_grid(hp["tau_min"], hp["tau_max"], hp["tau_step"])
         tau, info = choose("tau", grid, hp["tau"],
-                           lambda t: top1(z_val - t * ctx.log_prior, ctx.val.labels), ctx)
-        return FitResult(adjusted(ce, -tau * ctx.log_prior), info=info)
+                           lambda t: top1(z_val - t * ctx.log_train_prior, ctx.val.labels), ctx)
+        return FitResult(adjusted(ce, -tau * ctx.log_train_prior), info=info)

@@ -1,5 +1,5 @@
 """LADE (Hong et al. 2021): logit-adjusted loss (LADE-CE, ``CE(z + log π, y)``) plus
-``α ·`` the LADE regulariser (``lt_bench.methods.losses.lade_regulariser``), α = 0.1.
+``α ·`` the LADE regulariser (``lt_bench.methods._losses.lade_regulariser``), α = 0.1.
 
 At test time the raw logits ``z`` are used: LADE's post-compensation to a uniform
 target prior (log 1/K) only shifts all logits by a constant.
@@ -7,12 +7,9 @@ target prior (log 1/K) only shifts all logits by a constant.
 
 from typing import Any, ClassVar
 
-import torch
-import torch.nn.functional as F
-
-from lt_bench.methods.base import METHODS, FitContext
-from lt_bench.methods.heads import HEAD_DEFAULTS, HeadMethod
-from lt_bench.methods.losses import lade_regulariser
+from lt_bench.methods._base import METHODS, FitContext
+from lt_bench.methods._heads import HEAD_DEFAULTS, HeadMethod
+from lt_bench.methods._losses import lade_regulariser
 
 
 @METHODS.register("lade")
@@ -22,10 +19,13 @@ class LADE(HeadMethod):
     description = "LADE: CE(z + log π, y) + α·LADE regulariser"
 
     def setup(self, ctx: FitContext) -> None:
+        import torch
         self.prior = torch.as_tensor(ctx.train_counts / ctx.train_counts.sum(),
                                      dtype=torch.float32)
 
-    def loss(self, logits: torch.Tensor, y: torch.Tensor, epoch: int) -> torch.Tensor:
+    def loss(self, logits, y, epoch: int):
+        import torch
+        import torch.nn.functional as F
         ce = F.cross_entropy(logits + torch.log(self.prior + 1e-9), y)
         reg = lade_regulariser(logits, y, self.prior, self.hparams["remine_lambda"])
         return ce + self.hparams["alpha"] * reg

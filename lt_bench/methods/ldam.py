@@ -9,11 +9,9 @@ of training, e.g. ``drw_epoch: 8`` for 10 epochs.
 
 from typing import Any, ClassVar
 
-import torch
-
-from lt_bench.methods.base import METHODS, FitContext
-from lt_bench.methods.heads import HEAD_DEFAULTS, HeadMethod
-from lt_bench.methods.losses import class_balanced_weights, ldam_loss, ldam_margins
+from lt_bench.methods._base import METHODS, FitContext
+from lt_bench.methods._heads import HEAD_DEFAULTS, HeadMethod
+from lt_bench.methods._losses import class_balanced_weights, ldam_loss, ldam_margins
 
 
 @METHODS.register("ldam")
@@ -24,13 +22,14 @@ class LDAM(HeadMethod):
     description = "label-distribution-aware margin z_y − s·m_y (optional DRW)"
 
     def setup(self, ctx: FitContext) -> None:
+        import torch
         hp = self.hparams
         self.margins = torch.as_tensor(ldam_margins(ctx.train_counts, hp["max_margin"]),
                                        dtype=torch.float32)
         self.drw_weight = torch.as_tensor(
             class_balanced_weights(ctx.train_counts, hp["drw_beta"]), dtype=torch.float32)
 
-    def loss(self, logits: torch.Tensor, y: torch.Tensor, epoch: int) -> torch.Tensor:
+    def loss(self, logits, y, epoch: int):
         drw = self.hparams["drw_epoch"]
         weight = self.drw_weight if drw is not None and epoch >= drw else None
         return ldam_loss(logits, y, self.margins, self.hparams["scale"], weight)

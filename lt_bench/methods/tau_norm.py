@@ -7,9 +7,9 @@ i.e. τ = 1 reproduces it; τ = 0 uses the raw weights, whose norms grow with cl
 
 from typing import Any, ClassVar
 
-from lt_bench.methods._posthoc import base_linear, choose, float_grid, top1
-from lt_bench.methods.base import METHODS, FitContext, FitResult, Method
-from lt_bench.methods.predictor import LinearPredictor, LinearTerm
+from lt_bench.methods._base import METHODS, FitContext, FitResult, Method
+from lt_bench.methods._predictor import LinearPredictor, LinearTerm
+from lt_bench.methods._reuse import base_linear, choose, float_grid, top1
 
 
 def tau_normalised(p: LinearPredictor, tau: float) -> LinearPredictor:

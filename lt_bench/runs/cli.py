@@ -1,67 +1,89 @@
-"""``lt-bench prior``, ``lt-bench prior-table`` and ``lt-bench backdoor`` (hooked into
-lt_bench.cli through ``add_method_commands``)."""
+"""Verbs of the run layer: ``prior``, ``train`` (every kind of run), ``logits``."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+from lt_bench.errors import InputValidationError
 
-def cmd_prior(a):
-    from lt_bench.methods.prior import prior_from_features
 
-    meta = prior_from_features(Path(a.features_dir), Path(a.out),
-                               Path(a.true_prior) if a.true_prior else None, split=a.split)
+def cmd_prior(args):
+    from lt_bench.prior import prior_from_features
+
+    meta = prior_from_features(Path(args.features_dir), Path(args.out),
+                               Path(args.true_prior) if args.true_prior else None,
+                               split=args.split)
     keys = ("temperature", "zero_shot_top1", "spearman", "pearson", "kl_true_hat", "tv")
     print(json.dumps({k: meta[k] for k in keys if k in meta}))
 
 
-def prior_table(priors: list[Path], out_dir: Path):
-    """One row per prior file with a known true prior (toy backbones): how well q̂ tracks it."""
-    import pandas as pd
+def cmd_train(args):
+    """Route on what the method consumes: features (fit), runs (combine)."""
+    from lt_bench.cli import set_threads
+    from lt_bench.methods import METHODS
 
-    from lt_bench.io import atomic_path, write_text
-    from lt_bench.methods.prior import prior_agreement, read_prior_meta
+    cls = METHODS.get(args.method)
+    params = dict(args.params or {})
+    if cls.consumes == "runs":
+        from lt_bench.runs.ensemble import ensemble_run
 
-    rows = []
-    for p in priors:
-        df = pd.read_parquet(p).sort_values("label")
-        meta = read_prior_meta(Path(p))
-        row = {"dataset": meta.get("dataset"), "backbone": meta.get("backbone"),
-               "num_classes": len(df), "temperature": meta.get("temperature"),
-               "zero_shot_top1": meta.get("zero_shot_top1")}
-        if "q_true" in df.columns:
-            row.update(prior_agreement(df["q_hat"].to_numpy(), df["q_true"].to_numpy()))
-        rows.append(row)
-    table = pd.DataFrame(rows)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with_true = table.dropna(axis=1, how="all")
-    with atomic_path(out_dir / "prior.csv") as tmp:
-        with_true.to_csv(tmp, index=False)
-    md = ("# Estimated vs true pre-training prior\n\n"
-          "q̂: GLA's estimate from zero-shot logits on val (temperature T by confidence = "
-          "accuracy). spearman/pearson: ρ(q̂, q_true); kl_true_hat: KL(q_true ‖ q̂); "
-          "tv: total variation distance.\n\n"
-          + with_true.to_markdown(index=False, floatfmt=".4g") + "\n")
-    write_text(out_dir / "prior.md", md)
-    return with_true
+        if not args.members:
+            raise InputValidationError(f"method {args.method!r} combines finished runs: give "
+                                       "them with --members RUN_DIR RUN_DIR ...")
+        m = cls(**params)
+        hp = dict(m.hparams)
+        rule = hp.pop("rule", "sum")
+        metrics = ensemble_run(args.members, Path(args.out), rule=rule, method=args.method,
+                               vary=hp.pop("vary", "backbone"), hparams=hp)
+        keys = ["top1", "many", "medium", "few", "best_member_top1", "gain_top1"]
+        keys += [f"m{i}_top1" for i in range(1, metrics["n_members"] + 1)]
+        print(json.dumps({k: metrics[k] for k in keys}))
+        return
+    if cls.consumes == "images":
+        raise InputValidationError(f"method {args.method!r} fine-tunes from images: use "
+                                   f"`lt-bench finetune --method {args.method} ...`")
+    if not args.features_dir:
+        raise InputValidationError(f"method {args.method!r} trains on cached features: give "
+                                   "--features-dir results/features/{dataset}/{backbone}")
+    from lt_bench.runs.train import train_run
 
+    set_threads(args.threads)
+    group_counts = None
+    if args.group_counts:
+        import numpy as np
 
-def cmd_prior_table(a):
-    t = prior_table([Path(p) for p in a.priors], Path(a.out_dir))
-    print(f"{len(t)} priors -> {a.out_dir}/prior.csv")
-
-
-def cmd_backdoor(a):
-    from lt_bench.methods.backdoor_ops import backdoor_run
-
-    m = backdoor_run([Path(r) for r in a.members], Path(a.out), rule=a.rule)
-    keys = ["top1", "many", "medium", "few", "best_member_top1", "gain_top1"]
-    keys += [f"m{i}_top1" for i in range(1, m["n_members"] + 1)]
-    print(json.dumps({k: m[k] for k in keys}))
+        group_counts = np.loadtxt(args.group_counts, dtype=np.int64, ndmin=1)
+    m = train_run(args.method, Path(args.features_dir), Path(args.out), args.seed, params,
+                  prior=Path(args.prior) if args.prior else None,
+                  base_runs=dict(args.base or []), tune=args.tune,
+                  device=_device(args.device), group_counts=group_counts)
+    print(json.dumps({k: m[k] for k in ("top1", "many", "medium", "few")}))
 
 
-def add_method_commands(sub) -> None:
+def _device(requested: str | None) -> str:
+    """cpu unless asked; ``auto`` takes a free GPU where one is visible (the same picker and
+    lock files as extraction), else the CPU."""
+    if requested in (None, "cpu"):
+        return "cpu"
+    if requested != "auto":
+        return requested
+    from lt_bench.features.device import pick_device
+
+    return str(pick_device())
+
+
+def cmd_logits(args):
+    from lt_bench.runs.folder import write_logits
+    from lt_bench.runs.predictors import run_logits
+
+    labels, logits = run_logits(Path(args.run_dir), args.split)
+    write_logits(labels, logits, Path(args.out))
+
+
+def add_run_commands(sub) -> None:
+    from lt_bench.cli import json_object, name_path
+
     s = sub.add_parser("prior", help="estimate a backbone's pre-training label prior q̂ (GLA)")
     s.add_argument("--features-dir", required=True,
                    help="features folder of one (dataset, backbone): val.parquet, text.parquet")
@@ -71,17 +93,30 @@ def add_method_commands(sub) -> None:
                    help="class-balanced labelled split the prior is fitted on")
     s.set_defaults(func=cmd_prior)
 
-    s = sub.add_parser("prior-table", help="table of estimated vs true priors (toy world)")
-    s.add_argument("--priors", nargs="+", required=True, help="prior Parquet files")
-    s.add_argument("--out-dir", default="results/tables", help="writes prior.csv and prior.md")
-    s.set_defaults(func=cmd_prior_table)
+    s = sub.add_parser("train", help="one run of a method: fit on features, or combine runs",
+                       description="Fit a features-consuming method on one (dataset, backbone, "
+                       "seed), or (--members) combine finished runs into an ensemble run.")
+    s.add_argument("--method", required=True)
+    s.add_argument("--out", required=True, help="run folder")
+    s.add_argument("--params", type=json_object, help="hyper-parameters (JSON object)")
+    s.add_argument("--features-dir", help="features folder (methods that consume features)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--prior", help="prior parquet of the backbone (q_hat)")
+    s.add_argument("--base", type=name_path, action="append", metavar="METHOD=RUN_DIR",
+                   help="finished run this method builds on (repeatable)")
+    s.add_argument("--members", nargs="+", metavar="RUN_DIR",
+                   help="member runs (methods that consume runs, e.g. backdoor)")
+    s.add_argument("--tune", action="store_true", default=None,
+                   help="post-hoc knobs may be tuned on val")
+    s.add_argument("--no-tune", dest="tune", action="store_false",
+                   help="val overlaps train: knobs keep their defaults")
+    s.add_argument("--group-counts", help="per-class counts defining the D-groups (CIFAR-LT)")
+    s.add_argument("--device", default="cpu", help="cpu (default), auto, cuda, cuda:1")
+    s.add_argument("--threads", type=int)
+    s.set_defaults(func=cmd_train)
 
-    s = sub.add_parser("backdoor", help="backdoor adjustment: combine runs of several "
-                                        "backbones (no retraining)")
-    s.add_argument("--members", nargs="+", required=True, metavar="RUN_DIR",
-                   help="finished runs (the la runs of each backbone, same dataset and seed)")
-    s.add_argument("--out", required=True, help="ensemble run folder, e.g. "
-                                                "results/runs/toy/ensemble/backdoor/seed0")
-    s.add_argument("--rule", default="sum", choices=["sum", "prob_mean"],
-                   help="sum of raw logits (the authors' rule) or mean of probabilities")
-    s.set_defaults(func=cmd_backdoor)
+    s = sub.add_parser("logits", help="a finished run's logits on a split (no retraining)")
+    s.add_argument("run_dir")
+    s.add_argument("--split", default="test", choices=["train", "val", "test"])
+    s.add_argument("--out", required=True, help="Parquet: label int32, logits list<float32,K>")
+    s.set_defaults(func=cmd_logits)

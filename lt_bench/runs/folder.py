@@ -1,0 +1,177 @@
+"""The run folder: its layout, where it is found, and the one writer every run finishes with.
+
+``results/runs/{dataset}/{backbone}/{method}/seed{seed}/`` (ensembles: backbone
+``ensemble``) holds ``config.json`` (resolved method, hyper-parameters, inputs with their
+hashes, git commit), ``history.json``, ``per_class.parquet``, what rebuilds the logits
+(``predictor.json`` + ``predictor.safetensors``, or stored ``logits_{split}.parquet``)
+and, written last, ``metrics.json``: its presence marks a finished run
+(docs/architecture.md, "File contracts").
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lt_bench.errors import InputValidationError
+from lt_bench.io import atomic_path, read_json, write_json
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+#: the splits a run is evaluated on (val for tuning checks, test for the tables)
+EVAL_SPLITS = ("val", "test")
+
+
+def run_dir(dataset: str, backbone: str, method: str, seed: int | str,
+            root: str | os.PathLike = "results/runs") -> Path:
+    return Path(root) / dataset / backbone / method / f"seed{seed}"
+
+
+def find_run_dirs(runs_root: str | os.PathLike) -> list[Path]:
+    """Every finished run folder under ``runs_root`` (those with a metrics.json), sorted."""
+    return sorted(p.parent for p in Path(runs_root).glob("*/*/*/seed*/metrics.json"))
+
+
+def project_root_of(run_path: Path) -> Path | None:
+    """The folder holding ``results/`` for a run folder laid out as ``run_dir`` says."""
+    p = Path(run_path).absolute()
+    if len(p.parts) > 6 and p.parents[3].name == "runs" and p.parents[4].name == "results":
+        return p.parents[5]
+    return None
+
+
+def resolve_recorded(path: str | os.PathLike, run_path: Path) -> Path:
+    """A path recorded in a run's config.json, found again: as recorded (absolute, or
+    relative to the working directory), else relative to the run's project root — so
+    ``lt-bench logits`` works from any folder and after the project folder moved."""
+    p = Path(path)
+    if p.is_absolute() or p.exists():
+        return p
+    root = project_root_of(run_path)
+    if root is not None and (root / p).exists():
+        return root / p
+    return p
+
+
+def git_commit(where: str | os.PathLike | None = None) -> str | None:
+    """The commit of the checkout this code runs from (provenance), None outside git."""
+    where = where or Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(["git", "-C", str(where), "rev-parse", "HEAD"], text=True,
+                             capture_output=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def check_logits(name: str, split: str, labels: np.ndarray, logits: np.ndarray,
+                 num_classes: int) -> None:
+    if logits.ndim != 2 or logits.shape != (len(labels), num_classes):
+        raise InputValidationError(f"{name}: {split} logits have shape {logits.shape}, "
+                                   f"expected ({len(labels)}, {num_classes})")
+    bad = ~np.isfinite(logits).all(1)
+    if bad.any():
+        raise InputValidationError(
+            f"{name}: {int(bad.sum())} {split} row(s) have non-finite logits (first row "
+            f"{int(np.flatnonzero(bad)[0])}); check the features and the prior for NaN/inf/0")
+
+
+def write_run(out_dir: Path, logits_by_split: dict[str, tuple[np.ndarray, np.ndarray]], *,
+              train_counts: np.ndarray, config: dict[str, Any], info: dict[str, Any],
+              history: list[dict[str, Any]] | None = None, pretrain_prior=None,
+              group_counts: np.ndarray | None = None, started_at: float | None = None,
+              extra_metrics: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Finish a run of any kind: evaluate the val and test logits, write config.json,
+    history.json, per_class.parquet and, last, metrics.json. ``group_counts`` define the
+    D-groups where they differ from the train counts (CIFAR-100-LT IR 10/50: IR-100's)."""
+    import pandas as pd
+
+    from lt_bench.metrics import evaluate
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    k = len(train_counts)
+    for split in EVAL_SPLITS:
+        labels, z = logits_by_split[split]
+        check_logits(str(out_dir), split, np.asarray(labels), np.asarray(z), k)
+    config = {**config, "git_commit": git_commit(), "platform": platform.platform()}
+    write_json(out_dir / "config.json", config)
+    write_json(out_dir / "history.json", history or [])
+    groups = train_counts if group_counts is None else group_counts
+    y_val, z_val = logits_by_split["val"]
+    y_test, z_test = logits_by_split["test"]
+    val_m, _ = evaluate(z_val, y_val, groups, pretrain_prior)
+    test_m, per_class = evaluate(z_test, y_test, groups, pretrain_prior)
+    per_class["train_count"] = np.asarray(train_counts)
+    with atomic_path(out_dir / "per_class.parquet") as tmp:
+        pd.DataFrame(per_class).to_parquet(tmp, index=False)
+    finished = time.time()
+    metrics = {**test_m, "val_top1": val_m["top1"], "n_train": int(np.sum(train_counts)),
+               "train_seconds": float(info.get("train_seconds", info.get("fit_seconds", 0.0))),
+               **(extra_metrics or {}),
+               "info": info, "method": config["method"], "dataset": config["dataset"],
+               "backbone": config["backbone"], "seed": config["seed"],
+               "started_at": float(started_at if started_at is not None else finished),
+               "finished_at": finished}
+    write_json(out_dir / "metrics.json", metrics)
+    log.info("%s: test top1 %.4f (many %s, medium %s, few %s)", out_dir, metrics["top1"],
+             metrics["many"], metrics["medium"], metrics["few"])
+    return metrics
+
+
+def unfinish(out_dir: Path) -> None:
+    """A rerun is unfinished until it ends: drop the old metrics.json first."""
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    (Path(out_dir) / "metrics.json").unlink(missing_ok=True)
+
+
+def read_run_config(run_path: Path) -> dict[str, Any]:
+    cfg = Path(run_path) / "config.json"
+    if not cfg.is_file():
+        raise FileNotFoundError(f"{run_path}: not a run folder (no config.json)")
+    return read_json(cfg)
+
+
+def require_finished(run_path: Path, role: str) -> dict[str, Any]:
+    """config.json of a finished run, or an error saying which role it was to play."""
+    if not (Path(run_path) / "metrics.json").is_file():
+        raise FileNotFoundError(f"{role} {run_path} is not a finished run (no metrics.json)")
+    return read_run_config(run_path)
+
+
+# --- stored logits (runs that cannot rebuild them cheaply: fine-tuning) --------------------
+
+def logits_path(run_path: Path, split: str) -> Path:
+    return Path(run_path) / f"logits_{split}.parquet"
+
+
+def write_logits(labels: np.ndarray, logits: np.ndarray, out: Path) -> None:
+    """Contract: ``label`` int32, ``logits`` fixed_size_list<float32, K>, split-list order."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    logits = np.ascontiguousarray(logits, dtype=np.float32)
+    table = pa.table({
+        "label": pa.array(np.asarray(labels, dtype=np.int32)),
+        "logits": pa.FixedSizeListArray.from_arrays(pa.array(logits.reshape(-1)),
+                                                    logits.shape[1]),
+    })
+    with atomic_path(out) as tmp:
+        pq.write_table(table, tmp)
+
+
+def read_logits(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path)
+    col = table.column("logits").combine_chunks()
+    return (table.column("label").to_numpy().astype(np.int64),
+            col.flatten().to_numpy().reshape(-1, col.type.list_size))

@@ -1,0 +1,96 @@
+"""The seam: every finished run answers ``split_logits(split) -> (labels, logits)``.
+
+How it does so depends on what its method consumes (``Method.consumes``), decided once here
+from the run's ``predictor.json`` kind:
+
+- ``linear`` / ``knn`` (features): the saved predictor applied to the run's features folder;
+- ``ensemble`` (runs): its member runs' logits, combined by its rule;
+- ``stored`` (images, fine-tuning): the val/test logits stored at the end of training.
+
+Callers (``lt-bench logits``, ensembles, the report) never ask which.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from lt_bench.errors import InputValidationError
+from lt_bench.runs.folder import (
+    SPLITS,
+    logits_path,
+    read_logits,
+    read_run_config,
+    resolve_recorded,
+)
+
+
+def load_run_predictor(run_path: Path):
+    """A features-consuming run's own predictor (post-hoc methods reuse its weights)."""
+    from lt_bench.methods import knn  # noqa: F401  registers the k-NN predictor loader
+    from lt_bench.methods._predictor import load_feature_predictor
+
+    return load_feature_predictor(Path(run_path))
+
+
+def split_logits_of(predictor, split) -> np.ndarray:
+    """A feature predictor's logits on an in-memory FeatureSplit (crop-averaged under TTE)."""
+    from lt_bench.methods._predictor import split_features_logits
+
+    return split_features_logits(predictor, split)
+
+
+class FeatureRun:
+    """A run over cached features: predictor + the features folder it was fitted on."""
+
+    def __init__(self, run_path: Path, cfg: dict):
+        self.run_path = Path(run_path)
+        self.features_dir = resolve_recorded(cfg["features_dir"], self.run_path)
+        self.predictor = load_run_predictor(self.run_path)
+
+    def split_logits(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+        from lt_bench.features.store import read_features
+
+        feats = read_features(self.features_dir / f"{split}.parquet")
+        return feats.labels, split_logits_of(self.predictor, feats)
+
+
+class StoredRun:
+    """A run whose val/test logits were stored at the end of training (fine-tuning)."""
+
+    def __init__(self, run_path: Path):
+        self.run_path = Path(run_path)
+
+    def split_logits(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+        path = logits_path(self.run_path, split)
+        if not path.is_file():
+            raise FileNotFoundError(f"{self.run_path}: no stored {split} logits ({path.name}); "
+                                    "a fine-tuning run stores val and test logits only")
+        return read_logits(path)
+
+
+def open_run(run_path: Path):
+    """The run at ``run_path`` behind the seam (an object with ``split_logits``)."""
+    from lt_bench.methods._predictor import read_predictor_spec
+
+    run_path = Path(run_path)
+    cfg = read_run_config(run_path)
+    kind = read_predictor_spec(run_path).get("kind")
+    if kind == "ensemble":
+        from lt_bench.runs.ensemble import EnsembleRun
+
+        return EnsembleRun.from_folder(run_path)
+    if kind == "stored":
+        return StoredRun(run_path)
+    if not cfg.get("features_dir"):
+        raise InputValidationError(f"{run_path}: predictor kind {kind!r} but config.json "
+                                   "records no features folder")
+    return FeatureRun(run_path, cfg)
+
+
+def run_logits(run_path: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """(labels, logits) of a finished run on ``split``, in split-list order."""
+    if split not in SPLITS:
+        raise InputValidationError(f"unknown split {split!r}; valid: {', '.join(SPLITS)}")
+    return open_run(Path(run_path)).split_logits(split)
