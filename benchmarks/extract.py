@@ -21,6 +21,10 @@ Synthetic JPEGs (500x375, ImageNet's typical size) are written to a temporary fo
 the model has random weights (``--pretrained TAG`` loads real ones, needs the network),
 saved as a checkpoint and loaded as the backbone ``local:<model>:<file>``, i.e. through
 the same loader as the real backbones. Prints images/s of both and the ratio.
+
+``--device-decode`` (CUDA only; skipped with a message otherwise) also times the same
+extraction with JPEGs decoded on the device (``extract.decode: gpu``: batched nvJPEG,
+``lt_bench/features/decode.py``) and prints its images/s over the CPU-decode path's.
 """
 
 from __future__ import annotations
@@ -65,7 +69,7 @@ def bare_forward(bb, batches: list[torch.Tensor], device: torch.device, amp: boo
         t0 = time.perf_counter()
         for x in batches:
             with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
-                f = bb.encode_image(x)
+                f = bb.encode_feature(x)  # what extraction stores
             f.float().cpu()  # the pipeline copies every batch back too
         _sync(device)
     return n / (time.perf_counter() - t0)
@@ -88,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--amp", action="store_true", help="fp16 autocast (what extraction does on GPU)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--repeats", type=int, default=3, help="alternating rounds (medians reported)")
+    p.add_argument("--device-decode", action="store_true",
+                   help="also time decode on the device (nvJPEG); needs CUDA")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     if a.threads:
@@ -132,6 +138,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"{bare[-2]:.2f} / {bare[-1]:.2f} images/s, ratio {ratios[-1]:.3f}",
                   file=sys.stderr)
 
+        gpu_e2e = _device_decode(a, bb, split, tmp, device) if a.device_decode else None
+
     e, b, ratio = statistics.median(e2e), statistics.median(bare), statistics.median(ratios)
     print(f"model {a.model} ({'random weights' if not a.pretrained else a.pretrained}), "
           f"{a.images} JPEGs 500x375, batch {a.batch_size}, {a.num_workers} workers, "
@@ -140,7 +148,35 @@ def main(argv: list[str] | None = None) -> int:
     print(f"end-to-end (files -> decode -> model -> Parquet): {e:.2f} images/s")
     print(f"bare model forward (same batches):              {b:.2f} images/s")
     print(f"ratio end-to-end / bare: {ratio:.3f}  (median over {a.repeats} rounds; target >= 0.9)")
+    if gpu_e2e:
+        print(f"end-to-end, decode on the device:               {gpu_e2e:.2f} images/s")
+        print(f"ratio device decode / CPU decode: {gpu_e2e / e:.3f}")
     return 0
+
+
+def _device_decode(a, bb, split: Path, tmp: Path, device: torch.device) -> float | None:
+    """Median images/s of extraction with ``decode="gpu"``; None (and a note) without CUDA."""
+    from lt_bench.features.extract import extract_split
+    from lt_bench.features.protocol import device_transforms, eval_transforms
+
+    if device.type != "cuda":
+        print("device decode: skipped (needs --device cuda and a GPU)", file=sys.stderr)
+        return None
+    _, _, info = eval_transforms(bb, "open_clip")  # the transform bb.preprocess applies
+    tfs = device_transforms(info)
+    rates = []
+    for r in range(a.repeats):
+        _sync(device)
+        t0 = time.perf_counter()
+        st = extract_split(bb, split, tmp, tmp / f"gpu{r}.parquet", {"benchmark": True},
+                           batch_size=a.batch_size, num_workers=a.num_workers,
+                           shard_size=a.shard_size, device=device, amp=a.amp, decode="gpu",
+                           device_transforms=(tfs[0], None))
+        _sync(device)
+        rates.append(st["images"] / (time.perf_counter() - t0))
+        print(f"device-decode round {r + 1}: {rates[-1]:.2f} images/s, decode {st['decode']}",
+              file=sys.stderr)
+    return statistics.median(rates)
 
 
 if __name__ == "__main__":

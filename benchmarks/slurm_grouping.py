@@ -1,7 +1,7 @@
 """SLURM group jobs: wall time and sbatch submissions with and without grouping the heads.
 
 Runs the tiny toy config (tests/data/tiny_config.yaml: 2 toy CLIPs x 15 methods x 2 seeds,
-60 train_head jobs) through the local one-node SLURM cluster (scripts/slurm-cluster.sh)
+60 run_on_features jobs) through the local one-node SLURM cluster (scripts/slurm-cluster.sh)
 with profiles/slurm-local-test as it is (heads grouped: one SLURM job per dataset x
 backbone x seed) and with its `groups`/`group-components` keys removed (one SLURM job per
 head), and locally (`--cores 2`) for reference. Prints wall time, sbatch submissions and
@@ -13,7 +13,7 @@ the ratios.
 
 By default the upstream stages (toy world, pre-training, features, priors) run once,
 locally, and every variant starts from a copy of that state, so the numbers compare the
-part grouping changes: train_head (+ backdoor, tables, figures, MLflow ingest, which are
+part grouping changes: run_on_features (+ backdoor, tables, figures, MLflow ingest, which are
 the same in all variants). `--from-scratch` times whole runs instead (GPU stages through
 SLURM too). Needs a machine with nobody else's jobs on the cluster to be meaningful.
 """

@@ -101,6 +101,7 @@ def cmd_pretrain(args):
 def cmd_extract(args):
     from lt_bench.data import get_dataset
     from lt_bench.features.extract import auto_num_workers, extract_all
+    from lt_bench.features.options import extract_kwargs
 
     set_threads(args.threads)
     ds = get_dataset(args.dataset, **(args.dataset_params or {}))
@@ -113,7 +114,7 @@ def cmd_extract(args):
                         Path(args.out_dir), checkpoint=args.checkpoint, splits=ds.splits,
                         batch_size=args.batch_size, num_workers=n_workers,
                         device=args.device, shard_size=args.shard_size,
-                        **(args.params or {}))
+                        **extract_kwargs(args))
     print_json(stats)
 
 
@@ -127,6 +128,8 @@ def cmd_prompts(args):
 # --- parser ---------------------------------------------------------------------------
 
 def _add_core_commands(sub) -> None:
+    from lt_bench.features.options import add_extract_arguments
+
     s = sub.add_parser("list", help="list registered methods, datasets or backbones")
     s.add_argument("family", choices=["methods", "datasets", "backbones"])
     s.set_defaults(func=cmd_list)
@@ -150,8 +153,6 @@ def _add_core_commands(sub) -> None:
     s.add_argument("--backbone", required=True)
     s.add_argument("--checkpoint", help="local checkpoint (required for toy backbones)")
     s.add_argument("--out-dir", required=True)
-    s.add_argument("--params", type=json_object,
-                   help="extraction options (JSON: transform, tte, train_views, decode)")
     s.add_argument("--batch-size", type=int, default=256)
     s.add_argument("--num-workers", type=workers, default="auto",
                    help="decode worker processes, or auto: this job's share of the CPUs (one "
@@ -159,6 +160,7 @@ def _add_core_commands(sub) -> None:
     s.add_argument("--shard-size", type=int, default=8192)
     s.add_argument("--device", help="cpu, cuda, cuda:1 (default: pick a free one)")
     s.add_argument("--threads", type=int)
+    add_extract_arguments(s)  # the protocol options: feature, transforms, TTE, views, decode
     s.set_defaults(func=cmd_extract)
 
     s = sub.add_parser("prompts", help="print the exact prompts of zero-shot and head init")

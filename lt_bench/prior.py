@@ -111,14 +111,7 @@ def zero_shot_logits(features_dir: Path, split: str = "val") -> tuple[np.ndarray
             f"{features_dir}: backbone {text.meta.get('backbone')!r} has no text tower, so "
             "no zero-shot logits and no prior estimate")
     feats = read_features(features_dir / f"{split}.parquet")
-    if hasattr(text, "zero_shot_logits"):
-        return feats.labels, np.asarray(text.zero_shot_logits(feats.features), dtype=np.float64)
-    # TEMP until the protocol store lands: features are encode_image outputs
-    f = feats.features.astype(np.float64)
-    f /= np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
-    t = text.embeddings.astype(np.float64)
-    t /= np.maximum(np.linalg.norm(t, axis=1, keepdims=True), 1e-12)
-    return feats.labels, text.logit_scale * f @ t.T
+    return feats.labels, np.asarray(text.zero_shot_logits(feats.features), dtype=np.float64)
 
 
 def read_true_prior(path: Path, num_classes: int) -> np.ndarray:

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from lt_bench.features.store import features_table, write_table, write_text_embeddings
-from lt_bench.methods.prior import write_prior
+from lt_bench.prior import write_prior
 
 TRAIN_COUNTS = (120, 60, 30, 15, 8, 4)  # many, medium x2, few x3
 VAL_PER_CLASS = 6

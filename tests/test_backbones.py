@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from lt_bench.backbones import BACKBONES, BackboneSpec, load_backbone
+from lt_bench.backbones import BACKBONES, BackboneSpec, LoadedBackbone, load_backbone
 from lt_bench.backbones.base import ensure_model_configs, open_clip_tag_preprocess, resolve_spec
 from lt_bench.backbones.catalog import PAPER_BACKBONES
 from lt_bench.backbones.prompts import class_text_embeddings, templates_for
@@ -58,7 +58,13 @@ def test_open_clip_architecture_output_dim_and_activation(name):
         size = model.visual.image_size
         f = model.encode_image(torch.empty(1, 3, *size))
         t = model.encode_text(torch.zeros(1, model.context_length, dtype=torch.long))
-    assert f.shape[1] == t.shape[1] == spec.feature_dim
+        bb = LoadedBackbone(spec, model, None, None, None)
+        cached = bb.encode_feature(torch.empty(1, 3, *size))
+    assert f.shape[1] == t.shape[1] == spec.embed_dim
+    # the stored feature is the pre-projection ln_post CLS token (LIFT's head input)
+    assert bb.feature_kind() == "pre_projection"
+    assert cached.shape[1] == model.visual.proj.shape[0] == spec.feature_dim
+    assert model.visual.proj.shape[1] == spec.embed_dim
     act = type(model.visual.transformer.resblocks[0].mlp.gelu)
     assert (act is QuickGELU) == bool(open_clip.get_model_config(spec.model).get("quick_gelu"))
 
@@ -111,6 +117,9 @@ def test_local_open_clip_checkpoint_loads_the_same_weights(toy_checkpoint):
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(bb.encode_image(x), ref.encode_image(x))
+        # cached pre-projection feature @ stored projection == encode_image
+        f = bb.encode_feature(x)
+        torch.testing.assert_close(f @ torch.from_numpy(bb.projection()), ref.encode_image(x))
     assert bb.logit_scale == pytest.approx(float(ref.logit_scale.detach().exp()))
     with pytest.raises(FileNotFoundError, match="not found: .*missing.pt"):
         load_backbone(f"local:lt-toy-vit-p8:{path.parent / 'missing.pt'}")
@@ -144,6 +153,8 @@ def test_timm_loader_random_and_from_checkpoint(tiny_timm, tmp_path):
     assert got.shape == (2, tiny_timm.feature_dim)
     torch.testing.assert_close(got, want)  # the head is dropped, the features are the file's
     assert bb.tokenizer is None and bb.logit_scale is None
+    assert bb.feature_kind() == "timm_pooled" and bb.projection() is None
+    torch.testing.assert_close(bb.encode_feature(x), want)
     assert not bb.model.training
     # the preprocessing is timm's eval transform of the architecture
     assert "CenterCrop(size=(160, 160))" in str(bb.preprocess)
@@ -158,8 +169,9 @@ def test_imagenet_templates_are_clips_80():
     assert len(t) == 80 == len(set(t))
     assert all(s.count("{}") == 1 for s in t)
     assert "a bad photo of a {}." in t and "itap of a {}." in t
-    with pytest.raises(ValueError, match="valid: imagenet, toy"):
+    with pytest.raises(ValueError, match="valid: imagenet80, imagenet, toy, single, classname"):
         templates_for("klingon")
+    assert templates_for("single") == ("a photo of a {}.",)  # LIFT's head-init prompt
 
 
 def test_text_embeddings_match_open_clips_zero_shot_classifier(toy_checkpoint):
@@ -170,7 +182,9 @@ def test_text_embeddings_match_open_clips_zero_shot_classifier(toy_checkpoint):
     tok = open_clip.get_tokenizer("lt-toy-vit-p8")
     names = ["red striped circle", "blue dotted square", "green ring"]
     templates = templates_for("imagenet")
-    ours = class_text_embeddings(model, tok, names, templates, batch_size=37)  # odd batches
+    # "_" becomes a space where text is built (LIFT, GLA): same embeddings as the clean name
+    ours = class_text_embeddings(model, tok, [n.replace(" ", "_") for n in names], templates,
+                                 batch_size=37)  # odd batches
     ref = build_zero_shot_classifier(model, tok, names, templates, num_classes_per_batch=2,
                                      use_tqdm=False).T
     np.testing.assert_allclose(ours.numpy(), ref.numpy(), atol=1e-5)

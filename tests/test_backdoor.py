@@ -12,7 +12,7 @@ from synth_runs import FAST, make_features_dir, make_prior
 
 from lt_bench.cli import main
 from lt_bench.io import read_json
-from lt_bench.methods.backdoor_ops import backdoor_run, combine
+from lt_bench.runs.ensemble import backdoor_run, combine
 from lt_bench.metrics import evaluate
 from lt_bench.runs import read_logits, run_logits, train_run
 

@@ -56,8 +56,8 @@ def test_demo_suite_runs_every_method():
     assert set(cfg["suites"]["demo"]["methods"]) == set(METHODS.names())
 
 
-def test_crt_rejects_init():
+def test_crt_rejects_an_unknown_init():
     cfg = yaml.safe_load((REPO / "config.yaml").read_text())
-    cfg["methods"]["crt"] = {"init": "text"}
-    with pytest.raises(Exception, match="init"):
+    cfg["methods"]["crt"] = {"init": "stage1"}
+    with pytest.raises(Exception, match="stage1"):
         validate(cfg, str(REPO / "workflow/schemas/config.schema.yaml"))

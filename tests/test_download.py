@@ -14,6 +14,7 @@ import pytest
 from lt_bench.data.download import (
     ChecksumMismatchError,
     DownloadError,
+    ExtractionConflictError,
     UnsafeArchiveError,
     download,
     file_hash,
@@ -239,10 +240,12 @@ def test_symlink_then_member_through_it_is_refused(tmp_path):
 def test_interrupted_extraction_is_redone(tmp_path, monkeypatch):
     tar = _tar(tmp_path / "t.tar", [_file("top/a.txt", b"new"), _file("top/b.txt", b"new")])
     dest = tmp_path / "out"
-    # leftovers of an interrupted run: a staging folder and a half-moved top-level entry
+    # leftovers of an interrupted run: a staging folder (half-extracted) and a file an
+    # interrupted merge had already moved in (same content as the archive's)
     (dest / ".partial-t.tar" / "top").mkdir(parents=True)
+    (dest / ".partial-t.tar" / "top" / "a.txt").write_bytes(b"ne")
     (dest / "top").mkdir()
-    (dest / "top" / "a.txt").write_bytes(b"stale")
+    (dest / "top" / "a.txt").write_bytes(b"new")
     safe_extract_tar(tar, dest)
     assert (dest / "top/a.txt").read_bytes() == b"new"
     assert (dest / "top/b.txt").read_bytes() == b"new"
@@ -276,3 +279,52 @@ def test_failure_mid_extraction_leaves_no_marker(tmp_path, monkeypatch):
     monkeypatch.setattr(tarfile.TarFile, "extract", real_extract)
     safe_extract_tar(tar, dest)
     assert sorted(os.listdir(dest / "top")) == ["a.txt", "b.txt"]
+
+
+def test_extraction_merges_into_a_users_folder_and_keeps_their_files(tmp_path):
+    # issue 15: a user's places365_standard/ was replaced by the archive's
+    tar = _tar(tmp_path / "t.tar", [_file("places365_standard/train/a.jpg", b"A"),
+                                    _file("places365_standard/train/same.jpg", b"S"),
+                                    _file("places365_standard/val/b.jpg", b"B")])
+    dest = tmp_path / "data"
+    user = dest / "places365_standard" / "train"
+    user.mkdir(parents=True)
+    (user / "mine.jpg").write_bytes(b"user's own")
+    (user / "same.jpg").write_bytes(b"S")  # already there, identical
+    safe_extract_tar(tar, dest)
+    assert (user / "mine.jpg").read_bytes() == b"user's own"
+    assert (user / "a.jpg").read_bytes() == b"A" and (user / "same.jpg").read_bytes() == b"S"
+    assert (dest / "places365_standard/val/b.jpg").read_bytes() == b"B"
+    assert is_extracted(tar, dest)
+
+
+@pytest.mark.parametrize("make_user_entry, needle", [
+    (lambda p: p.write_bytes(b"user's edit"), "a file with different content"),
+    (lambda p: p.mkdir(), "a folder"),
+])
+def test_extraction_refuses_to_overwrite_a_users_file(tmp_path, make_user_entry, needle):
+    tar = _tar(tmp_path / "t.tar", [_file("top/sub/a.txt", b"archive"),
+                                    _file("top/sub/new.txt", b"new")])
+    dest = tmp_path / "out"
+    (dest / "top" / "sub").mkdir(parents=True)
+    make_user_entry(dest / "top" / "sub" / "a.txt")
+    before = sorted((p.relative_to(dest), p.is_dir()) for p in dest.rglob("*"))
+    with pytest.raises(ExtractionConflictError) as err:
+        safe_extract_tar(tar, dest)
+    assert str(dest / "top" / "sub" / "a.txt") in str(err.value) and needle in str(err.value)
+    assert "never overwrites" in str(err.value)
+    # nothing in the target changed: not even the new file was moved in
+    assert sorted((p.relative_to(dest), p.is_dir()) for p in dest.rglob("*")) == before
+    if (dest / "top/sub/a.txt").is_file():
+        assert (dest / "top/sub/a.txt").read_bytes() == b"user's edit"
+    assert not is_extracted(tar, dest)
+
+
+def test_extraction_refuses_a_file_where_the_archive_has_a_folder(tmp_path):
+    tar = _tar(tmp_path / "t.tar", [_file("top/sub/a.txt", b"a")])
+    dest = tmp_path / "out"
+    dest.mkdir()
+    (dest / "top").write_bytes(b"a user's file named top")
+    with pytest.raises(ExtractionConflictError, match="the archive has a folder there"):
+        safe_extract_tar(tar, dest)
+    assert (dest / "top").read_bytes() == b"a user's file named top"

@@ -1,8 +1,9 @@
 """Feature extraction: a tiny open_clip CLIP with random weights goes through exactly the
 code path of the real backbones (a ``local:<model>:<checkpoint>`` backbone, no network).
 
-Checked: stored features reproduce ``model.encode_image`` (fp16 tolerance) in split-list
-order; ``text.parquet`` + logit scale reproduce open_clip's zero-shot logits; results do
+Checked: stored features are the pre-projection feature of LIFT's test transform and,
+times the stored projection, reproduce ``model.encode_image`` (fp16 tolerance) in
+split-list order; ``text.parquet`` + logit scale reproduce open_clip's zero-shot logits; results do
 not depend on workers, batch or shard size; a killed extraction resumes without
 re-encoding finished shards and ends with the file an uninterrupted run writes; a missing
 or corrupt image fails with its path; stale shards are discarded; a timm backbone writes
@@ -30,7 +31,6 @@ from lt_bench.backbones import BACKBONES, BackboneSpec
 from lt_bench.backbones.base import ensure_model_configs
 from lt_bench.features.extract import ImageReadError, extract_all, extract_split, shard_dir_for
 from lt_bench.features.store import read_features, read_meta, read_text_embeddings
-from lt_bench.methods.predictor import LinearTerm
 
 MODEL = "lt-toy-vit-p8"
 CLASSNAMES = ["red striped circle", "blue dotted square", "green plain ring",
@@ -87,26 +87,42 @@ def extracted(checkpoint, split_dir, tmp_path_factory) -> Path:
 
 
 def _reference(checkpoint: Path, split_dir: Path, split: str):
-    """open_clip alone: its own preprocessing and encode_image, fp32, one batch."""
+    """open_clip alone: LIFT's test transform (Resize(32*8//7) + CenterCrop(32), CLIP mean
+    and std, written out with PIL here), encode_image, fp32, one batch."""
     import open_clip
 
-    model, _, preprocess = open_clip.create_model_and_transforms(MODEL, pretrained=str(checkpoint))
-    model.eval()
+    model = open_clip.create_model(MODEL, pretrained=str(checkpoint)).eval()
     rows = [line.rsplit(" ", 1) for line in (split_dir / f"{split}.txt").read_text().splitlines()]
-    x = torch.stack([preprocess(Image.open(split_dir / p).convert("RGB")) for p, _ in rows])
+    mean = torch.tensor((0.48145466, 0.4578275, 0.40821073)).view(3, 1, 1)
+    std = torch.tensor((0.26862954, 0.26130258, 0.27577711)).view(3, 1, 1)
+
+    def lift(im):
+        w, h = im.size
+        s = 36  # 32 * 8 // 7, shorter side (int truncation as torchvision's Resize)
+        im = im.resize((s, int(s * h / w)) if w <= h else (int(s * w / h), s),
+                       Image.BILINEAR)
+        w, h = im.size
+        left, top = int(round((w - 32) / 2)), int(round((h - 32) / 2))
+        x = torch.from_numpy(np.asarray(im.crop((left, top, left + 32, top + 32))).copy())
+        return (x.permute(2, 0, 1).float() / 255 - mean) / std
+
+    x = torch.stack([lift(Image.open(split_dir / p).convert("RGB")) for p, _ in rows])
     with torch.no_grad():
         feats = model.encode_image(x)
     return model, [p for p, _ in rows], np.array([int(y) for _, y in rows]), feats
 
 
 def test_features_reproduce_encode_image_in_split_order(checkpoint, split_dir, extracted):
+    proj = read_text_embeddings(extracted / "text.parquet").projection
+    assert proj.shape == (128, 128)  # toy: width 128 -> embed 128
     for split in ("train", "val", "test"):
         _, paths, labels, want = _reference(checkpoint, split_dir, split)
         got = read_features(extracted / f"{split}.parquet")
         assert got.paths == paths and np.array_equal(got.labels, labels)
+        assert got.meta["feature"] == "pre_projection" and got.crops is None
         want = want.numpy()
-        tol = 2e-3 * np.abs(want).max()  # fp16 storage
-        np.testing.assert_allclose(got.features, want, rtol=2e-3, atol=tol)
+        tol = 5e-3 * np.abs(want).max()  # fp16 storage, then the projection
+        np.testing.assert_allclose(got.features @ proj, want, rtol=5e-3, atol=tol)
         assert not np.array_equal(got.features, np.zeros_like(got.features))
 
 
@@ -125,6 +141,9 @@ def test_feature_file_schema_and_provenance(checkpoint, split_dir, extracted):
     assert meta["split_sha256"] == sha256_file(split_dir / "train.txt")
     assert {"torch", "open_clip", "timm", "pyarrow"} <= set(meta["versions"])
     assert "Normalize" in meta["preprocessing"] and meta["amp"] is False
+    assert meta["feature"] == "pre_projection" and meta["decode"] == "cpu"
+    assert meta["transform"]["kind"] == "lift"
+    assert meta["transform"]["steps"][:2] == ["Resize(36)", "CenterCrop(32)"]
     assert pq.ParquetFile(path).metadata.num_row_groups == 4  # one per shard of 10
     assert not shard_dir_for(path).exists()  # shards are gone once the job is done
 
@@ -141,13 +160,13 @@ def test_text_embeddings_and_logit_scale_reproduce_zero_shot_logits(checkpoint, 
     assert text.classnames == CLASSNAMES
     assert text.logit_scale == pytest.approx(42.0, rel=1e-5)
     assert len(text.meta["templates"]) == 80
+    assert text.meta["prompt_sets"] == {"zero_shot": "imagenet80", "head_init": "single"}
     weights = build_zero_shot_classifier(model, open_clip.get_tokenizer(MODEL), CLASSNAMES,
                                          templates_for("imagenet"), use_tqdm=False)
     np.testing.assert_allclose(text.embeddings, weights.T.numpy(), atol=1e-5)
-    # open_clip's zero-shot logits vs the ones the zero_shot method computes from the files
+    # open_clip's zero-shot logits vs the ones computed from the files
     want = (42.0 * torch.nn.functional.normalize(img, dim=-1) @ weights).numpy()
-    got = LinearTerm(text.embeddings, scale=text.logit_scale).logits(
-        read_features(extracted / "test.parquet").features)
+    got = text.zero_shot_logits(read_features(extracted / "test.parquet").features)
     np.testing.assert_allclose(got, want, atol=0.05)
     assert (got.argmax(1) == want.argmax(1)).mean() >= 0.9  # ties within fp16 may flip
 
@@ -155,18 +174,20 @@ def test_text_embeddings_and_logit_scale_reproduce_zero_shot_logits(checkpoint, 
 def test_result_does_not_depend_on_workers_batches_or_shards(checkpoint, split_dir, extracted,
                                                              tmp_path):
     from lt_bench.backbones import load_backbone
+    from lt_bench.backbones.transforms import lift_test_transform
 
     bb = load_backbone(f"local:{MODEL}:{checkpoint}")
+    tf = lift_test_transform(32)  # what extract_all used
     ref = read_features(extracted / "train.parquet")
     # same batches, other worker count: bit-identical
     out = tmp_path / "a.parquet"
     extract_split(bb, split_dir / "train.txt", split_dir, out, {}, batch_size=8,
-                  num_workers=0, shard_size=10)
+                  num_workers=0, shard_size=10, transform=tf)
     assert np.array_equal(read_features(out).features, ref.features)
     # batches that do not divide the shards, more workers: same rows, same order
     out = tmp_path / "b.parquet"
     stats = extract_split(bb, split_dir / "train.txt", split_dir, out, {}, batch_size=3,
-                          num_workers=2, shard_size=7)
+                          num_workers=2, shard_size=7, transform=tf)
     got = read_features(out)
     assert stats["encoded"] == 40 and got.paths == ref.paths
     np.testing.assert_allclose(got.features, ref.features, atol=2e-3 * np.abs(ref.features).max())

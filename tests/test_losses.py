@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from lt_bench.methods import get_method
-from lt_bench.methods.base import FitContext
-from lt_bench.methods.losses import (
+from lt_bench.methods._base import FitContext
+from lt_bench.methods._losses import (
     class_balanced_weights,
     focal_loss,
     inverse_frequency_weights,
@@ -53,8 +53,8 @@ def _assert_ce_like_gradient(g, y=0):
 
 def _ctx(counts=COUNTS, prior=None):
     """A FitContext with only what ``setup`` reads (train counts, prior)."""
-    return FitContext(train=None, val=None, test=None, text=None,  # type: ignore[arg-type]
-                      train_counts=np.asarray(counts), hparams={}, seed=0, prior=prior)
+    return FitContext(train=None, val=None, text=None,  # type: ignore[arg-type]
+                      train_counts=np.asarray(counts), seed=0, pretrain_prior=prior)
 
 
 def test_softmax_reference_numbers():
@@ -113,7 +113,9 @@ def test_ldam_drw_switches_weights_on():
     assert m.loss(z, y, 0).item() == pytest.approx(plain.item())
     w = class_balanced_weights(COUNTS, 0.9999)
     per = [_ce([2 - 10 * 0.158114, 0, -1], 0), _ce([0.5, 0, 1 - 10 * 0.5], 2)]
-    assert m.loss(z, y, 1).item() == pytest.approx((w[0] * per[0] + w[2] * per[1]) / 2, rel=1e-4)
+    # LIFT's reduction (F.cross_entropy(weight=)): divided by the batch's Σ w_y
+    assert m.loss(z, y, 1).item() == pytest.approx((w[0] * per[0] + w[2] * per[1]) / (w[0] + w[2]),
+                                               rel=1e-4)
 
 
 def test_class_balanced_weights():
@@ -147,8 +149,8 @@ def test_weighted_methods_value_and_gradient(method, weights):
     z = torch.tensor([Z, [0.5, 0.0, 1.0]], dtype=torch.float64, requires_grad=True)
     y = torch.tensor([0, 2])
     loss = m.loss(z, y, 0)
-    assert loss.item() == pytest.approx((w[0] * _ce(Z, 0) + w[2] * _ce([0.5, 0, 1], 2)) / 2,
-                                        rel=1e-5)
+    assert loss.item() == pytest.approx(
+        (w[0] * _ce(Z, 0) + w[2] * _ce([0.5, 0, 1], 2)) / (w[0] + w[2]), rel=1e-5)
     loss.backward()
     _assert_ce_like_gradient(z.grad[0].numpy(), 0)
     _assert_ce_like_gradient(z.grad[1].numpy(), 2)
@@ -156,11 +158,21 @@ def test_weighted_methods_value_and_gradient(method, weights):
     assert abs(z.grad[1, 2]) > abs(z.grad[0, 0])
 
 
-def test_weighted_ce_is_not_batch_normalised():
+def test_weighted_ce_is_normalised_by_the_batch_weights_like_lift():
+    # one sample: the weight cancels (w·CE / w)
     z = torch.tensor([Z], dtype=torch.float64)
     w = torch.tensor([2.0, 1.0, 1.0], dtype=torch.float64)
-    assert weighted_ce(z, Y0, w).item() == pytest.approx(2 * _ce(Z, 0))
+    assert weighted_ce(z, Y0, w).item() == pytest.approx(_ce(Z, 0))
     assert weighted_ce(z, Y0).item() == pytest.approx(_ce(Z, 0))
+    # a 3-class, 3-sample hand-worked case: (2·CE_0 + 1·CE_1 + 3·CE_2) / (2 + 1 + 3)
+    zz = [[2.0, 0.0, -1.0], [0.0, 1.0, 0.0], [0.5, 0.5, 2.0]]
+    yy = torch.tensor([0, 1, 2])
+    w3 = torch.tensor([2.0, 1.0, 3.0], dtype=torch.float64)
+    want = (2 * _ce(zz[0], 0) + 1 * _ce(zz[1], 1) + 3 * _ce(zz[2], 2)) / 6
+    got = weighted_ce(torch.tensor(zz, dtype=torch.float64), yy, w3).item()
+    assert got == pytest.approx(want, rel=1e-12)
+    ref = torch.nn.functional.cross_entropy(torch.tensor(zz, dtype=torch.float64), yy, weight=w3)
+    assert got == pytest.approx(ref.item(), rel=1e-12)
 
 
 @pytest.mark.parametrize("method,tau", [("la", 1.0), ("la", 0.5), ("bs", 1.0)])

@@ -13,7 +13,7 @@ from synth_runs import FAST, make_features_dir, make_prior
 from lt_bench.cli import main
 from lt_bench.features.store import read_features, read_text_embeddings
 from lt_bench.io import read_json
-from lt_bench.methods._posthoc import float_grid
+from lt_bench.methods._reuse import float_grid
 from lt_bench.runs import read_logits, run_logits, train_run
 
 Q = np.array([0.4, 0.05, 0.2, 0.1, 0.15, 0.1])
@@ -49,7 +49,7 @@ def _posthoc(world, method, name=None, **kw):
     m = train_run(method, world["fd"], out, seed=0, prior=world["prior"],
                   base_runs={k: v for k, v in base.items()
                              if k in {"tau_norm": ["ce"], "la_posthoc": ["ce"],
-                                      "crt": ["ce"], "gla": ["la"]}[method]}, **kw)
+                                      "gla": ["la"]}[method]}, **kw)
     return out, m
 
 
@@ -100,11 +100,19 @@ def test_gla_formula(world):
     test = _split(world, "test")
     text = read_text_embeddings(world["fd"] / "text.parquet")
     out, m = _posthoc(world, "gla")
-    z_zs = text.logit_scale * _unit(test.features) @ _unit(text.embeddings).T
+    z_zs = text.zero_shot_logits(test.features)
     _, z_la = run_logits(world["runs"]["la"], "test")
-    expected = z_zs / 2.0 - np.log(Q / Q.sum()) + z_la  # T = 2 from the prior file
+    # GLA-FS: the LA term divided by its own T, calibrated on val (confidence = accuracy)
+    from lt_bench.prior import calibrate_temperature, mean_confidence
+
+    y_val, z_la_val = run_logits(world["runs"]["la"], "val")
+    t_la = calibrate_temperature(z_la_val, y_val)
+    acc = float((z_la_val.argmax(1) == y_val).mean())
+    assert mean_confidence(z_la_val, t_la) == pytest.approx(acc, abs=1e-6) or t_la in (1e-3, 1e3)
+    expected = z_zs / 2.0 - np.log(Q / Q.sum()) + z_la / t_la  # T_zs = 2 from the prior file
     np.testing.assert_allclose(run_logits(out, "test")[1], expected, rtol=1e-4, atol=1e-4)
     assert m["info"]["temperature"] == 2.0
+    assert m["info"]["temperature_la"] == pytest.approx(t_la)
 
 
 def test_gla_needs_prior_and_text(world, tmp_path):
@@ -125,30 +133,38 @@ def test_posthoc_never_retrains_the_base_run(world):
     assert cfg["base_runs"] == {"ce": str(ce)}
 
 
-def test_crt_starts_from_the_ce_head(world):
-    out, m = _posthoc(world, "crt", hparams={"lr": 1e-12, "epochs": 1, "weight_decay": 0.0,
-                                             "batch_size": 64})
+def test_crt_reinitialises_the_classifier(world):
+    """classifier-balancing cls_crt.yaml: stage1_weights false -> a fresh classifier, not the
+    CE head (and no CE run is needed)."""
+    from lt_bench.methods import METHODS
+
+    assert METHODS.get("crt").requires == ()
+    out = world["root"] / "runs" / "crt_init"
+    train_run("crt", world["fd"], out, seed=0, prior=world["prior"],
+              hparams={"lr": 1e-12, "epochs": 1, "weight_decay": 0.0, "batch_size": 64})
     w = load_file(str(out / "predictor.safetensors"))["term0.weight"]
-    np.testing.assert_allclose(w, _ce_weight(world), rtol=1e-5, atol=1e-6)
-    assert read_json(out / "config.json")["hparams"]["sampler"] == "class_balanced"
-    assert "init" not in read_json(out / "config.json")["hparams"]
+    # lr ~ 0: the weights are the N(0, 0.01^2) init of seed 0, not the CE head's
+    rng = np.random.default_rng(0)
+    np.testing.assert_allclose(w, rng.normal(0, 0.01, w.shape), rtol=1e-5, atol=1e-8)
+    assert not np.allclose(w, _ce_weight(world), atol=1e-3)
+    hp = read_json(out / "config.json")["hparams"]
+    assert hp["sampler"] == "class_balanced" and hp["init"] == "random"
 
 
 def test_crt_retrains_with_class_balanced_batches(world, monkeypatch):
-    from lt_bench.methods import heads
+    from lt_bench.methods import _heads
 
     seen = []
-    real = heads.batch_indices
+    real = _heads.batch_indices
 
     def spy(labels, batch_size, sampler, rng):
         seen.append(sampler)
         return real(labels, batch_size, sampler, rng)
 
-    monkeypatch.setattr(heads, "batch_indices", spy)
-    out, m = _posthoc(world, "crt", "crt_trained", hparams={"epochs": 2, "batch_size": 32})
+    monkeypatch.setattr(_heads, "batch_indices", spy)
+    out = world["root"] / "runs" / "crt_trained"
+    train_run("crt", world["fd"], out, seed=0, hparams={"epochs": 2, "batch_size": 32})
     assert seen == ["class_balanced"] * 2
-    w = load_file(str(out / "predictor.safetensors"))["term0.weight"]
-    assert not np.allclose(w, _ce_weight(world))
     assert len(read_json(out / "history.json")) == 2
 
 

@@ -12,7 +12,7 @@ from scipy.stats import spearmanr
 from synth_runs import make_features_dir
 
 from lt_bench.cli import main
-from lt_bench.methods.prior import (
+from lt_bench.prior import (
     calibrate_temperature,
     estimate_prior,
     fit_prior,

@@ -186,7 +186,22 @@ def test_figures_placeholders_without_prior(tmp_path):
 
 # --- the Snakemake report on a finished (hand-written) tiny suite ------------------------
 
-REPORT_RULES = ["aggregate", "figure_accuracy", "figure_prior", "figure_dxp", "ingest_mlflow"]
+REPORT_RULES = ["significance", "aggregate", "findings", "figure_accuracy", "figure_prior",
+                "figure_dxp", "ingest_mlflow"]
+
+
+def _store_logits(run_dir: Path) -> None:
+    """Give a hand-written run test logits (kind ``stored``) that get its per-class
+    accuracy right on 10 images per class, so `lt-bench significance` can rebuild them."""
+    from lt_bench.runs.folder import write_logits
+
+    acc = pd.read_parquet(run_dir / "per_class.parquet")["accuracy"].to_numpy()
+    k = len(acc)
+    labels = np.repeat(np.arange(k), 10)
+    right = np.concatenate([np.arange(10) < round(10 * a) for a in acc])
+    pred = np.where(right, labels, (labels + 1) % k)
+    write_logits(labels, np.eye(k, dtype=np.float32)[pred], run_dir / "logits_test.parquet")
+    (run_dir / "predictor.json").write_text(json.dumps({"kind": "stored"}))
 
 
 def _snakemake(workdir: Path, *args: str, timeout: int = 900):
@@ -215,13 +230,16 @@ def test_snakemake_report_lists_tables_and_figures(tmp_path):
     cfg["suites"]["tiny"].update(methods=methods, seeds=[0, 1])
     (tmp_path / "test_config.yaml").write_text(yaml.safe_dump(cfg))
     backbones = cfg["suites"]["tiny"]["backbones"]
-    make_runs(tmp_path / "results/runs", backbones=backbones, seeds=(0, 1),
-              backdoor="backdoor" in methods, prior_dir=tmp_path / "results/prior")
+    dirs = make_runs(tmp_path / "results/runs", backbones=backbones, seeds=(0, 1),
+                     backdoor="backdoor" in methods, prior_dir=tmp_path / "results/prior")
+    for d in dirs:
+        _store_logits(d)
 
     targets = ["results/tables/main.csv", "results/tables/dxp.csv",
                "results/tables/ablation.csv", "results/figures/toy/acc_vs_count.png",
                "results/figures/toy/prior_vs_true.png", "results/figures/toy/dxp_la.png",
-               "results/mlflow/ingested.json"]
+               "results/mlflow/ingested.json", "results/tables/findings.html",
+               "results/figures/toy/dxp_vs_la.png"]
     _snakemake(tmp_path, *targets)
     for t in targets:
         assert (tmp_path / t).is_file(), t
@@ -236,3 +254,225 @@ def test_snakemake_report_lists_tables_and_figures(tmp_path):
     for name in ("main.csv", "main.tex", "dxp.csv", "ablation.csv", "runs.csv",
                  "acc_vs_count.png", "prior_vs_true.png", "dxp_la.png"):
         assert name in html, f"{name} missing from the report"
+    # the main table is embedded as a page the report shows in its frame, cells included
+    import base64
+    import re
+
+    pages = [base64.b64decode(m).decode() for m in
+             re.findall(r"data:text/html;(?:charset=utf8;)?base64,([A-Za-z0-9+/=]+)", html)]
+    main = pd.read_csv(tmp_path / "results/tables/main.csv")
+    page = next((p for p in pages if 'id="main-toy"' in p), None)
+    assert page is not None, f"main.html not embedded ({len(pages)} html pages)"
+    for _, r in main.iterrows():
+        assert f"{r['top1_mean']:.1f}" in page
+    assert any("Backdoor gain" in p for p in pages), "findings page missing"
+
+
+# --- what the paper tables say beyond the numbers (issue 14 "Tables", issue 10 item 11) ---
+
+def _rewrite(run_dir: Path, **changes) -> None:
+    f = run_dir / "metrics.json"
+    m = json.loads(f.read_text())
+    m.update(changes)
+    f.write_text(json.dumps(m))
+
+
+@pytest.fixture(scope="module")
+def marked(tmp_path_factory):
+    """bs = la on every seed (τ = 1), zero_shot identical over seeds (deterministic)."""
+    root = tmp_path_factory.mktemp("marked") / "runs"
+    make_runs(root, methods=("zero_shot", "ce", "la", "bs"), backdoor=False)
+    eval_keys = [k for k in json.loads((root / "toy/toyclip0/la/seed0/metrics.json")
+                                       .read_text()) if k in MAIN_METRICS or k.startswith(
+                                           ("dp_", "p_", "ece", "macro_f1", "worst", "hmean",
+                                            "gmean"))]
+    for b in ("toyclip0", "toyclip1"):
+        for s in (0, 1, 2):
+            la = json.loads((root / f"toy/{b}/la/seed{s}/metrics.json").read_text())
+            _rewrite(root / f"toy/{b}/bs/seed{s}", **{k: la[k] for k in eval_keys})
+            zs0 = json.loads((root / f"toy/{b}/zero_shot/seed0/metrics.json").read_text())
+            _rewrite(root / f"toy/{b}/zero_shot/seed{s}", **{k: zs0[k] for k in eval_keys})
+    out = tmp_path_factory.mktemp("marked_tables")
+    assert cli_main(["tables", "--runs-root", str(root), "--out-dir", str(out),
+                     "--method-order", "zero_shot", "ce", "la", "bs"]) == 0
+    return root, out
+
+
+def _md_row(md: str, backbone: str, name: str) -> list[str]:
+    for line in md.splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if len(cells) > 3 and cells[0] == backbone and cells[1].split(" [")[0] == name:
+            return cells
+    raise AssertionError(f"no row {backbone}/{name} in\n{md}")
+
+
+def test_identical_and_deterministic_rows_are_marked(marked):
+    root, out = marked
+    notes = pd.read_csv(out / "notes.csv", keep_default_na=False)
+    row = notes.set_index(["backbone", "method"])
+    assert row.loc[("toyclip0", "bs"), "identical_to"] == "la"
+    assert row.loc[("toyclip0", "ce"), "identical_to"] == ""
+    assert str(row.loc[("toyclip0", "zero_shot"), "deterministic"]) == "True"
+    assert row.loc[("toyclip0", "zero_shot"), "n_distinct"] == 1
+    assert row.loc[("toyclip0", "la"), "n_distinct"] == 3
+    md = (out / "main.md").read_text()
+    zs = _md_row(md, "toyclip0", "zero-shot")
+    assert zs[2] == "1†" and not any("±" in c for c in zs[3:7])
+    bs = _md_row(md, "toyclip0", "BS")
+    la = _md_row(md, "toyclip0", "LA")
+    assert bs[1] == "BS [a]" and bs[3:7] == [c.replace("**", "") for c in la[3:7]]
+    assert "(a) BS is bit-identical to LA on every seed (toy/toyclip0, toy/toyclip1)" in md
+    assert "**" not in "".join(bs)  # a duplicate is never "the best"
+    tex = (out / "main.tex").read_text()
+    assert r"BS$^{a}$" in tex and r"1$^\dagger$" in tex
+
+
+def test_display_names_in_md_and_code_ids_in_csv(marked):
+    root, out = marked
+    md = (out / "main.md").read_text()
+    assert "| zero-shot |" in md and "| zero_shot |" not in md
+    assert set(pd.read_csv(out / "main.csv")["method"]) == {"zero_shot", "ce", "la", "bs"}
+    assert r"$\tau$-norm" in __import__("lt_bench.report.format", fromlist=["x"]).tex_name(
+        "tau_norm")
+
+
+def test_headers_give_class_counts_and_small_dxp_cells_are_marked(marked):
+    root, out = marked
+    m = json.loads((root / "toy/toyclip0/ce/seed0/metrics.json").read_text())
+    md = (out / "main.md").read_text()
+    for g in ("Many", "Medium", "Few"):
+        assert f"{g} ({m[f'n_{g.lower()}_classes']})" in md
+    dxp = pd.read_csv(out / "dxp.csv")
+    dmd = (out / "dxp.md").read_text()
+    r = dxp[(dxp["backbone"] == "toyclip0") & (dxp["method"] == "ce")].iloc[0]
+    cells = _md_row(dmd, "toyclip0", "CE")[3:]
+    for key, c in zip(DXP_METRICS, cells, strict=True):
+        small = r[f"n_{key}_classes"] < 10
+        assert c.replace("**", "").startswith(f"{r[f'{key}_mean']:.1f}" + ("°" if small else "")), c
+    p_sizes = [sum(m[f"n_dp_{d}_{p}_classes"] for d in ("many", "medium", "few"))
+               for p in ("p_many", "p_medium", "p_few")]
+    assert "P-Many/P-Medium/P-Few: " + "/".join(map(str, p_sizes)) + " classes" in dmd
+    tex = (out / "dxp.tex").read_text()
+    assert r"\begin{table*}" in tex and r"\resizebox{\textwidth}{!}{%" in tex
+
+
+def test_std_keeps_informative_digits(tmp_path):
+    from lt_bench.report.format import std_text
+
+    assert [std_text(x) for x in (2.34, 0.05, 0.04, 0.012, 0.004, 0.0)] == [
+        "2.3", "0.1", "0.04", "0.01", "<0.01", "0"]
+    root = tmp_path / "runs"
+    make_runs(root, methods=("ce",), backdoor=False, with_prior=False)
+    tops = [0.5, 0.5003, 0.5006]  # std 0.03 points: "± 0.0" before
+    for s, t in enumerate(tops):
+        for b in ("toyclip0", "toyclip1"):
+            _rewrite(root / f"toy/{b}/ce/seed{s}", top1=t)
+    write_all_tables(collect_runs(root), tmp_path / "t")
+    row = _md_row((tmp_path / "t/main.md").read_text(), "toyclip0", "CE")
+    assert row[3].endswith(f"± {statistics.stdev([100 * t for t in tops]):.2f}")
+
+
+def test_significance_marks_and_table(runs_root, tmp_path):
+    from lt_bench.report.significance import COLUMNS, write_significance
+
+    sig = pd.DataFrame([
+        ["toy", "vs_la", "toyclip0", "ce", "toyclip0", "la", "LA", 3, 300, 50, 60, -10, -14,
+         -6, True, 100, 0],
+        ["toy", "vs_la", "toyclip1", "ce", "toyclip1", "la", "LA", 3, 300, 58, 60, -2, -5, 1,
+         False, 100, 0]], columns=COLUMNS)
+    write_significance(sig, tmp_path / "significance.csv")
+    assert cli_main(["tables", "--runs-root", str(runs_root), "--out-dir", str(tmp_path),
+                     "--significance", str(tmp_path / "significance.csv")]) == 0
+    md = (tmp_path / "main.md").read_text()
+    assert _md_row(md, "toyclip0", "CE")[3].endswith("▼")
+    assert not _md_row(md, "toyclip1", "CE")[3].endswith(("▲", "▼"))
+    assert "excludes 0" in md
+    smd = (tmp_path / "significance.md").read_text()
+    assert "-10.00 [-14.00, -6.00]" in smd and "+1.00]" in smd
+    assert (tmp_path / "significance.html").read_text().count("<tr>") == 3
+
+
+def test_prior_table_verb(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from scipy.stats import spearmanr
+
+    rng = np.random.default_rng(0)
+    q_true = rng.dirichlet(np.ones(12))
+    q_hat = q_true * np.exp(rng.normal(0, 0.4, 12))
+    q_hat /= q_hat.sum()
+    t = pa.table({"label": np.arange(12), "q_hat": q_hat, "q_true": q_true})
+    meta = {"temperature": 1.5, "zero_shot_top1": 0.4321, "dataset": "toy",
+            "backbone": "toyclip7"}
+    t = t.replace_schema_metadata({b"lt_bench": json.dumps(meta).encode()})
+    pq.write_table(t, tmp_path / "toyclip7.parquet")
+    assert cli_main(["prior-table", "--priors", str(tmp_path / "toyclip7.parquet"),
+                     "--out-dir", str(tmp_path / "out")]) == 0
+    csv = pd.read_csv(tmp_path / "out/prior.csv")
+    assert csv.loc[0, "backbone"] == "toyclip7" and csv.loc[0, "num_classes"] == 12
+    assert csv.loc[0, "spearman"] == pytest.approx(spearmanr(q_hat, q_true).statistic)
+    assert csv.loc[0, "zero_shot_top1"] == pytest.approx(43.21)  # percent
+    assert csv.loc[0, "tv"] == pytest.approx(50 * np.abs(q_hat - q_true).sum())
+    tex = (tmp_path / "out/prior.tex").read_text()
+    assert r"\begin{tabular}" in tex and "43.2" in tex
+    assert "43.2" in (tmp_path / "out/prior.md").read_text()
+    assert "<table" in (tmp_path / "out/prior.html").read_text()
+    with pytest.raises(Exception, match="expected label, q_hat"):
+        pq.write_table(pa.table({"label": [0], "p": [1.0]}), tmp_path / "bad.parquet")
+        from lt_bench.report.prior_table import write_prior_table
+        write_prior_table([tmp_path / "bad.parquet"], tmp_path / "out")
+
+
+def test_published_numbers_have_sources_and_sit_beside_ours(tmp_path):
+    from lt_bench.errors import UserError
+    from lt_bench.report.published import published_table, read_published
+
+    pub = read_published()
+    assert len(pub) > 10 and (pub["source"].str.strip() != "").all()
+    assert set(pub["verified"]) <= {"yes", "no"}
+    main = pd.DataFrame([{"dataset": "imagenet_lt", "backbone": "clip_vit_b16",
+                          "method": "zero_shot", "n_seeds": 1, "top1_mean": 68.0,
+                          "top1_std": float("nan")}])
+    t = published_table(pub, main)
+    hit = t[(t["method"] == "zero-shot CLIP, a user's reproduction") & (t["metric"] == "top1")]
+    assert hit["diff"].iloc[0] == pytest.approx(68.0 - 67.73)
+    assert t.loc[t["our_method"] == "", "ours"].isna().all()
+    bad = tmp_path / "bad.csv"
+    bad.write_text("dataset,backbone,method,metric,value,source,verified\n"
+                   "toy,b,m,top1,50.0,,no\n")
+    with pytest.raises(UserError, match="line 2: a number without a source"):
+        read_published(bad)
+
+
+def test_findings_use_the_table_numbers(runs_root, tables):
+    from lt_bench.report.findings import findings
+
+    main = pd.read_csv(tables / "main.csv")
+    dxp = pd.read_csv(tables / "dxp.csv")
+    text = findings(main, dxp)
+    r = main[(main["backbone"] == "toyclip0") & (main["method"] == "la")].iloc[0]
+    assert f"LA {r['many_mean'] - r['few_mean']:+.1f}" in text
+    d = dxp[(dxp["backbone"] == "toyclip0") & (dxp["method"] == "zero_shot")].iloc[0]
+    assert f"zero-shot {d['dp_few_p_many_mean'] - d['dp_few_p_few_mean']:+.1f}" in text
+    bd = main[main["method"] == "backdoor"].iloc[0]["top1_mean"]
+    best = main[main["method"] == "la"]["top1_mean"].max()
+    assert f"{bd - best:+.1f} points top-1" in text
+    sig = pd.DataFrame([{"dataset": "toy", "kind": "backdoor_vs_best_member",
+                         "b_label": "best member on val (toyclip1)", "diff": 3.25, "lo": 1.5,
+                         "hi": 5.0, "significant": True, "a_top1": 70.0, "b_top1": 66.75,
+                         "n_seeds": 3}])
+    text = findings(main, dxp, sig)
+    assert "+3.25 points top-1 (95 % paired bootstrap interval [+1.50, +5.00], significant" \
+        in text
+
+
+def test_new_figures(runs_root, tmp_path):
+    from lt_bench.report.figures_dxp import dxp_summary_figure
+
+    dirs = sorted(p.parent for p in runs_root.rglob("metrics.json"))
+    out = dxp_summary_figure(dirs, tmp_path / "dxp_vs_la", "toy", ["zero_shot", "ce", "la"])
+    _assert_real_image(out[0])
+    accuracy_figures(dirs, tmp_path)
+    # the ensemble no longer gets a panel of its own: one row of the two backbones
+    w, h = Image.open(tmp_path / "acc_vs_qhat.png").size
+    assert w > 2 * h, (w, h)

@@ -131,11 +131,11 @@ def test_heads_are_grouped_and_head_node_rules_stay_local(runs):
     kinds = [s["kind"] for s in subs]
     n_b, n_s = len(suite["backbones"]), len(suite["seeds"])
     groups = [k for k in kinds if k.startswith("group_heads_")]
-    # one SLURM job per dataset x backbone x seed holds all of its train_head jobs
+    # one SLURM job per dataset x backbone x seed holds all of its run_on_features jobs
     assert len(groups) == n_b * n_s, kinds
-    assert "rule_train_head" not in kinds, kinds
+    assert "rule_run_on_features" not in kinds, kinds
     assert kinds.count("rule_estimate_prior") == n_b, kinds
-    assert kinds.count("rule_backdoor") == n_s, kinds
+    assert kinds.count("rule_ensemble_of_runs") == n_s, kinds
     assert len(subs) == 2 * n_b + n_b + n_b * n_s + n_s, kinds  # GPU stages + prior + heads + backdoor
     for call in sbatch_calls(log):
         if not any(f"--comment rule_{r}_" in call for r in GPU_RULES):

@@ -7,16 +7,19 @@ import json
 import numpy as np
 import pytest
 
-from lt_bench.data.cli import main as data_main
+from lt_bench.cli import main as cli_main
 from lt_bench.data.splits import (
     SplitFormatError,
+    check_split_integrity,
     class_counts,
     group_of_count,
     read_classnames,
+    read_group_counts,
     read_split,
     split_hash,
     split_stats,
     write_classnames,
+    write_group_counts,
     write_split,
 )
 from lt_bench.io import sha256_file
@@ -112,15 +115,35 @@ def test_classnames_roundtrip_and_errors(tmp_path):
 
 def test_cli_stats_prints_json(tmp_path, capsys):
     p = _write_counts(tmp_path / "s.txt", [101, 19])
-    assert data_main(["data", "stats", str(p), "--num-classes", "3"]) == 0
+    assert cli_main(["split-stats", str(p), "--num-classes", "3"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["many"] == 1 and out["few"] == 2 and out["n_classes"] == 2
 
 
-def test_cli_stats_malformed_exits_1_with_message(tmp_path, capsys):
+def test_cli_stats_malformed_exits_2_with_message(tmp_path, capsys):
     p = tmp_path / "s.txt"
     p.write_text("x.jpg nine\n")
-    with pytest.raises(SystemExit) as exit_:
-        data_main(["data", "stats", str(p)])
-    assert exit_.value.code == 1
+    assert cli_main(["split-stats", str(p)]) == 2
     assert "line 1" in capsys.readouterr().err
+
+
+def test_group_counts_roundtrip_and_absent(tmp_path):
+    assert read_group_counts(tmp_path) is None  # groups then come from train.txt
+    write_group_counts(tmp_path, [500, 477, 5])
+    got = read_group_counts(tmp_path)
+    assert got.dtype == np.int64 and got.tolist() == [500, 477, 5]
+    (tmp_path / "group_counts.txt").write_text("500\nmany\n")
+    with pytest.raises(SplitFormatError, match="line 2: expected one integer count"):
+        read_group_counts(tmp_path)
+
+
+def test_integrity_report_of_clean_splits(tmp_path):
+    write_classnames(tmp_path / "classnames.txt", ["a", "b"])
+    write_split(tmp_path / "train.txt", ["t0.png", "t1.png", "t2.png"], [0, 1, 1])
+    write_split(tmp_path / "val.txt", ["v0.png", "v1.png"], [0, 1])
+    write_split(tmp_path / "test.txt", ["s0.png", "s1.png"], [0, 1])
+    report = check_split_integrity(tmp_path)
+    assert report == {"num_classes": 2, "n_images": {"train": 3, "val": 2, "test": 2},
+                      "val_in_train": 0, "val_subset_of_train": False,
+                      "val_in_train_allowed": False}
+    assert json.loads((tmp_path / "splits_check.json").read_text()) == report

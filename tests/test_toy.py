@@ -64,3 +64,101 @@ def test_prepare_writes_a_dataset_like_a_real_one(tmp_path):
 def test_unknown_toy_parameter_is_named():
     with pytest.raises(ValueError, match=r"unknown toy dataset parameter\(s\) \['num_class'\]"):
         get_dataset("toy", num_class=3)
+
+
+# --- the regime knob (issue 13 §3) ---------------------------------------------------------
+
+def test_representation_regime_families_share_attributes_and_differ_by_a_word():
+    from lt_bench.data.toy import FAMILY_SIZE, class_attributes, num_families
+
+    k = 10
+    attrs = class_attributes(k, "representation")
+    names = class_names(k, "representation")
+    fam = num_families(k)
+    assert fam == -(-k // FAMILY_SIZE) == 3
+    # class c and c + fam share one (colour, texture, shape); a family has <= FAMILY_SIZE
+    assert attrs[0] == attrs[fam] == attrs[2 * fam] and attrs[0] != attrs[1]
+    assert max(attrs.count(a) for a in attrs) == FAMILY_SIZE
+    assert len(set(names)) == k
+    for n, (c, t, s) in zip(names, attrs, strict=True):
+        assert n.startswith(f"{c} {t} {s} ") and len(n.split()) == 4
+    # the compositional regime is unchanged: unique triples, three words
+    assert class_names(k) == [" ".join(a) for a in class_attributes(k)]
+
+
+def test_every_representation_caption_fits_the_toy_text_context():
+    import open_clip
+
+    from lt_bench.backbones.base import ensure_model_configs
+    from lt_bench.data.toy import CAPTION_TEMPLATES, MAX_CLASSES
+
+    ensure_model_configs()
+    tok = open_clip.get_tokenizer("lt-toy-vit-p8")
+    texts = [t.format(n) for n in class_names(MAX_CLASSES, "representation")
+             for t in CAPTION_TEMPLATES]
+    ids = tok(texts)
+    # truncation would drop the end-of-text token (the text tower pools at it)
+    assert (ids.argmax(1) == (ids != 0).sum(1) - 1).all()
+    assert (ids.max(1).values == tok.eot_token_id).all()
+
+
+def test_emblem_codes_are_unique_and_family_mates_differ_in_three_cells():
+    from lt_bench.data.toy import GLYPH, MAX_CLASSES, emblem_codes, num_families
+
+    codes = emblem_codes(MAX_CLASSES)
+    assert codes.shape == (MAX_CLASSES, GLYPH * GLYPH)
+    assert len({c.tobytes() for c in codes}) == MAX_CLASSES
+    assert ((codes.sum(1) >= 3) & (codes.sum(1) <= 6)).all()
+    fam = num_families(MAX_CLASSES)
+    for a in range(MAX_CLASSES):
+        for b in range(a + fam, MAX_CLASSES, fam):
+            assert (codes[a] != codes[b]).sum() >= 3, (a, b)
+
+
+def test_representation_images_carry_their_class_emblem():
+    """Read the glyph back at its cell centres (from the shape centre the rng drew)."""
+    from lt_bench.data.toy import COLOURS, EMBLEM_HALF, GLYPH, class_attributes, emblem_codes
+
+    k, size, n = 40, 32, 40
+    attrs = class_attributes(k, "representation")
+    # plain circles/squares in a colour with a bright channel: off cells are bright there
+    ok = [c for c, (col, tex, shp) in enumerate(attrs)
+          if tex == "plain" and shp in ("circle", "square") and max(COLOURS[col]) >= 200]
+    assert ok, "the 40-class world has such a class"
+    labels = np.full(n, ok[0])
+    images = render(labels, np.random.default_rng(5), k, size, "representation")
+    np.testing.assert_array_equal(
+        images, render(labels, np.random.default_rng(5), k, size, "representation"))
+    cx, cy = np.random.default_rng(5).uniform(-0.3, 0.3, (2, n))  # render's first draw
+    offsets = -EMBLEM_HALF + (np.arange(GLYPH) + 0.5) * 2 * EMBLEM_HALF / GLYPH
+    code = emblem_codes(k)[ok[0]].reshape(GLYPH, GLYPH)
+    for i in range(n):
+        read = np.zeros((GLYPH, GLYPH), dtype=bool)
+        for gy, oy in enumerate(offsets):
+            for gx, ox in enumerate(offsets):
+                px = int(np.floor((cx[i] + ox + 1) / 2 * size))
+                py = int(np.floor((cy[i] + oy + 1) / 2 * size))
+                read[gy, gx] = images[i, py, px].max() < 90  # dark: 20 + noise
+        np.testing.assert_array_equal(read, code)
+    # the compositional regime draws no emblem: same class, same cells, all bright
+    comp = [c for c, (col, tex, shp) in enumerate(class_attributes(k))
+            if tex == "plain" and shp == "circle" and max(COLOURS[col]) >= 200]
+    plain = render(np.full(n, comp[0]), np.random.default_rng(5), k, size)
+    centre = plain[np.arange(n), ((cy + 1) / 2 * size).astype(int),
+                   ((cx + 1) / 2 * size).astype(int)]
+    assert (centre.max(1) >= 90).all()
+
+
+def test_unknown_regime_is_named():
+    from lt_bench.errors import UserError
+
+    with pytest.raises(UserError, match=r"toy regime must be one of compositional, "
+                                        r"representation; got 'rep'"):
+        get_dataset("toy", regime="rep")
+
+
+def test_prepare_in_the_representation_regime_writes_its_names(tmp_path):
+    ds = get_dataset("toy", num_classes=6, max_per_class=4, imbalance=2, val_per_class=1,
+                     test_per_class=1, seed=1, regime="representation")
+    ds.prepare(tmp_path)
+    assert read_classnames(tmp_path / "classnames.txt") == class_names(6, "representation")

@@ -25,6 +25,7 @@ from lt_bench.tracking import (
     sqlite_path,
     ui_command,
 )
+from lt_bench.tracking.records import NOT_METRICS
 
 VENV_BIN = Path(sys.executable).parent
 
@@ -72,11 +73,15 @@ def _check_store(uri: str, runs_root: Path, suite: str = "test", artifacts: bool
         assert tags["git_commit"]
         assert tags["feature_sha256.train"] == cfg["feature_sha256"]["train"]
         assert tags["split_sha256.test"] == cfg["split_sha256"]["test"]
-        assert r.info.run_name == f"{m['dataset']}/{m['backbone']}/{m['method']}/seed{m['seed']}"
+        # the full coordinates moved from the run name to a tag; the name is short (issue 14)
+        assert tags["run_path"] == f"{m['dataset']}/{m['backbone']}/{m['method']}/seed{m['seed']}"
+        assert r.info.run_name.startswith(m["method"])
+        assert r.info.run_name.endswith(f" · {m['backbone']} · s{m['seed']}")
         for k, v in cfg["hparams"].items():
             assert params[k] == (v if isinstance(v, str) else json.dumps(v))
         scalar = {k: v for k, v in m.items()
-                  if isinstance(v, int | float) and not isinstance(v, bool) and k != "seed"}
+                  if isinstance(v, int | float) and not isinstance(v, bool)
+                  and k not in NOT_METRICS}  # seed, started_at, finished_at: not metrics
         for k, v in scalar.items():
             assert metrics[k] == pytest.approx(v), k  # latest value = metrics.json
         assert metrics["info.fit_seconds"] == pytest.approx(m["info"]["fit_seconds"])
@@ -102,7 +107,7 @@ def test_run_keys_are_deterministic(runs):
     assert a.run_key != read_run_folder(runs / "toy/toyclip0/la/seed0", "paper").run_key
     assert a.tags["group_key"] == s1.tags["group_key"] != other.tags["group_key"]
     assert a.fingerprint == b.fingerprint  # a new HEAD does not make a run "changed"
-    assert a.tags["git_commit"] == "abc"
+    assert a.tags["git_commit"] == "abc"  # config.json has none: the caller's fallback
     # scalars are logged after the per-epoch history: their value is the latest
     steps = {k: s for k, _, s in a.metrics if k == "top1"}
     assert steps["top1"] == 3 and max(s for k, _, s in a.metrics if k == "val_top1") == 3
@@ -243,3 +248,171 @@ def test_ingest_into_mlflow_server(runs, mlflow_server, tmp_path):
     again = ingest(dirs, "test", mlflow_server)
     assert again["counts"]["unchanged"] == 14
     assert len(_active_runs(_client(mlflow_server))) == 14
+
+
+# --- issue 14/15: times, names, headline, groups, figures, moves, failures -------------------
+
+T0 = 1_700_000_000.25  # a training's start, Unix seconds
+
+
+def _stamp(run_dir: Path, i: int, extra: dict | None = None, commit: str | None = "c0ffee"):
+    """Give a fake run the train-time fields the run layer writes (times, commit, nulls)."""
+    m = json.loads((run_dir / "metrics.json").read_text())
+    m.update({"started_at": T0 + 100 * i, "finished_at": T0 + 100 * i + 7.5 + i, **(extra or {})})
+    (run_dir / "metrics.json").write_text(json.dumps(m))
+    c = json.loads((run_dir / "config.json").read_text())
+    c["git_commit"] = commit
+    (run_dir / "config.json").write_text(json.dumps(c))
+    return m
+
+
+def test_records_import_no_mlflow():
+    code = "import sys, lt_bench.tracking.records, lt_bench.tracking; print('mlflow' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_record_names_groups_headline_and_nulls(runs):
+    from lt_bench.tracking import HEADLINE, non_default_hparams, setting_label
+
+    d = runs / "toy/toyclip0/la/seed1"
+    m = _stamp(d, 3, {"best_member_top1": None, "ece": float("nan")})
+    defaults = {"lr": 0.01, "epochs": 10, "tau": 1.0}  # hand-written: epochs=3 is not default
+    rec = read_run_folder(d, "demo", commit="ignored", defaults=defaults)
+    assert non_default_hparams({"lr": 0.01, "epochs": 3, "tau": 1.0}, defaults) == {"epochs": 3}
+    assert non_default_hparams({"tau": 0.5}, None) == {}
+    assert setting_label("la", {"tau": 0.5, "epochs": 3}) == "la τ=0.5 epochs=3"
+    assert rec.run_name == "la epochs=3 · toyclip0 · s1"
+    assert rec.tags["group"] == "toy/toyclip0/la epochs=3"
+    assert rec.tags["group_key"] == read_run_folder(runs / "toy/toyclip0/la/seed0", "demo",
+                                                    defaults=defaults).tags["group_key"]
+    assert rec.tags["git_commit"] == "c0ffee"  # the train-time commit wins over the fallback
+    assert (rec.start_ms, rec.end_ms) == (int(round((T0 + 300) * 1000)),
+                                          int(round((T0 + 310.5) * 1000)))
+    names = [k for k, _, _ in rec.metrics]
+    assert "best_member_top1" not in names and "ece" not in names  # null / NaN: no value
+    assert "started_at" not in names and "finished_at" not in names
+    final = {k: v for k, v, _ in rec.metrics}
+    for key, alias, label in HEADLINE:
+        assert final[alias] == round(100 * m[key], 1)
+        assert f"{label} {100 * m[key]:.1f}" in rec.description
+    assert sorted(final)[:5] == [a for _, a, _ in HEADLINE]  # they sort first
+    assert rec.tags["mlflow.note.content"] == rec.description
+    assert "trained in 10.5 s" in rec.description
+
+
+def test_bad_times_are_refused(runs):
+    from lt_bench.errors import UserError
+
+    d = runs / "toy/toyclip0/ce/seed0"
+    _stamp(d, 0, {"finished_at": T0 - 5})
+    with pytest.raises(UserError, match="finished_at is before started_at"):
+        read_run_folder(d, "demo")
+    _stamp(d, 0, {"started_at": "yesterday"})
+    with pytest.raises(UserError, match="'started_at' is 'yesterday'; expected Unix time"):
+        read_run_folder(d, "demo")
+
+
+def _figures(results: Path) -> Path:
+    fig = results / "figures" / "toy"
+    fig.mkdir(parents=True)
+    for stem in ("acc_vs_count", "acc_vs_qhat", "dxp_la", "dxp_ce", "prior_vs_true"):
+        (fig / f"{stem}.png").write_bytes(b"\x89PNG fake " + stem.encode())
+    return results / "figures"
+
+
+def test_ingest_times_figures_view_and_relocation(runs, tmp_path):
+    results = runs.parent
+    figures = _figures(results)
+    dirs = find_run_dirs(runs)
+    stamped = {d: _stamp(d, i) for i, d in enumerate(dirs)}
+    uri = f"sqlite:///{results}/mlflow/mlflow.db"
+    man = ingest(dirs, "test", uri, figures_root=figures)
+    assert man["counts"]["created"] == 14
+    client = _client(uri)
+    by_key = _check_store(uri, runs)
+    for m in stamped.values():
+        r = by_key[run_key("test", m["dataset"], m["backbone"], m["method"], m["seed"])]
+        assert r.info.start_time == int(round(m["started_at"] * 1000))
+        assert r.info.end_time == int(round(m["finished_at"] * 1000))
+        assert r.data.tags["git_commit"] == "c0ffee"
+    la = by_key[run_key("test", "toy", "toyclip0", "la", 0)]
+    figs = {a.path for a in client.list_artifacts(la.info.run_id, "figures/toy")}
+    assert figs == {"figures/toy/acc_vs_count.png", "figures/toy/acc_vs_qhat.png",
+                    "figures/toy/dxp_la.png"}
+    exp = client.get_experiment_by_name("lt-bench/test")
+    view = json.loads(exp.tags["mlflow.sharedViewState.headline"])
+    assert view["selectedColumns"][0] == "metrics.`0_top1`"
+    assert man["headline_view"].endswith(f"/#/experiments/{exp.experiment_id}/runs"
+                                          "?viewStateShareKey=headline")
+
+    # move the whole project folder: the artifacts are found again after one ingestion
+    new_root = tmp_path.parent / f"{tmp_path.name}-moved"
+    tmp_path.rename(new_root)
+    try:
+        new_results = new_root / "results"
+        new_uri = f"sqlite:///{new_results}/mlflow/mlflow.db"
+        r = subprocess.run([str(VENV_BIN / "lt-bench"), "ingest", "--relocate",
+                            "--tracking-uri", new_uri], capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        assert "1 experiment(s) relocated" in r.stdout
+        c2 = _client(new_uri)
+        exp2 = c2.get_experiment_by_name("lt-bench/test")
+        assert exp2.artifact_location == (new_results / "mlflow/artifacts/test").as_uri()
+        run = c2.get_run(la.info.run_id)
+        assert run.info.artifact_uri.startswith(exp2.artifact_location + "/")
+        local = c2.download_artifacts(la.info.run_id, "figures/toy/dxp_la.png",
+                                      str(new_root / "dl"))
+        assert Path(local).read_bytes() == b"\x89PNG fake dxp_la"
+        again = ingest(find_run_dirs(new_results / "runs"), "test", new_uri,
+                       figures_root=new_results / "figures")
+        assert again["counts"]["unchanged"] == 14  # a move is not a change
+    finally:
+        new_root.rename(tmp_path)
+
+
+def _tree_digest(root: Path) -> dict[str, str]:
+    import hashlib
+
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_unreachable_server_fails_fast(runs, tmp_path):
+    before = _tree_digest(runs)
+    uri = f"http://127.0.0.1:{_free_port()}"  # nothing listens there
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    t = time.time()
+    r = subprocess.run([str(VENV_BIN / "lt-bench"), "ingest", "--runs-root", str(runs),
+                        "--suite", "test", "--tracking-uri", uri,
+                        "--out", str(tmp_path / "m.json")],
+                       capture_output=True, text=True, env=env, timeout=120)
+    took = time.time() - t
+    assert r.returncode == 2, r.stderr
+    assert f"MLflow tracking server {uri} is unreachable" in r.stderr
+    assert "Traceback" not in r.stderr
+    assert took < 30, took  # was 4 min 15 s (MLflow's retries)
+    assert _tree_digest(runs) == before and not (tmp_path / "m.json").exists()
+
+
+def test_unwritable_store_names_the_file(runs, tmp_path):
+    db = tmp_path / "store" / "mlflow.db"
+    uri = f"sqlite:///{db}"
+    ingest(find_run_dirs(runs)[:1], "test", uri)
+    # as root, permissions do not stop a write: make the file immutable instead
+    if os.geteuid() == 0:
+        if subprocess.run(["chattr", "+i", str(db)], capture_output=True).returncode != 0:
+            pytest.skip("running as root and chattr +i is not supported here")
+        undo = ["chattr", "-i", str(db)]
+    else:
+        db.chmod(0o444)
+        undo = ["chmod", "644", str(db)]
+    try:
+        r = subprocess.run([str(VENV_BIN / "lt-bench"), "ingest", "--runs-root", str(runs),
+                            "--suite", "test", "--tracking-uri", uri,
+                            "--out", str(tmp_path / "m.json")], capture_output=True, text=True)
+    finally:
+        subprocess.run(undo, check=True)
+    assert r.returncode == 2, r.stderr
+    assert f"cannot write the database file {db}" in r.stderr
+    assert "Traceback" not in r.stderr

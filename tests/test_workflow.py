@@ -91,7 +91,7 @@ def test_changing_one_method_reruns_only_its_jobs(finished_workflow, tmp_path):
     suite = cfg["suites"][cfg["suite"]]
     affected = {"la"} | {m for m in suite["methods"] if "la" in METHODS.get(m).requires}
     n_heads = len(affected - {"backdoor"}) * len(suite["backbones"]) * len(suite["seeds"])
-    assert counts.get("train_head") == n_heads, counts
+    assert counts.get("run_on_features") == n_heads, counts
     for upstream in ("prepare_dataset", "pretrain_toy_clip", "extract_features",
                      "estimate_prior"):
         assert upstream not in counts, f"{upstream} would rerun: {counts}"

@@ -18,18 +18,30 @@ Three kinds, one loader (:func:`load_backbone`):
 
 A checkpoint given to :func:`load_backbone` replaces the download of a registered real
 backbone (an offline machine, a mirror); the preprocessing is still the tag's.
+
+The cached feature (:meth:`LoadedBackbone.encode_feature`, issue 10 item 1)
+    ``pre_projection`` for open_clip ViTs (real and toy CLIPs): the pooled ``ln_post`` CLS
+    token *before* ``visual.proj`` (768-d for ViT-B/16), the feature LIFT's head acts on
+    (``models/peft_vit.py``: ``x = self.ln_post(x[:, 0, :])``, ``# x = x @ self.proj``);
+    :attr:`LoadedBackbone.projection` is ``visual.proj`` (D x E), so
+    ``encode_image(x) == encode_feature(x) @ projection`` and zero-shot stays exact.
+    ``encode_image`` for other open_clip towers (ResNets, timm trunks: no plain ``proj``)
+    or on request; ``timm_pooled`` for timm models (pooled pre-logits).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from lt_bench.registry import Registry
+
+if TYPE_CHECKING:  # torch is imported lazily: resolve_spec is on the CLI start-up path
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +75,11 @@ class BackboneSpec:
     templates: str = "imagenet"
     #: toy backbones: index into the pre-training seeds (its own class order)
     toy_index: int | None = None
-    #: dimension of the stored image feature (None where unknown, e.g. local checkpoints)
+    #: dimension of the stored image feature (None where unknown, e.g. local checkpoints):
+    #: the pre-projection width for open_clip ViTs (768 for ViT-B/16)
     feature_dim: int | None = None
+    #: dimension of the joint image-text space (``encode_image``); None without text
+    embed_dim: int | None = None
     description: str = ""
     extra: dict = field(default_factory=dict)
 
@@ -75,6 +90,19 @@ class BackboneSpec:
 
 
 BACKBONES: Registry[BackboneSpec] = Registry("backbone")
+
+#: ``extract.feature``: auto = pre_projection where the tower allows it
+FEATURE_KINDS = ("auto", "pre_projection", "encode_image")
+
+
+@contextlib.contextmanager
+def _without_projection(visual):
+    saved = visual.proj
+    visual.proj = None
+    try:
+        yield
+    finally:
+        visual.proj = saved
 
 
 @dataclass
@@ -89,6 +117,49 @@ class LoadedBackbone:
         if self.spec.library == "timm":
             return self.model(images)
         return self.model.encode_image(images)
+
+    def _proj(self):
+        visual = getattr(self.model, "visual", None)
+        proj = getattr(visual, "proj", None)
+        import torch
+
+        ok = (visual is not None and type(visual).__name__ == "VisionTransformer"
+              and isinstance(proj, torch.Tensor) and proj.ndim == 2)
+        return proj if ok else None
+
+    def feature_kind(self, requested: str = "auto") -> str:
+        """The feature :meth:`encode_feature` caches: ``pre_projection`` (open_clip ViTs),
+        ``encode_image`` (other open_clip towers, or ``requested="encode_image"``),
+        ``timm_pooled`` (timm)."""
+        if requested not in FEATURE_KINDS:
+            raise ValueError(f"unknown feature {requested!r}; valid: {', '.join(FEATURE_KINDS)}")
+        if self.spec.library == "timm":
+            return "timm_pooled"
+        if requested == "encode_image" or self._proj() is None:
+            return "encode_image"
+        return "pre_projection"
+
+    def encode_feature(self, images: torch.Tensor, kind: str = "auto") -> torch.Tensor:
+        """The feature the heads train on (see the module docstring)."""
+        kind = self.feature_kind(kind)
+        if kind != "pre_projection":
+            return self.encode_image(images)
+        with _without_projection(self.model.visual):
+            # open_clip's own forward with proj=None: exactly the pooled token it would
+            # project (robust to pool type / final_ln_after_pool), no re-implementation
+            return self.model.visual(images)
+
+    def projection(self, kind: str = "auto"):
+        """``visual.proj`` (D x E float32 numpy) when the feature is pre-projection, else None."""
+        if self.feature_kind(kind) != "pre_projection":
+            return None
+        return self._proj().detach().float().cpu().numpy().copy()
+
+    def preprocess_cfg(self) -> dict:
+        """This backbone's mean, std, size, interpolation (:func:`transforms.preprocess_cfg`)."""
+        from lt_bench.backbones.transforms import preprocess_cfg
+
+        return preprocess_cfg(self)
 
     @property
     def logit_scale(self) -> float | None:
@@ -198,6 +269,8 @@ def load_backbone(name: str, checkpoint: str | Path | None = None,
     ``checkpoint`` is required for toy backbones (the pipeline's pre-trained file) and
     replaces the download of a registered open_clip or timm backbone otherwise.
     """
+    import torch
+
     spec = resolve_spec(name)
     device = torch.device(device)
     if spec.library == "timm":

@@ -2,19 +2,14 @@
 
 A dataset knows how to put its split lists (OLTR format) and ``classnames.txt``
 into ``resources/data/{name}/`` and where its images live. Importing this package
-registers every built-in dataset.
+registers every built-in dataset: the toy world (:mod:`~lt_bench.data.toy`), the
+LIFT-list datasets (:mod:`~lt_bench.data.lift`) and CIFAR-100-LT
+(:mod:`~lt_bench.data.cifar`). An import error in any of them surfaces here.
 """
 
 from __future__ import annotations
 
+from lt_bench.data import cifar, lift, toy  # noqa: F401  (registration side effects)
 from lt_bench.data.base import DATASETS, Dataset, get_dataset
-
-# Registration side effects: each module adds its datasets to DATASETS.
-from lt_bench.data import toy  # noqa: E402,F401  isort: skip
-
-try:  # real datasets arrive with the paper suite; keep the toy world importable alone
-    from lt_bench.data import real  # noqa: F401
-except ImportError:  # pragma: no cover
-    pass
 
 __all__ = ["DATASETS", "Dataset", "get_dataset"]

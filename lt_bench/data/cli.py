@@ -1,168 +1,150 @@
-"""``lt-bench data …`` subcommands: split statistics, image checks, prepare, downloads.
+"""The data verbs of ``lt-bench``: ``prepare``, ``verify-images``, ``split-stats``,
+``download-images``.
 
-The main CLI hooks these in with :func:`add_data_commands`; every subcommand sets
-``func`` to a handler ``func(args)`` that returns 0 on success. Errors a user can fix
-(bad config, missing images, checksum mismatches) print one clear message and raise
-``SystemExit(1)``, so the exit status is 1 whatever the caller does with return values.
+The main CLI adds them with :func:`add_data_commands` as top-level verbs. Each sets
+``func`` to a handler ``func(args)``; a handler returns nothing and raises a
+:class:`lt_bench.errors.UserError` subclass for anything a user can fix (the main CLI
+prints it on one line and exits with :data:`lt_bench.errors.EXIT_USER_ERROR`). Dataset
+parameters are passed one way everywhere: ``--params '<JSON object>'``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
-from lt_bench.data.download import DownloadError, UnsafeArchiveError
-from lt_bench.data.splits import SplitFormatError, split_stats
-from lt_bench.registry import UnknownNameError
 
-# Errors whose message is the whole story: no traceback for these.
-USER_ERRORS = (SplitFormatError, DownloadError, UnsafeArchiveError, UnknownNameError,
-               FileNotFoundError, ValueError)
-
-
-def parse_param(text: str) -> tuple[str, Any]:
-    """``k=v`` → ``(k, v)``; ``v`` is read as JSON when it parses (``100``, ``true``), else text."""
-    key, sep, raw = text.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+def json_object(text: str) -> dict[str, Any]:
+    """argparse type of ``--params``: a JSON object (``'{"imb_ratio": 50}'``)."""
     try:
-        value = json.loads(raw)
-    except ValueError:
-        value = raw
-    return key.strip(), value
-
-
-def _params(pairs: list[tuple[str, Any]] | None) -> dict[str, Any]:
-    return dict(pairs or [])
+        value = json.loads(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({err}): {text!r}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(
+            f"expected a JSON object such as '{{\"imb_ratio\": 50}}', got {text!r}")
+    return value
 
 
 def _print_json(obj: Any) -> None:
     print(json.dumps(obj, indent=2, sort_keys=True))
 
 
-def _fail(message: str) -> None:
-    print(f"lt-bench data: error: {message}", file=sys.stderr)
-    raise SystemExit(1)
-
-
-def _run(fn, args: argparse.Namespace) -> int:
-    try:
-        return fn(args)
-    except USER_ERRORS as err:
-        _fail(str(err))
-        raise  # unreachable; keeps type checkers happy
-
-
-def cmd_stats(args: argparse.Namespace) -> int:
-    _print_json(split_stats(args.split_file, args.num_classes))
-    return 0
-
-
-def cmd_verify(args: argparse.Namespace) -> int:
-    from lt_bench.data.real import verify_images
-
-    split_dir = args.split_dir or Path("resources/data") / args.dataset
-    report = verify_images(args.dataset, split_dir, args.data_root, sample=args.sample,
-                           seed=args.seed, params=_params(args.param))
-    _print_json(report)
-    if not report["ok"]:
-        _fail(report["error"])
-    return 0
-
-
-def cmd_prepare(args: argparse.Namespace) -> int:
+def cmd_prepare(args: argparse.Namespace) -> None:
     from lt_bench.data import get_dataset
-    from lt_bench.data.splits import split_stats as stats
+    from lt_bench.data.splits import read_classnames, split_stats
 
-    ds = get_dataset(args.dataset, **_params(args.param))
+    ds = get_dataset(args.dataset, **(args.params or {}))
     out = Path(args.out)
     ds.prepare(out)
-    _print_json({split: stats(out / f"{split}.txt", ds.num_classes) for split in ds.splits})
-    return 0
+    # the class count of what was written (the toy world's is a parameter, not num_classes)
+    k = len(read_classnames(out / "classnames.txt"))
+    _print_json({split: split_stats(out / f"{split}.txt", k) for split in ds.splits})
 
 
-def cmd_download_images(args: argparse.Namespace) -> int:
-    from lt_bench.data.real import download_images
+def cmd_verify_images(args: argparse.Namespace) -> None:
+    from lt_bench.data.images import ImageVerificationError, ensure_images
+    from lt_bench.io import write_json
 
-    result = download_images(args.dataset, args.data_root, download_dir=args.download_dir,
-                             keep_archive=not args.delete_archive)
-    _print_json(result)
-    return 0
+    data_root = str(Path(args.data_root).expanduser().absolute()) if args.data_root else None
+    split_dir = Path(args.split_dir or Path("resources/data") / args.dataset)
+    try:
+        report = ensure_images(args.dataset, split_dir, data_root, params=args.params or {},
+                               download=args.download, sample=args.sample, seed=args.seed)
+    except ImageVerificationError as err:
+        _print_json(err.report)  # the whole report on stdout, the message on stderr
+        raise
+    if args.out:  # only a passed check is written: the workflow treats it as done
+        write_json(args.out, report)
+    _print_json(report)
 
 
-def _handler(fn):
-    return lambda args: _run(fn, args)
+def cmd_split_stats(args: argparse.Namespace) -> None:
+    from lt_bench.data.splits import split_stats
+
+    _print_json(split_stats(args.split_file, args.num_classes))
 
 
-def add_data_commands(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Add ``data stats|verify|prepare|download-images`` to a CLI's subparsers."""
-    data = subparsers.add_parser(
-        "data", help="split lists, image checks and dataset downloads",
-        description="Work with datasets: split statistics, image checks, preparing split "
-                    "lists and (opt-in) image downloads.")
-    sub = data.add_subparsers(dest="data_command", metavar="COMMAND", required=True)
+def cmd_download_images(args: argparse.Namespace) -> None:
+    from lt_bench.data.images import download_images
+
+    _print_json(download_images(args.dataset, args.data_root, download_dir=args.download_dir,
+                                keep_archive=not args.delete_archive))
+
+
+def _params_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--params", type=json_object, metavar="JSON",
+                   help="dataset parameters as a JSON object, e.g. '{\"imb_ratio\": 50}'")
+
+
+def add_data_commands(sub: argparse._SubParsersAction) -> None:
+    """Add ``prepare``, ``verify-images``, ``split-stats`` and ``download-images``."""
+    p = sub.add_parser(
+        "prepare", help="write a dataset's checked split lists and classnames.txt",
+        description="Write train.txt, val.txt, test.txt and classnames.txt for DATASET into "
+                    "--out and check them (no duplicate lines, no image in two splits, "
+                    "every class with training images; splits_check.json). Real datasets "
+                    "download their pinned split lists and verify checksums and statistics. "
+                    "Prints the statistics of each split.")
+    p.add_argument("dataset", metavar="DATASET", help="registered dataset name")
+    p.add_argument("--out", required=True, metavar="DIR",
+                   help="output folder (the split dir), e.g. resources/data/toy")
+    _params_arg(p)
+    p.set_defaults(func=cmd_prepare)
 
     p = sub.add_parser(
-        "stats", help="print statistics of a split list as JSON",
+        "verify-images", help="check a dataset's images (download them if allowed)",
+        description="Check that every image of the split lists exists under --data-root and "
+                    "that a random sample decodes; with --download, missing Places-LT and "
+                    "iNat2018 images are downloaded first (never ImageNet). Prints the JSON "
+                    "report; writes it (with the verified image root) to --out when the "
+                    "check passes.")
+    p.add_argument("dataset", metavar="DATASET", help="registered dataset name, e.g. places_lt")
+    p.add_argument("--split-dir", default=None,
+                   help="folder with train/val/test.txt (default: resources/data/DATASET)")
+    p.add_argument("--data-root", default=None,
+                   help="folder the split-list paths are relative to (config key data_root)")
+    _params_arg(p)
+    p.add_argument("--download", action="store_true",
+                   help="download missing images (places_lt, inat2018; never ImageNet)")
+    p.add_argument("--sample", type=int, default=200, help="images to decode (default: 200)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the decode sample (default: 0)")
+    p.add_argument("--out", default=None, help="JSON report, written when the check passes")
+    p.set_defaults(func=cmd_verify_images)
+
+    p = sub.add_parser(
+        "split-stats", help="print statistics of a split list as JSON",
         description="Print n_images, n_classes, max/min count, imbalance ratio and the number "
                     "of many (>100), medium (20-100) and few (<20) classes of an OLTR split "
                     "list ('relative/path label' per line).")
-    p.add_argument("split_file", metavar="SPLIT_FILE", help="split list, e.g. resources/data/imagenet_lt/train.txt")
+    p.add_argument("split_file", metavar="FILE",
+                   help="split list, e.g. resources/data/imagenet_lt/train.txt")
     p.add_argument("--num-classes", type=int, default=None,
                    help="number of classes (default: largest label + 1)")
-    p.set_defaults(func=_handler(cmd_stats))
+    p.set_defaults(func=cmd_split_stats)
 
     p = sub.add_parser(
-        "verify", help="check that every listed image exists and a sample decodes",
-        description="Check that every image in train/val/test.txt exists under the data root "
-                    "and that a random sample decodes. Prints a JSON report; exits 1 naming "
-                    "missing or corrupt images and the expected layout.")
-    p.add_argument("dataset", metavar="DATASET", help="registered dataset name, e.g. imagenet_lt")
-    p.add_argument("--data-root", default=None,
-                   help="folder the split-list paths are relative to (config key data_root)")
-    p.add_argument("--split-dir", default=None,
-                   help="folder with train.txt/val.txt/test.txt (default: resources/data/DATASET)")
-    p.add_argument("--sample", type=int, default=200, help="images to decode (default: 200)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the decode sample (default: 0)")
-    p.add_argument("--param", type=parse_param, action="append", metavar="KEY=VALUE",
-                   help="dataset parameter (repeatable)")
-    p.set_defaults(func=_handler(cmd_verify))
-
-    p = sub.add_parser(
-        "prepare", help="write a dataset's verified split lists and classnames.txt",
-        description="Write train.txt, val.txt, test.txt and classnames.txt for DATASET into "
-                    "--out. Real datasets download their pinned split lists and verify "
-                    "checksums and statistics; prints the statistics of each split.")
-    p.add_argument("dataset", metavar="DATASET", help="registered dataset name")
-    p.add_argument("--out", required=True, metavar="DIR", help="output folder (the split dir)")
-    p.add_argument("--param", type=parse_param, action="append", metavar="KEY=VALUE",
-                   help="dataset parameter, e.g. imb_ratio=50 or split_dir_local=/path (repeatable)")
-    p.set_defaults(func=_handler(cmd_prepare))
-
-    p = sub.add_parser(
-        "download-images", help="download and extract a dataset's images (Places-LT, iNat2018)",
+        "download-images", help="download and extract the images of places_lt or inat2018",
         description="Download (resumable, checksummed) and safely extract the image archive "
-                    "of places_lt or inat2018 into --data-root. ImageNet is never downloaded.")
+                    "of places_lt or inat2018 into --data-root; files already there are "
+                    "never overwritten or deleted. ImageNet is never downloaded.")
     p.add_argument("dataset", metavar="DATASET", help="places_lt or inat2018")
     p.add_argument("--data-root", required=True, help="folder to extract the images into")
     p.add_argument("--download-dir", default=None,
                    help="where the archive goes (default: DATA_ROOT/.downloads)")
     p.add_argument("--delete-archive", action="store_true",
                    help="delete the archive after a successful extraction")
-    p.set_defaults(func=_handler(cmd_download_images))
-    return data
+    p.set_defaults(func=cmd_download_images)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Standalone entry (``python -m lt_bench.data.cli data …``), mainly for tests."""
+def main(argv: list[str] | None = None) -> None:
+    """Parse and run one data verb without the rest of ``lt-bench`` (tests, debugging).
+
+    Errors propagate as they are; ``lt-bench`` itself turns a UserError into one line.
+    """
     parser = argparse.ArgumentParser(prog="lt-bench")
     add_data_commands(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)
-    return args.func(args)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+    args.func(args)

@@ -4,6 +4,9 @@ Rules (DESIGN §9): a file appears under its final name only after its checksum 
 no checksum is published, its advertised length) has been verified; a partial transfer
 lives in ``<name>.part`` beside the target and is resumed with an HTTP ``Range`` request;
 tar members that would land outside the target are refused, naming the member.
+Extraction never deletes or overwrites a file it did not create (issue 15: a user's
+``places365_standard/`` was once replaced): the archive goes into a staging folder first
+and only entries the target does not have are moved in.
 
 Why urllib instead of pooch: pooch downloads into a temporary file and starts from byte 0
 on every retry. That is fine for a split list, but the image archives are 30–120 GB, where a
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import filecmp
 import hashlib
 import http.client
 import json
@@ -28,8 +32,7 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-from tqdm.auto import tqdm
-
+from lt_bench.errors import UserError
 from lt_bench.io import git_blob_id, sha256_file, write_json
 
 log = logging.getLogger(__name__)
@@ -38,7 +41,7 @@ CHUNK = 1 << 20
 HASH_ALGORITHMS = ("sha256", "md5", "gitblob")
 
 
-class DownloadError(RuntimeError):
+class DownloadError(UserError, RuntimeError):
     """A download could not be completed."""
 
 
@@ -46,8 +49,13 @@ class ChecksumMismatchError(DownloadError):
     """A file's checksum differs from the pinned one; nothing was kept under the final name."""
 
 
-class UnsafeArchiveError(ValueError):
+class UnsafeArchiveError(UserError, ValueError):
     """A tar member would be written outside the extraction directory."""
+
+
+class ExtractionConflictError(UserError, FileExistsError):
+    """The target already holds a file where the archive has different content; nothing
+    in the target was changed."""
 
 
 # ----------------------------------------------------------------------------- hashes
@@ -149,6 +157,8 @@ def _transfer_once(url: str, part: Path, timeout: float, progress: bool) -> int 
     Raises ``OSError``/``urllib.error.URLError`` on a dropped connection; the caller
     retries, resuming from the bytes already on disk.
     """
+    from tqdm.auto import tqdm  # here, not at the top: `lt-bench --help` imports this module
+
     offset = part.stat().st_size if part.exists() else 0
     try:
         resp = _open(url, offset, timeout)
@@ -320,15 +330,20 @@ def is_extracted(tar_path: str | os.PathLike, dest: str | os.PathLike) -> bool:
 
 
 def safe_extract_tar(tar_path: str | os.PathLike, dest: str | os.PathLike) -> Path:
-    """Extract ``tar_path`` into ``dest`` safely and atomically enough to be trusted.
+    """Extract ``tar_path`` into ``dest`` safely; never touch a file it did not create.
 
-    Members go into a staging directory ``dest/.partial-<archive>`` first; each is
-    checked just before it is written (absolute paths, ``..``, symlinks and hard links
-    pointing outside are refused with :class:`UnsafeArchiveError` naming the member).
-    Only when the whole archive is extracted are its top-level entries moved into
-    ``dest`` and a marker ``dest/.<archive>.extracted`` written. An interrupted
-    extraction leaves no marker, so the next call discards the staging directory and
-    any top-level entries it had already moved, and extracts again.
+    Members go into a staging directory ``dest/.partial-<archive>`` first (on the same
+    file system, so moving in is a rename); each is checked just before it is written
+    (absolute paths, ``..``, symlinks and hard links pointing outside are refused with
+    :class:`UnsafeArchiveError` naming the member). Only when the whole archive is
+    extracted is it merged into ``dest``: what ``dest`` lacks is moved in (a missing
+    folder as a whole); what ``dest`` already has with the same content (a user's own
+    copy, or the part an interrupted merge had moved) is kept as it is; a file or link
+    with different content, or a file where the archive has a folder (or the reverse),
+    is a conflict: :class:`ExtractionConflictError` lists them and ``dest`` is left
+    exactly as it was. Last, a marker ``dest/.<archive>.extracted`` is written. An
+    interrupted extraction leaves no marker; the next call discards its staging folder
+    (which only this function writes) and extracts again.
     """
     tar_path, dest = Path(tar_path), Path(dest)
     if is_extracted(tar_path, dest):
@@ -339,10 +354,18 @@ def safe_extract_tar(tar_path: str | os.PathLike, dest: str | os.PathLike) -> Pa
     staging.mkdir()
     try:
         _extract_checked(tar_path, staging)
-        _move_top_level(staging, dest)
+        moves, kept, conflicts = _plan_merge(staging, dest)
+        if conflicts:
+            raise ExtractionConflictError(_conflict_message(tar_path, dest, conflicts))
+        for src, target in moves:
+            os.replace(src, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    write_json(_marker_path(tar_path, dest), _archive_id(tar_path))
+    if kept:
+        log.info("%s: %d file(s) were already in %s with the same content; kept them",
+                 tar_path.name, kept, dest)
+    write_json(_marker_path(tar_path, dest), {**_archive_id(tar_path), "moved_in": len(moves),
+                                              "already_present": kept})
     return dest
 
 
@@ -360,13 +383,44 @@ def _extract_checked(tar_path: Path, staging: Path) -> None:
             tf.members = []
 
 
-def _move_top_level(staging: Path, dest: Path) -> None:
-    for entry in sorted(staging.iterdir()):
-        target = dest / entry.name
-        # Without a marker nothing under target is trusted: it is a leftover of an
-        # interrupted run of this same extraction.
-        if target.is_symlink() or target.is_file():
-            target.unlink()
-        elif target.exists():
-            shutil.rmtree(target)
-        os.replace(entry, target)
+def _same_entry(staged: os.DirEntry, target: Path) -> bool:
+    """Does ``target`` (which exists) already hold what the archive has at ``staged``?"""
+    if staged.is_symlink():
+        return target.is_symlink() and os.readlink(target) == os.readlink(staged.path)
+    return (target.is_file() and not target.is_symlink()
+            and filecmp.cmp(staged.path, target, shallow=False))
+
+
+def _plan_merge(staged_dir: Path, target_dir: Path, moves=None, conflicts=None
+                ) -> tuple[list[tuple[str, Path]], int, list[str]]:
+    """What merging ``staged_dir`` into ``target_dir`` takes, without changing anything:
+    ``(moves, n_already_present, conflicts)``. A folder the target lacks moves as a whole;
+    a folder both have is merged entry by entry (the target's own extra files stay)."""
+    moves = [] if moves is None else moves
+    conflicts = [] if conflicts is None else conflicts
+    kept = 0
+    with os.scandir(staged_dir) as it:
+        entries = sorted(it, key=lambda e: e.name)
+    for entry in entries:
+        target = target_dir / entry.name
+        if not os.path.lexists(target):
+            moves.append((entry.path, target))
+        elif entry.is_dir(follow_symlinks=False):
+            if target.is_dir() and not target.is_symlink():
+                kept += _plan_merge(Path(entry.path), target, moves, conflicts)[1]
+            else:
+                conflicts.append(f"{target} (the archive has a folder there)")
+        elif _same_entry(entry, target):
+            kept += 1
+        else:
+            what = "folder" if target.is_dir() else "file with different content"
+            conflicts.append(f"{target} (a {what})")
+    return moves, kept, conflicts
+
+
+def _conflict_message(tar_path: Path, dest: Path, conflicts: list[str]) -> str:
+    shown = "; ".join(conflicts[:5]) + ("; ..." if len(conflicts) > 5 else "")
+    return (f"{tar_path.name}: not extracted into {dest}: {len(conflicts)} path(s) there "
+            f"already exist and differ from the archive: {shown}. lt-bench never overwrites "
+            f"or deletes files it did not create; move these away (or point data_root at "
+            f"an empty folder) and run again. Nothing in {dest} was changed.")

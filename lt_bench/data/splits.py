@@ -7,7 +7,15 @@ datasets may). ``classnames.txt`` has one class name per line; line ``i`` names
 label ``i``.
 
 Data groups follow the paper: *many* = classes with more than 100 training images,
-*medium* = 20 to 100 inclusive, *few* = fewer than 20.
+*medium* = 20 to 100 inclusive, *few* = fewer than 20. A dataset whose groups are defined
+by other counts than its own training counts (CIFAR-100-LT at IR 10 and 50, which LIFT
+groups by the IR-100 counts) writes them to ``group_counts.txt`` beside the lists
+(:func:`write_group_counts` / :func:`read_group_counts`).
+
+``prepare`` ends with :func:`check_split_integrity`: no path listed twice in a split, no
+path in two splits (val inside train only where the dataset says so), every class with at
+least one training image, every label in ``0..K-1``. It records what it found in
+``splits_check.json``.
 """
 
 from __future__ import annotations
@@ -18,7 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from lt_bench.io import atomic_path, sha256_file
+from lt_bench.errors import InputValidationError
+from lt_bench.io import atomic_path, sha256_file, write_json
 
 #: a class is "many" above this many training images
 MANY_ABOVE = 100
@@ -26,8 +35,13 @@ MANY_ABOVE = 100
 FEW_BELOW = 20
 
 
-class SplitFormatError(ValueError):
+class SplitFormatError(InputValidationError):
     """A split list or class-name file is malformed; the message names file and line."""
+
+
+class SplitIntegrityError(InputValidationError):
+    """Split lists that parse but would give wrong numbers (duplicates, overlap between
+    splits, a class without training images); the message names files and examples."""
 
 
 def _where(path: str | os.PathLike, lineno: int) -> str:
@@ -175,3 +189,131 @@ def write_classnames(path: str | os.PathLike, names: Sequence[str]) -> None:
             raise ValueError(f"{path}: class {i} has an invalid name {name!r}")
     with atomic_path(path) as tmp:
         tmp.write_text("".join(f"{n.strip()}\n" for n in names), encoding="utf-8")
+
+
+# ----------------------------------------------------------------------------- group counts
+
+GROUP_COUNTS_FILE = "group_counts.txt"
+
+
+def write_group_counts(split_dir: str | os.PathLike, counts: Sequence[int]) -> None:
+    """Write ``group_counts.txt``: one integer per class, class-id order (the training
+    counts that define the Many/Medium/Few groups, when they are not the split's own)."""
+    with atomic_path(Path(split_dir) / GROUP_COUNTS_FILE) as tmp:
+        tmp.write_text("".join(f"{int(c)}\n" for c in counts), encoding="utf-8")
+
+
+def read_group_counts(split_dir: str | os.PathLike) -> np.ndarray | None:
+    """The group-defining counts of ``split_dir/group_counts.txt`` (int64, one per class),
+    or None when the file is absent (the groups then come from train.txt's own counts)."""
+    path = Path(split_dir) / GROUP_COUNTS_FILE
+    if not path.exists():
+        return None
+    values = []
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            value = int(line)
+        except ValueError:
+            raise SplitFormatError(f"{_where(path, lineno)}: expected one integer count per "
+                                   f"class, got {line.strip()!r}") from None
+        if value < 0:
+            raise SplitFormatError(f"{_where(path, lineno)}: count {value} is negative")
+        values.append(value)
+    return np.asarray(values, dtype=np.int64)
+
+
+# ----------------------------------------------------------------------------- integrity
+
+SPLITS_CHECK_FILE = "splits_check.json"
+_EXAMPLES = 5  # how many offending paths a message shows
+
+
+def _examples(items: Sequence[str]) -> str:
+    shown = ", ".join(repr(x) for x in items[:_EXAMPLES])
+    return shown + (", ..." if len(items) > _EXAMPLES else "")
+
+
+def _duplicates(paths: Sequence[str]) -> dict[str, int]:
+    seen: dict[str, int] = {}
+    for p in paths:
+        seen[p] = seen.get(p, 0) + 1
+    return {p: n for p, n in seen.items() if n > 1}
+
+
+def check_split_integrity(split_dir: Path, *, allow_val_in_train: bool = False) -> dict:
+    """Check the split lists of ``split_dir`` against each other; write ``splits_check.json``.
+
+    Refused with :class:`SplitIntegrityError` (issue 15: each of these gave a "finished"
+    run with wrong numbers): a path listed twice in one split; a path in two splits (a
+    test image that is also a train image inflates every metric); a class with no
+    training image (``log pi = -inf`` for it). Labels outside ``0..K-1``, with K the number
+    of lines of ``classnames.txt``, raise :class:`SplitFormatError` naming file and line.
+
+    ``allow_val_in_train`` is for datasets whose val split is documented to share images
+    with train (iNat2018's ``train_subset`` policy, where val is a subset of train, and
+    CIFAR-100-LT's head classes); the overlap is then recorded, not refused. Returns (and
+    writes) ``{"num_classes", "n_images": {split: n}, "val_in_train",
+    "val_subset_of_train", "val_in_train_allowed"}``.
+    """
+    split_dir = Path(split_dir)
+    for required in ("classnames.txt", "train.txt"):
+        if not (split_dir / required).is_file():
+            raise SplitIntegrityError(f"{split_dir}: no {required}; expected the output of "
+                                      f"`lt-bench prepare`")
+    names = read_classnames(split_dir / "classnames.txt")
+    k = len(names)
+    lists = {s: read_split(split_dir / f"{s}.txt", num_classes=k)
+             for s in ("train", "val", "test") if (split_dir / f"{s}.txt").exists()}
+    for split, (paths, _) in lists.items():
+        dups = _duplicates(paths)
+        if dups:
+            extra = sum(dups.values()) - len(dups)
+            raise SplitIntegrityError(
+                f"{split_dir / f'{split}.txt'}: {len(dups)} path(s) listed more than once "
+                f"({extra} duplicate line(s)), e.g. "
+                + ", ".join(f"{p!r} x{n}" for p, n in list(dups.items())[:_EXAMPLES])
+                + "; expected each image once per split")
+    sets = {s: set(paths) for s, (paths, _) in lists.items()}
+    val_in_train = 0
+    for a, b in (("train", "val"), ("train", "test"), ("val", "test")):
+        if a not in sets or b not in sets:
+            continue
+        both = sorted(sets[a] & sets[b])
+        if not both:
+            continue
+        if (a, b) == ("train", "val") and allow_val_in_train:
+            val_in_train = len(both)
+            continue
+        raise SplitIntegrityError(
+            f"{split_dir}: {len(both)} path(s) are in both {a}.txt and {b}.txt, e.g. "
+            f"{_examples(both)}; expected disjoint splits (an image evaluated on that was "
+            f"also {'trained' if a == 'train' else 'tuned'} on makes the numbers wrong)")
+    empty = np.flatnonzero(class_counts(lists["train"][1], k) == 0)
+    if empty.size:
+        shown = ", ".join(f"{c} ({names[c]})" for c in empty[:_EXAMPLES].tolist())
+        raise SplitIntegrityError(
+            f"{split_dir / 'train.txt'}: {empty.size} class(es) have no training image: "
+            f"{shown}{', ...' if empty.size > _EXAMPLES else ''}; expected at least one "
+            f"training image per class of classnames.txt ({k} classes)")
+    report = {
+        "num_classes": k,
+        "n_images": {s: len(paths) for s, (paths, _) in lists.items()},
+        "val_in_train": val_in_train,
+        "val_subset_of_train": bool(val_in_train) and val_in_train == len(sets.get("val", ())),
+        "val_in_train_allowed": allow_val_in_train,
+    }
+    write_json(split_dir / SPLITS_CHECK_FILE, report)
+    return report
+
+
+def check_or_remove(split_dir: Path, *, allow_val_in_train: bool = False) -> dict:
+    """:func:`check_split_integrity` for ``prepare``: on a refusal, the split lists and
+    ``classnames.txt`` it just wrote are removed, so no later stage can read them."""
+    try:
+        return check_split_integrity(split_dir, allow_val_in_train=allow_val_in_train)
+    except InputValidationError:
+        for name in ("train.txt", "val.txt", "test.txt", "classnames.txt"):
+            (Path(split_dir) / name).unlink(missing_ok=True)
+        raise

@@ -18,15 +18,23 @@ Resumability
     shard is there; shard folders are removed once all splits and ``text.parquet`` are
     written (so a job killed between splits, whose outputs Snakemake deletes, re-assembles
     the finished splits without encoding them again).
+Protocol (issue 10, LIFT ``trainer.py``)
+    The stored feature is the backbone's :meth:`~LoadedBackbone.encode_feature`
+    (pre-projection ``ln_post`` CLS token for open_clip ViTs); images go through LIFT's test
+    transform (``Resize(S*8/7)`` + ``CenterCrop(S)``) unless ``test_transform="open_clip"``;
+    ``tte="fivecrop"`` adds the ``crops`` column to the non-train splits; ``train_views``
+    > 0 writes ``train_views.parquet`` (``features/views.py``). Both are recorded in the
+    metadata (``feature``, ``transform``, ``crops``).
+Finiteness
+    Every batch is checked after the cast to fp16 (what is stored): a NaN/inf feature stops
+    the job with the output file, the rows, their images and the backbone.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import re
 import shutil
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -37,11 +45,27 @@ import pyarrow.parquet as pq
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
 from lt_bench.backbones.base import LoadedBackbone
 from lt_bench.data.splits import read_split
-from lt_bench.features.store import META_KEY, features_table, read_meta
+from lt_bench.errors import UserError
+from lt_bench.features._util import (  # noqa: F401  (re-exported: the CLI imports them)
+    _batches,
+    _clean_worker_error,
+    _progress,
+    _shard_bounds,
+    _shard_ok,
+    _yield_to_model,
+    auto_num_workers,
+    library_versions,
+    weights_id,
+)
+from lt_bench.features.store import (
+    META_KEY,
+    NonFiniteFeatureError,
+    features_table,
+    first_bad_rows,
+)
 from lt_bench.io import atomic_path, read_json, sha256_file, write_json
 
 log = logging.getLogger(__name__)
@@ -53,13 +77,21 @@ class ImageReadError(RuntimeError):
     """A listed image is missing or cannot be decoded; the message names the file."""
 
 
+def view_seed(seed: int, i: int) -> int:
+    """The torch seed of row ``i``'s random view: independent of workers and batching."""
+    return int(np.random.SeedSequence([int(seed), int(i)]).generate_state(1)[0])
+
+
 class ImageListDataset(Dataset):
-    """Images of a split list; item ``i`` is ``(preprocessed image, label)`` of row ``i``."""
+    """Images of a split list; item ``i`` is ``(image, label)`` of row ``i``, or
+    ``(image, crops, label)`` with a ``crops_transform``. With ``seed`` the (random)
+    transform of row ``i`` runs under the torch seed :func:`view_seed` ``(seed, i)``."""
 
     def __init__(self, root: Path, paths: list[str], labels: np.ndarray, transform,
-                 split_file: str | Path | None = None):
+                 split_file: str | Path | None = None, crops_transform=None,
+                 seed: int | None = None):
         self.root, self.paths, self.labels, self.transform = Path(root), paths, labels, transform
-        self.split_file = split_file
+        self.split_file, self.crops_transform, self.seed = split_file, crops_transform, seed
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -74,43 +106,15 @@ class ImageListDataset(Dataset):
             what = "missing" if isinstance(e, FileNotFoundError) else "unreadable"
             raise ImageReadError(f"cannot read image {path} ({what}; {where}): "
                                  f"{type(e).__name__}: {e}") from e
-        return self.transform(img), int(self.labels[i])
-
-
-def auto_num_workers(cap: int = 16) -> int:
-    """Decode workers for this process: its share of the CPUs it may run on, minus one.
-
-    The CPUs are this process's affinity (a SLURM job's allocation); they are shared by the
-    GPU jobs that can run at once on this machine (one per GPU it can see), so four
-    extraction jobs on a 4-GPU, 32-core box get 7 workers each. At most ``cap``.
-    """
-    import os
-
-    from lt_bench.features.device import gpu_count, visible_devices
-
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cpus = os.cpu_count() or 1
-    visible = visible_devices()
-    gpus = gpu_count() if visible is None else min(len(visible), gpu_count())
-    return max(1, min(cpus // max(1, gpus) - 1, cap))
-
-
-def library_versions() -> dict[str, str]:
-    import open_clip
-    import timm
-
-    return {"torch": torch.__version__, "open_clip": open_clip.__version__,
-            "timm": timm.__version__, "pyarrow": pa.__version__}
-
-
-def weights_id(backbone: LoadedBackbone) -> str:
-    """What identifies the weights: a checkpoint file's sha256, else the pretrained tag."""
-    p = backbone.pretrained
-    if p and Path(p).is_file():
-        return "sha256:" + sha256_file(p)
-    return str(p)
+        if self.seed is None:
+            x = self.transform(img)
+        else:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(view_seed(self.seed, i))
+                x = self.transform(img)
+        if self.crops_transform is None:
+            return x, int(self.labels[i])
+        return x, self.crops_transform(img), int(self.labels[i])
 
 
 def shard_dir_for(out: Path) -> Path:
@@ -118,60 +122,29 @@ def shard_dir_for(out: Path) -> Path:
 
 
 def _manifest(split_file: Path, backbone: LoadedBackbone, shard_size: int, n_rows: int,
-              amp: bool, weights: str) -> dict:
+              amp: bool, weights: str, how: dict) -> dict:
     return {"split_sha256": sha256_file(split_file), "rows": n_rows,
             "backbone": backbone.spec.name, "weights": weights,
-            "preprocessing": str(backbone.preprocess).replace("\n", " "),
-            "shard_size": shard_size, "amp": bool(amp)}
+            "shard_size": shard_size, "amp": bool(amp), **how}
 
 
-def _shard_bounds(i: int, shard_size: int, n: int) -> tuple[int, int]:
-    return i * shard_size, min((i + 1) * shard_size, n)
+def _describe(t) -> str | None:
+    return None if t is None else str(t).replace("\n", " ")
 
 
-def _shard_ok(path: Path, rows: int) -> bool:
-    if not path.exists():
-        return False
-    try:
-        ok = read_meta(path).get("rows") == rows
-    except Exception:  # a torn shard cannot exist (atomic rename), but be safe
-        ok = False
-    if not ok:
-        log.warning("discarding unusable shard %s", path)
-        path.unlink(missing_ok=True)
-    return ok
+DECODES = ("cpu", "gpu", "torchvision")
 
 
-def _clean_worker_error(e: Exception) -> str:
-    """The message of an error re-raised from a DataLoader worker, without its traceback."""
-    found = re.findall(r"^(?:\S*ImageReadError: )?(cannot read image .*)$", str(e), re.M)
-    return found[-1] if found else str(e)
-
-
-def _progress(total: int, initial: int, desc: str) -> tqdm:
-    tty = sys.stderr.isatty()
-    # In a rule's log file (not a terminal) a line every 30 s, not a carriage-return storm.
-    return tqdm(total=total, initial=initial, desc=desc, unit="img", file=sys.stderr,
-                mininterval=2 if tty else 30, dynamic_ncols=tty, ascii=not tty)
-
-
-def _yield_to_model(worker_id: int) -> None:
-    """On CPU the model is the bottleneck: decode workers run niced, filling the cores'
-    idle gaps instead of stalling the model's parallel regions."""
-    import os
-
-    try:
-        os.nice(10)
-    except OSError:
-        pass
-
-
-def _batches(todo: list[int], shard_size: int, n: int, batch_size: int) -> list[list[int]]:
-    out = []
-    for s in todo:
-        lo, hi = _shard_bounds(s, shard_size, n)
-        out += [list(range(b, min(b + batch_size, hi))) for b in range(lo, hi, batch_size)]
-    return out
+def _check_finite_batch(f16: np.ndarray, rows: list[int], paths: list[str], out: Path,
+                        backbone: LoadedBackbone) -> None:
+    if np.isfinite(f16).all():
+        return
+    bad = first_bad_rows(f16)
+    raise NonFiniteFeatureError(
+        f"{out}: backbone {backbone.spec.name!r} produced NaN/inf features for row(s) "
+        f"{[rows[b] for b in bad]} (0-based), image(s) {[paths[rows[b]] for b in bad]}; "
+        "expected finite values (fp16 overflow under AMP, or broken weights: try "
+        "--device cpu, or check the checkpoint)")
 
 
 @torch.no_grad()
@@ -179,12 +152,18 @@ def extract_split(backbone: LoadedBackbone, split_file: Path, image_root: Path, 
                   meta: dict[str, Any], batch_size: int = 256, num_workers: int = 2,
                   shard_size: int = 8192, device: str | torch.device = "cpu",
                   amp: bool | None = None, keep_shards: bool = False,
-                  weights: str | None = None) -> dict[str, float]:
+                  weights: str | None = None, *, transform=None, crops_transform=None,
+                  feature: str = "auto", decode: str = "cpu", seed: int | None = None,
+                  device_transforms: tuple | None = None) -> dict[str, float]:
     """Encode every image of ``split_file`` into ``out``; return throughput stats.
 
-    Finished shards of an interrupted run are re-used (see the module docstring); with
-    ``keep_shards`` the shard folder stays after ``out`` is written (``extract_all``
-    removes it when the whole job is done).
+    ``transform`` (default: the backbone's own ``preprocess``) makes the ``feature``
+    column; ``crops_transform`` (a (C, 3, S, S) transform) the ``crops`` column; ``seed``
+    seeds a random ``transform`` per row (train views). ``decode="gpu"`` (CUDA only) or
+    ``"torchvision"`` (any device) decode batches with torchvision on ``device`` and use
+    ``device_transforms`` = (tensor transform, tensor crops transform or None) instead
+    (``features/decode.py``). Finished shards of an interrupted run are re-used (see the
+    module docstring); with ``keep_shards`` the shard folder stays after ``out`` is written.
     """
     split_file, out = Path(split_file), Path(out)
     paths, labels_list = read_split(split_file)
@@ -193,9 +172,24 @@ def extract_split(backbone: LoadedBackbone, split_file: Path, image_root: Path, 
     if n == 0:
         raise ValueError(f"{split_file}: the split list is empty")
     device = torch.device(device)
+    if decode not in DECODES:
+        raise UserError(f"decode {decode!r}: expected one of {', '.join(DECODES[:2])}")
+    if decode == "gpu" and device.type != "cuda":
+        raise UserError(f"decode: gpu needs a CUDA device, but extraction runs on {device}; "
+                        "use decode: cpu")
+    on_device = decode != "cpu"
+    if on_device and device_transforms is None:
+        raise ValueError("decode on the device needs device_transforms")
+    transform = backbone.preprocess if transform is None else transform
     amp = device.type == "cuda" if amp is None else amp
     weights = weights if weights is not None else weights_id(backbone)
-    manifest = _manifest(split_file, backbone, shard_size, n, amp, weights)
+    kind = backbone.feature_kind(feature)
+    how = {"feature": kind, "decode": decode, "seed": seed,
+           "preprocessing": _describe(transform) if not on_device else "device:" + str(
+               [getattr(t, "__qualname__", str(t)) for t in device_transforms]),
+           "crops_preprocessing": _describe(crops_transform) if not on_device else None}
+    manifest = _manifest(split_file, backbone, shard_size, n, amp, weights, how)
+    with_crops = (device_transforms[1] is not None) if on_device else crops_transform is not None
 
     shard_dir = shard_dir_for(out)
     if shard_dir.exists():
@@ -222,38 +216,68 @@ def extract_split(backbone: LoadedBackbone, split_file: Path, image_root: Path, 
     if done:
         log.info("%s: resuming: %d of %d shards (%d of %d images) already encoded",
                  out.name, len(done), n_shards, n_done, n)
-    log.info("%s: encoding %d images on %s (amp=%s, batch %d, %d workers, shards of %d)",
-             out.name, n - n_done, device, amp, batch_size, num_workers, shard_size)
+    log.info("%s: encoding %d images on %s (amp=%s, batch %d, %d workers, shards of %d, "
+             "feature %s, decode %s)", out.name, n - n_done, device, amp, batch_size,
+             num_workers, shard_size, kind, decode)
+
+    def encode(x: torch.Tensor) -> np.ndarray:
+        x = x.to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
+            f = backbone.encode_feature(x, feature)
+        return f.float().cpu().numpy().astype(np.float16)  # what is stored
 
     t0, n_new = time.perf_counter(), 0
+    decoder = None
     if todo:
-        ds = ImageListDataset(image_root, paths, labels, backbone.preprocess, split_file)
+        if on_device:
+            from lt_bench.features.decode import BatchDecoder, RawImageDataset, collate_raw
+
+            ds = RawImageDataset(image_root, paths, labels, split_file)
+            decoder, collate = BatchDecoder(device), collate_raw
+        else:
+            ds = ImageListDataset(image_root, paths, labels, transform, split_file,
+                                  crops_transform, seed)
+            collate = None
         batches = _batches(todo, shard_size, n, batch_size)
         loader = DataLoader(ds, batch_sampler=batches, num_workers=num_workers,
-                            pin_memory=device.type == "cuda",
-                            prefetch_factor=4 if num_workers > 0 else None,
+                            pin_memory=device.type == "cuda" and not on_device,
+                            prefetch_factor=4 if num_workers > 0 else None, collate_fn=collate,
                             worker_init_fn=_yield_to_model if device.type == "cpu" else None)
         bar = _progress(n, n_done, f"extract {out.stem}")
-        pending: dict[int, list[np.ndarray]] = {}
+        pending: dict[int, list[tuple]] = {}
         batch_iter = iter(loader)
         try:
             for batch in batches:
                 try:
-                    x, _ = next(batch_iter)
+                    item = next(batch_iter)
                 except ImageReadError as e:
                     raise ImageReadError(_clean_worker_error(e)) from None
+                if on_device:
+                    imgs = decoder(item[0], item[2])
+                    x = torch.stack([device_transforms[0](im) for im in imgs])
+                    c = (torch.stack([device_transforms[1](im) for im in imgs])
+                         if with_crops else None)
+                else:
+                    x, c = item[0], (item[1] if with_crops else None)
                 shard = batch[0] // shard_size
-                x = x.to(device, non_blocking=True)
-                with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
-                    f = backbone.encode_image(x)
-                pending.setdefault(shard, []).append(f.float().cpu().numpy())
+                f = encode(x)
+                _check_finite_batch(f, batch, paths, out, backbone)
+                fc = None
+                if c is not None:
+                    b, nc = c.shape[:2]
+                    fc = encode(c.reshape(b * nc, *c.shape[2:])).reshape(b, nc, -1)
+                    _check_finite_batch(fc, batch, paths, out, backbone)
+                pending.setdefault(shard, []).append((f, fc))
                 n_new += len(batch)
                 bar.update(len(batch))
                 lo, hi = _shard_bounds(shard, shard_size, n)
                 if batch[-1] + 1 == hi:  # the shard is complete
-                    feats = np.concatenate(pending.pop(shard))
+                    parts = pending.pop(shard)
+                    feats = np.concatenate([p[0] for p in parts])
+                    crops = np.concatenate([p[1] for p in parts]) if with_crops else None
                     _write_parquet(features_table(paths[lo:hi], labels[lo:hi], feats,
-                                                  {**meta, "shard": shard}), shard_path(shard))
+                                                  {**meta, "shard": shard}, crops=crops),
+                                   shard_path(shard))
                     rate = n_new / max(time.perf_counter() - t0, 1e-9)
                     bar.set_postfix_str(f"{rate:.1f} images/s", refresh=False)
                     log.info("%s: shard %d/%d written (%d rows), %.1f images/s",
@@ -262,15 +286,23 @@ def extract_split(backbone: LoadedBackbone, split_file: Path, image_root: Path, 
             bar.close()
         del batch_iter, loader  # stop the workers before assembling
     elapsed = time.perf_counter() - t0
+    if decoder is not None:
+        st = decoder.stats()
+        log.info("%s: decoded %d images on %s, %d on the CPU instead (%d refused by header: "
+                 "PNG/progressive/CMYK/..., %d by the decoder)", out.name, st["images"],
+                 device, st["cpu_fallbacks"], st["refused_by_header"], st["refused_by_decoder"])
 
     _assemble(out, [shard_path(i) for i in range(n_shards)],
-              {**meta, "extraction": manifest})
+              {**meta, "feature": kind, "extraction": manifest})
     if not keep_shards:
         shutil.rmtree(shard_dir, ignore_errors=True)
     ips = n_new / elapsed if elapsed > 0 and n_new else float("nan")
     log.info("%s: %d images (%d encoded now), %.1f images/s", out.name, n, n_new, ips)
-    return {"images": n, "encoded": n_new, "seconds": round(elapsed, 3),
-            "images_per_second": round(ips, 2) if n_new else None}
+    stats = {"images": n, "encoded": n_new, "seconds": round(elapsed, 3),
+             "images_per_second": round(ips, 2) if n_new else None}
+    if decoder is not None:
+        stats["decode"] = decoder.stats()
+    return stats
 
 
 def _write_parquet(table: pa.Table, path: Path) -> None:
@@ -290,6 +322,8 @@ def _assemble(out: Path, shards: list[Path], meta: dict[str, Any]) -> None:
                     dim = t.schema.field("feature").type.list_size
                     total = sum(pq.read_metadata(s).num_rows for s in shards)
                     final = {**meta, "dim": dim, "dtype": "float16", "rows": total}
+                    if "crops" in t.schema.names:
+                        final["crops"] = t.schema.field("crops").type.list_size // dim
                     schema = t.schema.with_metadata({META_KEY: json.dumps(final, sort_keys=True)})
                     writer = pq.ParquetWriter(tmp, schema)
                 writer.write_table(t.replace_schema_metadata(schema.metadata))
@@ -303,47 +337,62 @@ def _assemble(out: Path, shards: list[Path], meta: dict[str, Any]) -> None:
 def extract_all(dataset: str, split_dir: Path, image_root: Path, backbone_name: str,
                 out_dir: Path, checkpoint: Path | None = None, splits=("train", "val", "test"),
                 batch_size: int = 256, num_workers: int = 2, device: str | None = None,
-                shard_size: int = 8192) -> dict[str, Any]:
-    """Features of every split plus ``text.parquet`` for one (dataset, backbone)."""
+                shard_size: int = 8192, *, feature: str = "auto", test_transform: str = "lift",
+                tte: str = "none", train_views: int = 0, view_seed: int = 0,
+                decode: str = "cpu", prompts: dict | None = None) -> dict[str, Any]:
+    """Features of every split plus ``text.parquet`` (and ``train_views.parquet`` with
+    ``train_views`` > 0) for one (dataset, backbone); options as ``extract:`` in config."""
     from lt_bench.backbones.base import load_backbone
-    from lt_bench.backbones.prompts import class_text_embeddings, templates_for
     from lt_bench.data.splits import read_classnames
     from lt_bench.features.device import pick_device
+    from lt_bench.features.protocol import device_transforms, eval_transforms
     from lt_bench.features.store import write_text_embeddings
+    from lt_bench.features.text import text_embeddings
+    from lt_bench.features.views import extract_train_views
 
     split_dir, out_dir = Path(split_dir), Path(out_dir)
     for split in splits:
         if not (split_dir / f"{split}.txt").is_file():
             raise FileNotFoundError(f"split list {split_dir / f'{split}.txt'} not found; "
                                     f"run the prepare stage for dataset {dataset!r} first")
+    if train_views < 0:
+        raise UserError(f"extract.train_views must be >= 0, got {train_views}")
     dev = torch.device(device) if device else pick_device()
     amp = dev.type == "cuda"
     log.info("extracting %s / %s on %s", dataset, backbone_name, dev)
     bb = load_backbone(backbone_name, checkpoint=checkpoint, device=dev)
     weights = weights_id(bb)
+    tf, crops_tf, tf_info = eval_transforms(bb, test_transform, tte)
+    dev_tfs = device_transforms(tf_info) if decode != "cpu" else None
     base_meta = {"backbone": backbone_name, "pretrained": str(bb.pretrained),
                  "weights": weights, "model": bb.spec.model, "library": bb.spec.library,
-                 "dataset": dataset, "preprocessing": str(bb.preprocess).replace("\n", " "),
-                 "versions": library_versions(), "amp": amp, "device": dev.type}
+                 "dataset": dataset, "preprocessing": _describe(tf), "transform": tf_info["test"],
+                 "versions": library_versions(), "amp": amp, "device": dev.type,
+                 "feature": bb.feature_kind(feature), "decode": decode}
     stats: dict[str, Any] = {}
     for split in splits:
         split_file = split_dir / f"{split}.txt"
-        meta = {**base_meta, "split": split, "split_sha256": sha256_file(split_file)}
-        stats[split] = extract_split(bb, split_file, image_root, out_dir / f"{split}.parquet",
-                                     meta, batch_size=batch_size, num_workers=num_workers,
-                                     shard_size=shard_size, device=dev, amp=amp,
-                                     keep_shards=True, weights=weights)
+        with_tte = crops_tf is not None and split != "train"
+        meta = {**base_meta, "split": split, "split_sha256": sha256_file(split_file),
+                **({"tte": tf_info["tte"]} if with_tte else {})}
+        stats[split] = extract_split(
+            bb, split_file, image_root, out_dir / f"{split}.parquet", meta,
+            batch_size=batch_size, num_workers=num_workers, shard_size=shard_size, device=dev,
+            amp=amp, keep_shards=True, weights=weights, transform=tf,
+            crops_transform=crops_tf if with_tte else None, feature=feature, decode=decode,
+            device_transforms=(dev_tfs[0], dev_tfs[1] if with_tte else None) if dev_tfs
+            else None)
+    if train_views:
+        stats["train_views"] = extract_train_views(
+            bb, split_dir / "train.txt", image_root, out_dir / "train_views.parquet",
+            {**base_meta, "split": "train_views"}, views=train_views, seed=view_seed,
+            batch_size=batch_size, num_workers=num_workers, shard_size=shard_size, device=dev,
+            amp=amp, weights=weights, feature=feature)
     classnames = read_classnames(split_dir / "classnames.txt")
-    emb, text_meta = None, {**base_meta, "split": "text"}
-    if bb.spec.has_text:
-        templates = templates_for(bb.spec.templates)
-        t0 = time.perf_counter()
-        emb = class_text_embeddings(bb.model, bb.tokenizer, classnames, templates,
-                                    device=dev).numpy()
-        log.info("text embeddings: %d classes x %d templates in %.1f s", len(classnames),
-                 len(templates), time.perf_counter() - t0)
-        text_meta.update(logit_scale=bb.logit_scale, templates=list(templates))
-    write_text_embeddings(out_dir / "text.parquet", classnames, emb, text_meta)
+    emb, init, text_meta = text_embeddings(bb, classnames, prompts, dev)
+    write_text_embeddings(out_dir / "text.parquet", classnames, emb,
+                          {**base_meta, "split": "text", **text_meta}, init_embeddings=init,
+                          projection=bb.projection(feature) if emb is not None else None)
     for split in splits:
         shutil.rmtree(shard_dir_for(out_dir / f"{split}.parquet"), ignore_errors=True)
     return stats

@@ -1,14 +1,29 @@
 """The Parquet feature store (DESIGN §3 stage 3).
 
-``{split}.parquet``: ``path`` string, ``label`` int32, ``feature``
-fixed_size_list<float16, D>; provenance as JSON under the ``lt_bench`` schema
-metadata key. ``text.parquet``: ``label``, ``classname`` and, for CLIP-style
-backbones, ``embedding`` fixed_size_list<float32, D> (prompt-ensembled, unit norm);
-the logit scale and templates in metadata.
+``{split}.parquet``
+    ``path`` string, ``label`` int32, ``feature`` fixed_size_list<float16, D>; with
+    test-time ensembling (``extract.tte: fivecrop``) val/test also have ``crops``
+    fixed_size_list<float16, C·D> (row-major C x D) and metadata ``crops: C``. Provenance
+    as JSON under the ``lt_bench`` schema metadata key, including ``feature``
+    (``pre_projection`` | ``encode_image`` | ``timm_pooled``) and ``transform``.
+``train_views.parquet`` (``extract.train_views: V`` > 0)
+    ``path``, ``label``, ``view`` int16, ``feature``; view-major (all N rows of view 0,
+    then view 1, ...); read with :func:`read_feature_views`.
+``text.parquet``
+    ``label``, ``classname`` and, for CLIP-style backbones, ``embedding`` (the zero-shot
+    prompt ensemble) and ``init_embedding`` (the head-initialisation prompt set), both
+    fixed_size_list<float32, E>, unit norm. The projection ``P`` (D x E, float32) of a
+    pre-projection feature lives in the same file, under the schema metadata key
+    ``lt_bench_projection`` (base64 of little-endian float32, shape and sha256 in the
+    ``projection`` entry of the JSON metadata): the K-row table has no room for a D-row
+    matrix, and one file keeps the embeddings and the matrix they need together (no
+    sidecar to lose or mix up). Logit scale and prompts in metadata.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,13 +33,46 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from lt_bench.errors import InputValidationError, UserError
 from lt_bench.io import atomic_path
 
 META_KEY = b"lt_bench"
+PROJECTION_KEY = b"lt_bench_projection"
+FEATURE_KINDS = ("pre_projection", "encode_image", "timm_pooled")
 
 
 class CorruptFileError(RuntimeError):
     pass
+
+
+class NonFiniteFeatureError(InputValidationError):
+    """A feature matrix holds NaN or inf (names the file and the first bad rows)."""
+
+
+class NoTextTowerError(UserError):
+    """Zero-shot logits were asked of a backbone without a text tower."""
+
+
+def _l2n(x: np.ndarray) -> np.ndarray:
+    n = np.linalg.norm(x, axis=-1, keepdims=True)
+    return x / np.maximum(n, 1e-12)
+
+
+def first_bad_rows(values: np.ndarray, limit: int = 5) -> list[int]:
+    """Indices of the first ``limit`` rows (axis 0) with a NaN or inf."""
+    bad = ~np.isfinite(values.reshape(len(values), -1)).all(axis=1)
+    return [int(i) for i in np.flatnonzero(bad)[:limit]]
+
+
+def check_finite(values: np.ndarray, where: str, row_offset: int = 0) -> None:
+    """Raise :class:`NonFiniteFeatureError` naming ``where`` and the first bad rows."""
+    if values.size and not np.isfinite(values).all():
+        bad = ~np.isfinite(values.reshape(len(values), -1)).all(axis=1)
+        rows = [r + row_offset for r in first_bad_rows(values)]
+        raise NonFiniteFeatureError(
+            f"{where}: {int(bad.sum())} row(s) with NaN/inf features (first rows, 0-based: "
+            f"{rows}); expected finite values. Re-extract the features (a corrupt file, or "
+            "an fp16 overflow of the backbone: try extraction without AMP)")
 
 
 @dataclass
@@ -33,6 +81,7 @@ class FeatureSplit:
     labels: np.ndarray  # int64 (N,)
     features: np.ndarray  # float32 (N, D)
     meta: dict[str, Any] = field(default_factory=dict)
+    crops: np.ndarray | None = None  # float32 (N, C, D): test-time ensembling views
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -40,19 +89,61 @@ class FeatureSplit:
 
 @dataclass
 class TextEmbeddings:
+    """Class text embeddings of one (dataset, backbone) and what zero-shot needs.
+
+    ``embeddings``: K x E zero-shot prompt ensemble; ``init_embeddings``: K x E
+    head-initialisation prompts (both unit norm; None without a text tower);
+    ``projection``: D x E image projection of a pre-projection feature (None when the
+    stored feature already is ``encode_image``).
+    """
+
     classnames: list[str]
-    embeddings: np.ndarray | None  # float32 (K, D), unit norm; None without a text tower
+    embeddings: np.ndarray | None
     meta: dict[str, Any] = field(default_factory=dict)
+    init_embeddings: np.ndarray | None = None
+    projection: np.ndarray | None = None
 
     @property
     def logit_scale(self) -> float | None:
         return self.meta.get("logit_scale")
 
+    def zero_shot_logits(self, features: np.ndarray) -> np.ndarray:
+        """``s · cos(f @ P, t_k)`` (N x K float32); ``f`` itself when there is no P."""
+        if self.embeddings is None or self.logit_scale is None:
+            raise NoTextTowerError(
+                f"backbone {self.meta.get('backbone', '?')!r} has no text tower (no class "
+                "text embeddings or logit scale in text.parquet): zero-shot logits need a "
+                "CLIP-style backbone")
+        f = np.asarray(features, dtype=np.float32)
+        if f.ndim == 3:  # (N, C, D) crops: the caller averages the logits
+            return np.stack([self.zero_shot_logits(f[:, c]) for c in range(f.shape[1])], 1)
+        if self.projection is not None:
+            if f.shape[-1] != self.projection.shape[0]:
+                raise InputValidationError(
+                    f"features of dimension {f.shape[-1]} do not match the stored projection "
+                    f"({self.projection.shape[0]} x {self.projection.shape[1]})")
+            f = f @ self.projection
+        return (float(self.logit_scale) * (_l2n(f) @ self.embeddings.T)).astype(np.float32)
+
+    def head_init(self) -> np.ndarray | None:
+        """K x D cosine-head weights: ``normalize(normalize(t_init) @ P.T)`` (LIFT,
+        ``trainer.py: init_head_text_feat``); ``t_init`` without P; None without text.
+
+        Files without ``init_embedding`` (written before it existed) use ``embeddings``.
+        """
+        t = self.init_embeddings if self.init_embeddings is not None else self.embeddings
+        if t is None:
+            return None
+        t = _l2n(t.astype(np.float32))
+        if self.projection is None:
+            return t
+        return _l2n(t @ self.projection.T).astype(np.float32)
+
 
 def _fixed_list(values: np.ndarray, dtype: pa.DataType) -> pa.FixedSizeListArray:
     values = np.ascontiguousarray(values)
     flat = pa.array(values.reshape(-1), type=dtype)
-    return pa.FixedSizeListArray.from_arrays(flat, values.shape[1])
+    return pa.FixedSizeListArray.from_arrays(flat, int(np.prod(values.shape[1:])))
 
 
 def _fixed_list_to_numpy(col: pa.ChunkedArray) -> np.ndarray:
@@ -62,14 +153,23 @@ def _fixed_list_to_numpy(col: pa.ChunkedArray) -> np.ndarray:
 
 
 def features_table(paths: list[str], labels: np.ndarray, features: np.ndarray,
-                   meta: dict[str, Any]) -> pa.Table:
-    table = pa.table({
+                   meta: dict[str, Any], crops: np.ndarray | None = None,
+                   views: np.ndarray | None = None) -> pa.Table:
+    """One table of the store; ``crops`` (N, C, D) adds the TTE column, ``views`` (N,) the
+    ``view`` column of ``train_views.parquet``."""
+    cols = {
         "path": pa.array(paths, type=pa.string()),
         "label": pa.array(np.asarray(labels, dtype=np.int32)),
-        "feature": _fixed_list(np.asarray(features, dtype=np.float16), pa.float16()),
-    })
+    }
+    if views is not None:
+        cols["view"] = pa.array(np.asarray(views, dtype=np.int16))
+    cols["feature"] = _fixed_list(np.asarray(features, dtype=np.float16), pa.float16())
     meta = {**meta, "dim": int(features.shape[1]), "dtype": "float16", "rows": len(labels)}
-    return table.replace_schema_metadata({META_KEY: json.dumps(meta, sort_keys=True)})
+    if crops is not None:
+        crops = np.asarray(crops, dtype=np.float16)
+        cols["crops"] = _fixed_list(crops, pa.float16())
+        meta["crops"] = int(crops.shape[1])
+    return pa.table(cols).replace_schema_metadata({META_KEY: json.dumps(meta, sort_keys=True)})
 
 
 def write_table(table: pa.Table, path: str | Path) -> None:
@@ -99,31 +199,105 @@ def _read(path: str | Path, columns=None) -> pa.Table:
                                "the stage that made it") from e
 
 
+def _meta_of(table: pa.Table) -> dict[str, Any]:
+    return json.loads((table.schema.metadata or {}).get(META_KEY, b"{}"))
+
+
 def read_features(path: str | Path) -> FeatureSplit:
+    """A split's features (float32); NaN/inf rows raise :class:`NonFiniteFeatureError`."""
     table = _read(path)
-    meta = json.loads((table.schema.metadata or {}).get(META_KEY, b"{}"))
+    meta = _meta_of(table)
     missing = {"path", "label", "feature"} - set(table.column_names)
     if missing:
         raise CorruptFileError(f"{path}: missing column(s) {sorted(missing)}")
     feats = _fixed_list_to_numpy(table.column("feature")).astype(np.float32)
+    check_finite(feats, f"{path} (column 'feature')")
+    crops = None
+    if "crops" in table.column_names:
+        c = int(meta.get("crops") or 0)
+        flat = _fixed_list_to_numpy(table.column("crops")).astype(np.float32)
+        if c <= 0 or flat.shape[1] % c:
+            raise CorruptFileError(f"{path}: column 'crops' of width {flat.shape[1]} does not "
+                                   f"match the metadata's crops={meta.get('crops')!r}")
+        crops = flat.reshape(len(flat), c, flat.shape[1] // c)
+        check_finite(crops, f"{path} (column 'crops')")
     labels = table.column("label").to_numpy().astype(np.int64)
-    return FeatureSplit(table.column("path").to_pylist(), labels, feats, meta)
+    return FeatureSplit(table.column("path").to_pylist(), labels, feats, meta, crops)
+
+
+def read_feature_views(path: str | Path) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """``train_views.parquet`` -> (labels (N,) int64, views (V, N, D) float32, meta)."""
+    table = _read(path)
+    meta = _meta_of(table)
+    missing = {"path", "label", "view", "feature"} - set(table.column_names)
+    if missing:
+        raise CorruptFileError(f"{path}: missing column(s) {sorted(missing)}")
+    view = table.column("view").to_numpy().astype(np.int64)
+    v = int(meta.get("views") or (view.max() + 1 if len(view) else 0))
+    if v == 0 or len(view) % v:
+        raise CorruptFileError(f"{path}: {len(view)} rows are not {v} views of equal size")
+    n = len(view) // v
+    if not np.array_equal(view, np.repeat(np.arange(v), n)):
+        raise CorruptFileError(f"{path}: rows are not view-major (view 0 rows, then view 1, ...)")
+    feats = _fixed_list_to_numpy(table.column("feature")).astype(np.float32)
+    check_finite(feats, f"{path} (column 'feature')")
+    labels = table.column("label").to_numpy().astype(np.int64)
+    if v > 1 and not np.array_equal(labels.reshape(v, n), np.broadcast_to(labels[:n], (v, n))):
+        raise CorruptFileError(f"{path}: the views do not list the same images in the same order")
+    return labels[:n], feats.reshape(v, n, -1), meta
+
+
+def _encode_projection(p: np.ndarray) -> tuple[bytes, dict]:
+    p = np.ascontiguousarray(p, dtype="<f4")
+    raw = p.tobytes()
+    return base64.b64encode(raw), {"shape": list(p.shape), "dtype": "float32",
+                                   "sha256": hashlib.sha256(raw).hexdigest()}
 
 
 def write_text_embeddings(path: str | Path, classnames: list[str],
-                          embeddings: np.ndarray | None, meta: dict[str, Any]) -> None:
+                          embeddings: np.ndarray | None, meta: dict[str, Any],
+                          init_embeddings: np.ndarray | None = None,
+                          projection: np.ndarray | None = None) -> None:
     cols = {"label": pa.array(np.arange(len(classnames), dtype=np.int32)),
             "classname": pa.array(classnames, type=pa.string())}
     if embeddings is not None:
         cols["embedding"] = _fixed_list(np.asarray(embeddings, dtype=np.float32), pa.float32())
-    table = pa.table(cols).replace_schema_metadata(
-        {META_KEY: json.dumps({**meta, "has_text": embeddings is not None}, sort_keys=True)})
-    write_table(table, path)
+    if init_embeddings is not None:
+        cols["init_embedding"] = _fixed_list(np.asarray(init_embeddings, dtype=np.float32),
+                                             pa.float32())
+    meta = {**meta, "has_text": embeddings is not None}
+    md = {}
+    if projection is not None:
+        md[PROJECTION_KEY], meta["projection"] = _encode_projection(projection)
+    md[META_KEY] = json.dumps(meta, sort_keys=True)
+    write_table(pa.table(cols).replace_schema_metadata(md), path)
+
+
+def _decode_projection(path, table: pa.Table, info: dict) -> np.ndarray:
+    raw_b64 = (table.schema.metadata or {}).get(PROJECTION_KEY)
+    if raw_b64 is None:
+        raise CorruptFileError(f"{path}: metadata names a projection but the file holds none")
+    raw = base64.b64decode(raw_b64)
+    if hashlib.sha256(raw).hexdigest() != info.get("sha256"):
+        raise CorruptFileError(f"{path}: the stored projection does not match its sha256")
+    return np.frombuffer(raw, dtype="<f4").reshape(info["shape"]).astype(np.float32)
 
 
 def read_text_embeddings(path: str | Path) -> TextEmbeddings:
     table = _read(path)
-    meta = json.loads((table.schema.metadata or {}).get(META_KEY, b"{}"))
-    emb = (_fixed_list_to_numpy(table.column("embedding")).astype(np.float32)
-           if "embedding" in table.column_names else None)
-    return TextEmbeddings(table.column("classname").to_pylist(), emb, meta)
+    meta = _meta_of(table)
+
+    def col(name):
+        if name not in table.column_names:
+            return None
+        return _fixed_list_to_numpy(table.column(name)).astype(np.float32)
+
+    proj = _decode_projection(path, table, meta["projection"]) if meta.get("projection") else None
+    emb, init = col("embedding"), col("init_embedding")
+    for name, e in (("embedding", emb), ("init_embedding", init)):
+        if e is not None:
+            check_finite(e, f"{path} (column {name!r})")
+            if proj is not None and e.shape[1] != proj.shape[1]:
+                raise CorruptFileError(f"{path}: {name} width {e.shape[1]} does not match the "
+                                       f"projection {proj.shape[0]} x {proj.shape[1]}")
+    return TextEmbeddings(table.column("classname").to_pylist(), emb, meta, init, proj)

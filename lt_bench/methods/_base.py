@@ -58,6 +58,8 @@ class FitContext:
     features_dir: Path | None = None
     #: "cpu", "cuda", "cuda:1": where trained heads run (the run layer picks it)
     device: str = "cpu"
+    #: (V, N, D) cached augmented views of the train images (``extract.train_views``), or None
+    train_views: np.ndarray | None = None
 
     @property
     def num_classes(self) -> int:

@@ -1,9 +1,11 @@
-"""Training a classifier head on frozen features (LIFT's recipe, DESIGN §1).
+"""Training a classifier head on frozen features (LIFT's recipe; docs/protocol.md).
 
-Cosine classifier with scale 25, initialised from the class text embeddings (class
-means of the train features for backbones without a text tower), SGD with momentum,
-cosine learning-rate schedule over all iterations. A subclass only says what its loss
-is (``loss``) and, optionally, how batches are sampled or logits post-processed.
+Cosine classifier with scale 25 on the pre-projection feature, initialised from the
+single-prompt text embedding mapped back through the projection (LIFT ``trainer.py``;
+class means of the train features for backbones without a text tower), SGD with momentum,
+cosine learning-rate schedule over epochs stepped once per epoch (LIFT). With cached
+augmented views (``extract.train_views``) each epoch draws one view per image. A subclass
+only says what its loss is (``loss``) and, optionally, how batches are sampled.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ HEAD_DEFAULTS: dict[str, Any] = {
     "scale": 25.0,
     "init": "text",  # "text" | "class_mean" | "random"
     "sampler": "instance",  # "instance" | "class_balanced"
+    "lr_schedule": "cosine_epoch",  # LIFT: cosine over epochs, stepped per epoch | "cosine_step"
 }
 
 
@@ -43,7 +46,7 @@ def initial_weight(ctx: FitContext, init: str, rng: np.random.Generator) -> np.n
     if init == "text":
         # LIFT (trainer.py, init_head_text_feat): the single-prompt text embedding mapped
         # back into the visual feature space, normalize(normalize(t) @ proj.T)
-        w = ctx.text.head_init() if hasattr(ctx.text, "head_init") else ctx.text.embeddings
+        w = ctx.text.head_init()
         if w is None:  # non-CLIP backbone: fall back to class means
             init = "class_mean"
         else:
@@ -107,6 +110,9 @@ class HeadMethod(Method):
         if hp.get("init", "text") not in ("text", "class_mean", "random"):
             raise InputValidationError(f"method {self.name!r}: init = {hp['init']!r}; "
                                        "valid: text, class_mean, random")
+        if hp["lr_schedule"] not in ("cosine_epoch", "cosine_step"):
+            raise InputValidationError(f"method {self.name!r}: lr_schedule = "
+                                       f"{hp['lr_schedule']!r}; valid: cosine_epoch, cosine_step")
         if hp["sampler"] not in ("instance", "class_balanced"):
             raise InputValidationError(f"method {self.name!r}: sampler = {hp['sampler']!r}; "
                                        "valid: instance, class_balanced")
@@ -128,43 +134,69 @@ class HeadMethod(Method):
         return LinearPredictor([LinearTerm(head.weight.detach().cpu().numpy().copy(),
                                            head.scale)])
 
+    def prepare_loss(self, ctx: FitContext):
+        """``setup`` + its tensors on ``ctx.device``; returns ``self.loss``. The fine-tuning
+        track calls this too, so one definition of each loss serves both tracks."""
+        import torch
+
+        self.setup(ctx)
+        for key, value in vars(self).items():  # loss constants live beside the head
+            if isinstance(value, torch.Tensor):
+                setattr(self, key, value.to(ctx.device))
+        return self.loss
+
     def fit(self, ctx: FitContext) -> FitResult:
         import torch
 
         hp = self.hparams
         torch.manual_seed(ctx.seed)
         rng = np.random.default_rng(ctx.seed)
-        self.setup(ctx)
-        for key, value in vars(self).items():  # loss constants live beside the head
-            if isinstance(value, torch.Tensor):
-                setattr(self, key, value.to(ctx.device))
+        loss_fn = self.prepare_loss(ctx)
         head = cosine_head(self.init_weight(ctx, rng), hp["scale"], ctx.device)
         opt = torch.optim.SGD(head.parameters(), lr=hp["lr"], momentum=hp["momentum"],
                               weight_decay=hp["weight_decay"])
         # moved to the device once per fit; batches are gathered there
-        x_all = torch.from_numpy(ctx.train.features).to(ctx.device)
+        views = ctx.train_views
+        x_all = torch.from_numpy(ctx.train.features if views is None else views).to(ctx.device)
         y_all = torch.from_numpy(ctx.train.labels).to(ctx.device)
-        steps = hp["epochs"] * -(-len(y_all) // hp["batch_size"])
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(steps, 1))
+        n_train = len(ctx.train.labels)
+        per_epoch = -(-n_train // hp["batch_size"])
+        # LIFT (trainer.py) steps CosineAnnealingLR(num_epochs) once per epoch;
+        # "cosine_step" (per iteration down to 0) is kept as an option
+        by_epoch = hp["lr_schedule"] == "cosine_epoch"
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(
+            opt, T_max=max(hp["epochs"] if by_epoch else hp["epochs"] * per_epoch, 1))
         x_val = torch.from_numpy(ctx.val.features).to(ctx.device)
+        arange = torch.arange(n_train, device=ctx.device)
         history = []
         t0 = time.time()
         for epoch in range(hp["epochs"]):
-            total, n = 0.0, 0
+            lr = sched.get_last_lr()[0]
+            if views is None:
+                x_epoch = x_all
+            else:  # one of the V cached augmented views per image, drawn afresh each epoch
+                pick = torch.from_numpy(rng.integers(0, views.shape[0], n_train)).to(ctx.device)
+                x_epoch = x_all[pick, arange]
+            total = torch.zeros((), device=ctx.device)
             for idx in batch_indices(ctx.train.labels, hp["batch_size"], hp["sampler"], rng):
                 idx_t = torch.from_numpy(idx).to(ctx.device)
-                loss = self.loss(head(x_all[idx_t]), y_all[idx_t], epoch)
+                loss = loss_fn(head(x_epoch[idx_t]), y_all[idx_t], epoch)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
+                if not by_epoch:
+                    sched.step()
+                total += loss.detach() * len(idx)  # no per-step host sync on a GPU
+            if by_epoch:
                 sched.step()
-                total += loss.item() * len(idx)
-                n += len(idx)
             with torch.no_grad():
                 val_acc = float((head(x_val).argmax(1).cpu().numpy() == ctx.val.labels).mean())
-            history.append({"epoch": epoch, "train_loss": total / n, "val_top1": val_acc,
-                            "lr": sched.get_last_lr()[0]})
+            train_loss = float(total) / n_train
+            history.append({"epoch": epoch, "train_loss": train_loss, "val_top1": val_acc,
+                            "lr": lr})
             log.info("epoch %d/%d loss %.4f val top1 %.4f", epoch + 1, hp["epochs"],
-                     total / n, val_acc)
+                     train_loss, val_acc)
         return FitResult(self.predictor(head, ctx),
-                         info={"train_seconds": time.time() - t0}, history=history)
+                         info={"train_seconds": time.time() - t0,
+                               "train_views": 0 if views is None else int(views.shape[0])},
+                         history=history)

@@ -43,7 +43,7 @@ def ldam_loss(logits: torch.Tensor, y: torch.Tensor, margins: torch.Tensor, scal
     """``CE(z − s · m_y · onehot(y), y)``: the true class's logit lowered by ``s · m_y``.
 
     ``z = s · cos`` already, so this is LDAM's ``s · (cos_y − m_y)``. ``weight`` (DRW)
-    gives each sample its class weight: mean of ``w_y · CE``.
+    gives each sample its class weight, normalised by the batch's ``Σ w_y`` (LIFT).
     """
     import torch.nn.functional as F
 
@@ -67,16 +67,13 @@ def inverse_frequency_weights(train_counts, exponent: float = 1.0) -> np.ndarray
 
 def weighted_ce(logits: torch.Tensor, y: torch.Tensor,
                 weight: torch.Tensor | None = None) -> torch.Tensor:
-    """Mean over the batch of ``w_y · CE(z, y)`` (plain CE without weights).
-
-    Note: not PyTorch's ``cross_entropy(weight=...)``, which divides by ``Σ w_y`` of the
-    batch and so undoes part of the re-weighting; this is the re-weighted empirical risk
-    the weights are defined for.
-    """
+    """Class-weighted CE as LIFT computes it (``utils/losses.py``: ``F.cross_entropy(z, y,
+    weight=w)``): ``Σ_i w_{y_i} CE_i / Σ_i w_{y_i}`` — normalised by the batch's weights,
+    so the step size does not shrink with the re-weighting (LDAM-DRW uses the same)."""
     import torch.nn.functional as F
 
-    ce = F.cross_entropy(logits, y, reduction="none")
-    return ce.mean() if weight is None else (weight[y] * ce).mean()
+    return F.cross_entropy(logits, y,
+                           weight=None if weight is None else weight.to(logits.dtype))
 
 
 def lade_regulariser(logits: torch.Tensor, y: torch.Tensor, prior: torch.Tensor,

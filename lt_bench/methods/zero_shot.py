@@ -18,5 +18,5 @@ class ZeroShot(Method):
             raise ValueError("zero_shot needs a backbone with a text tower; "
                              f"backbone {ctx.text.meta.get('backbone')!r} has none")
         term = LinearTerm(ctx.text.embeddings, scale=ctx.text.logit_scale,
-                          projection=getattr(ctx.text, "projection", None))
+                          projection=ctx.text.projection)
         return FitResult(LinearPredictor([term]), info={"logit_scale": ctx.text.logit_scale})

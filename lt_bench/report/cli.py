@@ -1,4 +1,5 @@
-"""``lt-bench tables`` and ``lt-bench figures``: the results report from the run files."""
+"""``lt-bench tables``, ``significance``, ``prior-table``, ``findings`` and ``figures``: the
+results report from the run files."""
 
 from __future__ import annotations
 
@@ -7,9 +8,11 @@ from pathlib import Path
 
 
 def _run_dirs(a) -> list[Path]:
+    from lt_bench.report.collect import find_run_dirs
+
     if a.metrics:
         return [Path(m).parent for m in a.metrics]
-    dirs = sorted(p.parent for p in Path(a.runs_root).glob("*/*/*/seed*/metrics.json"))
+    dirs = find_run_dirs(a.runs_root)
     if getattr(a, "dataset", None):
         dirs = [d for d in dirs if d.parts[-4] == a.dataset]
     if not dirs:
@@ -21,12 +24,49 @@ def _run_dirs(a) -> list[Path]:
 
 def cmd_tables(a) -> None:
     from lt_bench.report.collect import collect_runs
+    from lt_bench.report.published import write_published_table
+    from lt_bench.report.significance import read_significance
     from lt_bench.report.tables import write_all_tables
 
     runs = collect_runs(a.runs_root, a.metrics)
-    tables = write_all_tables(runs, Path(a.out_dir), a.method_order)
+    sig = read_significance(a.significance) if a.significance else None
+    if a.significance and sig is None:
+        raise FileNotFoundError(f"--significance {a.significance}: no such file (made by "
+                                "`lt-bench significance`)")
+    tables = write_all_tables(runs, Path(a.out_dir), a.method_order, sig)
+    tables["published"] = write_published_table(tables["main"], Path(a.out_dir),
+                                                a.published)
     print(f"{len(runs)} runs -> " + ", ".join(f"{k}: {len(v)} rows" for k, v in tables.items())
           + f" in {a.out_dir}/")
+
+
+def cmd_significance(a) -> None:
+    from lt_bench.report.significance import comparisons, write_significance
+
+    table = comparisons(_run_dirs(a), n_boot=a.n_boot, seed=a.seed)
+    write_significance(table, Path(a.out))
+    n_sig = int(table["significant"].sum()) if len(table) else 0
+    print(f"{len(table)} comparisons ({n_sig} with an interval excluding 0) -> {a.out}")
+
+
+def cmd_findings(a) -> None:
+    import pandas as pd
+
+    from lt_bench.report.findings import write_findings
+    from lt_bench.report.significance import read_significance
+
+    d = Path(a.tables_dir)
+    main = pd.read_csv(d / "main.csv")
+    dxp = pd.read_csv(d / "dxp.csv") if (d / "dxp.csv").is_file() else None
+    sig = read_significance(d / "significance.csv")
+    print(write_findings(main, Path(a.out_dir or d), dxp, sig))
+
+
+def cmd_prior_table(a) -> None:
+    from lt_bench.report.prior_table import write_prior_table
+
+    t = write_prior_table([Path(p) for p in a.priors], Path(a.out_dir))
+    print(f"{len(t)} priors -> {a.out_dir}/prior.csv")
 
 
 def cmd_fig_accuracy(a) -> None:
@@ -46,12 +86,14 @@ def cmd_fig_prior(a) -> None:
 
 
 def cmd_fig_dxp(a) -> None:
-    from lt_bench.report.figures import dxp_figure
+    from lt_bench.report.figures_dxp import dxp_figure, dxp_summary_figure
 
     dirs = _run_dirs(a)
     for m in a.methods:
         out = dxp_figure(dirs, m, Path(a.out_dir) / f"dxp_{m}", a.dataset or "")
         print("\n".join(map(str, out)))
+    out = dxp_summary_figure(dirs, Path(a.out_dir) / "dxp_vs_la", a.dataset or "", a.methods)
+    print("\n".join(map(str, out)))
 
 
 def _kv(s: str) -> tuple[str, str]:
@@ -68,12 +110,38 @@ def _runs_args(s) -> None:
 
 
 def add_report_commands(sub: argparse._SubParsersAction) -> None:
-    s = sub.add_parser("tables", help="main, D×P, M-ablation and runs tables (CSV/MD/LaTeX)")
+    s = sub.add_parser("tables", help="main, D×P, M-ablation, runs and published-numbers "
+                                      "tables (CSV/MD/LaTeX/HTML)")
     _runs_args(s)
     s.add_argument("--out-dir", default="results/tables")
     s.add_argument("--method-order", nargs="*", help="row order of the methods (default: "
                    "alphabetical)")
+    s.add_argument("--significance", help="significance.csv of `lt-bench significance`: "
+                   "mark the differences whose interval excludes 0")
+    s.add_argument("--published", help="published numbers CSV (default: the one shipped "
+                   "in lt_bench/report/published_numbers.csv)")
     s.set_defaults(func=cmd_tables)
+
+    s = sub.add_parser("significance", help="paired bootstrap 95 %% intervals of top-1 "
+                       "differences (method vs LA, backdoor vs best member, controls)")
+    _runs_args(s)
+    s.add_argument("--n-boot", type=int, default=2000, help="bootstrap replicates")
+    s.add_argument("--seed", type=int, default=0, help="seed of the resampling")
+    s.add_argument("--out", default="results/tables/significance.csv")
+    s.set_defaults(func=cmd_significance)
+
+    s = sub.add_parser("findings", help="the findings section (Markdown + HTML) from the "
+                                        "tables")
+    s.add_argument("--tables-dir", default="results/tables")
+    s.add_argument("--out-dir", help="default: --tables-dir")
+    s.set_defaults(func=cmd_findings)
+
+    if "prior-table" not in sub.choices:  # lt_bench.methods.cli had it before the move
+        s = sub.add_parser("prior-table", help="table of estimated vs true priors (toy world)")
+        s.add_argument("--priors", nargs="+", required=True, help="prior Parquet files")
+        s.add_argument("--out-dir", default="results/tables",
+                       help="writes prior.csv, .md, .tex and .html")
+        s.set_defaults(func=cmd_prior_table)
 
     f = sub.add_parser("figures", help="report figures (PNG + PDF)")
     fsub = f.add_subparsers(dest="figure", required=True, metavar="FIGURE")
@@ -96,9 +164,10 @@ def add_report_commands(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--out", required=True, help="output stem: writes <out>.png and <out>.pdf")
     s.set_defaults(func=cmd_fig_prior)
 
-    s = fsub.add_parser("dxp", help="D×P heat-map of each method")
+    s = fsub.add_parser("dxp", help="D×P heat-map of each method and the summary vs LA")
     _runs_args(s)
     s.add_argument("--dataset")
     s.add_argument("--methods", nargs="+", required=True)
-    s.add_argument("--out-dir", required=True, help="writes dxp_<method>.png and .pdf there")
+    s.add_argument("--out-dir", required=True, help="writes dxp_<method>.png/.pdf and "
+                   "dxp_vs_la.png/.pdf there")
     s.set_defaults(func=cmd_fig_dxp)

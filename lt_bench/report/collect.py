@@ -2,21 +2,47 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pandas as pd
 
 from lt_bench.io import read_json
 
+IDENTITY = ("dataset", "backbone", "method", "seed")
+
+
+def find_run_dirs(runs_root: Path | str) -> list[Path]:
+    """Finished run folders (``metrics.json`` present) under ``runs_root``, sorted.
+
+    Private copy of ``lt_bench.runs.folder.find_run_dirs`` until that exists: the layout is
+    ``{dataset}/{backbone}/{method}/seed{seed}/``.
+    """
+    try:  # the shared finder, once the runs package has it
+        from lt_bench.runs.folder import find_run_dirs as shared
+    except ImportError:
+        shared = None
+    if shared is not None:
+        return sorted(Path(d) for d in shared(Path(runs_root)))
+    return sorted(p.parent for p in Path(runs_root).glob("*/*/*/seed*/metrics.json"))
+
+
+def _scalar(v):
+    """JSON ``null`` (an undefined metric, e.g. no Few class) becomes NaN."""
+    if v is None:
+        return math.nan
+    return v
+
 
 def collect_runs(runs_root: Path | str, metrics_files: list[Path | str] | None = None) -> pd.DataFrame:
-    """One row per finished run: identity columns, then every scalar metric."""
+    """One row per finished run: identity columns, then every scalar metric (None → NaN)."""
     files = ([Path(f) for f in metrics_files] if metrics_files is not None
-             else sorted(Path(runs_root).glob("*/*/*/seed*/metrics.json")))
+             else [d / "metrics.json" for d in find_run_dirs(runs_root)])
     rows = []
     for f in files:
         m = read_json(f)
-        row = {k: v for k, v in m.items() if not isinstance(v, dict | list)}
+        row = {k: (v if k in IDENTITY else _scalar(v)) for k, v in m.items()
+               if not isinstance(v, dict | list)}
         row["run_dir"] = str(Path(f).parent)
         rows.append(row)
     if not rows:
@@ -30,7 +56,7 @@ def run_identity(run_dir: Path | str) -> dict:
     m = read_json(run_dir / "metrics.json")
     cfg_path = run_dir / "config.json"
     cfg = read_json(cfg_path) if cfg_path.is_file() else {}
-    ident = {k: m.get(k, cfg.get(k)) for k in ("dataset", "backbone", "method", "seed")}
+    ident = {k: m.get(k, cfg.get(k)) for k in IDENTITY}
     ident["members"] = list(cfg.get("members") or [])
     return ident
 
@@ -45,7 +71,7 @@ def collect_per_class(run_dirs: list[Path | str]) -> pd.DataFrame:
             raise FileNotFoundError(f"{d}: finished run without per_class.parquet")
         ident = run_identity(d)
         df = pd.read_parquet(path)
-        for k in ("dataset", "backbone", "method", "seed"):
+        for k in IDENTITY:
             df[k] = ident[k]
         df["ensemble"] = bool(ident["members"]) or ident["backbone"] == "ensemble"
         df["run_dir"] = str(d)

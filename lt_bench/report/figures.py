@@ -4,12 +4,11 @@
   count (log x; D-group borders at 20 and 100) and against the backbone's estimated
   pre-training prior q̂ (log x; P-group borders), one panel per backbone, one colour per
   method. Ensemble (backdoor) runs share the training counts, so they are drawn in every
-  panel of the count figure, and get their own panel in the q̂ figure (their q̂ is the
-  members' mean).
+  panel of the count figure, and in the q̂ figure (their q̂ is the
+  members' mean) drawn dashed in every backbone's panel against that backbone's q̂.
 * ``prior``: estimated prior q̂ against the true pre-training prior of each toy backbone
   (log-log, Spearman ρ), from ``results/prior/{dataset}/{backbone}.parquet``.
-* ``dxp``: heat-map of the 3×3 D-group × P-group accuracy of one method, one panel per
-  backbone.
+* ``dxp``: D×P heat-maps and their summary relative to LA (``figures_dxp``).
 
 Where the inputs of a figure are absent (no q̂ yet, no D×P keys), a placeholder figure that
 says so is written, so the workflow's outputs always exist.
@@ -24,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from lt_bench.io import atomic_path, read_json
+from lt_bench.io import atomic_path
 from lt_bench.report.collect import collect_per_class
 
 D_GROUPS = ("many", "medium", "few")
@@ -83,6 +82,17 @@ def _grid(n: int, width: float = 4.2, height: float = 3.4, sharey: bool = True):
     for ax in axes.flat[n:]:
         ax.axis("off")
     return fig, list(axes.flat[:n])
+
+
+def log_ticks(ax) -> None:
+    """Readable log ticks on x: majors at 1, 2, 5 × 10^k, no minor labels (they overlapped
+    on axes spanning less than two decades)."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0), numticks=8))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.2g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.tick_params(axis="x", labelsize=7)
 
 
 def _binned_mean(x: np.ndarray, y: np.ndarray, bins: int = 8) -> tuple[np.ndarray, np.ndarray]:
@@ -164,6 +174,7 @@ def accuracy_figures(run_dirs: list[Path | str], out_dir: Path | str,
         for v in (FEW_MAX, MANY_MIN):
             ax.axvline(v, color="0.6", lw=0.8, ls=":")
         ax.set_xscale("log")
+        log_ticks(ax)
         ax.set_title(b)
         ax.set_xlabel("training images of the class (log)")
         ax.set_ylim(-3, 103)
@@ -180,15 +191,24 @@ def accuracy_figures(run_dirs: list[Path | str], out_dir: Path | str,
                                "per_class.parquet): run the prior stage first")
         return written
     withq = mean[mean["q_hat"].notna()]
-    panels = sorted(set(withq["backbone"]), key=lambda b: (b in ensembles, b))
+    singles_q = sorted(set(withq.loc[~withq["ensemble"], "backbone"]))
+    # ensembles have no q̂ of their own (members' mean): each is drawn dashed in every single
+    # backbone's panel against that backbone's q̂ of the class, so no panel sits alone
+    panels = singles_q or sorted(set(withq["backbone"]))
     fig, axes = _grid(len(panels))
     for ax, b in zip(axes, panels, strict=True):
         part_b = withq[withq["backbone"] == b]
+        q_of = part_b.drop_duplicates("label").set_index("label")["q_hat"]
         for m in chosen:
             part = part_b[part_b["method"] == m]
             if not part.empty:
                 _series(ax, part["q_hat"], part["accuracy"], colors[m],
                         f"{m} [{n_seeds.get((b, m), 0)} seeds]")
+            for e in ensembles if singles_q else []:
+                part = mean[(mean["backbone"] == e) & (mean["method"] == m)]
+                if not part.empty:
+                    _series(ax, part["label"].map(q_of), part["accuracy"], colors[m],
+                            f"{m} ({e}) [{n_seeds.get((e, m), 0)} seeds]", dashed=True)
         if "p_group" in part_b.columns:
             lab = part_b.drop_duplicates("label")
             for g in P_GROUPS[:2]:
@@ -196,6 +216,7 @@ def accuracy_figures(run_dirs: list[Path | str], out_dir: Path | str,
                 if len(q):
                     ax.axvline(q.min(), color="0.6", lw=0.8, ls=":")
         ax.set_xscale("log")
+        log_ticks(ax)
         ax.set_title(b)
         ax.set_xlabel("estimated pre-training prior q̂ of the class (log)")
         ax.set_ylim(-3, 103)
@@ -252,66 +273,9 @@ def prior_figure(priors: dict[str, Path | str], out_stem: Path | str, dataset: s
     return out
 
 
-def _dxp_runs(run_dirs: list[Path | str], method: str) -> pd.DataFrame:
-    rows = []
-    for d in run_dirs:
-        m = read_json(Path(d) / "metrics.json")
-        if m.get("method") != method:
-            continue
-        row = {"backbone": m.get("backbone"), "seed": m.get("seed")}
-        for dg in D_GROUPS:
-            for pg in P_GROUPS:
-                row[(dg, pg)] = m.get(f"dp_{dg}_{pg}")
-                row[("n", dg, pg)] = m.get(f"n_dp_{dg}_{pg}_classes")
-        if any(row[(dg, pg)] is not None for dg in D_GROUPS for pg in P_GROUPS) or \
-                any(row[("n", dg, pg)] is not None for dg in D_GROUPS for pg in P_GROUPS):
-            rows.append(row)
-    return pd.DataFrame(rows)
-
-
 def dxp_figure(run_dirs: list[Path | str], method: str, out_stem: Path | str,
                dataset: str = "") -> list[Path]:
-    """Heat-map of the D×P accuracy (mean over seeds) of ``method``, one panel per backbone."""
-    _plt()
-    runs = _dxp_runs(run_dirs, method)
-    title = f"{dataset}: D×P accuracy of {method}"
-    if runs.empty:
-        return placeholder(out_stem, title, f"no {method} run with D×P metrics (they need the "
-                           "backbone's estimated prior q̂)")
-    backbones = sorted(set(runs["backbone"]), key=lambda b: (b == "ensemble", b))
-    fig, axes = _grid(len(backbones), width=3.6, height=3.3)
-    image = None
-    for ax, b in zip(axes, backbones, strict=True):
-        part = runs[runs["backbone"] == b]
-        grid = np.full((3, 3), np.nan)
-        std = np.full((3, 3), np.nan)
-        ncls = np.full((3, 3), np.nan)
-        for i, dg in enumerate(D_GROUPS):
-            for j, pg in enumerate(P_GROUPS):
-                v = pd.to_numeric(part[(dg, pg)], errors="coerce").dropna() * 100
-                if len(v):
-                    grid[i, j] = v.mean()
-                    std[i, j] = v.std(ddof=1) if len(v) > 1 else np.nan
-                n = pd.to_numeric(part[("n", dg, pg)], errors="coerce").dropna()
-                if len(n):
-                    ncls[i, j] = n.max()
-        image = ax.imshow(np.ma.masked_invalid(grid), vmin=0, vmax=100, cmap="viridis")
-        ax.set_facecolor("0.85")
-        for i in range(3):
-            for j in range(3):
-                txt = "–" if np.isnan(grid[i, j]) else f"{grid[i, j]:.1f}"
-                if not np.isnan(std[i, j]):
-                    txt += f"\n± {std[i, j]:.1f}"
-                if not np.isnan(ncls[i, j]):
-                    txt += f"\n({int(ncls[i, j])} cl.)"
-                dark = not np.isnan(grid[i, j]) and grid[i, j] < 60
-                ax.text(j, i, txt, ha="center", va="center", fontsize=7,
-                        color="white" if dark else "black")
-        ax.set_xticks(range(3), ["P-Many", "P-Medium", "P-Few"])
-        ax.set_yticks(range(3), ["Many", "Medium", "Few"])
-        ax.set_title(f"{b} [{part['seed'].nunique()} seeds]")
-        ax.spines[:].set_visible(False)
-    axes[0].set_ylabel("data group (training count)")
-    fig.suptitle(title + " (%; rows: D-groups, columns: P-groups by q̂)", fontsize=9)
-    fig.colorbar(image, ax=axes, shrink=0.8, label="top-1 (%)")
-    return save(fig, out_stem)
+    """See :func:`lt_bench.report.figures_dxp.dxp_figure` (kept here for callers)."""
+    from lt_bench.report.figures_dxp import dxp_figure as draw
+
+    return draw(run_dirs, method, out_stem, dataset)

@@ -37,6 +37,21 @@ def load_features_dir(features_dir: Path):
     return splits, text
 
 
+def _train_views(features_dir: Path, train) -> np.ndarray | None:
+    """The cached augmented train views (``extract.train_views``), if that file exists;
+    their rows must be the train split's (same labels, same order)."""
+    path = Path(features_dir) / "train_views.parquet"
+    if not path.is_file():
+        return None
+    from lt_bench.features.store import read_feature_views
+
+    labels, views, _ = read_feature_views(path)
+    if not np.array_equal(labels, train.labels):
+        raise InputValidationError(f"{path}: its rows are not train.parquet's (labels differ); "
+                                   "re-extract the features")
+    return views
+
+
 def may_tune(dataset: str | None) -> bool:
     """False where the dataset's val split (at its default parameters) overlaps train."""
     from lt_bench.data import DATASETS
@@ -111,7 +126,8 @@ def train_run(method: str, features_dir: Path, out_dir: Path, seed: int,
                      seed=seed, pretrain_prior=pf.q_hat if pf else None,
                      pretrain_prior_temperature=pf.temperature if pf else None,
                      base_predictors={n: load_run_predictor(d) for n, d in base_runs.items()},
-                     tune=tune, features_dir=features_dir, device=device)
+                     tune=tune, features_dir=features_dir, device=device,
+                     train_views=_train_views(features_dir, splits["train"]))
     unfinish(out_dir)
     t0 = time.time()
     result = m.fit(ctx)

@@ -1,9 +1,6 @@
-# Parameter imbalance (GLA prior estimate q̂ per backbone) and the causal backdoor
-# adjustment (an ensemble over the suite's backbones), DESIGN §1.
-
-
-if toy_prior_backbones():
-    FINAL_TARGETS.extend(["results/tables/prior.csv", "results/tables/prior.md"])
+# Parameter imbalance (GLA prior estimate q̂ per backbone) and the runs that consume runs:
+# the causal backdoor adjustment, an ensemble over the suite's backbones (DESIGN §1 →
+# docs/architecture.md).
 
 
 localrules:
@@ -18,7 +15,7 @@ rule estimate_prior:
     output:
         "results/prior/{dataset}/{backbone}.parquet",
     params:
-        true_prior=true_prior_arg,
+        true_prior=opt_arg("--true-prior", "true_prior"),
     log:
         "logs/estimate_prior/{dataset}/{backbone}.log",
     threads: 1
@@ -26,45 +23,54 @@ rule estimate_prior:
         "../envs/lt-bench.yaml"
     shell:
         "lt-bench prior --features-dir results/features/{wildcards.dataset}/{wildcards.backbone}"
-        " --out {output} {params.true_prior} 2> {log}"
+        " --out {output:q} {params.true_prior} 2> {log:q}"
 
 
-rule backdoor:
+rule ensemble_of_runs:
     input:
-        members=backdoor_members,
+        members=ensemble_members,
     output:
-        metrics="results/runs/{dataset}/ensemble/backdoor/seed{seed}/metrics.json",
-        per_class="results/runs/{dataset}/ensemble/backdoor/seed{seed}/per_class.parquet",
-        predictor="results/runs/{dataset}/ensemble/backdoor/seed{seed}/predictor.json",
-        config="results/runs/{dataset}/ensemble/backdoor/seed{seed}/config.json",
+        metrics="results/runs/{dataset}/ensemble/{method}/seed{seed}/metrics.json",
+        per_class="results/runs/{dataset}/ensemble/{method}/seed{seed}/per_class.parquet",
+        predictor="results/runs/{dataset}/ensemble/{method}/seed{seed}/predictor.json",
+        config="results/runs/{dataset}/ensemble/{method}/seed{seed}/config.json",
+    wildcard_constraints:
+        method="|".join(m for m in SUITE.methods if PLAN.consumes(m) == "runs") or "none",
     params:
-        members=lambda wc, input: " ".join(os.path.dirname(f) for f in input.members),
-        rule=lambda wc: method_hparams(config, "backdoor", wc.dataset)["rule"],
-        out=lambda wc: run_dir(wc.dataset, "ensemble", "backdoor", wc.seed),
+        members=lambda wc, input: " ".join(q(os.path.dirname(f)) for f in input.members),
+        hparams=hparams_json,
+        out=lambda wc: run_dir(wc.dataset, "ensemble", wc.method, wc.seed),
     log:
-        "logs/backdoor/{dataset}/seed{seed}.log",
+        "logs/ensemble_of_runs/{dataset}/{method}/seed{seed}.log",
     threads: 1
     conda:
         "../envs/lt-bench.yaml"
     shell:
-        "lt-bench backdoor --members {params.members} --out {params.out}"
-        " --rule {params.rule} 2> {log}"
+        "lt-bench train --method {wildcards.method} --members {params.members}"
+        " --out {params.out:q} --params {params.hparams:q} 2> {log:q}"
 
 
 rule prior_table:
     input:
-        priors=expand("results/prior/toy/{backbone}.parquet", backbone=toy_prior_backbones()),
+        priors=expand("results/prior/toy/{backbone}.parquet", backbone=PLAN.toy_prior_backbones()),
     output:
         csv=report(
             "results/tables/prior.csv",
             caption="../report/prior_table.rst",
             category="Tables",
-            labels={"table": "prior (csv)"},
+            labels={"table": "prior", "format": "csv"},
         ),
         md="results/tables/prior.md",
+        tex="results/tables/prior.tex",
+        html=report(
+            "results/tables/prior.html",
+            caption="../report/prior_table.rst",
+            category="Tables",
+            labels={"table": "prior", "format": "table"},
+        ),
     log:
         "logs/prior_table.log",
     conda:
         "../envs/lt-bench.yaml"
     shell:
-        "lt-bench prior-table --priors {input.priors} --out-dir results/tables 2> {log}"
+        "lt-bench prior-table --priors {input.priors:q} --out-dir results/tables 2> {log:q}"

@@ -19,14 +19,16 @@ rule prepare_dataset:
         test="resources/data/{dataset}/test.txt",
         classnames="resources/data/{dataset}/classnames.txt",
     params:
-        dataset_params=lambda wc: json.dumps(dataset_params(wc.dataset), sort_keys=True),
+        # shlex.quote, not '...': a parameter value (a path) may hold an apostrophe
+        dataset_params=lambda wc: shlex.quote(json.dumps(dataset_params(wc.dataset), sort_keys=True)),
+        split_dir=lambda wc: shlex.quote(f"resources/data/{wc.dataset}"),
     log:
         "logs/prepare_dataset/{dataset}.log",
     conda:
         "../envs/lt-bench.yaml"
     shell:
-        "lt-bench prepare {wildcards.dataset} --out resources/data/{wildcards.dataset}"
-        " --params '{params.dataset_params}' 2> {log}"
+        "lt-bench prepare {wildcards.dataset} --out {params.split_dir}"
+        " --params {params.dataset_params} 2> {log:q}"
 
 
 # Local: the (opt-in) download needs the network, which cluster nodes may lack. The
@@ -38,9 +40,10 @@ rule verify_images:
         "resources/data/{dataset}/images_verified.json",
     params:
         data_root=image_dir_arg,
-        where=image_dir_note,
+        where=lambda wc: shlex.quote(f"images of {wc.dataset}: {image_dir_note(wc)}"),
         download="--download" if config.get("download_images") else "",
-        dataset_params=lambda wc: json.dumps(dataset_params(wc.dataset), sort_keys=True),
+        dataset_params=lambda wc: shlex.quote(json.dumps(dataset_params(wc.dataset), sort_keys=True)),
+        split_dir=lambda wc: shlex.quote(f"resources/data/{wc.dataset}"),
     wildcard_constraints:
         dataset="(?:" + "|".join(real_image_datasets()) + ")",
     log:
@@ -48,7 +51,7 @@ rule verify_images:
     conda:
         "../envs/lt-bench.yaml"
     shell:
-        "echo 'images of {wildcards.dataset}: {params.where}' > {log};"
-        " lt-bench check-images {wildcards.dataset}"
-        " --split-dir resources/data/{wildcards.dataset} {params.data_root}"
-        " --params '{params.dataset_params}' {params.download} --out {output} 2>> {log}"
+        "echo {params.where} > {log:q};"
+        " lt-bench verify-images {wildcards.dataset}"
+        " --split-dir {params.split_dir} {params.data_root}"
+        " --params {params.dataset_params} {params.download} --out {output:q} >> {log:q} 2>&1"

@@ -2,6 +2,13 @@
 # One GPU per job: `--resources gpu=N` caps concurrent jobs, and each job claims a free
 # device itself (lock files, lt_bench/features/device.py; SLURM's CUDA_VISIBLE_DEVICES is
 # honoured). Resumable: an interrupted job keeps its finished shards.
+# The protocol options (`extract:` feature / test_transform / tte / train_views / decode,
+# and `prompts:`) reach the command as flags only when they differ from the defaults
+# (lt_bench/features/options.py).
+
+from lt_bench.features.options import cli_flags as _extract_flags
+
+_TRAIN_VIEWS = int(config["extract"].get("train_views", 0) or 0)
 
 
 rule extract_features:
@@ -15,6 +22,11 @@ rule extract_features:
         val="results/features/{dataset}/{backbone}/val.parquet",
         test="results/features/{dataset}/{backbone}/test.parquet",
         text="results/features/{dataset}/{backbone}/text.parquet",
+        **(
+            {"train_views": "results/features/{dataset}/{backbone}/train_views.parquet"}
+            if _TRAIN_VIEWS
+            else {}
+        ),
     params:
         dataset_params=lambda wc: json.dumps(dataset_params(wc.dataset), sort_keys=True),
         # the verified image root is read from the check's report at run time, so moving
@@ -28,6 +40,7 @@ rule extract_features:
         batch_size=config["extract"]["batch_size"],
         num_workers=config["extract"]["num_workers"],
         shard_size=config["extract"]["shard_size"],
+        protocol=_extract_flags(config["extract"], config.get("prompts")),
     log:
         "logs/extract_features/{dataset}/{backbone}.log",
     benchmark:
@@ -44,4 +57,4 @@ rule extract_features:
         " --backbone {wildcards.backbone} {params.checkpoint}"
         " --out-dir results/features/{wildcards.dataset}/{wildcards.backbone}"
         " --batch-size {params.batch_size} --num-workers {params.num_workers}"
-        " --shard-size {params.shard_size} --threads {threads} 2>> {log}"
+        " --shard-size {params.shard_size} {params.protocol} --threads {threads} 2>> {log}"

@@ -1,75 +1,74 @@
 # Results report (DESIGN §3 stage 7): tables and figures computed from the run files
 # (never from MLflow), with captions for `snakemake --report results/report.html`.
-# Every rule here is cheap and runs on the head node.
+# Snakemake 9's report shows an HTML result in the page (an iframe; CSV and LaTeX are
+# download links only), so every table also comes as a self-contained .html page.
 
 REPORT = config.get("report") or {}
 FIGURE_METHODS = REPORT.get("figure_methods", ["zero_shot", "ce", "la", "backdoor"])
-TABLES = ["main", "dxp", "ablation"]
+REPORT_TABLES = ["main", "dxp", "ablation"]
 
-
-FINAL_TARGETS.extend(
-    [f"results/tables/{t}.{ext}" for t in TABLES for ext in ("csv", "md", "tex")]
-    + ["results/tables/runs.csv"]
-    + figure_targets()
-)
+# rule all's targets: lt_bench.plan.Plan.final_targets (common.smk all_targets)
 
 
 localrules:
     aggregate,
+    findings,
     figure_accuracy,
     figure_prior,
     figure_dxp,
 
 
-rule aggregate:
+rule significance:
     input:
         suite_runs(),
     output:
-        main=report(
-            "results/tables/main.csv",
-            caption="../report/main_table.rst",
-            category="Tables",
-            labels={"table": "main", "format": "csv"},
-        ),
+        "results/tables/significance.csv",
+    params:
+        n_boot=REPORT.get("bootstrap_replicates", 2000),
+    log:
+        "logs/report/significance.log",
+    threads: 1
+    conda:
+        "../envs/lt-bench.yaml"
+    shell:
+        "lt-bench significance --metrics {input:q} --n-boot {params.n_boot}"
+        " --out {output:q} > {log:q} 2>&1"
+
+
+def _table(name, title, fmt, caption):
+    return report(
+        f"results/tables/{name}.{fmt}",
+        caption=f"../report/{caption}.rst",
+        category="Tables",
+        labels={"table": title, "format": {"html": "table", "csv": "csv", "tex": "LaTeX"}[fmt]},
+    )
+
+
+rule aggregate:
+    input:
+        runs=suite_runs(),
+        significance="results/tables/significance.csv",
+    output:
+        main_html=_table("main", "main", "html", "main_table"),
+        main=_table("main", "main", "csv", "main_table"),
         main_md="results/tables/main.md",
-        main_tex=report(
-            "results/tables/main.tex",
-            caption="../report/main_table.rst",
-            category="Tables",
-            labels={"table": "main", "format": "LaTeX"},
-        ),
-        dxp=report(
-            "results/tables/dxp.csv",
-            caption="../report/dxp_table.rst",
-            category="Tables",
-            labels={"table": "D×P", "format": "csv"},
-        ),
+        main_tex=_table("main", "main", "tex", "main_table"),
+        dxp_html=_table("dxp", "D×P", "html", "dxp_table"),
+        dxp=_table("dxp", "D×P", "csv", "dxp_table"),
         dxp_md="results/tables/dxp.md",
-        dxp_tex=report(
-            "results/tables/dxp.tex",
-            caption="../report/dxp_table.rst",
-            category="Tables",
-            labels={"table": "D×P", "format": "LaTeX"},
-        ),
-        ablation=report(
-            "results/tables/ablation.csv",
-            caption="../report/ablation_table.rst",
-            category="Tables",
-            labels={"table": "M ablation", "format": "csv"},
-        ),
+        dxp_tex=_table("dxp", "D×P", "tex", "dxp_table"),
+        ablation_html=_table("ablation", "M ablation", "html", "ablation_table"),
+        ablation=_table("ablation", "M ablation", "csv", "ablation_table"),
         ablation_md="results/tables/ablation.md",
-        ablation_tex=report(
-            "results/tables/ablation.tex",
-            caption="../report/ablation_table.rst",
-            category="Tables",
-            labels={"table": "M ablation", "format": "LaTeX"},
-        ),
-        runs=report(
-            "results/tables/runs.csv",
-            caption="../report/runs_table.rst",
-            category="Tables",
-            labels={"table": "all runs", "format": "csv"},
-        ),
+        ablation_tex=_table("ablation", "M ablation", "tex", "ablation_table"),
+        significance_html=_table("significance", "significance", "html", "significance_table"),
+        significance_md="results/tables/significance.md",
+        significance_tex="results/tables/significance.tex",
+        published_html=_table("published", "published numbers", "html", "published_table"),
+        published="results/tables/published.csv",
+        published_md="results/tables/published.md",
+        notes="results/tables/notes.csv",
+        runs=_table("runs", "all runs", "csv", "runs_table"),
     params:
         methods=" ".join(SUITE.methods),
     log:
@@ -77,8 +76,29 @@ rule aggregate:
     conda:
         "../envs/lt-bench.yaml"
     shell:
-        "lt-bench tables --metrics {input} --method-order {params.methods}"
-        " --out-dir results/tables 2> {log}"
+        "lt-bench tables --metrics {input.runs:q} --method-order {params.methods}"
+        " --significance {input.significance:q} --out-dir results/tables > {log:q} 2>&1"
+
+
+rule findings:
+    input:
+        main="results/tables/main.csv",
+        dxp="results/tables/dxp.csv",
+        significance="results/tables/significance.csv",
+    output:
+        html=report(
+            "results/tables/findings.html",
+            caption="../report/findings.rst",
+            category="Findings",
+            labels={"section": "findings"},
+        ),
+        md="results/tables/findings.md",
+    log:
+        "logs/report/findings.log",
+    conda:
+        "../envs/lt-bench.yaml"
+    shell:
+        "lt-bench findings --tables-dir results/tables > {log:q} 2>&1"
 
 
 rule figure_accuracy:
@@ -108,8 +128,8 @@ rule figure_accuracy:
     conda:
         "../envs/lt-bench.yaml"
     shell:
-        "lt-bench figures accuracy --metrics {input} --methods {params.methods}"
-        " --out-dir results/figures/{wildcards.dataset} > {log} 2>&1"
+        "lt-bench figures accuracy --metrics {input:q} --methods {params.methods}"
+        " --out-dir results/figures/{wildcards.dataset} > {log:q} 2>&1"
 
 
 rule figure_prior:
@@ -132,7 +152,7 @@ rule figure_prior:
         "../envs/lt-bench.yaml"
     shell:
         "lt-bench figures prior --dataset {wildcards.dataset} {params.priors}"
-        " --out results/figures/{wildcards.dataset}/prior_vs_true > {log} 2>&1"
+        " --out results/figures/{wildcards.dataset}/prior_vs_true > {log:q} 2>&1"
 
 
 rule figure_dxp:
@@ -150,6 +170,14 @@ rule figure_dxp:
             for m in SUITE.methods
         ],
         expand("results/figures/{{dataset}}/dxp_{method}.pdf", method=SUITE.methods),
+        summary=report(
+            "results/figures/{dataset}/dxp_vs_la.png",
+            caption="../report/dxp_vs_la.rst",
+            category="Figures",
+            subcategory="{dataset}",
+            labels={"figure": "D×P minus LA", "dataset": "{dataset}", "method": "all"},
+        ),
+        summary_pdf="results/figures/{dataset}/dxp_vs_la.pdf",
     params:
         methods=" ".join(SUITE.methods),
     log:
@@ -157,6 +185,6 @@ rule figure_dxp:
     conda:
         "../envs/lt-bench.yaml"
     shell:
-        "lt-bench figures dxp --metrics {input} --dataset {wildcards.dataset}"
+        "lt-bench figures dxp --metrics {input:q} --dataset {wildcards.dataset}"
         " --methods {params.methods} --out-dir results/figures/{wildcards.dataset}"
-        " > {log} 2>&1"
+        " > {log:q} 2>&1"

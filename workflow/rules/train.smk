@@ -1,4 +1,9 @@
-rule train_head:
+# Runs (docs/architecture.md, "Stages"): one job per (dataset, backbone, method, seed) for
+# methods that consume features (trained heads, zero-shot, post-hoc, k-NN); ensembles of
+# runs are in analysis.smk. Every job finishes through the same run writer.
+
+
+rule run_on_features:
     input:
         unpack(base_run_inputs),
         unpack(prior_input),
@@ -9,20 +14,26 @@ rule train_head:
         predictor="results/runs/{dataset}/{backbone}/{method}/seed{seed}/predictor.json",
         config="results/runs/{dataset}/{backbone}/{method}/seed{seed}/config.json",
     wildcard_constraints:
-        backbone=r"(?!ensemble/)[A-Za-z0-9_.-]+",  # ensemble runs: rule backdoor
+        backbone=r"(?!ensemble/)[A-Za-z0-9_.-]+",
+        method="|".join(m for m in SUITE.methods if PLAN.consumes(m) == "features") or "none",
     params:
         hparams=hparams_json,
         base=base_run_args,
-        prior=prior_arg,
+        prior=opt_arg("--prior", "prior"),
         tune=tune_arg,
+        groups=lambda wc: (
+            f"--group-counts {q(PLAN.group_counts_file(wc.dataset))}"
+            if PLAN.group_counts_file(wc.dataset)
+            else ""
+        ),
         out=lambda wc: run_dir(wc.dataset, wc.backbone, wc.method, wc.seed),
     log:
-        "logs/train_head/{dataset}/{backbone}/{method}/seed{seed}.log",
+        "logs/run_on_features/{dataset}/{backbone}/{method}/seed{seed}.log",
     threads: 1
     conda:
         "../envs/lt-bench.yaml"
     shell:
         "lt-bench train --method {wildcards.method}"
         " --features-dir results/features/{wildcards.dataset}/{wildcards.backbone}"
-        " --out {params.out} --seed {wildcards.seed} --hparams '{params.hparams}'"
-        " {params.base} {params.prior} {params.tune} --threads {threads} 2> {log}"
+        " --out {params.out:q} --seed {wildcards.seed} --params {params.hparams:q}"
+        " {params.base} {params.prior} {params.tune} {params.groups} --threads {threads} 2> {log:q}"

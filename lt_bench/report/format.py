@@ -1,0 +1,156 @@
+"""How numbers and names are printed in the Markdown, LaTeX and HTML tables.
+
+CSV files keep code identifiers (``la_posthoc``) and full-precision numbers; the paper
+tables print display names (``LA (post-hoc)``) and ``mean ± std`` cells rounded to 0.1
+points, with a std that stays informative when it is below that precision.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+
+#: paper names of the methods (code ids stay in CSV and MLflow)
+DISPLAY_NAMES = {
+    "zero_shot": "zero-shot",
+    "ce": "CE",
+    "focal": "focal",
+    "ldam": "LDAM-DRW",
+    "cb": "CB",
+    "grw": "GRW",
+    "la": "LA",
+    "bs": "BS",
+    "lade": "LADE",
+    "crt": "cRT",
+    "tau_norm": "τ-norm",
+    "lws": "LWS",
+    "la_posthoc": "LA (post-hoc)",
+    "gla": "GLA",
+    "gla_train": "GLA (trained)",
+    "knn": "k-NN",
+    "backdoor": "backdoor",
+    "backdoor_ce": "backdoor (CE members)",
+    "backdoor_prob_mean": "backdoor (prob. mean)",
+    "backdoor_learned": "backdoor (learned weights)",
+    "adaptformer_la": "AdaptFormer + LA",
+}
+TEX_NAMES = {"tau_norm": r"$\tau$-norm"}
+
+DET_MARK = "†"  # deterministic: every seed gave the same metrics
+SIG_UP, SIG_DOWN = "▲", "▼"  # bootstrap interval of the difference excludes 0
+FEW_CLASSES_MARK = "°"  # a D×P cell resting on fewer than MIN_CELL_CLASSES classes
+MIN_CELL_CLASSES = 10
+FOOTNOTE_MARKS = "abcdefghijklmnopqrstuvwxyz"
+
+
+def display_name(method: str) -> str:
+    return DISPLAY_NAMES.get(method, method)
+
+
+def tex_escape(s: object) -> str:
+    s = str(s)
+    for a, b in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("$", r"\$"),
+                 ("#", r"\#"), ("_", r"\_"), ("{", r"\{"), ("}", r"\}")):
+        s = s.replace(a, b)
+    for a, b in (("τ", r"$\tau$"), ("±", r"$\pm$"), (DET_MARK, r"$^\dagger$"),
+                 (SIG_UP, r"$^\blacktriangle$"), (SIG_DOWN, r"$^\blacktriangledown$"),
+                 (FEW_CLASSES_MARK, r"$^\circ$"), ("≤", r"$\leq$"), ("<", r"$<$"),
+                 (">", r"$>$"), ("Δ", r"$\Delta$"), ("−", "$-$"), ("×", r"$\times$"),
+                 ("–", "--"), ("q̂", r"$\hat q$"), ("ρ", r"$\rho$")):
+        s = s.replace(a, b)
+    return s
+
+
+def tex_name(method: str) -> str:
+    return TEX_NAMES.get(method) or tex_escape(display_name(method))
+
+
+def _missing(x) -> bool:
+    return x is None or (isinstance(x, float) and math.isnan(x))
+
+
+def std_text(std: float) -> str:
+    """The std at 0.1 points, or with the digits it needs when smaller than that.
+
+    ``0.04`` → ``0.04``; below 0.005 (invisible at two decimals) → ``<0.01``; exactly 0 → ``0``.
+    A row of bit-identical seeds is marked deterministic instead (no std printed at all).
+    """
+    if std == 0:
+        return "0"
+    if std >= 0.05:
+        return f"{std:.1f}"
+    if std >= 0.005:
+        return f"{std:.2f}"
+    return "<0.01"
+
+
+def cell(mean: float, std: float, bold: bool = False, style: str = "md", mark: str = "",
+         show_std: bool = True) -> str:
+    """``mean ± std`` (``–`` where undefined); ``mark`` goes right after the mean."""
+    if _missing(mean):
+        return "–" if style != "tex" else "--"
+    a = f"{mean:.1f}"
+    s = None if (not show_std or _missing(std)) else std_text(std)
+    if style == "tex":
+        a = rf"\textbf{{{a}}}" if bold else a
+        a += tex_escape(mark) if mark else ""
+        return a if s is None else rf"{a} $\pm$ {tex_escape(s)}"
+    if style == "html":
+        a = f"<b>{a}</b>" if bold else a
+        a += html.escape(mark)
+        return a if s is None else f"{a} ± {html.escape(s)}"
+    a = f"**{a}**" if bold else a
+    a += mark
+    return a if s is None else f"{a} ± {s}"
+
+
+def seeds_text(n_seeds: int, deterministic: bool) -> str:
+    """The ``n`` column: seeds averaged, or ``1†`` where they all gave one result."""
+    return f"1{DET_MARK}" if deterministic else str(int(n_seeds))
+
+
+def compute_text(key: str, value) -> str:
+    if _missing(value):
+        return "–"
+    if key == "n_trainable_params":
+        v = float(value)
+        for unit, div in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+            if v >= div:
+                return f"{v / div:.3g}{unit}"
+        return f"{v:.0f}"
+    if key == "inference_cost":
+        return f"{float(value):.3g}×"
+    return f"{float(value):.3g}"
+
+
+def html_table(header: list[str], rows: list[list[str]], caption: str = "",
+               table_id: str = "") -> str:
+    """An HTML ``<table>`` whose cells are already HTML (escaped by the caller)."""
+    out = [f'<table id="{html.escape(table_id)}">' if table_id else "<table>"]
+    if caption:
+        out.append(f"<caption>{caption}</caption>")
+    out.append("<thead><tr>" + "".join(f"<th>{h}</th>" for h in header) + "</tr></thead>")
+    out.append("<tbody>")
+    for r in rows:
+        out.append("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>")
+    out.append("</tbody></table>")
+    return "\n".join(out)
+
+
+PAGE_STYLE = """
+body { font-family: system-ui, sans-serif; font-size: 14px; margin: 1em; color: #222; }
+table { border-collapse: collapse; margin: 0.5em 0 1.5em; }
+caption { caption-side: top; text-align: left; font-weight: 600; padding: 0.3em 0; }
+th, td { border-bottom: 1px solid #ccc; padding: 2px 8px; text-align: right;
+         white-space: nowrap; }
+th:nth-child(-n+2), td:nth-child(-n+2) { text-align: left; }
+thead th { border-bottom: 2px solid #444; }
+p.note { font-size: 12px; color: #444; max-width: 60em; }
+"""
+
+
+def html_page(title: str, body: str) -> str:
+    """A self-contained page (no script, no external file): the report shows it in a frame."""
+    return ("<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<title>{html.escape(title)}</title><style>{PAGE_STYLE}</style></head>"
+            f"<body>\n<h2>{html.escape(title)}</h2>\n{body}\n</body></html>\n")

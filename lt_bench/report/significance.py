@@ -1,0 +1,247 @@
+"""Paired bootstrap intervals of top-1 differences between runs, over test images.
+
+For two runs A and B on the same test split, the difference of their top-1 accuracies is
+``mean_i d_i`` with ``d_i = 1[A right on i] − 1[B right on i]``. A bootstrap replicate
+redraws, **within each class**, as many test images as the class has, with replacement
+(so the class balance of the test set is kept), and applies the **same** redrawn indices
+to A and B (paired: the images both get right or wrong cancel). The 95 % interval is the
+2.5 / 97.5 percentile of the replicates (percentile bootstrap).
+
+Several seeds: runs are matched by seed (seed s of A with seed s of B; a row with one seed,
+e.g. a deterministic method, is paired with every seed of the other). The statistic is the
+difference of the seed-mean top-1, ``mean_i mean_s d_{s,i}``, and every seed uses the
+same image resample, so the interval expresses the uncertainty from the finite test set
+around the seed average; the spread over seeds is reported separately (mean ± std).
+Replicates come from ``numpy.random.default_rng(seed)``: the same seed, the same interval.
+
+Comparisons the tables make (``comparisons``): each method vs LA on the same backbone;
+the backdoor vs its best single member chosen on val (per seed, the member with the best
+``val_top1``); each ensemble control (any other run combining several models) vs the
+backdoor.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from lt_bench.errors import InputValidationError
+from lt_bench.io import read_json
+
+LEVEL = 0.95
+N_BOOT = 2000
+CHUNK = 1 << 22  # resampled indices per block (memory stays ~32 MB whatever the test set)
+COLUMNS = ["dataset", "kind", "a_backbone", "a_method", "b_backbone", "b_method", "b_label",
+           "n_seeds", "n_images", "a_top1", "b_top1", "diff", "lo", "hi", "significant",
+           "n_boot", "boot_seed"]
+
+
+def paired_bootstrap(labels: np.ndarray, correct_a: np.ndarray, correct_b: np.ndarray,
+                     n_boot: int = N_BOOT, seed: int = 0, level: float = LEVEL) -> dict:
+    """Interval of ``top1(A) − top1(B)`` (fractions), resampling images within classes.
+
+    ``correct_a``/``correct_b``: booleans of shape (N,) or (S, N), row s of A paired with
+    row s of B (one row per seed). Returns ``diff`` (the observed difference of seed-mean
+    top-1), ``lo``, ``hi``, ``n_images``, ``n_seeds``, ``n_boot``.
+    """
+    labels = np.asarray(labels)
+    a = np.atleast_2d(np.asarray(correct_a, dtype=np.float64))
+    b = np.atleast_2d(np.asarray(correct_b, dtype=np.float64))
+    if a.shape != b.shape or a.shape[1] != len(labels):
+        raise InputValidationError(
+            f"paired bootstrap: correctness arrays of shape {a.shape} and {b.shape} for "
+            f"{len(labels)} labels; expected two arrays of shape (seeds, {len(labels)})")
+    if not 0 < level < 1 or n_boot < 1:
+        raise InputValidationError(f"paired bootstrap: level {level} must be in (0, 1) and "
+                                   f"n_boot {n_boot} >= 1")
+    d = (a - b).mean(0)  # per image: the seed-mean difference
+    order = np.argsort(labels, kind="stable")
+    d = d[order]
+    _, start, count = np.unique(labels[order], return_index=True, return_counts=True)
+    # position i of a replicate draws uniformly among the images of its own class
+    first = np.repeat(start, count)
+    size = np.repeat(count, count)
+    rng = np.random.default_rng(seed)
+    n = len(d)
+    stats = np.empty(n_boot)
+    per_block = max(1, CHUNK // max(n, 1))
+    for lo in range(0, n_boot, per_block):
+        k = min(per_block, n_boot - lo)
+        idx = first + (rng.random((k, n)) * size).astype(np.int64)
+        stats[lo:lo + k] = d[idx].mean(1)
+    alpha = (1 - level) / 2
+    lo_q, hi_q = np.quantile(stats, [alpha, 1 - alpha])
+    return {"diff": float(d.mean()), "lo": float(lo_q), "hi": float(hi_q), "n_images": n,
+            "n_seeds": a.shape[0], "n_boot": n_boot}
+
+
+# --- runs ---------------------------------------------------------------------------------
+
+class _Correct:
+    """Per run folder: (labels, correct) on test, rebuilt once from the saved predictor."""
+
+    def __init__(self, loader: Callable | None = None):
+        self._loader = loader
+        self._cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+
+    def __call__(self, run_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+        key = str(run_dir)
+        if key not in self._cache:
+            loader = self._loader
+            if loader is None:
+                from lt_bench.runs import run_logits as loader
+            labels, logits = loader(Path(run_dir), "test")
+            self._cache[key] = (np.asarray(labels), np.asarray(logits).argmax(1) ==
+                                np.asarray(labels))
+        return self._cache[key]
+
+
+def _pair(a: dict[int, Path], b: dict[int, Path | list]) -> list[tuple[Path, Path]]:
+    common = sorted(set(a) & set(b))
+    if common:
+        return [(a[s], b[s]) for s in common]
+    if len(a) == 1:
+        only = next(iter(a.values()))
+        return [(only, b[s]) for s in sorted(b)]
+    if len(b) == 1:
+        only = next(iter(b.values()))
+        return [(a[s], only) for s in sorted(a)]
+    return []
+
+
+def compare(a: dict[int, Path], b: dict[int, Path], correct: _Correct, n_boot: int = N_BOOT,
+            seed: int = 0) -> dict | None:
+    """Bootstrap interval of A − B over their seed pairs; None when no seed pairs up."""
+    pairs = _pair(a, b)
+    if not pairs:
+        return None
+    labels = None
+    ca, cb = [], []
+    for ra, rb in pairs:
+        (ya, xa), (yb, xb) = correct(ra), correct(rb)
+        for y, r in ((ya, ra), (yb, rb)):
+            if labels is None:
+                labels = y
+            elif len(y) != len(labels) or not np.array_equal(y, labels):
+                raise InputValidationError(
+                    f"{r}: its test labels differ from those of {pairs[0][0]} (another test "
+                    "split or order); runs compared must share the test split list")
+        ca.append(xa)
+        cb.append(xb)
+    res = paired_bootstrap(labels, np.stack(ca), np.stack(cb), n_boot, seed)
+    res["a_top1"] = float(np.mean(ca))
+    res["b_top1"] = float(np.mean(cb))
+    return res
+
+
+def _resolve(path: str, ensemble_dir: Path) -> Path:
+    """A member's run folder as written in the ensemble's config (often cwd-relative)."""
+    p = Path(path)
+    if p.is_dir():
+        return p
+    parts = p.parts
+    if "runs" in parts:  # re-root below this ensemble's runs root (a moved results/)
+        q = ensemble_dir.parents[3].joinpath(*parts[parts.index("runs") + 1:])
+        if q.is_dir():
+            return q
+    raise InputValidationError(f"{ensemble_dir}: member run folder {path} not found "
+                               "(config.json 'members'); expected a finished run folder")
+
+
+def _index(run_dirs: list[Path]) -> tuple[dict, dict]:
+    """{(dataset, backbone, method): {seed: dir}} and {dir: (metrics, config)}."""
+    groups: dict[tuple, dict[int, Path]] = {}
+    info: dict[Path, tuple[dict, dict]] = {}
+    for d in map(Path, run_dirs):
+        m = read_json(d / "metrics.json")
+        cfg = read_json(d / "config.json") if (d / "config.json").is_file() else {}
+        key = (m.get("dataset", cfg.get("dataset")), m.get("backbone", cfg.get("backbone")),
+               m.get("method", cfg.get("method")))
+        groups.setdefault(key, {})[int(m.get("seed", cfg.get("seed", 0)) or 0)] = d
+        info[d] = (m, cfg)
+    return groups, info
+
+
+def is_ensemble(key: tuple, runs: dict[int, Path], info: dict) -> bool:
+    return key[1] == "ensemble" or any(info[d][1].get("members") for d in runs.values())
+
+
+def comparisons(run_dirs: list[Path | str], n_boot: int = N_BOOT, seed: int = 0,
+                loader: Callable | None = None) -> pd.DataFrame:
+    """Every comparison the tables mark (see the module docstring), one row each.
+
+    ``diff``/``lo``/``hi``/``a_top1``/``b_top1`` in percent points; ``significant``: the
+    interval excludes 0. ``loader(run_dir, split) -> (labels, logits)`` defaults to
+    ``lt_bench.runs.run_logits``.
+    """
+    groups, info = _index([Path(d) for d in run_dirs])
+    correct = _Correct(loader)
+    rows = []
+
+    def add(kind, ds, a_key, b_key, a, b, b_label):
+        res = compare(a, b, correct, n_boot, seed)
+        if res is None:
+            return
+        rows.append({"dataset": ds, "kind": kind, "a_backbone": a_key[1], "a_method": a_key[2],
+                     "b_backbone": b_key[1], "b_method": b_key[2], "b_label": b_label,
+                     "n_seeds": res["n_seeds"], "n_images": res["n_images"],
+                     **{k: 100 * res[k] for k in ("a_top1", "b_top1", "diff", "lo", "hi")},
+                     "significant": bool(res["lo"] > 0 or res["hi"] < 0),
+                     "n_boot": n_boot, "boot_seed": seed})
+
+    for key, runs in sorted(groups.items()):
+        ds, bb, method = key
+        if is_ensemble(key, runs, info):
+            continue
+        la = groups.get((ds, bb, "la"))
+        if method != "la" and la:
+            add("vs_la", ds, key, (ds, bb, "la"), runs, la, "LA")
+    for key, runs in sorted(groups.items()):
+        ds, bb, method = key
+        if method != "backdoor":
+            continue
+        best: dict[int, Path] = {}
+        chosen = []
+        for s, d in runs.items():
+            members = [_resolve(m["run_dir"], d) for m in info[d][1].get("members") or []]
+            if not members:
+                continue
+            vals = [read_json(m / "metrics.json").get("val_top1") for m in members]
+            ok = [(v, i) for i, v in enumerate(vals) if v is not None]
+            if not ok:
+                continue
+            i = max(ok, key=lambda t: (t[0], -t[1]))[1]  # ties: the first member
+            best[s] = members[i]
+            chosen.append(read_json(members[i] / "metrics.json").get("backbone"))
+        if best:
+            label = "best member on val (" + ", ".join(sorted(set(map(str, chosen)))) + ")"
+            add("backdoor_vs_best_member", ds, key, (ds, "best_member", "la"), runs, best,
+                label)
+        for other, oruns in sorted(groups.items()):
+            if other[0] == ds and other != key and is_ensemble(other, oruns, info):
+                add("control_vs_backdoor", ds, other, key, oruns, runs, "backdoor")
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def write_significance(table: pd.DataFrame, out: Path | str) -> Path:
+    from lt_bench.io import atomic_path
+
+    out = Path(out)
+    with atomic_path(out) as tmp:
+        table.to_csv(tmp, index=False, float_format="%.4f")
+    return out
+
+
+def read_significance(path: Path | str | None) -> pd.DataFrame | None:
+    if path is None or not Path(path).is_file():
+        return None
+    df = pd.read_csv(path)
+    missing = [c for c in COLUMNS if c not in df.columns]
+    if missing:
+        raise InputValidationError(f"{path}: significance table lacks columns {missing}; "
+                                   "expected the output of `lt-bench significance`")
+    df["significant"] = df["significant"].astype(str).str.lower().isin(["true", "1"])
+    return df

@@ -1,0 +1,361 @@
+"""What MLflow gets from one finished run folder: pure record building, no ``mlflow`` import.
+
+A run folder ``results/runs/{dataset}/{backbone}/{method}/seed{seed}/`` (``config.json``,
+``history.json``, ``per_class.parquet``, ``metrics.json`` written last) becomes one
+:class:`RunRecord`: params, metrics, tags, the training's start/end time, a short name, a
+description and the artifact files. :mod:`lt_bench.tracking.store` writes records to MLflow.
+
+Identity (tags):
+
+* ``run_key`` = ``stable_hash({"suite", "dataset", "backbone", "method", "seed"})``: the run
+  folder's coordinates plus the suite (= the experiment), so a key is unique across a whole
+  tracking server. Re-ingestion finds the MLflow run by it and never creates a second one.
+* ``group_key`` = ``stable_hash({"dataset", "backbone", "method", "hparams"})``: runs that
+  differ only by seed share it (exact matching); ``group`` is the same setting spelled for a
+  reader (``toy/toyclip0/la τ=0.5``: dataset/backbone/method and the non-default
+  hyper-parameters), which is what the UI's "Group by" shows.
+
+What a researcher sees first (issue 14, decided on screenshots of the MLflow UI): run names
+``la · toyclip0 · s0`` (method and its non-default knobs, backbone, seed: what differs between
+the runs of one experiment, short enough that the table does not cut the seed); the headline
+numbers repeated, in percent with one decimal, under names that sort before every other
+metric (:data:`HEADLINE`: ``0_top1``, ``1_many`` ...) and in the run's description (the
+original metric names keep the exact values); a shared view of the experiment
+(:data:`HEADLINE_VIEW`) opens the runs table on those columns, sorted by top-1.
+Undefined values (``null`` in ``metrics.json``; a NaN from an older run) are not logged, so
+the compare view has no NaN rows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from lt_bench.errors import InputValidationError
+from lt_bench.io import read_json, sha256_file, stable_hash
+
+DEFAULT_DB = Path("results/mlflow/mlflow.db")
+DEFAULT_MANIFEST = Path("results/mlflow/ingested.json")
+EXPERIMENT_PREFIX = "lt-bench/"
+#: bump when what is logged for a run changes, so that re-ingestion refreshes every run
+SCHEMA_VERSION = 2
+TAG_FINGERPRINT = "lt_bench.fingerprint"
+TAG_HISTORY = "lt_bench.history_hash"
+TAG_PARAMS = "lt_bench.params_hash"
+TAG_TIMES = "lt_bench.times"
+#: tags that say where a folder was ingested from, not what it holds: a moved checkout does not
+#: make an unchanged run folder "changed" (a train-time commit is in config.json's digest)
+VOLATILE_TAGS = ("run_dir", "git_commit", "mlflow.source.git.commit")
+MAX_PARAM_LEN = 6000
+ARTIFACT_FILES = ("config.json", "metrics.json", "history.json", "per_class.parquet")
+FIGURE_SUFFIXES = (".png", ".pdf", ".svg")
+#: headline metrics: (name in metrics.json, name in MLflow that sorts first, label)
+HEADLINE = (("top1", "0_top1", "top-1"), ("many", "1_many", "many"),
+            ("medium", "2_medium", "medium"), ("few", "3_few", "few"),
+            ("p_few", "4_p_few", "P-few"))
+#: the experiment's saved view: the runs table with the headline columns, best top-1 first.
+#: MLflow's UI reads ``mlflow.sharedViewState.<key>`` (plain JSON is accepted) and opens it at
+#: ``#/experiments/<id>/runs?viewStateShareKey=<key>``.
+HEADLINE_VIEW_KEY = "headline"
+HEADLINE_VIEW = {"selectedColumns": [f"metrics.`{a}`" for _, a, _ in HEADLINE] + ["tags.`group`"],
+                 "orderByKey": f"metrics.`{HEADLINE[0][1]}`", "orderByAsc": False}
+#: metrics.json entries that are not metrics (identity, wall-clock times)
+NOT_METRICS = {"seed", "started_at", "finished_at"}
+#: the report's figures of a dataset that concern every method (results/figures/{dataset}/)
+DATASET_FIGURE_PREFIXES = ("acc_",)
+#: a few hyper-parameters by the symbol the papers use
+SYMBOLS = {"tau": "τ", "gamma": "γ", "beta": "β", "alpha": "α", "remine_lambda": "λ"}
+
+
+# --- identity -------------------------------------------------------------------------
+
+def experiment_name(suite: str) -> str:
+    return f"{EXPERIMENT_PREFIX}{suite}"
+
+
+def run_key(suite: str, dataset: str, backbone: str, method: str, seed: int) -> str:
+    """Deterministic key of one run folder within a suite (16 hex digits)."""
+    return stable_hash({"suite": suite, "dataset": dataset, "backbone": backbone,
+                        "method": method, "seed": int(seed)}, n=16)
+
+
+def group_key(config: Mapping[str, Any]) -> str:
+    """Key of the configuration without the seed: the seeds of one setting share it."""
+    return stable_hash({"dataset": config.get("dataset"), "backbone": config.get("backbone"),
+                        "method": config.get("method"), "hparams": config.get("hparams") or {}},
+                       n=16)
+
+
+def non_default_hparams(hparams: Mapping[str, Any],
+                        defaults: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The hyper-parameters that differ from the method's defaults (none if unknown)."""
+    if defaults is None:
+        return {}
+    return {k: v for k, v in sorted(hparams.items()) if k not in defaults or defaults[k] != v}
+
+
+def _short(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:g}"
+    return v if isinstance(v, str) else json.dumps(v, separators=(",", ":"))
+
+
+def setting_label(method: str, hparams: Mapping[str, Any]) -> str:
+    """``la τ=0.5`` from a method and its non-default hyper-parameters."""
+    knobs = " ".join(f"{SYMBOLS.get(k, k)}={_short(v)}" for k, v in hparams.items())
+    return f"{method} {knobs}" if knobs else method
+
+
+def default_tracking_uri(root: Path | str = ".") -> str:
+    """``MLFLOW_TRACKING_URI`` if set, else the project's SQLite store (absolute path)."""
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    if env:
+        return env
+    return "sqlite:///" + str((Path(root) / DEFAULT_DB).resolve())
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URI (None for other stores)."""
+    if not uri.startswith("sqlite:"):
+        return None
+    path = uri.split(":///", 1)[1] if ":///" in uri else ""
+    if not path or path.startswith(":memory:"):
+        raise InputValidationError(f"tracking URI {uri!r}: need a SQLite file, e.g. "
+                                   "sqlite:///results/mlflow/mlflow.db")
+    return Path(path.split("?", 1)[0])
+
+
+def redact_uri(uri: str) -> str:
+    """The URI without a password (manifests and logs must not hold secrets)."""
+    parts = urlsplit(uri)
+    if parts.password:
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+        return urlunsplit(parts._replace(netloc=netloc))
+    return uri
+
+
+# --- reading a run folder ---------------------------------------------------------------
+
+@dataclass
+class RunRecord:
+    run_dir: Path
+    run_key: str
+    run_name: str
+    params: dict[str, str]
+    #: (key, value, step)
+    metrics: list[tuple[str, float, int]]
+    tags: dict[str, str]
+    artifacts: list[Path]
+    figures: list[Path] = field(default_factory=list)
+    #: the report's figures of the run's dataset: (file, artifact folder)
+    report_figures: list[tuple[Path, str]] = field(default_factory=list)
+    #: training start/end, Unix time in ms (None: the run folder does not say)
+    start_ms: int | None = None
+    end_ms: int | None = None
+    description: str = ""
+
+    @property
+    def fingerprint(self) -> str:
+        return self.tags[TAG_FINGERPRINT]
+
+
+def _find_run_dirs(runs_root: Path | str) -> list[Path]:
+    # private copy until lt_bench.runs.folder.find_run_dirs exists (the lead swaps it in)
+    return sorted(p.parent for p in Path(runs_root).glob("*/*/*/seed*/metrics.json"))
+
+
+find_run_dirs = _find_run_dirs
+
+
+def _number(v: Any) -> float | None:
+    """A loggable value: finite numbers and booleans; None (JSON null) and NaN/inf are not."""
+    if isinstance(v, bool):
+        return float(v)
+    if isinstance(v, int | float) and math.isfinite(v):
+        return float(v)
+    return None
+
+
+def _flat_numbers(d: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat_numbers(v, f"{prefix}{k}."))
+        elif (x := _number(v)) is not None:
+            out[f"{prefix}{k}"] = x
+    return out
+
+
+def _param_value(v: Any) -> str:
+    s = v if isinstance(v, str) else json.dumps(v, sort_keys=True)
+    return s if len(s) <= MAX_PARAM_LEN else s[: MAX_PARAM_LEN - 3] + "..."
+
+
+def _file_digest(paths: list[Path]) -> str:
+    h = hashlib.sha256()
+    for p in paths:
+        h.update(p.name.encode() + b"\0" + sha256_file(p).encode())
+    return h.hexdigest()[:16]
+
+
+def _time_ms(metrics: Mapping[str, Any], key: str, path: Path) -> int | None:
+    v = metrics.get(key)
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or v < 0:
+        raise InputValidationError(f"{path}: {key!r} is {v!r}; expected Unix time in seconds")
+    return int(round(v * 1000))
+
+
+def _pct(v: float | None) -> str:
+    return "–" if v is None else f"{100 * v:.1f}"
+
+
+def describe(ident: Mapping[str, Any], label: str, metrics: Mapping[str, Any],
+             seconds: float | None) -> str:
+    """The run description (Markdown): the headline numbers first, then what the run is."""
+    heads = [(lab, _number(metrics.get(k))) for k, _, lab in HEADLINE]
+    first = " · ".join(f"{lab} {_pct(v)}" for lab, v in heads if lab == "top-1" or v is not None)
+    what = f"{ident['dataset']} / {ident['backbone']} / {label}, seed {ident['seed']}"
+    took = f"; trained in {seconds:.1f} s" if seconds is not None else ""
+    return f"**{first}** (% accuracy)\n\n{what}{took}."
+
+
+def report_figures_of(figures_root: Path | None, dataset: str,
+                      method: str) -> list[tuple[Path, str]]:
+    """The report's figures of ``dataset`` that concern ``method``: ``dxp_{method}.png`` and the
+    accuracy figures of all methods (``acc_*.png``), as (file, artifact folder)."""
+    if figures_root is None:
+        return []
+    d = Path(figures_root) / dataset
+    if not d.is_dir():
+        return []
+    out = []
+    for p in sorted(d.glob("*.png")):
+        if p.stem == f"dxp_{method}" or p.stem.startswith(DATASET_FIGURE_PREFIXES):
+            out.append((p, f"figures/{dataset}"))
+    return out
+
+
+def _rel(p: Path) -> str:
+    """``p`` relative to the working folder (the project root) when below it."""
+    try:
+        return str(p.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(p.resolve())
+
+
+def read_run_folder(run_dir: Path | str, suite: str, commit: str | None = None,
+                    defaults: Mapping[str, Any] | None = None,
+                    figures_root: Path | str | None = None) -> RunRecord:
+    """Everything MLflow gets from one finished run folder.
+
+    ``commit``: the git commit to record when ``config.json`` has none (runs from before
+    ``git_commit`` was recorded at train time); ``defaults``: the method's default
+    hyper-parameters (None: unknown, then names and groups show no knobs);
+    ``figures_root``: ``results/figures`` (the report's figures are logged too).
+    """
+    run_dir = Path(run_dir)
+    mpath = run_dir / "metrics.json"
+    if not mpath.is_file():
+        raise InputValidationError(f"{run_dir}: not a finished run (no metrics.json)")
+    try:
+        metrics = read_json(mpath)
+        config = read_json(run_dir / "config.json") if (run_dir / "config.json").is_file() else {}
+        hpath = run_dir / "history.json"
+        history = read_json(hpath) if hpath.is_file() else []
+    except json.JSONDecodeError as e:
+        raise InputValidationError(f"{run_dir}: a run file is not valid JSON ({e})") from e
+
+    ident = {}
+    for k in ("dataset", "backbone", "method", "seed"):
+        v = metrics.get(k, config.get(k))
+        if v is None:
+            raise InputValidationError(f"{mpath}: no {k!r} in metrics.json or config.json")
+        ident[k] = v
+    ident["seed"] = int(ident["seed"])
+    key = run_key(suite, ident["dataset"], ident["backbone"], ident["method"], ident["seed"])
+    hparams = config.get("hparams") or {}
+
+    params: dict[str, str] = {"suite": suite, **{k: str(v) for k, v in ident.items()}}
+    for k, v in hparams.items():
+        params[k if k not in params else f"hparams.{k}"] = _param_value(v)
+    for k, v in config.items():
+        if k in ("hparams", "feature_sha256", "split_sha256", "platform", "git_commit") \
+                or k in ident:
+            continue
+        if isinstance(v, dict):
+            for kk, vv in v.items():
+                params[f"{k}.{kk}"] = _param_value(vv)
+        elif v is not None and not (isinstance(v, list | str) and not v):
+            params[k if k not in params else f"config.{k}"] = _param_value(v)
+
+    epochs = [h for h in history if isinstance(h, dict)]
+    series = []
+    for i, h in enumerate(epochs):
+        step = int(h.get("epoch", i))
+        for k, v in h.items():
+            if k != "epoch" and (x := _number(v)) is not None:
+                series.append((k, x, step))
+    final_step = max([len(epochs)] + [s + 1 for _, _, s in series])
+    flat = {k: v for k, v in _flat_numbers(metrics).items() if k not in NOT_METRICS}
+    scalars = [(k, v, final_step) for k, v in sorted(flat.items())]
+    # the headline copies are percent with one decimal: the table then shows "69.8", not
+    # "0.698333…" cut by the column width (the exact fraction stays under the real name)
+    scalars += [(alias, round(100 * flat[k], 1), final_step) for k, alias, _ in HEADLINE
+                if k in flat]
+
+    start_ms = _time_ms(metrics, "started_at", mpath)
+    end_ms = _time_ms(metrics, "finished_at", mpath)
+    if start_ms is not None and end_ms is not None and end_ms < start_ms:
+        raise InputValidationError(f"{mpath}: finished_at is before started_at")
+
+    figures = sorted(p for p in run_dir.iterdir() if p.suffix in FIGURE_SUFFIXES and p.is_file())
+    report_figs = report_figures_of(Path(figures_root) if figures_root else None,
+                                    ident["dataset"], ident["method"])
+    artifacts = [run_dir / f for f in ARTIFACT_FILES if (run_dir / f).is_file()]
+
+    label = setting_label(ident["method"], non_default_hparams(hparams, defaults))
+    path_name = f"{ident['dataset']}/{ident['backbone']}/{ident['method']}/seed{ident['seed']}"
+    tags = {
+        **{k: str(v) for k, v in ident.items()},
+        "suite": suite,
+        "run_key": key,
+        "run_path": path_name,
+        "group": f"{ident['dataset']}/{ident['backbone']}/{label}",
+        "group_key": group_key({**config, **ident}),
+        "run_dir": _rel(run_dir),
+        # the commit the run was trained at (config.json), not the one it is ingested at
+        "git_commit": str(config.get("git_commit") or commit or "unknown"),
+    }
+    tags["mlflow.source.git.commit"] = tags["git_commit"]
+    for kind in ("feature_sha256", "split_sha256"):
+        hashes = config.get(kind) or {}
+        for split, h in sorted(hashes.items()):
+            if h:
+                tags[f"{kind}.{split}"] = str(h)
+        if hashes:
+            tags[kind.replace("_sha256", "_hash")] = stable_hash(hashes, n=16)
+    seconds = (end_ms - start_ms) / 1000 if start_ms is not None and end_ms is not None else None
+    description = describe(ident, label, metrics, seconds)
+    tags["mlflow.note.content"] = description
+    tags[TAG_PARAMS] = stable_hash(params, n=16)
+    tags[TAG_HISTORY] = stable_hash(series, n=16)
+    # MLflow cannot change a run's start time: other times mean a new run (replaced)
+    tags[TAG_TIMES] = f"{start_ms}-{end_ms}"
+    content_tags = {k: v for k, v in tags.items() if k not in VOLATILE_TAGS}
+    tags[TAG_FINGERPRINT] = stable_hash(
+        {"v": SCHEMA_VERSION, "params": params, "tags": content_tags,
+         "files": _file_digest(artifacts + figures + [p for p, _ in report_figs])}, n=16)
+    name = f"{label} · {ident['backbone']} · s{ident['seed']}"
+    return RunRecord(run_dir=run_dir, run_key=key, run_name=name, params=params,
+                     metrics=series + scalars, tags=tags, artifacts=artifacts, figures=figures,
+                     report_figures=report_figs, start_ms=start_ms, end_ms=end_ms,
+                     description=description)
