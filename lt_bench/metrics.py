@@ -1,4 +1,4 @@
-"""Evaluation metrics of one run (DESIGN §1 "Metrics").
+"""Evaluation metrics of one run (docs/architecture.md §1 "Metrics").
 
 All accuracies are fractions in [0, 1]. Group accuracy is the mean of the per-class
 accuracies of the classes in the group (not a pooled accuracy), as in OLTR/LIFT.
@@ -11,8 +11,9 @@ import math
 import numpy as np
 from scipy.special import softmax
 
-#: D-group thresholds on train counts: many > 100, medium 20..100, few < 20
-MANY_MIN, FEW_MAX = 100, 20
+#: D-group thresholds on train counts, the one definition: Many = more than MANY_ABOVE,
+#: Few = fewer than FEW_BELOW, Medium = FEW_BELOW..MANY_ABOVE inclusive (100 is Medium)
+MANY_ABOVE, FEW_BELOW = 100, 20
 D_GROUPS = ("many", "medium", "few")
 P_GROUPS = ("p_many", "p_medium", "p_few")
 
@@ -20,7 +21,7 @@ P_GROUPS = ("p_many", "p_medium", "p_few")
 def d_groups(train_counts: np.ndarray) -> np.ndarray:
     """Group name per class from train counts (>100 many, 20–100 medium, <20 few)."""
     c = np.asarray(train_counts)
-    return np.where(c > MANY_MIN, "many", np.where(c < FEW_MAX, "few", "medium"))
+    return np.where(c > MANY_ABOVE, "many", np.where(c < FEW_BELOW, "few", "medium"))
 
 
 def p_groups(prior: np.ndarray) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Estimating a backbone's pre-training label prior q̂ (GLA, Zhu et al. 2023; DESIGN §1).
+"""Estimating a backbone's pre-training label prior q̂ (GLA, Zhu et al. 2023; docs/architecture.md §1).
 
 1. zero-shot logits ``z`` on a class-balanced labelled split (val);
 2. temperature: ``T`` such that the mean max-softmax confidence of ``z/T`` equals the

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # A real one-node SLURM cluster on this machine, for tests and development of the
-# SLURM profile (DESIGN.md §7). Debian's SLURM 22.05 + munge, no systemd, node on
+# SLURM profile (docs/architecture.md §7). Debian's SLURM 22.05 + munge, no systemd, node on
 # 127.0.0.1, four fake GPUs.
 #
 #   scripts/slurm-cluster.sh start    # install if missing, start, wait, smoke test

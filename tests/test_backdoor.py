@@ -41,7 +41,8 @@ def _cli_logits(run, path, split="test"):
 def test_backdoor_logits_are_the_sum_of_member_logits(members, tmp_path):
     root, runs = members
     out = tmp_path / "ensemble" / "backdoor" / "seed0"
-    assert main(["backdoor", "--members", *map(str, runs), "--out", str(out)]) == 0
+    assert main(["train", "--method", "backdoor", "--members", *map(str, runs),
+                 "--out", str(out)]) == 0
     labels, z = _cli_logits(out, tmp_path / "ens.parquet")
     member = [_cli_logits(r, tmp_path / f"m{i}.parquet") for i, r in enumerate(runs)]
     for y, _ in member:
@@ -97,13 +98,35 @@ def test_prob_mean_variant(members, tmp_path):
 
 def test_mismatched_class_sets_error_names_both(members, tmp_path):
     _, runs = members
-    fd = make_features_dir(tmp_path / "f", backbone="odd",
-                           classnames=[f"other {c}" for c in range(6)])
+    fd = make_features_dir(tmp_path / "f", backbone="odd", counts=(120, 60, 30, 15, 8))
     odd = tmp_path / "odd_la"
     train_run("la", fd, odd, 0, hparams=FAST)
-    with pytest.raises(ValueError, match="different class sets") as e:
+    with pytest.raises(ValueError, match="differ in num_classes: 6 vs 5") as e:
         backdoor_run([runs[0], odd], tmp_path / "x")
     assert str(runs[0]) in str(e.value) and str(odd) in str(e.value)
+
+
+def test_class_names_differ_where_runs_record_them(members, tmp_path):
+    """Runs that record ``classnames_sha256`` in config.json are compared on it (a run
+    folder copied here and given another class-name hash: same count, other classes)."""
+    import shutil
+
+    from lt_bench.io import write_json
+
+    _, runs = members
+    assert "classnames_sha256" not in read_json(runs[0] / "config.json")  # train_run: not yet
+
+    def renamed(run, h):
+        shutil.copytree(run, tmp_path / h[:4])
+        cfg = read_json(run / "config.json")
+        write_json(tmp_path / h[:4] / "config.json", {**cfg, "classnames_sha256": h})
+        return tmp_path / h[:4]
+
+    a, b = renamed(runs[1], "a" * 64), renamed(runs[2], "b" * 64)
+    backdoor_run([runs[0], b], tmp_path / "ok")  # one side unrecorded: nothing to compare
+    with pytest.raises(ValueError, match="different class sets") as e:
+        backdoor_run([a, b], tmp_path / "x")
+    assert str(a) in str(e.value) and str(b) in str(e.value) and "aaaaaaaaaaaa" in str(e.value)
 
 
 def test_mismatched_row_order_error_names_both(members, tmp_path):
@@ -115,8 +138,8 @@ def test_mismatched_row_order_error_names_both(members, tmp_path):
         backdoor_run([runs[1], perm], tmp_path / "x")
     assert str(runs[1]) in str(e.value) and str(perm) in str(e.value)
     # the CLI reports it as an error, exit status 2
-    assert main(["backdoor", "--members", str(runs[1]), str(perm), "--out",
-                 str(tmp_path / "y")]) == 2
+    assert main(["train", "--method", "backdoor", "--members", str(runs[1]), str(perm),
+                 "--out", str(tmp_path / "y")]) == 2
 
 
 def test_unfinished_member_and_single_member(members, tmp_path):
@@ -134,4 +157,4 @@ def test_backdoor_is_listed_and_not_trainable(members, tmp_path, capsys):
     rc = main(["train", "--method", "backdoor", "--features-dir",
                str(root / "features" / "toy" / "bb0"), "--out", str(tmp_path / "t")])
     assert rc == 2
-    assert "lt-bench backdoor" in capsys.readouterr().err
+    assert "--members RUN_DIR" in capsys.readouterr().err

@@ -121,7 +121,7 @@ def test_paper_suite_is_the_published_grid():
 
 def test_cifar_imbalance_ratios_get_their_own_folders():
     from lt_bench.data import get_dataset
-    from lt_bench.data.real import UnknownParamError
+    from lt_bench.data.base import UnknownParamError
 
     assert [get_dataset(f"cifar100_lt_ir{r}").params["imb_ratio"] for r in (100, 50, 10)] == [
         100, 50, 10]

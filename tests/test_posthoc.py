@@ -195,7 +195,7 @@ def test_every_run_gets_p_groups_with_a_prior(world):
 
 def test_prior_of_another_class_set_is_an_error(world, tmp_path):
     bad = make_prior(tmp_path / "p.parquet", np.ones(4))
-    with pytest.raises(ValueError, match="covers 4 classes"):
+    with pytest.raises(ValueError, match="expected one row per class with labels 0..5, got 4 rows"):
         train_run("ce", world["fd"], tmp_path / "x", 0, hparams=FAST, prior=bad)
 
 

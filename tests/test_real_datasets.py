@@ -2,7 +2,7 @@
 
 No test touches the internet: split lists come from a loopback HTTP server or a local
 folder, with the pinned checksums/statistics monkeypatched to those of the fabricated
-files (the real pinned values stay in the module and are checked against DESIGN §6).
+files (the real pinned values stay in the module and are checked against docs/architecture.md §6).
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ for _i in range(MAX_TOY_BACKBONES):
         feature_dim=128, embed_dim=128,
         description=f"toy open_clip ViT (patch 8) pre-trained by the pipeline, prior order #{_i}"))
 
-# The paper's three ViT-B/16 CLIPs (DESIGN §1), then their ViT-L/14 counterparts.
+# The paper's three ViT-B/16 CLIPs (docs/architecture.md §1), then their ViT-L/14 counterparts.
 # (name, open_clip model config, pretrained tag, feature dim, embed dim, description)
 _REAL = [
     ("clip_vit_b16", "ViT-B-16-quickgelu", "openai", 768, 512, "OpenAI CLIP ViT-B/16 (WIT-400M)"),

@@ -3,7 +3,7 @@
 Why the extra class-caption term: with plain contrastive loss (ClipLoss) the zero-shot
 logits carry almost no label prior (measured: rho(q_hat, true prior) ~ 0), unlike real
 CLIPs. Adding a softmax over the K class captions (0.5 ClipLoss + 0.5 CE) puts the
-pre-training prior into the logits as real CLIPs have it (DESIGN §5).
+pre-training prior into the logits as real CLIPs have it (docs/architecture.md §5).
 
 Why it is fast on a laptop CPU (issue 12 §3; ``benchmarks/toy_pretrain.py`` measures it):
 

@@ -1,6 +1,6 @@
 """Resumable, verified downloads and safe tar extraction.
 
-Rules (DESIGN §9): a file appears under its final name only after its checksum (or, when
+Rules (docs/architecture.md §9): a file appears under its final name only after its checksum (or, when
 no checksum is published, its advertised length) has been verified; a partial transfer
 lives in ``<name>.part`` beside the target and is resumed with an HTTP ``Range`` request;
 tar members that would land outside the target are refused, naming the member.

@@ -5,7 +5,7 @@ Split lists
     :data:`LIFT_COMMIT`, folder ``datasets/``). ``prepare`` downloads them (params
     ``split_base_url`` to use a mirror, or ``split_dir_local`` for a folder that already
     holds the files), checks each file's sha256 (its git blob id where no sha256 is
-    pinned) and the known statistics of DESIGN §6, and only then writes ``train.txt``,
+    pinned) and the known statistics of docs/architecture.md §6, and only then writes ``train.txt``,
     ``val.txt``, ``test.txt`` and ``classnames.txt``, which
     :func:`~lt_bench.data.splits.check_split_integrity` then checks against each other.
     The verified originals are kept in ``<split_dir>/source/`` so a rerun needs no
@@ -83,7 +83,7 @@ class SourceNotFoundError(UserError, FileNotFoundError):
 
 @dataclass(frozen=True)
 class SourceFile:
-    """A file of LIFT's ``datasets/`` folder with its pinned checksums (DESIGN §6)."""
+    """A file of LIFT's ``datasets/`` folder with its pinned checksums (docs/architecture.md §6)."""
 
     relpath: str
     git_blob: str
@@ -91,7 +91,7 @@ class SourceFile:
 
     @property
     def known_hash(self) -> str:
-        # sha256 where DESIGN pins one; otherwise the git blob id, which pins it as well
+        # sha256 where docs/architecture.md §6 pins one; otherwise the git blob id, which pins it as well
         return f"sha256:{self.sha256}" if self.sha256 else f"gitblob:{self.git_blob}"
 
     @property
@@ -134,7 +134,7 @@ PLACES_LT_SOURCES = {
                              "f2d229cdfdab6b888fcbc0f1ecbd78a06ee5fd27",
                              "bee03ea5431ad49d156f159d24961f8c2787d3b7ac853b962c9cf256cafe50d1"),
 }
-# DESIGN §6 gives only sizes for Places-LT val/test; class coverage follows from them
+# docs/architecture.md §6 gives only sizes for Places-LT val/test; class coverage follows from them
 PLACES_LT_STATS = {
     "train": {"n_images": 62_500, "n_classes": 365, "max_count": 4980, "min_count": 5},
     "val": {"n_images": 7_300, "n_classes": 365},
@@ -248,7 +248,7 @@ def check_stats(path: Path, expected: dict[str, int], num_classes: int) -> dict:
     if diffs:
         raise SplitVerificationError(
             f"{path}: statistics differ from the pinned LIFT@{LIFT_COMMIT[:7]} split "
-            f"(DESIGN §6): {'; '.join(diffs)}"
+            f"(docs/architecture.md §6): {'; '.join(diffs)}"
         )
     return stats
 

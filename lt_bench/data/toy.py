@@ -250,7 +250,7 @@ def render(labels: np.ndarray, rng: np.random.Generator, num_classes: int,
 
 @DATASETS.register("toy")
 class ToyDataset(Dataset):
-    """Procedural long-tailed dataset (DESIGN §5). Images live in ``split_dir/images``."""
+    """Procedural long-tailed dataset (docs/architecture.md §5). Images live in ``split_dir/images``."""
 
     name = "toy"
     num_classes = 100  # default; the real value is ``params["num_classes"]``

@@ -1,4 +1,4 @@
-"""The Parquet feature store (DESIGN §3 stage 3).
+"""The Parquet feature store (docs/architecture.md §3 stage 3).
 
 ``{split}.parquet``
     ``path`` string, ``label`` int32, ``feature`` fixed_size_list<float16, D>; with

@@ -168,6 +168,8 @@ class HeadMethod(Method):
             opt, T_max=max(hp["epochs"] if by_epoch else hp["epochs"] * per_epoch, 1))
         x_val = torch.from_numpy(ctx.val.features).to(ctx.device)
         arange = torch.arange(n_train, device=ctx.device)
+        # its own stream: drawing views leaves the batch order of the same seed unchanged
+        view_rng = np.random.default_rng([ctx.seed, 1])
         history = []
         t0 = time.time()
         for epoch in range(hp["epochs"]):
@@ -175,7 +177,7 @@ class HeadMethod(Method):
             if views is None:
                 x_epoch = x_all
             else:  # one of the V cached augmented views per image, drawn afresh each epoch
-                pick = torch.from_numpy(rng.integers(0, views.shape[0], n_train)).to(ctx.device)
+                pick = torch.from_numpy(view_rng.integers(0, views.shape[0], n_train)).to(ctx.device)
                 x_epoch = x_all[pick, arange]
             total = torch.zeros((), device=ctx.device)
             for idx in batch_indices(ctx.train.labels, hp["batch_size"], hp["sampler"], rng):

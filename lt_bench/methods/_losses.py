@@ -1,4 +1,4 @@
-"""Loss functions and class weights of the re-balancing baselines (DESIGN §1 table).
+"""Loss functions and class weights of the re-balancing baselines (docs/architecture.md §1 table).
 
 Pure functions of logits, labels and train counts, so each is tested on a hand-worked
 case (tests/test_losses.py) apart from the head-training loop. Logits are the cosine

@@ -24,12 +24,12 @@ import numpy as np
 import pandas as pd
 
 from lt_bench.io import atomic_path
+from lt_bench.metrics import FEW_BELOW, MANY_ABOVE
 from lt_bench.report.collect import collect_per_class
 
 D_GROUPS = ("many", "medium", "few")
 P_GROUPS = ("p_many", "p_medium", "p_few")
 DEFAULT_METHODS = ("zero_shot", "ce", "la", "backdoor")
-FEW_MAX, MANY_MIN = 20, 100
 
 
 def _plt():
@@ -171,7 +171,7 @@ def accuracy_figures(run_dirs: list[Path | str], out_dir: Path | str,
                 label = m if bb == b else f"{m} ({bb})"
                 label += f" [{n_seeds.get((bb, m), 0)} seeds]"
                 _series(ax, part["train_count"], part["accuracy"], colors[m], label, dashed)
-        for v in (FEW_MAX, MANY_MIN):
+        for v in (FEW_BELOW, MANY_ABOVE):
             ax.axvline(v, color="0.6", lw=0.8, ls=":")
         ax.set_xscale("log")
         log_ticks(ax)

@@ -9,7 +9,7 @@
   ``train_seconds``, mean over seeds, where the runs report them.
 * **class counts** of each group (``n_many_classes`` ...; P-groups from the D×P cells).
 
-No ``metrics.json`` flag is trusted for this (DESIGN: the files are the source of truth).
+No ``metrics.json`` flag is trusted for this (docs/architecture.md §3: the files are the source of truth).
 """
 
 from __future__ import annotations

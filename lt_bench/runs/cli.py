@@ -34,11 +34,18 @@ def cmd_train(args):
         m = cls(**params)
         hp = dict(m.hparams)
         rule = hp.pop("rule", "sum")
+        # what the members differ in is the method's (the same-backbone control: seeds);
+        # the ensemble's seed comes from its members, so --seed is not read here
         metrics = ensemble_run(args.members, Path(args.out), rule=rule, method=args.method,
-                               vary=hp.pop("vary", "backbone"), hparams=hp)
-        keys = ["top1", "many", "medium", "few", "best_member_top1", "gain_top1"]
+                               vary=getattr(cls, "vary", "backbone"), hparams=hp)
+        keys = ["top1", "many", "medium", "few", "best_member_top1", "val_best_member_top1",
+                "gain_top1", "val_gain_top1", "n_trainable_params", "inference_cost",
+                "train_seconds"]
         keys += [f"m{i}_top1" for i in range(1, metrics["n_members"] + 1)]
-        print(json.dumps({k: metrics[k] for k in keys}))
+        out = {k: metrics[k] for k in keys}
+        if "weights" in metrics["info"]:
+            out["weights"] = metrics["info"]["weights"]
+        print(json.dumps(out))
         return
     if cls.consumes == "images":
         raise InputValidationError(f"method {args.method!r} fine-tunes from images: use "

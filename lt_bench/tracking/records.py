@@ -166,12 +166,7 @@ class RunRecord:
         return self.tags[TAG_FINGERPRINT]
 
 
-def _find_run_dirs(runs_root: Path | str) -> list[Path]:
-    # private copy until lt_bench.runs.folder.find_run_dirs exists (the lead swaps it in)
-    return sorted(p.parent for p in Path(runs_root).glob("*/*/*/seed*/metrics.json"))
-
-
-find_run_dirs = _find_run_dirs
+from lt_bench.runs.folder import find_run_dirs  # noqa: E402  (the one glob of run folders)
 
 
 def _number(v: Any) -> float | None:

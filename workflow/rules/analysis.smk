@@ -1,5 +1,5 @@
 # Parameter imbalance (GLA prior estimate q̂ per backbone) and the runs that consume runs:
-# the causal backdoor adjustment, an ensemble over the suite's backbones (DESIGN §1 →
+# the causal backdoor adjustment, an ensemble over the suite's backbones (docs/architecture.md §1 →
 # docs/architecture.md).
 
 

@@ -1,4 +1,4 @@
-# Data (DESIGN §3 stage 1): split lists for every dataset, and for real datasets an image
+# Data (docs/architecture.md §3 stage 1): split lists for every dataset, and for real datasets an image
 # check (and, when allowed, the Places365/iNat2018 download) before any job reads images.
 # data_root is only read by those jobs, so `snakemake -n` builds the whole DAG without data.
 # Input functions: common.smk (reads_data_root, image_dir, images_verified).

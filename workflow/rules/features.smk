@@ -1,4 +1,4 @@
-# Features (DESIGN §3 stage 3): image features of every split + class text embeddings.
+# Features (docs/architecture.md §3 stage 3): image features of every split + class text embeddings.
 # One GPU per job: `--resources gpu=N` caps concurrent jobs, and each job claims a free
 # device itself (lock files, lt_bench/features/device.py; SLURM's CUDA_VISIBLE_DEVICES is
 # honoured). Resumable: an interrupted job keeps its finished shards.

@@ -1,4 +1,4 @@
-# Results report (DESIGN §3 stage 7): tables and figures computed from the run files
+# Results report (docs/architecture.md §3 stage 7): tables and figures computed from the run files
 # (never from MLflow), with captions for `snakemake --report results/report.html`.
 # Snakemake 9's report shows an HTML result in the page (an iframe; CSV and LaTeX are
 # download links only), so every table also comes as a self-contained .html page.

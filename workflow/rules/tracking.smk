@@ -1,7 +1,9 @@
-# MLflow tracking (DESIGN §3 stage 6): one local rule ingests every finished run of the
-# suite into the experiment lt-bench/<suite> (one MLflow run per run folder, found again
-# by its run_key tag). A single writer on the head node: SQLite breaks under parallel
-# writers and on NFS, and `lt-bench ingest` also holds a file lock.
+# MLflow tracking (stage 6): one local rule ingests every finished run of the suite into
+# the experiment lt-bench/<suite> (one MLflow run per run folder, found again by its run_key
+# tag), with the report's figures of each run's dataset as artifacts (hence the figures are
+# inputs: a redrawn figure re-logs them). A single writer on the head node: SQLite breaks
+# under parallel writers and on NFS, and `lt-bench ingest` also holds a file lock.
+# What the UI then shows, and how to move the store: docs/mlflow.md.
 #
 # Where to: $MLFLOW_TRACKING_URI (e.g. a team `mlflow server`), else the SQLite store
 # results/mlflow/mlflow.db with artifacts in results/mlflow/artifacts/. Not declared with
@@ -10,8 +12,6 @@
 # only a hash of the URI goes into params, so that pointing at another store re-ingests
 # without writing a password into .snakemake/ metadata or the log.
 
-# rule all asks for results/mlflow/ingested.json (lt_bench.plan.Plan.final_targets)
-
 
 localrules:
     ingest_mlflow,
@@ -19,7 +19,8 @@ localrules:
 
 rule ingest_mlflow:
     input:
-        suite_runs(),
+        runs=suite_runs(),
+        figures=figure_targets(),
     output:
         "results/mlflow/ingested.json",
     params:
@@ -30,4 +31,5 @@ rule ingest_mlflow:
     conda:
         "../envs/lt-bench.yaml"
     shell:
-        "lt-bench ingest --suite {params.suite} --metrics {input} --out {output} 2> {log}"
+        "lt-bench ingest --suite {params.suite} --metrics {input.runs:q}"
+        " --figures-root results/figures --out {output:q} 2> {log:q}"
