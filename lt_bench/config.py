@@ -22,6 +22,8 @@ class Suite:
     backbones: list[str]
     methods: list[str]
     seeds: list[int]
+    #: seeds of the runs from images (fine-tuning); None = ``seeds``
+    finetune_seeds: list[int] | None = None
 
 
 def _check_names(kind: str, names: list[str], registry, where: str) -> None:
@@ -53,6 +55,12 @@ def resolve_suite(config: dict[str, Any]) -> Suite:
             raise ConfigError(f"methods: unknown method {m!r}; valid methods: "
                               f"{', '.join(METHODS.names())}")
     for m in s["methods"]:
+        members = METHODS.get(m).defaults.get("members") if METHODS.get(m).consumes == "runs" \
+            else None
+        given = (config.get("methods", {}).get(m) or {}).get("members", members)
+        if given is not None and given not in METHODS:
+            raise ConfigError(f"methods.{m}.members: unknown method {given!r}; valid methods: "
+                              f"{', '.join(METHODS.names())}")
         for req in METHODS.get(m).requires:
             if req not in s["methods"]:
                 raise ConfigError(f"{where}.methods: {m!r} builds on {req!r}, which is not "
@@ -61,8 +69,9 @@ def resolve_suite(config: dict[str, Any]) -> Suite:
         if d not in DATASETS:
             raise ConfigError(f"method_overrides: unknown dataset {d!r}; valid datasets: "
                               f"{', '.join(DATASETS.names())}")
+    ft = s.get("finetune_seeds")
     return Suite(name, list(s["datasets"]), list(s["backbones"]), list(s["methods"]),
-                 [int(x) for x in s["seeds"]])
+                 [int(x) for x in s["seeds"]], None if ft is None else [int(x) for x in ft])
 
 
 def method_hparams(config: dict[str, Any], method: str, dataset: str) -> dict[str, Any]:

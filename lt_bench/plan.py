@@ -112,26 +112,57 @@ class Plan:
     def hparams(self, method: str, dataset: str) -> dict[str, Any]:
         return method_hparams(self.config, method, dataset)
 
+    def seeds_for(self, method: str) -> list[int]:
+        """The suite's seeds; runs from images use ``finetune_seeds`` where the suite sets it
+        (fine-tuning is the expensive track: the demo fine-tunes seed 0 only)."""
+        s = self.suite
+        if self.consumes(method) == "images" or self.member_consumes(method) == "images":
+            return list(s.finetune_seeds or s.seeds)
+        return list(s.seeds)
+
+    def member_consumes(self, method: str) -> str | None:
+        """What the member runs of an ensemble method consume (None for other methods)."""
+        if self.consumes(method) != "runs":
+            return None
+        return self.consumes(_method(method).defaults.get("members", "la"))
+
+    @staticmethod
+    def vary(method: str) -> str:
+        return getattr(_method(method), "vary", "backbone")
+
     def per_backbone_runs(self, consumes: str | None = None) -> list[tuple[str, str, str, int]]:
-        """(dataset, backbone, method, seed) of every run of one backbone (not ensembles)."""
+        """(dataset, backbone, method, seed) of every run of one backbone (no ensembles)."""
         s = self.suite
         return [(d, b, m, seed) for d in s.datasets for b in s.backbones for m in s.methods
                 if self.consumes(m) != "runs" and (consumes is None or self.consumes(m) == consumes)
-                for seed in s.seeds]
+                for seed in self.seeds_for(m)]
 
     def ensemble_runs(self) -> list[tuple[str, str, str, int]]:
-        """(dataset, "ensemble", method, seed) of the ensembles over the suite's backbones
-        (none with fewer than two backbones)."""
+        """Runs that consume runs: over backbones (backbone "ensemble"; none with fewer than
+        two backbones) or over seeds of one backbone (the same-backbone control)."""
         s = self.suite
-        if len(s.backbones) < 2:
-            return []
-        return [(d, "ensemble", m, seed) for d in s.datasets for m in s.methods
-                if self.consumes(m) == "runs" for seed in s.seeds]
+        out = []
+        for d in s.datasets:
+            for m in s.methods:
+                if self.consumes(m) != "runs":
+                    continue
+                if self.vary(m) == "seed":
+                    out += [(d, b, m, seed) for b in s.backbones for seed in self.seeds_for(m)]
+                elif len(s.backbones) >= 2:
+                    out += [(d, "ensemble", m, seed) for seed in self.seeds_for(m)]
+        return out
 
-    def ensemble_members(self, dataset: str, method: str, seed: int | str) -> list[str]:
-        """Member run folders: the ``members`` method's run of every backbone."""
-        member_method = self.hparams(method, dataset).get("members", "la")
-        return [run_dir(dataset, b, member_method, seed) for b in self.suite.backbones]
+    def ensemble_members(self, dataset: str, backbone: str, method: str,
+                         seed: int | str) -> list[str]:
+        """Member run folders of one ensemble run, in order: the ``members`` method's run of
+        every backbone (vary backbone), or of one backbone at seeds s + offset (vary seed).
+        They are ordinary runs; extra seeds are inputs of that ensemble only."""
+        hp = self.hparams(method, dataset)
+        member = hp.get("members", "la")
+        if self.vary(method) == "seed":
+            return [run_dir(dataset, backbone, member, int(seed) + int(o))
+                    for o in hp["seed_offsets"]]
+        return [run_dir(dataset, b, member, seed) for b in self.suite.backbones]
 
     def group_counts_file(self, dataset: str) -> str | None:
         """``group_counts.txt`` where the dataset's D-groups are not its train counts'."""
@@ -140,6 +171,13 @@ class Plan:
         if getattr(DATASETS.get(dataset), "writes_group_counts", False):
             return f"resources/data/{dataset}/group_counts.txt"
         return None
+
+    def methods_consuming(self, kind: str) -> list[str]:
+        """Registered methods that consume ``kind`` (rule wildcard constraints: member runs of
+        a method outside the suite's list, e.g. ce for backdoor_ce, are still made)."""
+        from lt_bench.methods import METHODS
+
+        return [m for m in METHODS.names() if self.consumes(m) == kind]
 
     def base_runs(self, dataset: str, backbone: str, method: str,
                   seed: int | str) -> dict[str, str]:

@@ -12,9 +12,9 @@ from synth_runs import FAST, make_features_dir, make_prior
 
 from lt_bench.cli import main
 from lt_bench.io import read_json
-from lt_bench.runs.ensemble import backdoor_run, combine
 from lt_bench.metrics import evaluate
 from lt_bench.runs import read_logits, run_logits, train_run
+from lt_bench.runs.ensemble import backdoor_run, combine
 
 PRIORS = [np.array([0.4, 0.05, 0.2, 0.1, 0.15, 0.1]), np.array([0.1, 0.1, 0.1, 0.2, 0.2, 0.3]),
           np.array([1, 2, 3, 4, 5, 6.0])]

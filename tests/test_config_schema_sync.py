@@ -51,9 +51,20 @@ def test_shipped_configs_validate_and_resolve(path):
             METHODS.get(m)(**hp)  # every configured key is accepted by the method
 
 
-def test_demo_suite_runs_every_method():
+#: registered methods the demo leaves out, each with its reason (the demo must fit 10 min)
+DEMO_EXCLUDED = {
+    "vpt_la": "fine-tuning ablation: suite paper_peft",
+    "lora_la": "fine-tuning ablation: suite paper_peft",
+    "adaptformer_ce": "fine-tuning CE control: suite paper_peft",
+}
+
+
+def test_demo_suite_runs_every_method_but_the_fine_tuning_ablations():
     cfg = yaml.safe_load((REPO / "config.yaml").read_text())
-    assert set(cfg["suites"]["demo"]["methods"]) == set(METHODS.names())
+    assert set(DEMO_EXCLUDED) <= set(METHODS.names())
+    assert set(cfg["suites"]["demo"]["methods"]) == set(METHODS.names()) - set(DEMO_EXCLUDED)
+    in_some_suite = set().union(*(s["methods"] for s in cfg["suites"].values()))
+    assert in_some_suite == set(METHODS.names())
 
 
 def test_crt_rejects_an_unknown_init():

@@ -82,7 +82,7 @@ def test_backdoor_prob_mean_method_row(world, tmp_path):
 # --- learned weights --------------------------------------------------------------------
 
 def _nll(w, zs, y):
-    s = sum(wc * z for wc, z in zip(w, zs))
+    s = sum(wc * z for wc, z in zip(w, zs, strict=True))
     return -log_softmax(s, axis=1)[np.arange(len(y)), y].mean()
 
 
@@ -107,7 +107,7 @@ def test_learned_weights_match_an_independent_fit():
     ref_w, ref_nll = _reference_fit(zs, y)
     np.testing.assert_allclose(w, ref_w, rtol=1e-5)
     assert w[0] > w[1] > w[2] > 0  # the better member weighs more
-    assert info["val_nll"] == pytest.approx(ref_nll, abs=1e-9)
+    assert info["val_nll"] == pytest.approx(ref_nll, abs=1e-7)  # float32 logits
     assert info["val_nll"] < info["val_nll_equal_weights"] and not info["at_max_weight"]
     np.testing.assert_array_equal(w, fit_member_weights(zs, y)[0])  # deterministic
 
@@ -148,6 +148,8 @@ def test_backdoor_learned_cli_end_to_end(world, capsys):
     names = list(BACKBONES)
     w = np.array([m["info"]["weights"][b] for b in names])
     assert printed["weights"] == m["info"]["weights"] and m["info"]["weights_fitted_on"] == "val"
+    shares = [m["info"]["weight_shares"][b] for b in names]
+    np.testing.assert_allclose(shares, w / w.sum())
     # the weights are the val fit of the members' val logits
     yv, zv = zip(*(run_logits(r, "val") for r in members), strict=True)
     np.testing.assert_allclose(w, fit_member_weights(list(zv), yv[0])[0], rtol=1e-6)

@@ -4,7 +4,7 @@ so the gain of LA members over CE members is separated from the gain of ensembli
 from typing import Any, ClassVar
 
 from lt_bench.methods._base import METHODS
-from lt_bench.methods.backdoor import EnsembleMethod
+from lt_bench.methods._ensemble import EnsembleMethod
 
 
 @METHODS.register("backdoor_ce")

@@ -7,7 +7,7 @@ member, fitted by minimising the **val** NLL (never test; the run layer's
 from typing import Any, ClassVar
 
 from lt_bench.methods._base import METHODS, check_number
-from lt_bench.methods.backdoor import EnsembleMethod
+from lt_bench.methods._ensemble import EnsembleMethod
 
 
 @METHODS.register("backdoor_learned")

@@ -5,7 +5,7 @@ sum, as its own row."""
 from typing import Any, ClassVar
 
 from lt_bench.methods._base import METHODS
-from lt_bench.methods.backdoor import EnsembleMethod
+from lt_bench.methods._ensemble import EnsembleMethod
 
 
 @METHODS.register("backdoor_prob_mean")

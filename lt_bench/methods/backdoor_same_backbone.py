@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 
 from lt_bench.errors import InputValidationError
 from lt_bench.methods._base import METHODS
-from lt_bench.methods.backdoor import EnsembleMethod
+from lt_bench.methods._ensemble import EnsembleMethod
 
 
 @METHODS.register("backdoor_same_backbone")

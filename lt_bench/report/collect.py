@@ -12,19 +12,7 @@ from lt_bench.io import read_json
 IDENTITY = ("dataset", "backbone", "method", "seed")
 
 
-def find_run_dirs(runs_root: Path | str) -> list[Path]:
-    """Finished run folders (``metrics.json`` present) under ``runs_root``, sorted.
-
-    Private copy of ``lt_bench.runs.folder.find_run_dirs`` until that exists: the layout is
-    ``{dataset}/{backbone}/{method}/seed{seed}/``.
-    """
-    try:  # the shared finder, once the runs package has it
-        from lt_bench.runs.folder import find_run_dirs as shared
-    except ImportError:
-        shared = None
-    if shared is not None:
-        return sorted(Path(d) for d in shared(Path(runs_root)))
-    return sorted(p.parent for p in Path(runs_root).glob("*/*/*/seed*/metrics.json"))
+from lt_bench.runs.folder import find_run_dirs  # noqa: E402,F401  (re-exported: the one glob)
 
 
 def _scalar(v):

@@ -80,6 +80,31 @@ def _device(requested: str | None) -> str:
     return str(pick_device())
 
 
+def cmd_finetune(args):
+    from lt_bench.cli import set_threads
+    from lt_bench.data import get_dataset
+    from lt_bench.runs.finetune import finetune_run
+
+    set_threads(args.threads)
+    ds = get_dataset(args.dataset, **(args.dataset_params or {}))
+    if args.image_root_from:  # the root an image check verified (verify-images --out)
+        root = Path(json.loads(Path(args.image_root_from).read_text())["image_root"])
+    else:
+        root = ds.image_root(Path(args.split_dir), args.data_root)
+    group_counts = None
+    if args.group_counts:
+        import numpy as np
+
+        group_counts = np.loadtxt(args.group_counts, dtype=np.int64, ndmin=1)
+    m = finetune_run(args.method, Path(args.split_dir), root, args.backbone,
+                     Path(args.features_dir), Path(args.out), args.seed, args.params or {},
+                     checkpoint=Path(args.checkpoint) if args.checkpoint else None,
+                     prior=Path(args.prior) if args.prior else None,
+                     device=_device(args.device), group_counts=group_counts)
+    print(json.dumps({k: m[k] for k in ("top1", "many", "medium", "few",
+                                        "n_trainable_params")}))
+
+
 def cmd_logits(args):
     from lt_bench.runs.folder import write_logits
     from lt_bench.runs.predictors import run_logits
@@ -121,6 +146,30 @@ def add_run_commands(sub) -> None:
     s.add_argument("--device", default="cpu", help="cpu (default), auto, cuda, cuda:1")
     s.add_argument("--threads", type=int)
     s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("finetune", help="one fine-tuning run from images (PEFT + cosine head)",
+                       description="Fine-tune a backbone with a method that consumes images "
+                       "(adaptformer_la, vpt_la, lora_la, ...); resumes from its last finished "
+                       "epoch when the run folder holds a checkpoint.")
+    s.add_argument("--method", required=True)
+    s.add_argument("--dataset", required=True)
+    s.add_argument("--dataset-params", type=json_object, help="dataset parameters (JSON)")
+    s.add_argument("--split-dir", required=True, help="folder with train/val/test.txt")
+    s.add_argument("--data-root", help="image root of real datasets")
+    s.add_argument("--image-root-from", metavar="REPORT",
+                   help="take the image root from a `verify-images --out` report instead")
+    s.add_argument("--backbone", required=True)
+    s.add_argument("--checkpoint", help="local checkpoint (required for toy backbones)")
+    s.add_argument("--features-dir", required=True,
+                   help="features folder whose text.parquet gives the head's text init")
+    s.add_argument("--out", required=True, help="run folder")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--params", type=json_object, help="hyper-parameters (JSON object)")
+    s.add_argument("--prior", help="prior parquet of the backbone (q_hat, P-groups)")
+    s.add_argument("--group-counts", help="per-class counts defining the D-groups (CIFAR-LT)")
+    s.add_argument("--device", default="auto", help="auto (a free GPU, else cpu), cpu, cuda:1")
+    s.add_argument("--threads", type=int)
+    s.set_defaults(func=cmd_finetune)
 
     s = sub.add_parser("logits", help="a finished run's logits on a split (no retraining)")
     s.add_argument("run_dir")

@@ -40,6 +40,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from lt_bench.errors import InputValidationError
 from lt_bench.io import read_json, sha256_file, stable_hash
+from lt_bench.runs.folder import find_run_dirs  # noqa: F401  (re-exported: the one glob)
 
 DEFAULT_DB = Path("results/mlflow/mlflow.db")
 DEFAULT_MANIFEST = Path("results/mlflow/ingested.json")
@@ -166,7 +167,6 @@ class RunRecord:
         return self.tags[TAG_FINGERPRINT]
 
 
-from lt_bench.runs.folder import find_run_dirs  # noqa: E402  (the one glob of run folders)
 
 
 def _number(v: Any) -> float | None:

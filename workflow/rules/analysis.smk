@@ -30,18 +30,18 @@ rule ensemble_of_runs:
     input:
         members=ensemble_members,
     output:
-        metrics="results/runs/{dataset}/ensemble/{method}/seed{seed}/metrics.json",
-        per_class="results/runs/{dataset}/ensemble/{method}/seed{seed}/per_class.parquet",
-        predictor="results/runs/{dataset}/ensemble/{method}/seed{seed}/predictor.json",
-        config="results/runs/{dataset}/ensemble/{method}/seed{seed}/config.json",
+        metrics="results/runs/{dataset}/{backbone}/{method}/seed{seed}/metrics.json",
+        per_class="results/runs/{dataset}/{backbone}/{method}/seed{seed}/per_class.parquet",
+        predictor="results/runs/{dataset}/{backbone}/{method}/seed{seed}/predictor.json",
+        config="results/runs/{dataset}/{backbone}/{method}/seed{seed}/config.json",
     wildcard_constraints:
-        method="|".join(m for m in SUITE.methods if PLAN.consumes(m) == "runs") or "none",
+        method=methods_regex("runs"),
     params:
         members=lambda wc, input: " ".join(q(os.path.dirname(f)) for f in input.members),
         hparams=hparams_json,
-        out=lambda wc: run_dir(wc.dataset, "ensemble", wc.method, wc.seed),
+        out=lambda wc: run_dir(wc.dataset, wc.backbone, wc.method, wc.seed),
     log:
-        "logs/ensemble_of_runs/{dataset}/{method}/seed{seed}.log",
+        "logs/ensemble_of_runs/{dataset}/{backbone}/{method}/seed{seed}.log",
     threads: 1
     conda:
         "../envs/lt-bench.yaml"

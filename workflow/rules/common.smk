@@ -82,7 +82,12 @@ def tune_arg(wc):
 
 
 def ensemble_members(wc):
-    return [f"{d}/metrics.json" for d in PLAN.ensemble_members(wc.dataset, wc.method, wc.seed)]
+    dirs = PLAN.ensemble_members(wc.dataset, wc.backbone, wc.method, wc.seed)
+    return [f"{d}/metrics.json" for d in dirs]
+
+
+def methods_regex(kind):
+    return "|".join(PLAN.methods_consuming(kind)) or "none"
 
 
 def suite_runs():

@@ -15,7 +15,7 @@ rule run_on_features:
         config="results/runs/{dataset}/{backbone}/{method}/seed{seed}/config.json",
     wildcard_constraints:
         backbone=r"(?!ensemble/)[A-Za-z0-9_.-]+",
-        method="|".join(m for m in SUITE.methods if PLAN.consumes(m) == "features") or "none",
+        method=methods_regex("features"),
     params:
         hparams=hparams_json,
         base=base_run_args,

@@ -1,0 +1,12 @@
+"""LoRA-LA: LoRA on the attention projections, logit-adjusted loss — a fine-tuning run from images (docs/architecture.md §4; LIFT's recipe)."""
+
+from lt_bench.methods._base import METHODS
+from lt_bench.methods._finetune import FinetuneMethod
+
+
+@METHODS.register("lora_la")
+class LoraLa(FinetuneMethod):
+    name = "lora_la"
+    peft = "lora"
+    loss = "la"
+    description = "LoRA on the attention projections, logit-adjusted loss"

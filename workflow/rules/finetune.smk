@@ -1,0 +1,47 @@
+# Runs from images (docs/architecture.md §4): one fine-tuning job per (dataset, backbone,
+# method, seed) for methods that consume images (AdaptFormer-LA, VPT-LA, LoRA-LA, ...).
+# One GPU per job (`--resources gpu=4` runs four at once; the job claims a free device),
+# CPUs for the image loader; a killed job resumes from its last finished epoch.
+
+
+rule finetune:
+    input:
+        unpack(prior_input),
+        splits=multiext("resources/data/{dataset}/", "train.txt", "val.txt", "test.txt"),
+        classnames="resources/data/{dataset}/classnames.txt",
+        images=images_verified,
+        checkpoint=checkpoint_input,
+        text="results/features/{dataset}/{backbone}/text.parquet",
+    output:
+        metrics="results/runs/{dataset}/{backbone}/{method}/seed{seed}/metrics.json",
+        per_class="results/runs/{dataset}/{backbone}/{method}/seed{seed}/per_class.parquet",
+        predictor="results/runs/{dataset}/{backbone}/{method}/seed{seed}/predictor.json",
+        config="results/runs/{dataset}/{backbone}/{method}/seed{seed}/config.json",
+        val_logits="results/runs/{dataset}/{backbone}/{method}/seed{seed}/logits_val.parquet",
+        test_logits="results/runs/{dataset}/{backbone}/{method}/seed{seed}/logits_test.parquet",
+    wildcard_constraints:
+        backbone=r"(?!ensemble/)[A-Za-z0-9_.-]+",
+        method=methods_regex("images"),
+    params:
+        hparams=hparams_json,
+        dataset_params=lambda wc: json.dumps(dataset_params(wc.dataset), sort_keys=True),
+        image_root=lambda wc, input: f"--image-root-from {q(input.images)}" if input.images else "",
+        checkpoint=lambda wc, input: f"--checkpoint {q(input.checkpoint)}" if input.checkpoint else "",
+        prior=opt_arg("--prior", "prior"),
+        out=lambda wc: run_dir(wc.dataset, wc.backbone, wc.method, wc.seed),
+    log:
+        "logs/finetune/{dataset}/{backbone}/{method}/seed{seed}.log",
+    benchmark:
+        "results/benchmarks/finetune/{dataset}/{backbone}/{method}/seed{seed}.tsv"
+    threads: 2
+    resources:
+        gpu=1,
+    conda:
+        "../envs/lt-bench.yaml"
+    shell:
+        "lt-bench finetune --method {wildcards.method} --dataset {wildcards.dataset}"
+        " --dataset-params {params.dataset_params:q} --split-dir resources/data/{wildcards.dataset}"
+        " {params.image_root} --backbone {wildcards.backbone} {params.checkpoint}"
+        " --features-dir results/features/{wildcards.dataset}/{wildcards.backbone}"
+        " --out {params.out:q} --seed {wildcards.seed} --params {params.hparams:q}"
+        " {params.prior} --threads {threads} 2> {log:q}"
