@@ -95,6 +95,7 @@ def cmd_pretrain(args):
     summary = pretrain_toy_clip(args.out, num_classes=k, index=spec.toy_index, seed=args.seed,
                                 **(args.params or {}))
     print_json({k: summary.get(k) for k in ("zero_shot_top1", "rho_acc_vs_prior",
+                                            "rho_qhat_vs_prior", "rho_probe_vs_prior",
                                             "train_seconds")})
 
 

@@ -45,8 +45,27 @@ def write_text(path: str | os.PathLike, text: str) -> None:
         tmp.write_text(text)
 
 
+def finite_or_null(obj: Any) -> Any:
+    """The same structure with every NaN/±inf float replaced by None: bare ``NaN`` is not
+    JSON, and most readers (jq, browsers, pandas with strict parsers) refuse it."""
+    import math
+
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite_or_null(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_or_null(v) for v in obj]
+    if type(obj).__module__ == "numpy":
+        return finite_or_null(_json_default(obj))
+    return obj
+
+
 def write_json(path: str | os.PathLike, obj: Any) -> None:
-    write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
+    """Strict JSON (``null`` for undefined numbers), written atomically."""
+    text = json.dumps(finite_or_null(obj), indent=2, sort_keys=True, default=_json_default,
+                      allow_nan=False)
+    write_text(path, text + "\n")
 
 
 def read_json(path: str | os.PathLike) -> Any:

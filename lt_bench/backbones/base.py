@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from lt_bench.errors import UserError
 from lt_bench.registry import Registry
 
 if TYPE_CHECKING:  # torch is imported lazily: resolve_spec is on the CLI start-up path
@@ -58,6 +59,10 @@ def ensure_model_configs() -> None:
 
         open_clip.add_model_config(_CONFIG_DIR)
         _configs_added = True
+
+
+class RefusedCheckpointError(UserError):
+    """A checkpoint that is not a plain state dict (loading it could run code)."""
 
 
 @dataclass(frozen=True)
@@ -217,9 +222,17 @@ def _load_open_clip(spec: BackboneSpec, checkpoint: str | Path | None,
     kwargs = open_clip_tag_preprocess(spec.model, spec.pretrained) if checkpoint else {}
     if _looks_like_file(pretrained) and not Path(pretrained).is_file():
         raise FileNotFoundError(f"checkpoint for backbone {spec.name!r} not found: {pretrained}")
+    import pickle
+
     try:
         model, _, preprocess = open_clip.create_model_and_transforms(
             spec.model, pretrained=pretrained, device=device, **kwargs)
+    except pickle.UnpicklingError:  # torch's weights_only refusal
+        raise RefusedCheckpointError(
+            f"checkpoint {pretrained} for backbone {spec.name!r} is refused: it is not a plain "
+            "state dict of tensors (it holds pickled Python objects, which could run code "
+            "when loaded). Save the model's state_dict() with torch.save and pass that file."
+        ) from None
     except RuntimeError as e:
         if "Failed to download" not in str(e):
             raise
