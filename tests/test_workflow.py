@@ -56,14 +56,24 @@ def test_table_rows_equal_recomputed_means(finished_workflow):
     wf = finished_workflow
     suite = tiny_suite()
     table = pd.read_csv(wf / "results/tables/main.csv")
-    per_backbone = [m for m in suite["methods"] if m != "backdoor"]  # backdoor: "ensemble"
+    over_backbones = [m for m in suite["methods"]
+                      if METHODS.get(m).consumes == "runs" and METHODS.get(m).vary == "backbone"]
+    per_backbone = [m for m in suite["methods"] if m not in over_backbones]
     single = table[table["backbone"] != "ensemble"]
     assert len(single) == len(suite["backbones"]) * len(per_backbone)
-    assert (table["n_seeds"] == len(suite["seeds"])).all()
+    assert set(table[table["backbone"] == "ensemble"]["method"]) == set(over_backbones)
+    # the fine-tuning track (and its backdoor) runs on finetune_seeds only
+    fine = {"adaptformer_la", "backdoor_finetuned"}
+    for _, row in table.iterrows():
+        seeds = suite["finetune_seeds"] if row["method"] in fine else suite["seeds"]
+        assert row["n_seeds"] == len(seeds), row["method"]
     for _, row in single.iterrows():
+        seeds = suite["finetune_seeds"] if row["method"] in fine else suite["seeds"]
+        if len(seeds) < 2:
+            continue
         vals = [json.loads((wf / "results/runs" / row["dataset"] / row["backbone"] / row["method"]
                             / f"seed{s}" / "metrics.json").read_text())["top1"] * 100
-                for s in suite["seeds"]]
+                for s in seeds]
         assert row["top1_mean"] == pytest.approx(statistics.mean(vals), abs=1e-3)
         assert row["top1_std"] == pytest.approx(statistics.stdev(vals), abs=1e-3)
     md = (wf / "results/tables/main.md").read_text()
@@ -90,7 +100,10 @@ def test_changing_one_method_reruns_only_its_jobs(finished_workflow, tmp_path):
     counts = job_counts(dry.stdout)
     suite = cfg["suites"][cfg["suite"]]
     affected = {"la"} | {m for m in suite["methods"] if "la" in METHODS.get(m).requires}
-    n_heads = len(affected - {"backdoor"}) * len(suite["backbones"]) * len(suite["seeds"])
+    n_heads = len(affected) * len(suite["backbones"]) * len(suite["seeds"])
+    # and the extra seeds of the same-backbone control's LA members
+    n_heads += len(suite["backbones"]) * len(suite["seeds"]) * (
+        len(cfg["methods"]["backdoor_same_backbone"]["seed_offsets"]) - 1)
     assert counts.get("run_on_features") == n_heads, counts
     for upstream in ("prepare_dataset", "pretrain_toy_clip", "extract_features",
                      "estimate_prior"):

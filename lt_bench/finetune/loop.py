@@ -49,6 +49,7 @@ FINETUNE_DEFAULTS: dict[str, Any] = {
     "scale": 25.0,           # cosine head scale (LIFT utils/config.py)
     "amp": "auto",           # auto (bf16 if supported else fp16 on CUDA, off on CPU) | bf16 | fp16 | off
     "num_workers": "auto",   # image-loader workers; auto = this job's CPU share on CUDA, 0 on CPU
+    "crop_scale": [0.08, 1.0],  # RandomResizedCrop area range (torchvision's, as LIFT)
     "tte": False,            # five-crop test-time ensembling of the final val/test logits
     "test_transform": "lift",  # lift: Resize(size*8//7)+CenterCrop; open_clip: Resize(size)+CenterCrop
     "eval_batch_size": 256,
@@ -122,6 +123,13 @@ def resolve_hparams(hparams: dict[str, Any]) -> dict[str, Any]:
     if hp["test_transform"] not in ("lift", "open_clip"):
         raise FinetuneConfigError(f"finetune.test_transform must be 'lift' or 'open_clip', "
                                   f"got {hp['test_transform']!r}")
+    cs = hp["crop_scale"]
+    if (not isinstance(cs, (list, tuple)) or len(cs) != 2
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in cs)
+            or not 0 < cs[0] <= cs[1] <= 1):
+        raise FinetuneConfigError(f"finetune.crop_scale must be [min, max] with "
+                                  f"0 < min <= max <= 1, got {cs!r}")
+    hp["crop_scale"] = [float(cs[0]), float(cs[1])]
     for key in ("tte", "val_every_epoch"):
         if not isinstance(hp[key], bool):
             raise FinetuneConfigError(f"finetune.{key} must be true or false, got {hp[key]!r}")
@@ -237,6 +245,20 @@ class Trainer:
                 torch.cat(logits).numpy().astype(np.float32))
 
 
+def _train_transform(size: int, mean, std, crop_scale):
+    """LIFT's train transform with the crop's area range set to ``crop_scale``."""
+    from torchvision.transforms import RandomResizedCrop
+
+    from lt_bench.backbones.transforms import lift_train_transform
+
+    tf = lift_train_transform(size, mean, std)
+    crops = [t for t in tf.transforms if isinstance(t, RandomResizedCrop)]
+    if len(crops) != 1:
+        raise RuntimeError("lift_train_transform no longer has one RandomResizedCrop")
+    crops[0].scale = tuple(crop_scale)
+    return tf
+
+
 def _check_items(name: str, items, num_classes: int) -> None:
     if not items:
         raise FinetuneConfigError(f"the {name} split has no images")
@@ -265,11 +287,7 @@ def finetune(*, model, train_items: list[tuple[str, int]],
     from torch.utils.data import DataLoader
     from tqdm import tqdm
 
-    from lt_bench.backbones.transforms import (
-        five_crop_transform,
-        lift_test_transform,
-        lift_train_transform,
-    )
+    from lt_bench.backbones.transforms import five_crop_transform, lift_test_transform
     from lt_bench.finetune import state as st
     from lt_bench.finetune.images import EpochSampler, ImageItems
     from lt_bench.finetune.peft import CosineHead, inject_peft, peft_sizes
@@ -338,7 +356,7 @@ def finetune(*, model, train_items: list[tuple[str, int]],
     loader_kw = {"num_workers": workers, "pin_memory": pin,
                  "persistent_workers": workers > 0}
     train_ds = ImageItems(image_root, train_items,
-                          lift_train_transform(image_size, mean, std), "train")
+                          _train_transform(image_size, mean, std, hp["crop_scale"]), "train")
     sampler = EpochSampler(len(train_ds), seed)
     train_loader = DataLoader(train_ds, batch_size=hp["micro_batch_size"], sampler=sampler,
                               **loader_kw)
