@@ -16,48 +16,8 @@ import os
 import sys
 from pathlib import Path
 
+from lt_bench.argtypes import json_object, print_json, set_threads, workers
 from lt_bench.errors import EXIT_USER_ERROR, UserError
-
-
-def json_object(s: str) -> dict:
-    """``--params`` values: a JSON object."""
-    try:
-        v = json.loads(s)
-    except json.JSONDecodeError as e:
-        raise argparse.ArgumentTypeError(f"not valid JSON ({e}): {s!r}") from None
-    if not isinstance(v, dict):
-        raise argparse.ArgumentTypeError(f"expected a JSON object like '{{\"key\": 1}}', "
-                                         f"got {s!r}")
-    return v
-
-
-def name_path(s: str) -> tuple[str, str]:
-    if "=" not in s:
-        raise argparse.ArgumentTypeError(f"expected NAME=PATH, got {s!r}")
-    k, v = s.split("=", 1)
-    return k, v
-
-
-def workers(s: str) -> int | str:
-    if s == "auto":
-        return "auto"
-    try:
-        return max(0, int(s))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected a number of workers or 'auto', got {s!r}") from None
-
-
-def set_threads(n: int | None) -> None:
-    if n:
-        import torch
-
-        torch.set_num_threads(n)
-
-
-def print_json(obj) -> None:
-    print(json.dumps(obj, default=str))
-
 
 # --- handlers of the verbs defined here -------------------------------------------------
 
@@ -101,15 +61,13 @@ def cmd_pretrain(args):
 
 def cmd_extract(args):
     from lt_bench.data import get_dataset
+    from lt_bench.data.images import image_root_of
     from lt_bench.features.extract import auto_num_workers, extract_all
     from lt_bench.features.options import extract_kwargs
 
     set_threads(args.threads)
     ds = get_dataset(args.dataset, **(args.dataset_params or {}))
-    if args.image_root_from:  # the root an image check verified (verify-images --out)
-        root = Path(json.loads(Path(args.image_root_from).read_text())["image_root"])
-    else:
-        root = ds.image_root(Path(args.split_dir), args.data_root)
+    root = image_root_of(ds, Path(args.split_dir), args.data_root, args.image_root_from)
     n_workers = auto_num_workers() if args.num_workers == "auto" else args.num_workers
     stats = extract_all(args.dataset, Path(args.split_dir), root, args.backbone,
                         Path(args.out_dir), checkpoint=args.checkpoint, splits=ds.splits,

@@ -261,11 +261,8 @@ def pretrain_toy_clip(out_dir: str | Path, num_classes: int, index: int,
 
 
 def _estimate_prior(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    # GLA's estimator lives in lt_bench.prior (it used to be lt_bench.methods.prior).
-    try:
-        from lt_bench.prior import estimate_prior
-    except ImportError:  # pragma: no cover - the older layout
-        from lt_bench.methods.prior import estimate_prior
+    from lt_bench.prior import estimate_prior  # GLA's estimator (the same floor)
+
     return estimate_prior(logits, labels)[0]
 
 

@@ -15,17 +15,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-
-def json_object(text: str) -> dict[str, Any]:
-    """argparse type of ``--params``: a JSON object (``'{"imb_ratio": 50}'``)."""
-    try:
-        value = json.loads(text)
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(f"not valid JSON ({err}): {text!r}") from None
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError(
-            f"expected a JSON object such as '{{\"imb_ratio\": 50}}', got {text!r}")
-    return value
+from lt_bench.argtypes import json_object
 
 
 def _print_json(obj: Any) -> None:

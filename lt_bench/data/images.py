@@ -12,6 +12,7 @@ it did not create. :func:`ensure_images` (``lt-bench verify-images``, the workfl
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import random
@@ -246,3 +247,13 @@ def _no_download_message(dataset: str) -> str:
                 f"lists (CIFAR-100-LT from torchvision's CIFAR-100 download); nothing to download")
     return (f"dataset {dataset!r} has no image archive to download; datasets with one: "
             f"{', '.join(sorted(IMAGE_ARCHIVES))}")
+
+
+def image_root_of(ds, split_dir: Path, data_root: str | None,
+                  verified_report: str | os.PathLike | None = None) -> Path:
+    """Where a dataset's split-list paths are relative to: the root an image check verified
+    (``verify-images --out`` report, so moving data_root re-checks but does not re-extract),
+    else the dataset's own rule (``Dataset.image_root``)."""
+    if verified_report:
+        return Path(json.loads(Path(verified_report).read_text())["image_root"])
+    return ds.image_root(Path(split_dir), data_root)

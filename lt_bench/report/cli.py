@@ -6,20 +6,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from lt_bench.argtypes import name_path
+
 
 def _run_dirs(a) -> list[Path]:
-    from lt_bench.report.collect import find_run_dirs
+    from lt_bench.runs.folder import selected_run_dirs
 
-    if a.metrics:
-        return [Path(m).parent for m in a.metrics]
-    dirs = find_run_dirs(a.runs_root)
-    if getattr(a, "dataset", None):
-        dirs = [d for d in dirs if d.parts[-4] == a.dataset]
-    if not dirs:
-        raise FileNotFoundError(f"no finished runs (metrics.json) under {a.runs_root}"
-                                + (f" for dataset {a.dataset!r}" if getattr(a, "dataset", None)
-                                   else ""))
-    return dirs
+    return selected_run_dirs(a.metrics, a.runs_root, getattr(a, "dataset", None))
 
 
 def cmd_tables(a) -> None:
@@ -96,13 +89,6 @@ def cmd_fig_dxp(a) -> None:
     print("\n".join(map(str, out)))
 
 
-def _kv(s: str) -> tuple[str, str]:
-    if "=" not in s:
-        raise argparse.ArgumentTypeError(f"expected BACKBONE=PATH, got {s!r}")
-    k, v = s.split("=", 1)
-    return k, v
-
-
 def _runs_args(s) -> None:
     s.add_argument("--runs-root", default="results/runs")
     s.add_argument("--metrics", nargs="*", help="explicit metrics.json files (default: all "
@@ -155,7 +141,7 @@ def add_report_commands(sub: argparse._SubParsersAction) -> None:
     s.set_defaults(func=cmd_fig_accuracy)
 
     s = fsub.add_parser("prior", help="estimated prior q̂ vs the true prior (toy backbones)")
-    s.add_argument("--prior", type=_kv, action="append", metavar="BACKBONE=PARQUET",
+    s.add_argument("--prior", type=name_path, action="append", metavar="BACKBONE=PARQUET",
                    help="prior file (label, q_hat, q_true) of a backbone (repeatable)")
     s.add_argument("--backbones-dir", default="results/backbones",
                    help="where toy backbones keep prior.parquet (the true prior, when the "

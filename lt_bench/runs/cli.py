@@ -20,7 +20,7 @@ def cmd_prior(args):
 
 def cmd_train(args):
     """Route on what the method consumes: features (fit), runs (combine)."""
-    from lt_bench.cli import set_threads
+    from lt_bench.argtypes import set_threads
     from lt_bench.methods import METHODS
 
     cls = METHODS.get(args.method)
@@ -81,16 +81,14 @@ def _device(requested: str | None) -> str:
 
 
 def cmd_finetune(args):
-    from lt_bench.cli import set_threads
+    from lt_bench.argtypes import set_threads
     from lt_bench.data import get_dataset
+    from lt_bench.data.images import image_root_of
     from lt_bench.runs.finetune import finetune_run
 
     set_threads(args.threads)
     ds = get_dataset(args.dataset, **(args.dataset_params or {}))
-    if args.image_root_from:  # the root an image check verified (verify-images --out)
-        root = Path(json.loads(Path(args.image_root_from).read_text())["image_root"])
-    else:
-        root = ds.image_root(Path(args.split_dir), args.data_root)
+    root = image_root_of(ds, Path(args.split_dir), args.data_root, args.image_root_from)
     group_counts = None
     if args.group_counts:
         import numpy as np
@@ -114,7 +112,7 @@ def cmd_logits(args):
 
 
 def add_run_commands(sub) -> None:
-    from lt_bench.cli import json_object, name_path
+    from lt_bench.argtypes import json_object, name_path
 
     s = sub.add_parser("prior", help="estimate a backbone's pre-training label prior q̂ (GLA)")
     s.add_argument("--features-dir", required=True,

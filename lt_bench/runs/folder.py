@@ -40,6 +40,21 @@ def find_run_dirs(runs_root: str | os.PathLike) -> list[Path]:
     return sorted(p.parent for p in Path(runs_root).glob("*/*/*/seed*/metrics.json"))
 
 
+def selected_run_dirs(metrics: list[str] | None, runs_root: str | os.PathLike,
+                      dataset: str | None = None) -> list[Path]:
+    """The runs a verb acts on: explicit ``metrics.json`` files (the workflow lists them), or
+    every finished run under ``runs_root`` (of ``dataset``); an error when there is none."""
+    if metrics:
+        return [Path(m).parent for m in metrics]
+    dirs = [d for d in find_run_dirs(runs_root) if dataset is None or d.parts[-4] == dataset]
+    if not dirs:
+        raise FileNotFoundError(
+            f"no finished runs (metrics.json) under {runs_root}"
+            + (f" for dataset {dataset!r}" if dataset else "")
+            + "; expected run folders {dataset}/{backbone}/{method}/seed{seed}")
+    return dirs
+
+
 def project_root_of(run_path: Path) -> Path | None:
     """The folder holding ``results/`` for a run folder laid out as ``run_dir`` says."""
     p = Path(run_path).absolute()

@@ -32,15 +32,12 @@ class StoreNotFoundError(UserError, FileNotFoundError):
 
 
 def _run_dirs(args) -> list[Path]:
-    from lt_bench.tracking.records import find_run_dirs
+    from lt_bench.runs.folder import selected_run_dirs
 
-    if args.metrics:
-        return [Path(m).parent for m in args.metrics]
-    dirs = find_run_dirs(args.runs_root)
-    if not dirs:
-        raise StoreNotFoundError(f"no finished runs (metrics.json) under {args.runs_root}; "
-                                 "expected run folders {dataset}/{backbone}/{method}/seed{seed}")
-    return dirs
+    try:
+        return selected_run_dirs(args.metrics, args.runs_root)
+    except FileNotFoundError as e:
+        raise StoreNotFoundError(str(e)) from None
 
 
 def cmd_ingest(args) -> None:

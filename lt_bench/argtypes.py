@@ -1,0 +1,47 @@
+"""Argument types and small helpers shared by every CLI verb (one convention: the
+parameters of what a verb acts on are one JSON object, ``--params '{...}'``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def json_object(s: str) -> dict:
+    """``--params`` values: a JSON object."""
+    try:
+        v = json.loads(s)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({e}): {s!r}") from None
+    if not isinstance(v, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object like '{{\"key\": 1}}', "
+                                         f"got {s!r}")
+    return v
+
+
+def name_path(s: str) -> tuple[str, str]:
+    if "=" not in s:
+        raise argparse.ArgumentTypeError(f"expected NAME=PATH, got {s!r}")
+    k, v = s.split("=", 1)
+    return k, v
+
+
+def workers(s: str) -> int | str:
+    if s == "auto":
+        return "auto"
+    try:
+        return max(0, int(s))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a number of workers or 'auto', got {s!r}") from None
+
+
+def set_threads(n: int | None) -> None:
+    if n:
+        import torch
+
+        torch.set_num_threads(n)
+
+
+def print_json(obj) -> None:
+    print(json.dumps(obj, default=str))
