@@ -24,5 +24,5 @@ include: "workflow/rules/tracking.smk"
 
 rule all:
     input:
-        all_targets(),
+        PLAN.final_targets(),
     default_target: True

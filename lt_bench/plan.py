@@ -214,3 +214,20 @@ class Plan:
         out += self.figure_targets()
         out.append("results/mlflow/ingested.json")
         return out + list(extra or [])
+
+    @staticmethod
+    def features(dataset: str, backbone: str) -> list[str]:
+        return [f"results/features/{dataset}/{backbone}/{s}.parquet"
+                for s in ("train", "val", "test", "text")]
+
+    @staticmethod
+    def tracking_store_id() -> str:
+        """Hash of the MLflow store ingestion writes to ($MLFLOW_TRACKING_URI, else the
+        project's SQLite file): a rule param, so another store re-ingests, without a
+        password reaching .snakemake/ metadata (not `envvars:`, which Snakemake 9 makes
+        mandatory)."""
+        from lt_bench.io import stable_hash
+
+        uri = os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///" + os.path.abspath(
+            "results/mlflow/mlflow.db")
+        return stable_hash(uri)

@@ -168,27 +168,30 @@ def read_prior(path: Path | str, num_classes: int | None = None) -> PriorFile:
     """Read and check a prior file (``results/prior/{dataset}/{backbone}.parquet``): one
     entry per class with labels 0..K−1, every q̂ finite and > 0, summing to 1. A prior that
     fails any of these would give a "finished" run at chance (log 0) — refuse it here."""
-    import pandas as pd
+    import pyarrow.parquet as pq
+
+    from lt_bench.features.store import column_numpy
 
     path = Path(path)
     if not path.is_file():
         raise InputValidationError(f"prior file not found: {path} (made by `lt-bench prior`)")
     try:
-        df = pd.read_parquet(path)
+        with pq.ParquetFile(path) as f:  # not pandas: this is on every run's start-up path
+            t = f.read()
     except Exception as e:  # pyarrow raises several types for a damaged file
         raise InputValidationError(f"prior file {path} is not a readable Parquet file ({e}); "
                                    "delete it and rerun `lt-bench prior`") from e
-    if not {"label", "q_hat"} <= set(df.columns):
+    if not {"label", "q_hat"} <= set(t.column_names):
         raise InputValidationError(f"prior file {path}: needs columns 'label' and 'q_hat', "
-                                   f"has {list(df.columns)}")
-    df = df.sort_values("label")
-    labels = df["label"].to_numpy()
-    k = len(df) if num_classes is None else int(num_classes)
-    if len(df) != k or not np.array_equal(labels, np.arange(k)):
+                                   f"has {t.column_names}")
+    order = np.argsort(column_numpy(t.column("label")), kind="stable")
+    labels = column_numpy(t.column("label"))[order]
+    k = t.num_rows if num_classes is None else int(num_classes)
+    if t.num_rows != k or not np.array_equal(labels, np.arange(k)):
         raise InputValidationError(
             f"prior file {path}: expected one row per class with labels 0..{k - 1}, got "
-            f"{len(df)} rows (labels {labels[:3].tolist()}…{labels[-3:].tolist()})")
-    q = df["q_hat"].to_numpy(dtype=np.float64)
+            f"{t.num_rows} rows (labels {labels[:3].tolist()}…{labels[-3:].tolist()})")
+    q = column_numpy(t.column("q_hat")).astype(np.float64)[order]
     bad = np.flatnonzero(~np.isfinite(q) | (q <= 0))
     if len(bad):
         raise InputValidationError(
@@ -198,7 +201,8 @@ def read_prior(path: Path | str, num_classes: int | None = None) -> PriorFile:
         raise InputValidationError(f"prior file {path}: q_hat sums to {q.sum():.9g}, "
                                    f"expected 1 (within {SUM_TOLERANCE:g})")
     meta = read_prior_meta(path)
-    q_true = df["q_true"].to_numpy(dtype=np.float64) if "q_true" in df.columns else None
+    q_true = (column_numpy(t.column("q_true")).astype(np.float64)[order]
+              if "q_true" in t.column_names else None)
     return PriorFile(path, q, meta.get("temperature"), q_true, meta)
 
 

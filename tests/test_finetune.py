@@ -321,6 +321,7 @@ def _frozen_la_head_val(bb, world, head_init, train, val, epochs=10, lr=0.01, ba
 FT_TOY_HPARAMS = {"epochs": 10, "batch_size": 32, "crop_scale": [0.5, 1.0]}
 
 
+@pytest.mark.slow  # ~1 min on 2 idle cores (10 epochs x 1,541 images), 12 min on a loaded box
 def test_short_finetune_beats_the_frozen_feature_la_head(small_toy_world, tmp_path):
     from lt_bench.backbones.base import load_backbone
 

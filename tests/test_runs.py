@@ -40,7 +40,7 @@ def test_same_seed_same_metrics_different_seed_differs(small_toy_world, tmp_path
     a = train_run("ce", small_toy_world["features_dir"], tmp_path / "a", seed=3, hparams=FAST)
     b = train_run("ce", small_toy_world["features_dir"], tmp_path / "b", seed=3, hparams=FAST)
     c = train_run("ce", small_toy_world["features_dir"], tmp_path / "c", seed=4, hparams=FAST)
-    drop = ("train_seconds", "info")
+    drop = ("train_seconds", "info", "started_at", "finished_at")  # wall-clock times
     assert {k: v for k, v in a.items() if k not in drop} == \
         {k: v for k, v in b.items() if k not in drop}
     w = [(tmp_path / d / "predictor.safetensors").read_bytes() for d in ("a", "b", "c")]
@@ -83,5 +83,8 @@ def test_zero_shot_run_equals_text_classifier(small_toy_world, tmp_path):
 
     text = read_text_embeddings(small_toy_world["features_dir"] / "text.parquet")
     test = read_features(small_toy_world["features_dir"] / "test.parquet")
-    pred = (test.features @ text.embeddings.T).argmax(1)  # scale/norm don't change argmax
+    # encode_image = f @ P (the cached feature is pre-projection); argmax of the cosine
+    e = test.features @ text.projection
+    e /= np.linalg.norm(e, axis=1, keepdims=True)
+    pred = (e @ text.embeddings.T).argmax(1)
     assert m["top1"] == pytest.approx((pred == test.labels).mean())

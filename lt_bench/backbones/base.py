@@ -34,7 +34,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -86,7 +86,6 @@ class BackboneSpec:
     #: dimension of the joint image-text space (``encode_image``); None without text
     embed_dim: int | None = None
     description: str = ""
-    extra: dict = field(default_factory=dict)
 
     @property
     def timm_name(self) -> str:

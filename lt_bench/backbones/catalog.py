@@ -41,8 +41,6 @@ for _name, _model, _tag, _dim, _emb, _desc in _REAL:
                                       pretrained=_tag, feature_dim=_dim, embed_dim=_emb,
                                       description=_desc))
 
-#: the backdoor ensemble of the paper (M = 3): one CLIP per pre-training corpus
-PAPER_BACKBONES = ("clip_vit_b16", "openclip_vit_b16", "metaclip_vit_b16")
 
 # A non-CLIP backbone (LIFT's ImageNet-21k ViT-B/16): no text tower, so no zero-shot;
 # heads start from class means of the train features.

@@ -146,10 +146,26 @@ def _fixed_list(values: np.ndarray, dtype: pa.DataType) -> pa.FixedSizeListArray
     return pa.FixedSizeListArray.from_arrays(flat, int(np.prod(values.shape[1:])))
 
 
+def column_numpy(col: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """A numeric column as a (read-only) numpy view of its values buffer. pyarrow's own
+    to_numpy imports pandas on first use (0.5-1 s of every job's start-up on 2 cores);
+    columns with nulls or of other types take that path (nulls become NaN, which
+    check_finite then names)."""
+    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    t = arr.type
+    kind = "f" if pa.types.is_floating(t) else "i" if pa.types.is_signed_integer(t) else (
+        "u" if pa.types.is_unsigned_integer(t) else None)
+    if kind is None or arr.null_count:
+        return arr.to_numpy(zero_copy_only=False)
+    dtype = np.dtype(f"<{kind}{t.bit_width // 8}")
+    return np.frombuffer(arr.buffers()[1], dtype=dtype, count=len(arr),
+                         offset=arr.offset * dtype.itemsize)
+
+
 def _fixed_list_to_numpy(col: pa.ChunkedArray) -> np.ndarray:
     arr = col.combine_chunks()
     dim = arr.type.list_size
-    return arr.flatten().to_numpy(zero_copy_only=False).reshape(-1, dim)
+    return column_numpy(arr.flatten()).reshape(-1, dim)
 
 
 def features_table(paths: list[str], labels: np.ndarray, features: np.ndarray,
@@ -193,7 +209,10 @@ def _read(path: str | Path, columns=None) -> pa.Table:
     if not path.is_file():
         raise FileNotFoundError(f"feature file not found: {path}")
     try:
-        return pq.read_table(path, columns=columns)
+        # ParquetFile, not pq.read_table: read_table goes through pyarrow.dataset, whose
+        # import pulls in pandas (1-2 s of every job that reads features, on 2 cores)
+        with pq.ParquetFile(path) as f:
+            return f.read(columns=columns)
     except (pa.ArrowInvalid, OSError) as e:
         raise CorruptFileError(f"{path}: not a readable Parquet file ({e}); delete it and rerun "
                                "the stage that made it") from e
@@ -221,7 +240,7 @@ def read_features(path: str | Path) -> FeatureSplit:
                                    f"match the metadata's crops={meta.get('crops')!r}")
         crops = flat.reshape(len(flat), c, flat.shape[1] // c)
         check_finite(crops, f"{path} (column 'crops')")
-    labels = table.column("label").to_numpy().astype(np.int64)
+    labels = column_numpy(table.column("label")).astype(np.int64)
     return FeatureSplit(table.column("path").to_pylist(), labels, feats, meta, crops)
 
 
@@ -232,7 +251,7 @@ def read_feature_views(path: str | Path) -> tuple[np.ndarray, np.ndarray, dict[s
     missing = {"path", "label", "view", "feature"} - set(table.column_names)
     if missing:
         raise CorruptFileError(f"{path}: missing column(s) {sorted(missing)}")
-    view = table.column("view").to_numpy().astype(np.int64)
+    view = column_numpy(table.column("view")).astype(np.int64)
     v = int(meta.get("views") or (view.max() + 1 if len(view) else 0))
     if v == 0 or len(view) % v:
         raise CorruptFileError(f"{path}: {len(view)} rows are not {v} views of equal size")
@@ -241,7 +260,7 @@ def read_feature_views(path: str | Path) -> tuple[np.ndarray, np.ndarray, dict[s
         raise CorruptFileError(f"{path}: rows are not view-major (view 0 rows, then view 1, ...)")
     feats = _fixed_list_to_numpy(table.column("feature")).astype(np.float32)
     check_finite(feats, f"{path} (column 'feature')")
-    labels = table.column("label").to_numpy().astype(np.int64)
+    labels = column_numpy(table.column("label")).astype(np.int64)
     if v > 1 and not np.array_equal(labels.reshape(v, n), np.broadcast_to(labels[:n], (v, n))):
         raise CorruptFileError(f"{path}: the views do not list the same images in the same order")
     return labels[:n], feats.reshape(v, n, -1), meta

@@ -11,6 +11,7 @@ only says what its loss is (``loss``) and, optionally, how batches are sampled.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from typing import Any, ClassVar
 
@@ -94,6 +95,33 @@ def batch_indices(labels: np.ndarray, batch_size: int, sampler: str,
     return [order[i:i + batch_size] for i in range(0, n, batch_size)]
 
 
+def cosine_lr(base: float, t: int, t_max: int) -> float:
+    """CosineAnnealingLR's closed form (eta_min 0): the lr of step (or epoch) t of t_max."""
+    return base * 0.5 * (1 + math.cos(math.pi * t / t_max))
+
+
+class HeadSGD:
+    """torch.optim.SGD (dampening 0, no Nesterov) on the one head tensor, written out:
+    constructing any torch.optim optimizer (and its zero_grad) imports torch._dynamo,
+    2-5 s of every job's start-up on 2 cores, for an update of three tensor ops. Same
+    arithmetic as torch's ``_single_tensor_sgd`` (a test compares the trajectories)."""
+
+    def __init__(self, weight, momentum: float, weight_decay: float):
+        self.weight, self.momentum, self.wd, self.buf = weight, momentum, weight_decay, None
+
+    def step(self, lr: float) -> None:
+        import torch
+
+        with torch.no_grad():
+            d = self.weight.grad
+            if self.wd:
+                d = d.add(self.weight, alpha=self.wd)
+            if self.momentum:
+                self.buf = d.clone() if self.buf is None else self.buf.mul_(self.momentum).add_(d)
+                d = self.buf
+            self.weight.add_(d, alpha=-lr)
+
+
 class HeadMethod(Method):
     """A cosine head trained with ``self.loss``; subclasses override ``loss``."""
 
@@ -153,8 +181,7 @@ class HeadMethod(Method):
         rng = np.random.default_rng(ctx.seed)
         loss_fn = self.prepare_loss(ctx)
         head = cosine_head(self.init_weight(ctx, rng), hp["scale"], ctx.device)
-        opt = torch.optim.SGD(head.parameters(), lr=hp["lr"], momentum=hp["momentum"],
-                              weight_decay=hp["weight_decay"])
+        opt = HeadSGD(head.weight, momentum=hp["momentum"], weight_decay=hp["weight_decay"])
         # moved to the device once per fit; batches are gathered there
         views = ctx.train_views
         x_all = torch.from_numpy(ctx.train.features if views is None else views).to(ctx.device)
@@ -164,8 +191,8 @@ class HeadMethod(Method):
         # LIFT (trainer.py) steps CosineAnnealingLR(num_epochs) once per epoch;
         # "cosine_step" (per iteration down to 0) is kept as an option
         by_epoch = hp["lr_schedule"] == "cosine_epoch"
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(
-            opt, T_max=max(hp["epochs"] if by_epoch else hp["epochs"] * per_epoch, 1))
+        t_max = max(hp["epochs"] if by_epoch else hp["epochs"] * per_epoch, 1)
+        step = 0
         x_val = torch.from_numpy(ctx.val.features).to(ctx.device)
         arange = torch.arange(n_train, device=ctx.device)
         # its own stream: drawing views leaves the batch order of the same seed unchanged
@@ -173,7 +200,7 @@ class HeadMethod(Method):
         history = []
         t0 = time.time()
         for epoch in range(hp["epochs"]):
-            lr = sched.get_last_lr()[0]
+            lr = cosine_lr(hp["lr"], epoch, t_max) if by_epoch else cosine_lr(hp["lr"], step, t_max)
             if views is None:
                 x_epoch = x_all
             else:  # one of the V cached augmented views per image, drawn afresh each epoch
@@ -183,14 +210,11 @@ class HeadMethod(Method):
             for idx in batch_indices(ctx.train.labels, hp["batch_size"], hp["sampler"], rng):
                 idx_t = torch.from_numpy(idx).to(ctx.device)
                 loss = loss_fn(head(x_epoch[idx_t]), y_all[idx_t], epoch)
-                opt.zero_grad(set_to_none=True)
+                head.weight.grad = None
                 loss.backward()
-                opt.step()
-                if not by_epoch:
-                    sched.step()
+                opt.step(cosine_lr(hp["lr"], epoch if by_epoch else step, t_max))
+                step += 1
                 total += loss.detach() * len(idx)  # no per-step host sync on a GPU
-            if by_epoch:
-                sched.step()
             with torch.no_grad():
                 val_acc = float((head(x_val).argmax(1).cpu().numpy() == ctx.val.labels).mean())
             train_loss = float(total) / n_train

@@ -15,7 +15,6 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from lt_bench.features.store import read_features
 from lt_bench.io import sha256_file, write_json
 from lt_bench.methods._base import METHODS, FitContext, FitResult, Method
 from lt_bench.methods._predictor import PREDICTOR_LOADERS
@@ -85,6 +84,8 @@ class KNNPredictor:
                 raise ValueError(f"k-NN predictor: train features {path} changed since the run "
                                  f"(sha256 {sha[:12]}…, run recorded {self.train_sha256[:12]}…); "
                                  "rerun the knn run")
+            from lt_bench.features.store import read_features  # keeps pyarrow off `list methods`
+
             tr = read_features(path)
             self._train = (tr.features, tr.labels)
         return self._train

@@ -99,6 +99,23 @@ def check_logits(name: str, split: str, labels: np.ndarray, logits: np.ndarray,
             f"{int(np.flatnonzero(bad)[0])}); check the features and the prior for NaN/inf/0")
 
 
+def arrow_column(values):
+    """A 1-d numpy array (numbers or str) as an Arrow array, built from its buffers:
+    pa.array()/pa.table() import pandas on first use (0.4-1 s of every run's start-up)."""
+    import pyarrow as pa
+
+    x = np.ascontiguousarray(values)
+    if x.dtype.kind in "US":
+        data = [s.encode() for s in x.tolist()]
+        offsets = np.zeros(len(data) + 1, np.int32)
+        np.cumsum([len(s) for s in data], out=offsets[1:])
+        return pa.StringArray.from_buffers(len(data), pa.py_buffer(offsets),
+                                           pa.py_buffer(b"".join(data)))
+    if x.dtype.kind not in "iuf":  # bools are bit-packed in Arrow, objects have no buffer
+        return pa.array(x.tolist())
+    return pa.Array.from_buffers(pa.from_numpy_dtype(x.dtype), len(x), [None, pa.py_buffer(x)])
+
+
 def write_run(out_dir: Path, logits_by_split: dict[str, tuple[np.ndarray, np.ndarray]], *,
               train_counts: np.ndarray, config: dict[str, Any], info: dict[str, Any],
               history: list[dict[str, Any]] | None = None, pretrain_prior=None,
@@ -107,7 +124,8 @@ def write_run(out_dir: Path, logits_by_split: dict[str, tuple[np.ndarray, np.nda
     """Finish a run of any kind: evaluate the val and test logits, write config.json,
     history.json, per_class.parquet and, last, metrics.json. ``group_counts`` define the
     D-groups where they differ from the train counts (CIFAR-100-LT IR 10/50: IR-100's)."""
-    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.parquet as pq
 
     from lt_bench.metrics import evaluate
 
@@ -127,7 +145,8 @@ def write_run(out_dir: Path, logits_by_split: dict[str, tuple[np.ndarray, np.nda
     test_m, per_class = evaluate(z_test, y_test, groups, pretrain_prior)
     per_class["train_count"] = np.asarray(train_counts)
     with atomic_path(out_dir / "per_class.parquet") as tmp:
-        pd.DataFrame(per_class).to_parquet(tmp, index=False)
+        pq.write_table(pa.Table.from_arrays([arrow_column(v) for v in per_class.values()],
+                                            names=list(per_class)), tmp)
     finished = time.time()
     metrics = {**test_m, "val_top1": val_m["top1"], "n_train": int(np.sum(train_counts)),
                "train_seconds": float(info.get("train_seconds", info.get("fit_seconds", 0.0))),

@@ -1,5 +1,4 @@
-# Thin adapters from Snakemake wildcards to the planning library (lt_bench/plan.py), which
-# makes every decision (runs, inputs, data_root, tuning, final targets) and is unit-tested.
+# Thin adapters from wildcards to lt_bench/plan.py, which makes every decision (unit-tested).
 import json
 import os
 import sys
@@ -14,6 +13,11 @@ from lt_bench.plan import Plan, run_dir
 # `.venv/bin/snakemake` works without activating the venv (also inside SLURM jobs).
 shell.prefix(f"set -euo pipefail; export PATH={shlex.quote(os.path.dirname(sys.executable))}:$PATH; ")
 
+if not os.path.exists("config.yaml") and os.path.realpath(os.getcwd()) != os.path.realpath(workflow.basedir):
+    raise WorkflowError(
+        f"run lt-bench's workflow from its project folder ({workflow.basedir}), or give "
+        f"--directory {workflow.basedir}: {os.getcwd()} has no config.yaml, and the results would land there"
+    )
 validate(config, "../schemas/config.schema.yaml")
 PLAN = Plan(config)
 SUITE = PLAN.suite
@@ -26,23 +30,18 @@ wildcard_constraints:
     seed=r"\d+",
 
 
-def q(s):
-    return shlex.quote(str(s))
+q = lambda s: shlex.quote(str(s))
 
 
-def dataset_params(dataset):
-    return PLAN.dataset_params(dataset)
+def opt_arg(flag, key):
+    """`--flag <input.key>` where the input function gave that key, else nothing."""
+    return lambda wc, input: f"{flag} {q(input[key])}" if key in input.keys() and input[key] else ""
+
 
 
 def checkpoint_input(wc):
     """Toy CLIPs are pre-trained by the pipeline; real backbones come from open_clip/timm."""
-    if PLAN.is_toy_backbone(wc.backbone):
-        return f"results/backbones/{wc.backbone}/checkpoint.pt"
-    return []
-
-
-def features(dataset, backbone):
-    return [f"results/features/{dataset}/{backbone}/{s}.parquet" for s in ("train", "val", "test", "text")]
+    return f"results/backbones/{wc.backbone}/checkpoint.pt" if PLAN.is_toy_backbone(wc.backbone) else []
 
 
 def base_run_inputs(wc):
@@ -61,56 +60,47 @@ def hparams_json(wc):
 
 def prior_input(wc):
     """Every run of a backbone with a text tower gets its estimated prior q̂ (P-groups)."""
-    if PLAN.has_text(wc.backbone):
-        return {"prior": f"results/prior/{wc.dataset}/{wc.backbone}.parquet"}
-    return {}
+    return {"prior": f"results/prior/{wc.dataset}/{wc.backbone}.parquet"} if PLAN.has_text(wc.backbone) else {}
 
 
 def true_prior_input(wc):
-    if wc.backbone in PLAN.toy_prior_backbones(wc.dataset):
-        return {"true_prior": f"results/backbones/{wc.backbone}/prior.parquet"}
-    return {}
-
-
-def opt_arg(flag, key):
-    """`--flag <input.key>` where the input function gave that key, else nothing."""
-    return lambda wc, input: f"{flag} {q(input[key])}" if key in input.keys() else ""
+    known = wc.backbone in PLAN.toy_prior_backbones(wc.dataset)
+    return {"true_prior": f"results/backbones/{wc.backbone}/prior.parquet"} if known else {}
 
 
 def tune_arg(wc):
     return "--tune" if PLAN.may_tune(wc.dataset) else "--no-tune"
 
 
+def group_counts_arg(wc):
+    path = PLAN.group_counts_file(wc.dataset)
+    return f"--group-counts {q(path)}" if path else ""
+
+
 def ensemble_members(wc):
-    dirs = PLAN.ensemble_members(wc.dataset, wc.backbone, wc.method, wc.seed)
-    return [f"{d}/metrics.json" for d in dirs]
+    return [f"{d}/metrics.json" for d in PLAN.ensemble_members(wc.dataset, wc.backbone, wc.method, wc.seed)]
 
 
 def methods_regex(kind):
     return "|".join(PLAN.methods_consuming(kind)) or "none"
 
 
-def suite_runs():
-    return PLAN.suite_runs()
+
+def report_table(name, title, fmt, caption):
+    """A results table as a `snakemake --report` item (HTML renders in the page)."""
+    return report(
+        f"results/tables/{name}.{fmt}",
+        caption=f"../report/{caption}.rst",
+        category="Tables",
+        labels={"table": title, "format": {"html": "table", "csv": "csv", "tex": "LaTeX"}[fmt]},
+    )
 
 
 def dataset_runs(wc):
     return PLAN.dataset_runs(wc.dataset)
 
 
-def all_targets():
-    return PLAN.final_targets()
 
-
-def figure_targets():
-    return PLAN.figure_targets()
-
-
-# --- real data (data.smk, features.smk) --------------------------------------------------
-
-
-def real_image_datasets():
-    return PLAN.real_image_datasets()
 
 
 def image_dir_arg(wc):
@@ -120,20 +110,12 @@ def image_dir_arg(wc):
 
 def image_dir_note(wc):
     d = PLAN.image_dir(wc.dataset)
-    if d:
-        return f"data_root + data_dirs.{wc.dataset} = {d}"
-    return "config key data_root is not set (--config data_root=/datasets)"
+    return f"data_root + data_dirs.{wc.dataset} = {d}" if d else "config key data_root is not set (--config data_root=/datasets)"
 
 
 def images_verified(wc):
-    """The image check of a real dataset. ancient(): re-checking (e.g. after data_root
-    moved) must not re-extract features of unchanged images."""
-    if PLAN.reads_data_root(wc.dataset):
-        return ancient(f"resources/data/{wc.dataset}/images_verified.json")
-    return []
-
-
-# --- priors, tracking and report (analysis.smk, tracking.smk, report.smk) ----------------
+    """ancient(): re-checking (e.g. after data_root moved) must not re-extract features."""
+    return ancient(f"resources/data/{wc.dataset}/images_verified.json") if PLAN.reads_data_root(wc.dataset) else []
 
 
 def prior_files(wc):
@@ -143,13 +125,3 @@ def prior_files(wc):
 
 def prior_args(wc, input):
     return " ".join(f"--prior {b}={q(input[b])}" for b in prior_files(wc))
-
-
-def tracking_store_id():
-    """Hash of the MLflow store the ingestion writes to: a params entry, so another store
-    re-ingests, without a password reaching .snakemake/ metadata (not `envvars:`, which
-    Snakemake 9 makes mandatory)."""
-    from lt_bench.io import stable_hash
-
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///" + os.path.abspath("results/mlflow/mlflow.db")
-    return stable_hash(uri)

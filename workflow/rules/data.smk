@@ -20,7 +20,7 @@ rule prepare_dataset:
         classnames="resources/data/{dataset}/classnames.txt",
     params:
         # shlex.quote, not '...': a parameter value (a path) may hold an apostrophe
-        dataset_params=lambda wc: shlex.quote(json.dumps(dataset_params(wc.dataset), sort_keys=True)),
+        dataset_params=lambda wc: shlex.quote(json.dumps(PLAN.dataset_params(wc.dataset), sort_keys=True)),
         split_dir=lambda wc: shlex.quote(f"resources/data/{wc.dataset}"),
     log:
         "logs/prepare_dataset/{dataset}.log",
@@ -42,10 +42,10 @@ rule verify_images:
         data_root=image_dir_arg,
         where=lambda wc: shlex.quote(f"images of {wc.dataset}: {image_dir_note(wc)}"),
         download="--download" if config.get("download_images") else "",
-        dataset_params=lambda wc: shlex.quote(json.dumps(dataset_params(wc.dataset), sort_keys=True)),
+        dataset_params=lambda wc: shlex.quote(json.dumps(PLAN.dataset_params(wc.dataset), sort_keys=True)),
         split_dir=lambda wc: shlex.quote(f"resources/data/{wc.dataset}"),
     wildcard_constraints:
-        dataset="(?:" + "|".join(real_image_datasets()) + ")",
+        dataset="(?:" + "|".join(PLAN.real_image_datasets()) + ")",
     log:
         "logs/verify_images/{dataset}.log",
     conda:

@@ -28,7 +28,7 @@ rule extract_features:
             else {}
         ),
     params:
-        dataset_params=lambda wc: json.dumps(dataset_params(wc.dataset), sort_keys=True),
+        dataset_params=lambda wc: json.dumps(PLAN.dataset_params(wc.dataset), sort_keys=True),
         # the verified image root is read from the check's report at run time, so moving
         # data_root re-runs the (cheap) check but not the extraction
         image_root=lambda wc, input: (

@@ -24,9 +24,10 @@ rule finetune:
         method=methods_regex("images"),
     params:
         hparams=hparams_json,
-        dataset_params=lambda wc: json.dumps(dataset_params(wc.dataset), sort_keys=True),
-        image_root=lambda wc, input: f"--image-root-from {q(input.images)}" if input.images else "",
-        checkpoint=lambda wc, input: f"--checkpoint {q(input.checkpoint)}" if input.checkpoint else "",
+        dataset_params=lambda wc: json.dumps(PLAN.dataset_params(wc.dataset), sort_keys=True),
+        image_root=opt_arg("--image-root-from", "images"),
+        checkpoint=opt_arg("--checkpoint", "checkpoint"),
+        groups=group_counts_arg,
         prior=opt_arg("--prior", "prior"),
         out=lambda wc: run_dir(wc.dataset, wc.backbone, wc.method, wc.seed),
     log:
@@ -44,4 +45,4 @@ rule finetune:
         " {params.image_root} --backbone {wildcards.backbone} {params.checkpoint}"
         " --features-dir results/features/{wildcards.dataset}/{wildcards.backbone}"
         " --out {params.out:q} --seed {wildcards.seed} --params {params.hparams:q}"
-        " {params.prior} --threads {threads} 2> {log:q}"
+        " {params.prior} {params.groups} --threads {threads} 2> {log:q}"

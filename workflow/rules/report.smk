@@ -20,7 +20,7 @@ localrules:
 
 rule significance:
     input:
-        suite_runs(),
+        PLAN.suite_runs(),
     output:
         "results/tables/significance.csv",
     params:
@@ -35,40 +35,31 @@ rule significance:
         " --out {output:q} > {log:q} 2>&1"
 
 
-def _table(name, title, fmt, caption):
-    return report(
-        f"results/tables/{name}.{fmt}",
-        caption=f"../report/{caption}.rst",
-        category="Tables",
-        labels={"table": title, "format": {"html": "table", "csv": "csv", "tex": "LaTeX"}[fmt]},
-    )
-
-
 rule aggregate:
     input:
-        runs=suite_runs(),
+        runs=PLAN.suite_runs(),
         significance="results/tables/significance.csv",
     output:
-        main_html=_table("main", "main", "html", "main_table"),
-        main=_table("main", "main", "csv", "main_table"),
+        main_html=report_table("main", "main", "html", "main_table"),
+        main=report_table("main", "main", "csv", "main_table"),
         main_md="results/tables/main.md",
-        main_tex=_table("main", "main", "tex", "main_table"),
-        dxp_html=_table("dxp", "D×P", "html", "dxp_table"),
-        dxp=_table("dxp", "D×P", "csv", "dxp_table"),
+        main_tex=report_table("main", "main", "tex", "main_table"),
+        dxp_html=report_table("dxp", "D×P", "html", "dxp_table"),
+        dxp=report_table("dxp", "D×P", "csv", "dxp_table"),
         dxp_md="results/tables/dxp.md",
-        dxp_tex=_table("dxp", "D×P", "tex", "dxp_table"),
-        ablation_html=_table("ablation", "M ablation", "html", "ablation_table"),
-        ablation=_table("ablation", "M ablation", "csv", "ablation_table"),
+        dxp_tex=report_table("dxp", "D×P", "tex", "dxp_table"),
+        ablation_html=report_table("ablation", "M ablation", "html", "ablation_table"),
+        ablation=report_table("ablation", "M ablation", "csv", "ablation_table"),
         ablation_md="results/tables/ablation.md",
-        ablation_tex=_table("ablation", "M ablation", "tex", "ablation_table"),
-        significance_html=_table("significance", "significance", "html", "significance_table"),
+        ablation_tex=report_table("ablation", "M ablation", "tex", "ablation_table"),
+        significance_html=report_table("significance", "significance", "html", "significance_table"),
         significance_md="results/tables/significance.md",
         significance_tex="results/tables/significance.tex",
-        published_html=_table("published", "published numbers", "html", "published_table"),
+        published_html=report_table("published", "published numbers", "html", "published_table"),
         published="results/tables/published.csv",
         published_md="results/tables/published.md",
         notes="results/tables/notes.csv",
-        runs=_table("runs", "all runs", "csv", "runs_table"),
+        runs=report_table("runs", "all runs", "csv", "runs_table"),
     params:
         methods=" ".join(SUITE.methods),
     log:

@@ -19,13 +19,13 @@ localrules:
 
 rule ingest_mlflow:
     input:
-        runs=suite_runs(),
-        figures=figure_targets(),
+        runs=PLAN.suite_runs(),
+        figures=PLAN.figure_targets(),
     output:
         "results/mlflow/ingested.json",
     params:
         suite=SUITE.name,
-        store=tracking_store_id(),  # common.smk
+        store=PLAN.tracking_store_id(),  # common.smk
     log:
         "logs/ingest_mlflow.log",
     conda:

@@ -7,7 +7,7 @@ rule run_on_features:
     input:
         unpack(base_run_inputs),
         unpack(prior_input),
-        features=lambda wc: features(wc.dataset, wc.backbone),
+        features=lambda wc: PLAN.features(wc.dataset, wc.backbone),
     output:
         metrics="results/runs/{dataset}/{backbone}/{method}/seed{seed}/metrics.json",
         per_class="results/runs/{dataset}/{backbone}/{method}/seed{seed}/per_class.parquet",
@@ -21,11 +21,7 @@ rule run_on_features:
         base=base_run_args,
         prior=opt_arg("--prior", "prior"),
         tune=tune_arg,
-        groups=lambda wc: (
-            f"--group-counts {q(PLAN.group_counts_file(wc.dataset))}"
-            if PLAN.group_counts_file(wc.dataset)
-            else ""
-        ),
+        groups=group_counts_arg,
         out=lambda wc: run_dir(wc.dataset, wc.backbone, wc.method, wc.seed),
     log:
         "logs/run_on_features/{dataset}/{backbone}/{method}/seed{seed}.log",
