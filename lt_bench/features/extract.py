@@ -337,7 +337,7 @@ def _assemble(out: Path, shards: list[Path], meta: dict[str, Any]) -> None:
 def extract_all(dataset: str, split_dir: Path, image_root: Path, backbone_name: str,
                 out_dir: Path, checkpoint: Path | None = None, splits=("train", "val", "test"),
                 batch_size: int = 256, num_workers: int = 2, device: str | None = None,
-                shard_size: int = 8192, *, feature: str = "auto", test_transform: str = "lift",
+                shard_size: int = 8192, *, feature: str = "auto", test_transform: str = "auto",
                 tte: str = "none", train_views: int = 0, view_seed: int = 0,
                 decode: str = "cpu", prompts: dict | None = None) -> dict[str, Any]:
     """Features of every split plus ``text.parquet`` (and ``train_views.parquet`` with

@@ -7,7 +7,7 @@ and the CLI to declare the flags. ``extract:`` keys and their flags:
 config key         flag                    default     meaning
 =================  ======================  ==========  =======================================
 feature            ``--feature``           auto        auto: pre-projection for open_clip ViTs
-test_transform     ``--test-transform``    lift        lift: Resize(S*8/7)+CenterCrop; open_clip
+test_transform     ``--test-transform``    auto        lift: Resize(S*8/7)+CenterCrop; open_clip; auto: lift, toy CLIPs open_clip
 tte                ``--tte``               none        fivecrop: ``crops`` column on val/test
 train_views        ``--train-views``       0           V augmented views -> train_views.parquet
 view_seed          ``--view-seed``         0           seed of the views
@@ -23,7 +23,7 @@ import shlex
 
 EXTRACT_OPTIONS = {
     "feature": ("--feature", "auto", str),
-    "test_transform": ("--test-transform", "lift", str),
+    "test_transform": ("--test-transform", "auto", str),
     "tte": ("--tte", "none", str),
     "train_views": ("--train-views", 0, int),
     "view_seed": ("--view-seed", 0, int),
@@ -34,7 +34,7 @@ PROMPT_OPTIONS = {
     "head_init": ("--head-init-prompts", "single", str),
 }
 CHOICES = {"feature": ("auto", "pre_projection", "encode_image"),
-           "test_transform": ("lift", "open_clip"), "tte": ("none", "fivecrop"),
+           "test_transform": ("auto", "lift", "open_clip"), "tte": ("none", "fivecrop"),
            "decode": ("cpu", "gpu")}
 
 
