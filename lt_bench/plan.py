@@ -16,6 +16,10 @@ from typing import Any
 from lt_bench.config import method_hparams, resolve_suite
 
 RUNS = "results/runs"
+#: train images of the real datasets (docs/architecture.md §6), for time limits
+TRAIN_IMAGES = {"imagenet_lt": 115_846, "places_lt": 62_500, "inat2018": 437_513}
+#: a conservative fine-tuning rate for a time limit: ViT-B/16 + AdaptFormer, AMP, one GPU
+FINETUNE_IMAGES_PER_S = 300
 #: run folder pattern, the same as lt_bench.runs.folder.run_dir
 RUN_DIR = RUNS + "/{dataset}/{backbone}/{method}/seed{seed}"
 
@@ -231,3 +235,10 @@ class Plan:
         uri = os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///" + os.path.abspath(
             "results/mlflow/mlflow.db")
         return stable_hash(uri)
+
+    def finetune_minutes(self, dataset: str, method: str, attempt: int = 1) -> int:
+        """A fine-tuning job's time limit: train images × epochs at a conservative rate,
+        plus evaluation, doubled on each retry (ImageNet-LT ≈ 75 min, iNat2018 ≈ 500)."""
+        n = TRAIN_IMAGES.get(dataset, 50_000)
+        epochs = int(self.hparams(method, dataset).get("epochs", 10))
+        return int((n * epochs / FINETUNE_IMAGES_PER_S / 60 + 10) * attempt)

@@ -175,3 +175,44 @@ def test_metrics_json_is_strict_json_with_null_for_undefined(world):
 def test_verbose_shows_the_traceback(world):
     with pytest.raises(Exception, match="unknown method"):
         main(["-v", *_train(world, method="lx")])
+
+
+def test_a_moved_project_keeps_its_run_folders_readable(world, tmp_path, monkeypatch):
+    """Run folders record paths as given (relative to the project root); after the project
+    folder moves, `lt-bench logits` (and ensembles) find them from the run's own place."""
+    import shutil
+
+    proj = tmp_path / "proj"
+    (proj / "results" / "features").mkdir(parents=True)
+    shutil.copytree(world["fd"]["bb0"], proj / "results/features/toy/bb0")
+    monkeypatch.chdir(proj)
+    run = Path("results/runs/toy/bb0/ce/seed0")
+    assert main(["train", "--method", "ce", "--features-dir", "results/features/toy/bb0",
+                 "--out", str(run), "--params", json.dumps(FAST)]) == 0
+    moved = tmp_path / "elsewhere" / "proj2"
+    moved.parent.mkdir()
+    shutil.move(str(proj), str(moved))
+    monkeypatch.chdir(tmp_path)  # neither the old nor the new project folder
+    out = tmp_path / "l.parquet"
+    assert main(["logits", str(moved / run), "--out", str(out)]) == 0
+    from lt_bench.runs.folder import read_logits
+
+    labels, z = read_logits(out)
+    m = json.loads((moved / run / "metrics.json").read_text())
+    assert m["top1"] == pytest.approx(float((z.argmax(1) == labels).mean()))
+
+
+@pytest.mark.slow
+def test_snakemake_from_another_folder_stops_with_a_message(tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    # even where that folder has a config.yaml of its own (else Snakemake says it is missing)
+    (tmp_path / "config.yaml").write_text((REPO / "config.yaml").read_text())
+    r = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"),
+                        "-n", "--cores", "1"], cwd=tmp_path, capture_output=True, text=True)
+    assert r.returncode != 0
+    assert "run lt-bench's workflow from its project folder" in r.stdout + r.stderr
+    assert not (tmp_path / "results").exists() and not (tmp_path / "resources").exists()

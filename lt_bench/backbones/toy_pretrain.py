@@ -102,6 +102,8 @@ def pretrain_toy_clip(out_dir: str | Path, num_classes: int, index: int,
     model.train()
     bar = tqdm(total=total, desc=f"pretrain toyclip{index}", unit="step", mininterval=5)
     t0 = time.time()
+    # a line a user can `tail -f` in the rule's log (tqdm redraws one line in place)
+    report_every, done = max(1, total // 20), 0
     for epoch in range(p["epochs"]):
         perm = torch.from_numpy(rng.permutation(len(labels)))
         running = 0.0
@@ -124,6 +126,12 @@ def pretrain_toy_clip(out_dir: str | Path, num_classes: int, index: int,
                 model.logit_scale.clamp_(0, np.log(100))
             running += loss.item()
             bar.update(1)
+            done += 1
+            if done % report_every == 0 or done == total:
+                el = time.time() - t0
+                log.info("pretrain toyclip%d: step %d/%d (%.0f%%), loss %.4f, %.0f samples/s, "
+                         "ETA %.0f s", index, done, total, 100 * done / total, loss.item(),
+                         done * p["batch_size"] / el, el / done * (total - done))
         history.append({"epoch": epoch, "loss": running / steps_per_epoch})
         log.info("epoch %d loss %.4f", epoch, history[-1]["loss"])
     bar.close()
@@ -142,6 +150,10 @@ def pretrain_toy_clip(out_dir: str | Path, num_classes: int, index: int,
                "samples_per_second": p["epochs"] * steps_per_epoch * p["batch_size"] / train_seconds,
                **stats}
     write_json(out_dir / "pretrain.json", summary)
+    log.info("pretrain toyclip%d done in %.0f s -> %s (checkpoint.pt, prior.parquet, "
+             "pretrain.json): zero-shot top-1 %.3f, rho(acc, prior) %.3f", index,
+             time.time() - t0, out_dir, summary.get("zero_shot_top1", float("nan")),
+             summary.get("rho_acc_vs_prior", float("nan")))
     return summary
 
 

@@ -13,10 +13,10 @@ from lt_bench.plan import Plan, run_dir
 # `.venv/bin/snakemake` works without activating the venv (also inside SLURM jobs).
 shell.prefix(f"set -euo pipefail; export PATH={shlex.quote(os.path.dirname(sys.executable))}:$PATH; ")
 
-if not os.path.exists("config.yaml") and os.path.realpath(os.getcwd()) != os.path.realpath(workflow.basedir):
+if os.path.realpath(os.getcwd()) != os.path.realpath(workflow.basedir):
     raise WorkflowError(
-        f"run lt-bench's workflow from its project folder ({workflow.basedir}), or give "
-        f"--directory {workflow.basedir}: {os.getcwd()} has no config.yaml, and the results would land there"
+        f"run lt-bench's workflow from its project folder: cd {workflow.basedir} (the "
+        f"working directory is {os.getcwd()}; results, resources and logs would land there)"
     )
 validate(config, "../schemas/config.schema.yaml")
 PLAN = Plan(config)

@@ -37,6 +37,7 @@ rule finetune:
     threads: 2
     resources:
         gpu=1,
+        runtime=lambda wc, attempt: PLAN.finetune_minutes(wc.dataset, wc.method, attempt),
     conda:
         "../envs/lt-bench.yaml"
     shell:
