@@ -22,7 +22,11 @@ SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
 
 #: Registered methods the paper suite deliberately leaves out, with the reason. Empty:
 #: every method runs on the paper grid (backdoor as its ensemble over the three CLIPs).
-PAPER_EXCLUDED_METHODS: dict[str, str] = {}
+PAPER_EXCLUDED_METHODS: dict[str, str] = {
+    "vpt_la": "fine-tuning ablation: suite paper_peft",
+    "lora_la": "fine-tuning ablation: suite paper_peft",
+    "adaptformer_ce": "the fine-tuned CE control: suite paper_peft",
+}
 
 
 def _config() -> dict:
@@ -60,8 +64,17 @@ def expected_jobs(suite: dict) -> dict[str, int]:
     from lt_bench.methods import METHODS
 
     d, b, s = suite["datasets"], suite["backbones"], suite["seeds"]
-    ensemble = [m for m in suite["methods"] if METHODS.get(m).consumes == "runs"]
-    per_backbone = [m for m in suite["methods"] if m not in ensemble]
+    s_ft = suite.get("finetune_seeds") or s
+    kinds = {m: METHODS.get(m).consumes for m in suite["methods"]}
+    on_features = [m for m, k in kinds.items() if k == "features"]
+    from_images = [m for m, k in kinds.items() if k == "images"]
+    over_backbones = [m for m, k in kinds.items() if k == "runs" and METHODS.get(m).vary == "backbone"]
+    over_seeds = [m for m, k in kinds.items() if k == "runs" and METHODS.get(m).vary == "seed"]
+    # ensembles of fine-tuned members run on the fine-tuning seeds
+    ens_seeds = {m: s_ft if METHODS.get(METHODS.get(m).defaults["members"]).consumes == "images"
+                 else s for m in over_backbones + over_seeds}
+    # the same-backbone control's extra member seeds (s + offset) are ordinary LA runs
+    extra = sum(len(METHODS.get(m).defaults["seed_offsets"]) - 1 for m in over_seeds)
     with_text = [x for x in b if resolve_spec(x).has_text]
     real = [x for x in d if DATASETS.get(x).needs_data_root]
     jobs = {
@@ -69,8 +82,11 @@ def expected_jobs(suite: dict) -> dict[str, int]:
         "verify_images": len(real),  # only datasets whose images live under data_root
         "extract_features": len(d) * len(b),
         "estimate_prior": len(d) * len(with_text),
-        "run_on_features": len(d) * len(b) * len(per_backbone) * len(s),
-        "ensemble_of_runs": len(d) * len(s) * len(ensemble) if len(b) >= 2 else 0,
+        "run_on_features": len(d) * len(b) * (len(on_features) + extra) * len(s),
+        "finetune": len(d) * len(b) * len(from_images) * len(s_ft),
+        "ensemble_of_runs": len(d) * (sum(len(ens_seeds[m]) for m in over_backbones)
+                                      if len(b) >= 2 else 0)
+                            + len(d) * len(b) * sum(len(ens_seeds[m]) for m in over_seeds),
         "pretrain_toy_clip": 0,  # real backbones come from open_clip / timm
         "all": 1,
     }

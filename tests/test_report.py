@@ -259,7 +259,7 @@ def test_snakemake_report_lists_tables_and_figures(tmp_path):
     import re
 
     pages = [base64.b64decode(m).decode() for m in
-             re.findall(r"data:text/html;(?:charset=utf8;)?base64,([A-Za-z0-9+/=]+)", html)]
+             re.findall(r"data:text/html;(?:charset=utf8;)?(?:filename=[^;]+;)?base64,([A-Za-z0-9+/=]+)", html)]
     main = pd.read_csv(tmp_path / "results/tables/main.csv")
     page = next((p for p in pages if 'id="main-toy"' in p), None)
     assert page is not None, f"main.html not embedded ({len(pages)} html pages)"
