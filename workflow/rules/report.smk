@@ -12,6 +12,7 @@ REPORT_TABLES = ["main", "dxp", "ablation"]
 
 localrules:
     aggregate,
+    significance,
     findings,
     figure_accuracy,
     figure_prior,
