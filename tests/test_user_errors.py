@@ -216,3 +216,26 @@ def test_snakemake_from_another_folder_stops_with_a_message(tmp_path):
     assert r.returncode != 0
     assert "run lt-bench's workflow from its project folder" in r.stdout + r.stderr
     assert not (tmp_path / "results").exists() and not (tmp_path / "resources").exists()
+
+
+@pytest.mark.slow
+def test_paths_with_spaces_quotes_and_non_ascii_reach_the_shell_intact(tmp_path):
+    """A data_root such as /data/it's a dätä root must reach every rule's shell command as
+    one argument (quoted with shlex), not break it (issue 15)."""
+    import shlex
+    import subprocess
+    import sys
+
+    from conftest import copy_workflow
+
+    wf = copy_workflow(tmp_path / "wf")
+    root = tmp_path / "it's a dätä root"
+    r = subprocess.run([sys.executable, "-m", "snakemake", "-n", "-p", "--cores", "1",
+                        "resources/data/places_lt/images_verified.json",
+                        "--config", f"data_root={root}"],
+                       cwd=wf, capture_output=True, text=True)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out[-3000:]
+    cmd = next(line for line in out.splitlines() if "lt-bench verify-images" in line)
+    argv = shlex.split(cmd.split("lt-bench verify-images", 1)[1].split("2>")[0].split(">>")[0])
+    assert argv[argv.index("--data-root") + 1] == str(root / "places365")

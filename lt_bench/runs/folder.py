@@ -156,8 +156,12 @@ def write_run(out_dir: Path, logits_by_split: dict[str, tuple[np.ndarray, np.nda
                "started_at": float(started_at if started_at is not None else finished),
                "finished_at": finished}
     write_json(out_dir / "metrics.json", metrics)
-    log.info("%s: test top1 %.4f (many %s, medium %s, few %s)", out_dir, metrics["top1"],
-             metrics["many"], metrics["medium"], metrics["few"])
+    knobs = {k: info[k] for k in ("tau", "k", "temperature_la", "weights") if k in info}
+    # the one-line summary that ends the rule's log
+    log.info("%s done in %.1f s: val top1 %.4f, test top1 %.4f (many %s, medium %s, few %s)%s",
+             out_dir, finished - metrics["started_at"], metrics["val_top1"], metrics["top1"],
+             metrics["many"], metrics["medium"], metrics["few"],
+             f", chosen on val: {knobs}" if knobs else "")
     return metrics
 
 
