@@ -61,17 +61,10 @@ def timed_run(cmd: list[str], cwd: Path | None, env: dict[str, str]) -> tuple[fl
 
 
 def import_costs(stderr: str, names=HEAVY) -> dict[str, float]:
-    """Cumulative seconds of each named package's first import in a ``-X importtime`` log
-    (its shallowest line; deeper ones are re-imports from inside other packages)."""
-    best: dict[str, tuple[int, float]] = {}
-    for line in stderr.splitlines():
-        m = re.match(r"import time:\s+(\d+) \|\s+(\d+) \|( *)(\S+)", line)
-        if not m or m.group(4) not in names:
-            continue
-        depth, cum = len(m.group(3)), int(m.group(2)) / 1e6
-        if m.group(4) not in best or depth < best[m.group(4)][0]:
-            best[m.group(4)] = (depth, cum)
-    return {k: v[1] for k, v in best.items()}
+    """Cumulative seconds of each named package's first import (benchmarks/heads.py)."""
+    from heads import import_costs as costs  # benchmarks/ is on sys.path for its scripts
+
+    return costs(stderr, names)
 
 
 def top_level_imports(stderr: str, n: int = 6) -> list[tuple[str, float]]:

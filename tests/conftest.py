@@ -53,6 +53,21 @@ def small_toy_world(tmp_path_factory):
 
 
 
+@pytest.fixture(scope="module")
+def toy_clip():
+    """A random-weight toy CLIP (the toy CLIPs' open_clip config), for model-code tests."""
+    import open_clip
+    import torch
+
+    from lt_bench.backbones.base import ensure_model_configs
+    from lt_bench.backbones.catalog import TOY_MODEL
+
+    torch.set_num_threads(1)
+    ensure_model_configs()
+    torch.manual_seed(0)
+    return open_clip.create_model(TOY_MODEL).eval()
+
+
 # --- the local one-node SLURM cluster (scripts/slurm-cluster.sh) ---------------------------
 
 SLURM_SCRIPT = REPO / "scripts" / "slurm-cluster.sh"

@@ -35,17 +35,6 @@ def la_loss_for(labels):
     return lambda z, y, epoch: F.cross_entropy(z + adjust, y)
 
 
-@pytest.fixture(scope="module")
-def toy_clip():
-    import open_clip
-
-    from lt_bench.backbones.base import ensure_model_configs
-    from lt_bench.backbones.catalog import TOY_MODEL
-
-    torch.set_num_threads(1)
-    ensure_model_configs()
-    torch.manual_seed(0)
-    return open_clip.create_model(TOY_MODEL).eval()
 
 
 def _trainer(model, micro, batch=8, lr=0.05, k=5):

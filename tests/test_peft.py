@@ -19,19 +19,6 @@ from lt_bench.finetune.peft import (
 
 
 @pytest.fixture(scope="module")
-def toy_clip():
-    import open_clip
-
-    from lt_bench.backbones.base import ensure_model_configs
-    from lt_bench.backbones.catalog import TOY_MODEL
-
-    torch.set_num_threads(1)
-    ensure_model_configs()
-    torch.manual_seed(0)
-    return open_clip.create_model(TOY_MODEL).eval()
-
-
-@pytest.fixture(scope="module")
 def vit_b16_visual():
     """The real open_clip ViT-B/16 image tower, random weights (no download)."""
     import open_clip
