@@ -9,7 +9,7 @@ feature: ``f @ P`` is open_clip's ``encode_image``), then optionally L2-normalis
 Weights go to safetensors (no pickle), the structure to JSON.
 
 Every predictor has ``logits(features)`` for in-memory features (tuning a knob on val)
-and, through :func:`feature_split_logits`, the seam's ``split_logits(split)`` on the
+and, through :func:`split_features_logits`, the seam's ``split_logits(split)`` on the
 features folder it was fitted on. Where a split carries test-time crops
 (``FeatureSplit.crops``, LIFT's five-crop TTE) the logits are averaged over the crops.
 """

@@ -21,7 +21,13 @@ import numpy as np
 
 from lt_bench.errors import InputValidationError
 from lt_bench.io import sha256_file, write_json
-from lt_bench.runs.folder import logits_path, unfinish, write_logits, write_run
+from lt_bench.runs.folder import (
+    logits_path,
+    train_counts_of,
+    unfinish,
+    write_logits,
+    write_run,
+)
 
 log = logging.getLogger(__name__)
 
@@ -64,10 +70,7 @@ def finetune_run(method: str, split_dir: Path, image_root: Path, backbone: str,
         raise InputValidationError(f"backbone {backbone!r} has no text tower: the fine-tuning "
                                    "track starts its head from the text init (LIFT)")
     train = _items(split_dir, "train", k)
-    counts = np.bincount([y for _, y in train], minlength=k)
-    if (counts == 0).any():
-        raise InputValidationError(f"{split_dir}/train.txt: class(es) "
-                                   f"{np.flatnonzero(counts == 0)[:5].tolist()} have no image")
+    counts = train_counts_of([y for _, y in train], names, f"{split_dir}/train.txt")
     pf = read_prior(prior, k) if prior is not None else None
     loss_method = m.loss_method()
     lctx = FitContext(train=None, val=None, text=text, train_counts=counts, seed=seed,

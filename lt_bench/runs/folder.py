@@ -116,6 +116,17 @@ def arrow_column(values):
     return pa.Array.from_buffers(pa.from_numpy_dtype(x.dtype), len(x), [None, pa.py_buffer(x)])
 
 
+def train_counts_of(labels, classnames: list[str], where: str) -> np.ndarray:
+    """Per-class train counts; every class must have an image (log π would be −∞)."""
+    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=len(classnames))
+    empty = np.flatnonzero(counts == 0)
+    if len(empty):
+        raise InputValidationError(
+            f"{where}: {len(empty)} class(es) have no training image "
+            f"(e.g. {[(int(c), classnames[c]) for c in empty[:5]]}); log π would be −∞")
+    return counts
+
+
 def write_run(out_dir: Path, logits_by_split: dict[str, tuple[np.ndarray, np.ndarray]], *,
               train_counts: np.ndarray, config: dict[str, Any], info: dict[str, Any],
               history: list[dict[str, Any]] | None = None, pretrain_prior=None,

@@ -15,6 +15,7 @@ from lt_bench.io import sha256_file
 from lt_bench.runs.folder import (
     SPLITS,
     require_finished,
+    train_counts_of,
     unfinish,
     write_run,
 )
@@ -110,12 +111,8 @@ def train_run(method: str, features_dir: Path, out_dir: Path, seed: int,
     check_base_runs(method, cls.requires, base_runs, meta.get("dataset"),
                     meta.get("backbone"), seed)
     k = len(text.classnames)
-    counts = np.bincount(splits["train"].labels, minlength=k)
-    empty = np.flatnonzero(counts == 0)
-    if len(empty):
-        raise InputValidationError(
-            f"{features_dir}/train.parquet: {len(empty)} class(es) have no training image "
-            f"(e.g. {[(int(c), text.classnames[c]) for c in empty[:5]]}); log π would be −∞")
+    counts = train_counts_of(splits["train"].labels, text.classnames,
+                             f"{features_dir}/train.parquet")
     pf = read_prior(prior, k) if prior is not None else None
     if cls.needs_prior and pf is None:
         raise InputValidationError(f"method {method!r} needs the backbone's estimated prior "
