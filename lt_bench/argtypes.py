@@ -19,6 +19,24 @@ def json_object(s: str) -> dict:
     return v
 
 
+def json_list(s: str) -> list:
+    """``--runs`` values: a JSON list (or ``@FILE`` holding one)."""
+    text = s
+    if s.startswith("@"):
+        try:
+            text = open(s[1:], encoding="utf-8").read()
+        except OSError as e:
+            raise argparse.ArgumentTypeError(f"cannot read {s[1:]}: {e.strerror}") from None
+    try:
+        v = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({e}): {s[:200]!r}") from None
+    if not isinstance(v, list):
+        raise argparse.ArgumentTypeError(f"expected a JSON list like '[{{\"key\": 1}}]', "
+                                         f"got {s[:200]!r}")
+    return v
+
+
 def name_path(s: str) -> tuple[str, str]:
     if "=" not in s:
         raise argparse.ArgumentTypeError(f"expected NAME=PATH, got {s!r}")

@@ -187,6 +187,56 @@ class Plan:
                   seed: int | str) -> dict[str, str]:
         return {r: run_dir(dataset, backbone, r, seed) for r in self.requires(method)}
 
+    # --- head jobs: every features run of one (dataset, backbone, seed) in one process ----
+
+    def head_methods(self) -> list[str]:
+        """Features-consuming methods fitted at the suite's seeds, a base before the runs
+        built on it: the suite's own, their ``requires``, and the members of ensembles over
+        backbones (ce for backdoor_ce)."""
+        s = self.suite
+        want = [m for m in s.methods if self.consumes(m) == "features"]
+        for m in s.methods:
+            if self.member_consumes(m) == "features" and self.vary(m) == "backbone":
+                want += [self.hparams(m, d).get("members", "la") for d in s.datasets]
+        order: list[str] = []
+
+        def visit(m: str) -> None:
+            if m not in order:
+                for r in self.requires(m):
+                    visit(r)
+                order.append(m)
+
+        for m in want:
+            visit(m)
+        return order
+
+    def member_seed_runs(self) -> list[tuple[str, int]]:
+        """(method, seed) of the same-backbone control's member runs at seeds outside the
+        suite's (s + 1000, s + 2000): fitted per (dataset, backbone) in one process."""
+        s = self.suite
+        extra: list[tuple[str, int]] = []
+        for m in s.methods:
+            if self.vary(m) != "seed" or self.member_consumes(m) != "features":
+                continue
+            for d in s.datasets:
+                hp = self.hparams(m, d)
+                for seed in self.seeds_for(m):
+                    for o in hp["seed_offsets"]:
+                        run = (hp.get("members", "la"), int(seed) + int(o))
+                        if run[1] not in s.seeds and run not in extra:
+                            extra.append(run)
+        return sorted(extra, key=lambda r: (r[1], r[0]))
+
+    def head_runs(self, dataset: str, backbone: str, seed: int | str | None = None
+                  ) -> list[dict[str, Any]]:
+        """The ``lt-bench train --runs`` list of one head job: at ``seed`` every head
+        method, or (seed None) the member-seed runs of ``member_seed_runs``."""
+        pairs = ([(m, int(seed)) for m in self.head_methods()] if seed is not None
+                 else self.member_seed_runs())
+        return [{"method": m, "seed": sd, "out": run_dir(dataset, backbone, m, sd),
+                 "params": self.hparams(m, dataset),
+                 "base": self.base_runs(dataset, backbone, m, sd)} for m, sd in pairs]
+
     def suite_runs(self) -> list[str]:
         """metrics.json of every run of the suite."""
         return [metrics_file(*r) for r in self.per_backbone_runs() + self.ensemble_runs()]

@@ -82,7 +82,10 @@ def expected_jobs(suite: dict) -> dict[str, int]:
         "verify_images": len(real),  # only datasets whose images live under data_root
         "extract_features": len(d) * len(b),
         "estimate_prior": len(d) * len(with_text),
-        "run_on_features": len(d) * len(b) * (len(on_features) + extra) * len(s),
+        # every features run of one (dataset, backbone, seed) is one job; the control's
+        # member seeds one job per (dataset, backbone)
+        "fit_heads": len(d) * len(b) * len(s) if on_features else 0,
+        "fit_member_seeds": len(d) * len(b) if extra and over_seeds else 0,
         "finetune": len(d) * len(b) * len(from_images) * len(s_ft),
         "ensemble_of_runs": len(d) * (sum(len(ens_seeds[m]) for m in over_backbones)
                                       if len(b) >= 2 else 0)

@@ -4,8 +4,8 @@ scripts/slurm-cluster.sh, started by the ``slurm_cluster`` fixture), against a l
 The tiny toy world, cut to one seed and a few methods (crt and gla are post-hoc on ce and
 la: jobs that depend on jobs of the same SLURM group job), runs twice from scratch:
 locally (``--cores 2``) and with ``--profile profiles/slurm-local-test``. The SLURM run
-must submit every GPU stage as its own SLURM job with ``--gpus=1``, the heads as one
-group job per dataset x backbone x seed, keep the head-node rules local, and end with the
+must submit every GPU stage as its own SLURM job with ``--gpus=1`` (the heads: one job per
+dataset x backbone x seed), keep the head-node rules local, and end with the
 very numbers of the local run (same machine, same thread counts).
 """
 
@@ -30,7 +30,7 @@ TINY = REPO / "tests/data/tiny_config.yaml"
 METHODS = ["zero_shot", "ce", "la", "crt", "gla", "backdoor"]
 SEEDS = [0]
 SLURM_ARGS = ("--profile", "profiles/slurm-local-test", "--workflow-profile", "none")
-GPU_RULES = {"pretrain_toy_clip", "extract_features"}
+GPU_RULES = {"pretrain_toy_clip", "extract_features", "fit_heads"}
 LOCAL_RULES = {"prepare_dataset", "aggregate", "significance", "findings", "ingest_mlflow",
                "prior_table"}
 RUN_TIMEOUT_S = 2400
@@ -109,15 +109,16 @@ def test_gpu_stages_are_slurm_jobs_with_one_gpu(runs):
         assert s["log"].exists(), s
     n_backbones = len(runs["suite"]["backbones"])
     for rule in GPU_RULES:
+        n_jobs = n_backbones * (len(SEEDS) if rule == "fit_heads" else 1)
         gpu_subs = [s for s in subs if s["kind"] == f"rule_{rule}"]
-        assert len(gpu_subs) == n_backbones, (rule, subs)
+        assert len(gpu_subs) == n_jobs, (rule, subs)
         calls = [c for c in sbatch_calls(log) if f"--comment rule_{rule}_" in c]
-        assert len(calls) == n_backbones, calls
+        assert len(calls) == n_jobs, calls
         for call in calls:
             assert "--gpus=1" in call and "--cpus-per-gpu=1" in call, call
         # the rule's own log, written inside the job: the SLURM job id and one GPU
         logfiles = sorted((wf / "logs" / rule).rglob("*.log"))
-        assert len(logfiles) == n_backbones, logfiles
+        assert len(logfiles) == n_jobs, logfiles
         for logfile in logfiles:
             first = logfile.read_text().splitlines()[0]
             m = JOB_LOG_LINE.match(first)
@@ -126,25 +127,20 @@ def test_gpu_stages_are_slurm_jobs_with_one_gpu(runs):
             assert re.fullmatch(r"\d", m.group(3)), f"not exactly one GPU: {first}"
 
 
-def test_heads_are_grouped_and_head_node_rules_stay_local(runs):
+def test_heads_are_one_job_per_backbone_and_seed_and_head_node_rules_stay_local(runs):
     log, suite = runs["slurm_log"], runs["suite"]
     subs = submissions(log)
     kinds = [s["kind"] for s in subs]
     n_b, n_s = len(suite["backbones"]), len(suite["seeds"])
-    groups = [k for k in kinds if k.startswith("group_heads_")]
-    # one SLURM job per dataset x backbone x seed holds all of its run_on_features jobs
-    assert len(groups) == n_b * n_s, kinds
-    assert "rule_run_on_features" not in kinds, kinds
+    # every head of one dataset x backbone x seed (crt, gla: built on ce, la) in one job
+    assert kinds.count("rule_fit_heads") == n_b * n_s, kinds
+    assert not [k for k in kinds if k.startswith("group_")], kinds
     assert kinds.count("rule_estimate_prior") == n_b, kinds
     assert kinds.count("rule_ensemble_of_runs") == n_s, kinds
     assert len(subs) == 2 * n_b + n_b + n_b * n_s + n_s, kinds  # GPU stages + prior + heads + backdoor
     for call in sbatch_calls(log):
         if not any(f"--comment rule_{r}_" in call for r in GPU_RULES):
             assert "--gpus" not in call, call
-        if "--comment rule_heads_" in call:
-            # serial group: the CPUs and memory of one head, not of all of them side by side
-            assert "--cpus-per-task=1" in call, call
-            assert re.search(r"--mem 1000\b", call), call
     for rule in LOCAL_RULES:
         assert f"localrule {rule}:" in log, rule
         assert f"rule_{rule}" not in kinds, kinds

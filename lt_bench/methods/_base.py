@@ -60,6 +60,19 @@ class FitContext:
     device: str = "cpu"
     #: (V, N, D) cached augmented views of the train images (``extract.train_views``), or None
     train_views: np.ndarray | None = None
+    #: arrays already moved to ``device``, shared by the runs of one job (id -> (array, tensor))
+    device_memo: dict = field(default_factory=dict, repr=False)
+
+    def on_device(self, array: np.ndarray):
+        """``array`` as a tensor on ``device``, copied once per job (the heads of one
+        dataset/backbone/seed share the features; on a GPU each copy is ~N x D x 4 bytes)."""
+        import torch
+
+        hit = self.device_memo.get(id(array))
+        if hit is None or hit[0] is not array:
+            hit = (array, torch.from_numpy(array).to(self.device))
+            self.device_memo[id(array)] = hit
+        return hit[1]
 
     @property
     def num_classes(self) -> int:

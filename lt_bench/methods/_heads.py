@@ -182,10 +182,10 @@ class HeadMethod(Method):
         loss_fn = self.prepare_loss(ctx)
         head = cosine_head(self.init_weight(ctx, rng), hp["scale"], ctx.device)
         opt = HeadSGD(head.weight, momentum=hp["momentum"], weight_decay=hp["weight_decay"])
-        # moved to the device once per fit; batches are gathered there
+        # on the device once per job (shared by its heads); batches are gathered there
         views = ctx.train_views
-        x_all = torch.from_numpy(ctx.train.features if views is None else views).to(ctx.device)
-        y_all = torch.from_numpy(ctx.train.labels).to(ctx.device)
+        x_all = ctx.on_device(ctx.train.features if views is None else views)
+        y_all = ctx.on_device(ctx.train.labels)
         n_train = len(ctx.train.labels)
         per_epoch = -(-n_train // hp["batch_size"])
         # LIFT (trainer.py) steps CosineAnnealingLR(num_epochs) once per epoch;
@@ -193,7 +193,7 @@ class HeadMethod(Method):
         by_epoch = hp["lr_schedule"] == "cosine_epoch"
         t_max = max(hp["epochs"] if by_epoch else hp["epochs"] * per_epoch, 1)
         step = 0
-        x_val = torch.from_numpy(ctx.val.features).to(ctx.device)
+        x_val = ctx.on_device(ctx.val.features)
         arange = torch.arange(n_train, device=ctx.device)
         # its own stream: drawing views leaves the batch order of the same seed unchanged
         view_rng = np.random.default_rng([ctx.seed, 1])

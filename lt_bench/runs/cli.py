@@ -23,6 +23,13 @@ def cmd_train(args):
     from lt_bench.argtypes import set_threads
     from lt_bench.methods import METHODS
 
+    if args.runs is not None:
+        if args.method or args.out or args.members or args.base or args.params:
+            raise InputValidationError("--runs lists every run (method, out, seed, params, "
+                                       "base): drop --method/--out/--params/--base/--members")
+        args.method = "la"  # routing only: every run of the list is checked to consume features
+    elif not args.method or not args.out:
+        raise InputValidationError("give --method and --out (one run), or --runs (several)")
     cls = METHODS.get(args.method)
     params = dict(args.params or {})
     if cls.consumes == "runs":
@@ -53,7 +60,7 @@ def cmd_train(args):
     if not args.features_dir:
         raise InputValidationError(f"method {args.method!r} trains on cached features: give "
                                    "--features-dir results/features/{dataset}/{backbone}")
-    from lt_bench.runs.train import train_run
+    from lt_bench.runs.train import train_runs
 
     set_threads(args.threads)
     group_counts = None
@@ -61,11 +68,16 @@ def cmd_train(args):
         import numpy as np
 
         group_counts = np.loadtxt(args.group_counts, dtype=np.int64, ndmin=1)
-    m = train_run(args.method, Path(args.features_dir), Path(args.out), args.seed, params,
-                  prior=Path(args.prior) if args.prior else None,
-                  base_runs=dict(args.base or []), tune=args.tune,
-                  device=_device(args.device), group_counts=group_counts)
-    print(json.dumps({k: m[k] for k in ("top1", "many", "medium", "few")}))
+    runs = args.runs if args.runs is not None else [
+        {"method": args.method, "out": args.out, "seed": args.seed, "params": params,
+         "base": dict(args.base or [])}]
+    done = train_runs(Path(args.features_dir), runs,
+                      prior=Path(args.prior) if args.prior else None, tune=args.tune,
+                      device=_device(args.device), group_counts=group_counts,
+                      reuse_dir=Path(args.reuse_dir) if args.reuse_dir else None)
+    for r, m in zip(runs, done, strict=True):
+        print(json.dumps({"method": r["method"], "seed": r["seed"],
+                          **{k: m[k] for k in ("top1", "many", "medium", "few")}}))
 
 
 def _device(requested: str | None) -> str:
@@ -112,7 +124,7 @@ def cmd_logits(args):
 
 
 def add_run_commands(sub) -> None:
-    from lt_bench.argtypes import json_object, name_path
+    from lt_bench.argtypes import json_list, json_object, name_path
 
     s = sub.add_parser("prior", help="estimate a backbone's pre-training label prior q̂ (GLA)")
     s.add_argument("--features-dir", required=True,
@@ -126,9 +138,16 @@ def add_run_commands(sub) -> None:
     s = sub.add_parser("train", help="one run of a method: fit on features, or combine runs",
                        description="Fit a features-consuming method on one (dataset, backbone, "
                        "seed), or (--members) combine finished runs into an ensemble run.")
-    s.add_argument("--method", required=True)
-    s.add_argument("--out", required=True, help="run folder")
+    s.add_argument("--method", help="the method of one run")
+    s.add_argument("--out", help="run folder")
     s.add_argument("--params", type=json_object, help="hyper-parameters (JSON object)")
+    s.add_argument("--runs", type=json_list, metavar="JSON",
+                   help='several runs on one features folder, fitted in order in one process: '
+                   '[{"method": "ce", "out": DIR, "seed": 0, "params": {}, '
+                   '"base": {"la": DIR}}, ...] (the workflow\'s head jobs)')
+    s.add_argument("--reuse-dir", metavar="DIR",
+                   help="cache of finished fits by fit key: an unchanged run is copied back, "
+                   "not refitted (the workflow: results/cache/fits)")
     s.add_argument("--features-dir", help="features folder (methods that consume features)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--prior", help="prior parquet of the backbone (q_hat)")

@@ -88,43 +88,122 @@ def check_base_runs(method: str, requires: tuple[str, ...], base_runs: dict[str,
 def train_run(method: str, features_dir: Path, out_dir: Path, seed: int,
               hparams: dict[str, Any] | None = None, prior: Path | None = None,
               base_runs: dict[str, Path] | None = None, tune: bool | None = None,
-              device: str = "cpu", group_counts: np.ndarray | None = None) -> dict[str, Any]:
+              device: str = "cpu", group_counts: np.ndarray | None = None,
+              reuse_dir: Path | None = None) -> dict[str, Any]:
     """Fit ``method`` (consumes "features") and write its run folder. ``tune``: may knobs be
     tuned on val (None: decided by the dataset's default ``val_overlaps_train``; the
     workflow passes it from the configured dataset parameters)."""
+    run = {"method": method, "out": out_dir, "seed": seed, "params": hparams or {},
+           "base": base_runs or {}}
+    return train_runs(features_dir, [run], prior=prior, tune=tune, device=device,
+                      group_counts=group_counts, reuse_dir=reuse_dir)[0]
+
+
+#: keys of one run in a `lt-bench train --runs` list
+RUN_KEYS = {"method", "out", "seed", "params", "base"}
+
+
+def check_run_list(runs: Any) -> list[dict[str, Any]]:
+    """A ``--runs`` list: JSON objects with method, out, seed (params, base optional)."""
+    if not isinstance(runs, list) or not runs:
+        raise InputValidationError("--runs must be a non-empty JSON list of runs, e.g. "
+                                   '[{"method": "la", "out": "DIR", "seed": 0}]')
+    for i, r in enumerate(runs):
+        if not isinstance(r, dict) or not {"method", "out", "seed"} <= set(r):
+            raise InputValidationError(f"--runs[{i}] must be an object with method, out and "
+                                       f"seed (optional: params, base); got {r!r}")
+        if set(r) - RUN_KEYS:
+            raise InputValidationError(f"--runs[{i}]: unknown key(s) {sorted(set(r) - RUN_KEYS)};"
+                                       f" valid: {sorted(RUN_KEYS)}")
+    return runs
+
+
+class _Features:
+    """One (dataset, backbone) features folder, read and hashed once for every run of a job."""
+
+    def __init__(self, features_dir: Path, prior: Path | None, group_counts):
+        from lt_bench.prior import read_prior
+
+        self.dir = Path(features_dir)
+        self.splits, self.text = load_features_dir(self.dir)
+        self.meta = self.splits["train"].meta
+        self.counts = train_counts_of(self.splits["train"].labels, self.text.classnames,
+                                      f"{self.dir}/train.parquet")
+        self.prior_path = prior
+        self.prior = read_prior(prior, len(self.text.classnames)) if prior is not None else None
+        self.views = _train_views(self.dir, self.splits["train"])
+        self.group_counts = group_counts
+        files = [*SPLITS, "text"] + (["train_views"] if self.views is not None else [])
+        self.sha = {s: sha256_file(self.dir / f"{s}.parquet") for s in files}
+        self.device_memo: dict = {}  # features moved to the device once per process
+
+
+def train_runs(features_dir: Path, runs: list[dict[str, Any]], *, prior: Path | None = None,
+               tune: bool | None = None, device: str = "cpu",
+               group_counts: np.ndarray | None = None,
+               reuse_dir: Path | None = None) -> list[dict[str, Any]]:
+    """Fit every run of ``runs`` (in order: a base run before the runs built on it) on one
+    features folder read once; each finishes through ``write_run``. With ``reuse_dir``, a
+    run whose fit key is cached is restored instead of refitted (lt_bench/runs/reuse.py)."""
+    from lt_bench.methods import METHODS
+
+    runs = check_run_list(runs)
+    for r in runs:  # every name and hyper-parameter checked before anything is fitted
+        cls = METHODS.get(r["method"])
+        if cls.consumes != "features":
+            raise InputValidationError(
+                f"method {r['method']!r} consumes {cls.consumes}, not cached features; "
+                + ("give its member runs: `lt-bench train --method "
+                   f"{r['method']} --members RUN_DIR... --out DIR`" if cls.consumes == "runs"
+                   else f"run it with `lt-bench finetune --method {r['method']}`"))
+        cls(**(r.get("params") or {}))
+        if cls.needs_prior and prior is None:
+            raise InputValidationError(
+                f"method {r['method']!r} needs the backbone's estimated prior "
+                "(--prior results/prior/{dataset}/{backbone}.parquet)")
+    feats = _Features(features_dir, prior, group_counts)
+    if tune is None:
+        tune = may_tune(feats.meta.get("dataset"))
+    out = []
+    for i, r in enumerate(runs, 1):
+        log.info("run %d/%d: %s seed %s -> %s", i, len(runs), r["method"], r["seed"], r["out"])
+        out.append(_fit_one(feats, r, tune=tune, device=device, reuse_dir=reuse_dir))
+    return out
+
+
+def _fit_one(feats: _Features, run: dict[str, Any], *, tune: bool, device: str,
+             reuse_dir: Path | None) -> dict[str, Any]:
     from lt_bench.methods import METHODS, FitContext
-    from lt_bench.prior import read_prior
+    from lt_bench.runs import reuse
 
     started = time.time()
-    features_dir, out_dir = Path(features_dir), Path(out_dir)
+    method, seed, out_dir = run["method"], int(run["seed"]), Path(run["out"])
     cls = METHODS.get(method)
-    if cls.consumes != "features":
-        raise InputValidationError(
-            f"method {method!r} consumes {cls.consumes}, not cached features; "
-            + ("give its member runs: `lt-bench train --method "
-               f"{method} --members RUN_DIR... --out DIR`" if cls.consumes == "runs" else
-               f"run it with `lt-bench finetune --method {method}`"))
-    m = cls(**(hparams or {}))
-    base_runs = {k: Path(v) for k, v in (base_runs or {}).items()}
-    splits, text = load_features_dir(features_dir)
-    meta = splits["train"].meta
+    m = cls(**(run.get("params") or {}))
+    base_runs = {k: Path(v) for k, v in (run.get("base") or {}).items()}
+    meta, splits, pf = feats.meta, feats.splits, feats.prior
     check_base_runs(method, cls.requires, base_runs, meta.get("dataset"),
                     meta.get("backbone"), seed)
-    k = len(text.classnames)
-    counts = train_counts_of(splits["train"].labels, text.classnames,
-                             f"{features_dir}/train.parquet")
-    pf = read_prior(prior, k) if prior is not None else None
     if cls.needs_prior and pf is None:
         raise InputValidationError(f"method {method!r} needs the backbone's estimated prior "
                                    "(--prior results/prior/{dataset}/{backbone}.parquet)")
-    if tune is None:
-        tune = may_tune(meta.get("dataset"))
-    ctx = FitContext(train=splits["train"], val=splits["val"], text=text, train_counts=counts,
-                     seed=seed, pretrain_prior=pf.q_hat if pf else None,
+    gc = None if feats.group_counts is None else np.asarray(feats.group_counts).tolist()
+    key = reuse.fit_key(
+        method=method, hparams=m.hparams, seed=seed, out=str(out_dir),
+        features_dir=str(feats.dir), features=feats.sha,
+        prior=sha256_file(feats.prior_path) if feats.prior_path else None,
+        base={n: reuse.run_key(d) for n, d in base_runs.items()}, tune=tune,
+        device=str(device).split(":")[0], group_counts=gc)
+    hit = reuse.restore(reuse_dir, key, out_dir)
+    if hit is not None:
+        return hit
+    ctx = FitContext(train=splits["train"], val=splits["val"], text=feats.text,
+                     train_counts=feats.counts, seed=seed,
+                     pretrain_prior=pf.q_hat if pf else None,
                      pretrain_prior_temperature=pf.temperature if pf else None,
                      base_predictors={n: load_run_predictor(d) for n, d in base_runs.items()},
-                     tune=tune, features_dir=features_dir, device=device,
-                     train_views=_train_views(features_dir, splits["train"]))
+                     tune=tune, features_dir=feats.dir, device=device,
+                     train_views=feats.views, device_memo=feats.device_memo)
     unfinish(out_dir)
     t0 = time.time()
     result = m.fit(ctx)
@@ -133,22 +212,23 @@ def train_run(method: str, features_dir: Path, out_dir: Path, seed: int,
     config = {
         "method": method, "consumes": "features", "hparams": m.hparams, "seed": seed,
         "dataset": meta.get("dataset"), "backbone": meta.get("backbone"),
-        "features_dir": str(features_dir),
-        "feature_sha256": {s: sha256_file(features_dir / f"{s}.parquet") for s in SPLITS},
+        "features_dir": str(feats.dir),
+        "feature_sha256": {s: feats.sha[s] for s in SPLITS},
         "split_sha256": {s: f.meta.get("split_sha256") for s, f in splits.items()},
-        "num_classes": k,
-        "prior": str(prior) if prior else None,
+        "num_classes": len(feats.text.classnames),
+        "prior": str(feats.prior_path) if feats.prior_path else None,
         "tune": tune, "device": device,
         "base_runs": {n: str(v) for n, v in base_runs.items()},
+        "fit_key": key,
     }
     logits = {s: (splits[s].labels, split_logits_of(result.predictor, splits[s]))
               for s in ("val", "test")}
     n_params = int(sum(np.asarray(t.weight).size for t in getattr(result.predictor, "terms", [])
                        )) if result.history else 0
-    return write_run(out_dir, logits, train_counts=counts, config=config,
-                     info={**result.info, "fit_seconds": fit_seconds}, history=result.history,
-                     pretrain_prior=ctx.pretrain_prior, group_counts=group_counts,
-                     started_at=started,
-                     extra_metrics={"n_trainable_params": n_params, "inference_cost": 1.0})
-
-
+    metrics = write_run(out_dir, logits, train_counts=feats.counts, config=config,
+                        info={**result.info, "fit_seconds": fit_seconds},
+                        history=result.history, pretrain_prior=ctx.pretrain_prior,
+                        group_counts=feats.group_counts, started_at=started,
+                        extra_metrics={"n_trainable_params": n_params, "inference_cost": 1.0})
+    reuse.store(reuse_dir, key, out_dir)
+    return metrics

@@ -31,9 +31,6 @@ rule ensemble_of_runs:
         members=ensemble_members,
     output:
         metrics="results/runs/{dataset}/{backbone}/{method}/seed{seed}/metrics.json",
-        per_class="results/runs/{dataset}/{backbone}/{method}/seed{seed}/per_class.parquet",
-        predictor="results/runs/{dataset}/{backbone}/{method}/seed{seed}/predictor.json",
-        config="results/runs/{dataset}/{backbone}/{method}/seed{seed}/config.json",
     wildcard_constraints:
         method=methods_regex("runs"),
     params:

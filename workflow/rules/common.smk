@@ -44,16 +44,6 @@ def checkpoint_input(wc):
     return f"results/backbones/{wc.backbone}/checkpoint.pt" if PLAN.is_toy_backbone(wc.backbone) else []
 
 
-def base_run_inputs(wc):
-    bases = PLAN.base_runs(wc.dataset, wc.backbone, wc.method, wc.seed)
-    return {name: f"{d}/metrics.json" for name, d in bases.items()}
-
-
-def base_run_args(wc):
-    bases = PLAN.base_runs(wc.dataset, wc.backbone, wc.method, wc.seed)
-    return " ".join(f"--base {name}={q(d)}" for name, d in bases.items())
-
-
 def hparams_json(wc):
     return json.dumps(PLAN.hparams(wc.method, wc.dataset), sort_keys=True)
 

@@ -14,11 +14,6 @@ rule finetune:
         text="results/features/{dataset}/{backbone}/text.parquet",
     output:
         metrics="results/runs/{dataset}/{backbone}/{method}/seed{seed}/metrics.json",
-        per_class="results/runs/{dataset}/{backbone}/{method}/seed{seed}/per_class.parquet",
-        predictor="results/runs/{dataset}/{backbone}/{method}/seed{seed}/predictor.json",
-        config="results/runs/{dataset}/{backbone}/{method}/seed{seed}/config.json",
-        val_logits="results/runs/{dataset}/{backbone}/{method}/seed{seed}/logits_val.parquet",
-        test_logits="results/runs/{dataset}/{backbone}/{method}/seed{seed}/logits_test.parquet",
     wildcard_constraints:
         backbone=r"(?!ensemble/)[A-Za-z0-9_.-]+",
         method=methods_regex("images"),

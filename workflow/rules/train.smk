@@ -1,35 +1,80 @@
-# Runs (docs/architecture.md, "Stages"): one job per (dataset, backbone, method, seed) for
-# methods that consume features (trained heads, zero-shot, post-hoc, k-NN); ensembles of
-# runs are in analysis.smk. Every job finishes through the same run writer.
+# Runs (docs/architecture.md, "Stages") of the methods that consume features (trained heads,
+# zero-shot, post-hoc, k-NN); ensembles of runs are in analysis.smk. Every run finishes
+# through the same run writer.
+#
+# fit_heads: ONE job per (dataset, backbone, seed) fits every such method of the suite in
+# one process (start-up and feature loading paid once, features on the GPU once). A
+# changed hyper-parameter reruns the job, which refits only the runs whose fit key changed
+# and copies the others back from results/cache/fits (lt_bench/runs/reuse.py).
+# fit_member_seeds: the same-backbone control's member runs at seeds s+1000, s+2000, one
+# job per (dataset, backbone). A single run outside the suite: `lt-bench train --method`.
+
+# metrics.json only, written last: a run without it is unfinished (the other files of a
+# run folder are not declared, which keeps the DAG's output index small: planning time)
+HEAD_RUN = "results/runs/{{dataset}}/{{backbone}}/{method}/seed{seed}/metrics.json"
+HEAD_METHODS = PLAN.head_methods()
+MEMBER_SEED_RUNS = PLAN.member_seed_runs()
 
 
-rule run_on_features:
-    input:
-        unpack(base_run_inputs),
-        unpack(prior_input),
-        features=lambda wc: PLAN.features(wc.dataset, wc.backbone),
-    output:
-        metrics="results/runs/{dataset}/{backbone}/{method}/seed{seed}/metrics.json",
-        per_class="results/runs/{dataset}/{backbone}/{method}/seed{seed}/per_class.parquet",
-        predictor="results/runs/{dataset}/{backbone}/{method}/seed{seed}/predictor.json",
-        config="results/runs/{dataset}/{backbone}/{method}/seed{seed}/config.json",
-    wildcard_constraints:
-        backbone=r"(?!ensemble/)[A-Za-z0-9_.-]+",
-        method=methods_regex("features"),
-    params:
-        hparams=hparams_json,
-        base=base_run_args,
-        prior=opt_arg("--prior", "prior"),
-        tune=tune_arg,
-        groups=group_counts_arg,
-        out=lambda wc: run_dir(wc.dataset, wc.backbone, wc.method, wc.seed),
-    log:
-        "logs/run_on_features/{dataset}/{backbone}/{method}/seed{seed}.log",
-    threads: 1
-    conda:
-        "../envs/lt-bench.yaml"
-    shell:
-        "lt-bench train --method {wildcards.method}"
-        " --features-dir results/features/{wildcards.dataset}/{wildcards.backbone}"
-        " --out {params.out:q} --seed {wildcards.seed} --params {params.hparams:q}"
-        " {params.base} {params.prior} {params.tune} {params.groups} --threads {threads} 2> {log:q}"
+def head_job_args(wc, input):
+    """The options every head job passes: prior, tune, D-group counts, device, reuse."""
+    prior = f"--prior {q(input.prior)}" if "prior" in input.keys() else ""
+    return f"{prior} {tune_arg(wc)} {group_counts_arg(wc)} --device auto --reuse-dir results/cache/fits"
+
+
+if HEAD_METHODS:
+
+    rule fit_heads:
+        input:
+            unpack(prior_input),
+            features=lambda wc: PLAN.features(wc.dataset, wc.backbone),
+        output:
+            expand(HEAD_RUN, method=HEAD_METHODS, seed="{seed}"),
+        wildcard_constraints:
+            backbone=r"(?!ensemble/)[A-Za-z0-9_.-]+",
+            seed="|".join(str(s) for s in SUITE.seeds),
+        params:
+            runs=lambda wc: json.dumps(PLAN.head_runs(wc.dataset, wc.backbone, wc.seed)),
+            args=head_job_args,
+        log:
+            "logs/fit_heads/{dataset}/{backbone}/seed{seed}.log",
+        benchmark:
+            "results/benchmarks/fit_heads/{dataset}/{backbone}/seed{seed}.tsv"
+        threads: 1
+        resources:
+            gpu=1,
+        conda:
+            "../envs/lt-bench.yaml"
+        shell:
+            "echo \"host=$(hostname) slurm_job=${{SLURM_JOB_ID:-none}} gpus=${{CUDA_VISIBLE_DEVICES:-none}}\" > {log:q};"
+            " lt-bench train --runs {params.runs:q}"
+            " --features-dir results/features/{wildcards.dataset}/{wildcards.backbone}"
+            " {params.args} --threads {threads} 2>> {log:q}"
+
+
+
+if MEMBER_SEED_RUNS:
+
+    rule fit_member_seeds:
+        input:
+            unpack(prior_input),
+            features=lambda wc: PLAN.features(wc.dataset, wc.backbone),
+        output:
+            [HEAD_RUN.format(method=m, seed=sd) for m, sd in MEMBER_SEED_RUNS],
+        wildcard_constraints:
+            backbone=r"(?!ensemble/)[A-Za-z0-9_.-]+",
+        params:
+            runs=lambda wc: json.dumps(PLAN.head_runs(wc.dataset, wc.backbone)),
+            args=head_job_args,
+        log:
+            "logs/fit_member_seeds/{dataset}/{backbone}.log",
+        threads: 1
+        resources:
+            gpu=1,
+        conda:
+            "../envs/lt-bench.yaml"
+        shell:
+            "echo \"host=$(hostname) slurm_job=${{SLURM_JOB_ID:-none}} gpus=${{CUDA_VISIBLE_DEVICES:-none}}\" > {log:q};"
+            " lt-bench train --runs {params.runs:q}"
+            " --features-dir results/features/{wildcards.dataset}/{wildcards.backbone}"
+            " {params.args} --threads {threads} 2>> {log:q}"
