@@ -20,6 +20,13 @@ tax, and CPU vs GPU (issue 12 items 1, 2, 5). Prints ratios, measured side by si
     measured around ``method.fit``, which imports torch itself, so the script also prints
     wall minus the epoch loop alone (``train_seconds``) and, from one extra run under
     ``python -X importtime``, what the heavy imports cost inside that job. Target <= 1 s.
+(d) the workflow's head job: every features method of the demo (config.yaml, their
+    hyper-parameters, bases before the runs built on them) fitted by ONE
+    ``lt-bench train --runs`` process, vs the same runs as one ``lt-bench train --method``
+    process each (the per-method jobs before issue 12), side by side on the same folder:
+    the ratio of the two walls, and the job's wall minus the sum of its ``fit_seconds``
+    per run. Then the same job again with its fit cache (nothing changed: every run is
+    copied back) and with one method's hyper-parameter changed (only it is refitted).
 (c) one ``la`` head at (a)'s shape on the CPU and on the GPU, when CUDA is visible
     (skipped with a message otherwise).
 """
@@ -329,6 +336,71 @@ def bench_startup_tax(repeats: int, method: str = "la") -> dict[str, float]:
             **{f"phase {k}": v for k, v in phases.items()}}
 
 
+# --- (d) one process per (dataset, backbone, seed) vs one per method ---------------------
+
+def bench_head_job() -> dict[str, float]:
+    import yaml
+
+    from lt_bench.plan import Plan
+
+    plan = Plan(yaml.safe_load((REPO / "config.yaml").read_text()))
+    tmp = Path(tempfile.mkdtemp(prefix="lt_bench_headjob_"))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    try:
+        feats = write_toy_features(tmp / "features")
+        common = ["--features-dir", str(feats), "--threads", "1",
+                  "--prior", str(feats / "prior.parquet")]
+
+        def spec(root: Path, changed: dict | None = None) -> list[dict]:
+            out = []
+            for m in plan.head_methods():
+                hp = {**plan.hparams(m, "toy"), **((changed or {}).get(m, {}))}
+                out.append({"method": m, "out": str(root / m), "seed": 0, "params": hp,
+                            "base": {r: str(root / r) for r in plan.requires(m)}})
+            return out
+
+        def job(root: Path, *extra: str, changed: dict | None = None) -> float:
+            t0 = time.perf_counter()
+            r = subprocess.run([*lt_bench_cmd(), "train", "--runs",
+                                json.dumps(spec(root, changed)), *common, *extra],
+                               capture_output=True, text=True, env=env)
+            if r.returncode != 0:
+                raise SystemExit(f"head job failed (rc {r.returncode}):\n{r.stderr[-3000:]}")
+            return time.perf_counter() - t0
+
+        separate = 0.0
+        for run in spec(tmp / "separate"):
+            t0 = time.perf_counter()
+            r = subprocess.run([*lt_bench_cmd(), "train", "--method", run["method"],
+                                "--out", run["out"], "--params", json.dumps(run["params"]),
+                                *[f"--base={k}={v}" for k, v in run["base"].items()], *common],
+                               capture_output=True, text=True, env=env)
+            if r.returncode != 0:
+                raise SystemExit(f"{run['method']} failed:\n{r.stderr[-3000:]}")
+            separate += time.perf_counter() - t0
+        one = job(tmp / "job")
+        fits = [json.loads((tmp / "job" / m / "metrics.json").read_text())["info"]["fit_seconds"]
+                for m in plan.head_methods()]
+        cache = ["--reuse-dir", str(tmp / "cache")]
+        job(tmp / "cached", *cache)
+        unchanged = job(tmp / "cached", *cache)
+        one_changed = job(tmp / "cached", *cache, changed={"la": {"tau": 0.5}})
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    n = len(fits)
+    print(f"(d) the demo's {n} features methods on a toy-shaped folder (K={TOY['k']}, "
+          f"D={TOY['d']}), 1 thread:")
+    print(f"    one process per method: {separate:.2f} s;  one head job: {one:.2f} s;  "
+          f"ratio {separate / one:.2f}x")
+    print(f"    head job wall - sum of fit_seconds = {one - sum(fits):.2f} s "
+          f"({(one - sum(fits)) / n:.2f} s per run; target <= 1 s)")
+    print(f"    rerun, nothing changed (fit cache): {unchanged:.2f} s;  la.tau changed "
+          f"(la, gla refitted): {one_changed:.2f} s")
+    return {"separate_s": separate, "job_s": one, "ratio": separate / one,
+            "job_minus_fit_s": one - sum(fits), "per_run_overhead_s": (one - sum(fits)) / n,
+            "cached_rerun_s": unchanged, "one_changed_s": one_changed, "n_runs": n}
+
+
 # --- (c) CPU vs GPU -----------------------------------------------------------------------
 
 def bench_cpu_vs_gpu(scale: float, epochs: int, method: str = "la") -> dict[str, float] | None:
@@ -360,7 +432,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     ap.add_argument("--device", default="cpu", help="device of (a): cpu (default), cuda")
     ap.add_argument("--methods", default="la,ce", help="head methods of (a)")
-    ap.add_argument("--only", default="abc", help="which parts to run, e.g. 'ab' or 'b'")
+    ap.add_argument("--only", default="abcd", help="which parts to run, e.g. 'ab' or 'd'")
     ap.add_argument("--json", help="also write the numbers to this JSON file")
     a = ap.parse_args(argv)
     if not 0 < a.scale <= 1:
@@ -378,6 +450,8 @@ def main(argv: list[str] | None = None) -> dict:
                                      a.methods.split(","))
     if "b" in a.only:
         res["b"] = bench_startup_tax(a.repeats)
+    if "d" in a.only:
+        res["d"] = bench_head_job()
     if "c" in a.only:
         res["c"] = bench_cpu_vs_gpu(a.scale, a.epochs)
     if a.json:

@@ -88,9 +88,21 @@ def method_hparams(config: dict[str, Any], method: str, dataset: str) -> dict[st
     if unknown:
         raise ConfigError(f"methods.{method}: unknown hyper-parameter(s) {sorted(unknown)}; "
                           f"valid: {sorted(cls.defaults) or 'none'}")
-    over = config.get("method_overrides", {}).get(dataset, {})
+    over = dict(config.get("method_overrides", {}).get(dataset) or {})
+    # a method's name holds overrides of that method only (toy: {adaptformer_la: {epochs: 2}})
+    per_method = {k: over.pop(k) for k in list(over) if k in METHODS}
     bad = set(over) - set().union(*(c.defaults for _, c in METHODS.items()))
     if bad:
         raise ConfigError(f"method_overrides.{dataset}: unknown hyper-parameter(s) "
-                          f"{sorted(bad)}")
-    return {**cls.defaults, **given, **{k: v for k, v in over.items() if k in cls.defaults}}
+                          f"{sorted(bad)} (a method's name holds overrides of that method)")
+    for name, sub in per_method.items():
+        if not isinstance(sub, dict):
+            raise ConfigError(f"method_overrides.{dataset}.{name}: expected a mapping of "
+                              f"{name}'s hyper-parameters, got {sub!r}")
+        wrong = set(sub) - set(METHODS.get(name).defaults)
+        if wrong:
+            raise ConfigError(f"method_overrides.{dataset}.{name}: unknown hyper-parameter(s) "
+                              f"{sorted(wrong)}; valid: {sorted(METHODS.get(name).defaults)}")
+    mine = per_method.get(method) or {}
+    return {**cls.defaults, **given, **{k: v for k, v in over.items() if k in cls.defaults},
+            **mine}

@@ -76,6 +76,21 @@ def test_method_hparams_layering(config):
     assert method_hparams(cfg, "zero_shot", "toy") == {}  # overrides skip unknown keys
 
 
+def test_method_overrides_of_one_method(config):
+    cfg = copy.deepcopy(config)
+    cfg["method_overrides"] = {"toy": {"epochs": 20, "adaptformer_la": {"epochs": 2}}}
+    assert method_hparams(cfg, "adaptformer_la", "toy")["epochs"] == 2  # its own wins
+    assert method_hparams(cfg, "adaptformer_ce", "toy")["epochs"] == 20
+    assert method_hparams(cfg, "la", "toy")["epochs"] == 20
+    assert method_hparams(cfg, "adaptformer_la", "imagenet_lt")["epochs"] == 10
+    cfg["method_overrides"] = {"toy": {"la": {"tua": 1}}}
+    with pytest.raises(ConfigError, match=r"method_overrides.toy.la: unknown .*'tua'.*valid"):
+        method_hparams(cfg, "la", "toy")
+    cfg["method_overrides"] = {"toy": {"la": 3}}
+    with pytest.raises(ConfigError, match="expected a mapping"):
+        method_hparams(cfg, "ce", "toy")
+
+
 def test_snakemake_reports_unknown_suite(tmp_path):
     wf = copy_workflow(tmp_path)
     r = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--config", "suite=nope"],
