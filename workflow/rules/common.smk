@@ -3,6 +3,7 @@ import json
 import os
 import sys
 import shlex
+from pathlib import Path
 
 from snakemake.utils import validate
 

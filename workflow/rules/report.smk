@@ -11,6 +11,7 @@ REPORT_TABLES = ["main", "dxp", "ablation"]
 
 
 localrules:
+    runs_index,
     aggregate,
     significance,
     findings,
@@ -19,9 +20,25 @@ localrules:
     figure_dxp,
 
 
+# Every finished run of a dataset, one metrics.json path per line: the consumers of all runs
+# (tables, significance, figures, MLflow) read this list instead of declaring ~500 inputs
+# each, which keeps planning the paper suite fast (issue 12). Written in the Snakemake
+# process itself (no job start-up); it is rewritten whenever any run is newer.
+rule runs_index:
+    input:
+        dataset_runs,
+    output:
+        "results/runs/{dataset}/index.txt",
+    run:
+        Path(output[0]).write_text("".join(f"{f}\n" for f in input))
+
+
+RUN_INDEXES = expand("results/runs/{dataset}/index.txt", dataset=SUITE.datasets)
+
+
 rule significance:
     input:
-        PLAN.suite_runs(),
+        RUN_INDEXES,
     output:
         "results/tables/significance.csv",
     params:
@@ -32,13 +49,13 @@ rule significance:
     conda:
         "../envs/lt-bench.yaml"
     shell:
-        "lt-bench significance --metrics {input:q} --n-boot {params.n_boot}"
+        "lt-bench significance --metrics $(cat {input:q}) --n-boot {params.n_boot}"
         " --out {output:q} > {log:q} 2>&1"
 
 
 rule aggregate:
     input:
-        runs=PLAN.suite_runs(),
+        runs=RUN_INDEXES,
         significance="results/tables/significance.csv",
     output:
         main_html=report_table("main", "main", "html", "main_table"),
@@ -68,7 +85,7 @@ rule aggregate:
     conda:
         "../envs/lt-bench.yaml"
     shell:
-        "lt-bench tables --metrics {input.runs:q} --method-order {params.methods}"
+        "lt-bench tables --metrics $(cat {input.runs:q}) --method-order {params.methods}"
         " --significance {input.significance:q} --out-dir results/tables > {log:q} 2>&1"
 
 
@@ -95,7 +112,7 @@ rule findings:
 
 rule figure_accuracy:
     input:
-        dataset_runs,
+        "results/runs/{dataset}/index.txt",
     output:
         by_count=report(
             "results/figures/{dataset}/acc_vs_count.png",
@@ -120,7 +137,7 @@ rule figure_accuracy:
     conda:
         "../envs/lt-bench.yaml"
     shell:
-        "lt-bench figures accuracy --metrics {input:q} --methods {params.methods}"
+        "lt-bench figures accuracy --metrics $(cat {input:q}) --methods {params.methods}"
         " --out-dir results/figures/{wildcards.dataset} > {log:q} 2>&1"
 
 
@@ -149,7 +166,7 @@ rule figure_prior:
 
 rule figure_dxp:
     input:
-        dataset_runs,
+        "results/runs/{dataset}/index.txt",
     output:
         [
             report(
@@ -177,6 +194,6 @@ rule figure_dxp:
     conda:
         "../envs/lt-bench.yaml"
     shell:
-        "lt-bench figures dxp --metrics {input:q} --dataset {wildcards.dataset}"
+        "lt-bench figures dxp --metrics $(cat {input:q}) --dataset {wildcards.dataset}"
         " --methods {params.methods} --out-dir results/figures/{wildcards.dataset}"
         " > {log:q} 2>&1"

@@ -19,7 +19,7 @@ localrules:
 
 rule ingest_mlflow:
     input:
-        runs=PLAN.suite_runs(),
+        runs=RUN_INDEXES,  # report.smk: every run of each dataset
         figures=PLAN.figure_targets(),
     output:
         "results/mlflow/ingested.json",
@@ -31,5 +31,5 @@ rule ingest_mlflow:
     conda:
         "../envs/lt-bench.yaml"
     shell:
-        "lt-bench ingest --suite {params.suite} --metrics {input.runs:q}"
+        "lt-bench ingest --suite {params.suite} --metrics $(cat {input.runs:q})"
         " --figures-root results/figures --out {output:q} 2> {log:q}"
