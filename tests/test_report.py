@@ -452,6 +452,14 @@ def test_findings_use_the_table_numbers(runs_root, tables):
     text = findings(main, dxp)
     r = main[(main["backbone"] == "toyclip0") & (main["method"] == "la")].iloc[0]
     assert f"LA {r['many_mean'] - r['few_mean']:+.1f}" in text
+    assert "**toyclip0**, frozen heads: D-gap" in text and "Toy-world regime" not in text
+    # a fine-tuning row gets its own track line, judged by its own method
+    ft = main[main["method"] == "la"].copy()
+    ft["method"], ft["few_mean"] = "adaptformer_la", ft["many_mean"] - 0.5
+    text2 = findings(pd.concat([main, ft]), dxp, regimes={"toy": "representation"})
+    assert "**toyclip0**, fine-tuning: D-gap" in text2
+    assert "AdaptFormer + LA closes the D-gap" in text2, text2
+    assert "Toy-world regime **representation**" in text2
     d = dxp[(dxp["backbone"] == "toyclip0") & (dxp["method"] == "zero_shot")].iloc[0]
     assert f"zero-shot {d['dp_few_p_many_mean'] - d['dp_few_p_few_mean']:+.1f}" in text
     bd = main[main["method"] == "backdoor"].iloc[0]["top1_mean"]

@@ -52,7 +52,19 @@ def cmd_findings(a) -> None:
     main = pd.read_csv(d / "main.csv")
     dxp = pd.read_csv(d / "dxp.csv") if (d / "dxp.csv").is_file() else None
     sig = read_significance(d / "significance.csv")
-    print(write_findings(main, Path(a.out_dir or d), dxp, sig))
+    print(write_findings(main, Path(a.out_dir or d), dxp, sig, _regimes(a.data_dir, main)))
+
+
+def _regimes(data_dir: str | None, main) -> dict[str, str]:
+    """The toy world's regime of each dataset, from its prepared toy_meta.json."""
+    from lt_bench.io import read_json
+
+    out = {}
+    for ds in dict.fromkeys(main["dataset"]) if data_dir else ():
+        meta = Path(data_dir) / ds / "toy_meta.json"
+        if meta.is_file():
+            out[ds] = read_json(meta).get("params", {}).get("regime", "compositional")
+    return out
 
 
 def cmd_prior_table(a) -> None:
@@ -120,6 +132,8 @@ def add_report_commands(sub: argparse._SubParsersAction) -> None:
                                         "tables")
     s.add_argument("--tables-dir", default="results/tables")
     s.add_argument("--out-dir", help="default: --tables-dir")
+    s.add_argument("--data-dir", help="prepared datasets (resources/data): states the toy "
+                   "world's regime from <dir>/<dataset>/toy_meta.json")
     s.set_defaults(func=cmd_findings)
 
     if "prior-table" not in sub.choices:  # lt_bench.methods.cli had it before the move

@@ -20,7 +20,18 @@ from lt_bench.io import atomic_path
 from lt_bench.report import format as fmt
 
 BEFORE, AFTER = ("zero_shot", "ce"), "la"
+#: the re-balanced method of each track (issue 13 §3: per regime and per track)
+TRACKS = (("frozen heads", "la"), ("fine-tuning", "adaptformer_la"))
 CLOSE_TOL = 1.0  # points: a gap this small after re-balancing counts as closed
+#: what each toy-world regime means (lt_bench/data/toy.py), for the findings' first line
+REGIMES = {
+    "compositional": "classes are compositions of shared attributes, so a class rare in "
+                     "pre-training still gets good features from its common parts: the "
+                     "inherited imbalance lives in the logits",
+    "representation": "classes carry class-specific detail that only pre-training pairs of "
+                      "that class teach, so a class rare in pre-training also gets a worse "
+                      "representation (the paper's regime)",
+}
 
 
 def _get(table: pd.DataFrame | None, ds, bb, method, col):
@@ -32,48 +43,55 @@ def _get(table: pd.DataFrame | None, ds, bb, method, col):
     return float(hit.iloc[0][col])
 
 
-def _verdict(before: float | None, after: float | None, what: str) -> str:
+def _verdict(before: float | None, after: float | None, what: str, by: str = "LA") -> str:
     if before is None or after is None:
         return ""
     small_before, small_after = abs(before) < CLOSE_TOL, abs(after) < CLOSE_TOL
     if small_after:
-        return f"no {what} before or after LA" if small_before else f"LA closes the {what}"
+        return f"no {what} before or after {by}" if small_before else f"{by} closes the {what}"
     if small_before:
-        return f"LA opens a {what}"
+        return f"{by} opens a {what}"
     if abs(after) < abs(before):
-        return f"LA narrows the {what} but it persists"
-    return f"the {what} persists (LA does not narrow it)"
+        return f"{by} narrows the {what} but it persists"
+    return f"the {what} persists ({by} does not narrow it)"
+
+
+def _gaps(main, dxp, ds, bb, m):
+    """(D-gap Many − Few, P-gap within D-Few P-Many − P-Few) of one row, None where absent."""
+    a, b = _get(main, ds, bb, m, "many_mean"), _get(main, ds, bb, m, "few_mean")
+    pa, pb = (_get(dxp, ds, bb, m, "dp_few_p_many_mean"),
+              _get(dxp, ds, bb, m, "dp_few_p_few_mean"))
+    return (None if a is None or b is None else a - b,
+            None if pa is None or pb is None else pa - pb)
 
 
 def gap_lines(main: pd.DataFrame, dxp: pd.DataFrame | None, ds: str) -> list[str]:
+    """Per backbone and track: the D-gap and the P-gap before re-balancing (zero-shot, CE)
+    and after it (LA on frozen features; AdaptFormer-LA fine-tuned), with a verdict."""
     lines = []
     singles = [b for b in dict.fromkeys(main.loc[main["dataset"] == ds, "backbone"])
                if b != "ensemble"]
-    for bb in singles:
-        parts_d, parts_p = [], []
-        d = {m: (None if (a := _get(main, ds, bb, m, "many_mean")) is None
-                 or (b := _get(main, ds, bb, m, "few_mean")) is None else a - b)
-             for m in (*BEFORE, AFTER)}
-        p = {m: (None if (a := _get(dxp, ds, bb, m, "dp_few_p_many_mean")) is None
-                 or (b := _get(dxp, ds, bb, m, "dp_few_p_few_mean")) is None else a - b)
-             for m in (*BEFORE, AFTER)}
-        for m in (*BEFORE, AFTER):
-            if d[m] is not None:
-                parts_d.append(f"{fmt.display_name(m)} {d[m]:+.1f}")
-            if p[m] is not None:
-                parts_p.append(f"{fmt.display_name(m)} {p[m]:+.1f}")
-        if not parts_d and not parts_p:
-            continue
-        ref = "ce" if d.get("ce") is not None else "zero_shot"
-        text = f"**{bb}**: D-gap (Many − Few) " + (", ".join(parts_d) or "n/a")
-        if (v := _verdict(d.get(ref), d.get(AFTER), "D-gap")):
-            text += f" — {v}"
-        text += "; P-gap within D-Few (P-Many − P-Few) " + (", ".join(parts_p) or
-                                                             "n/a (no estimated prior)")
-        pref = "zero_shot" if p.get("zero_shot") is not None else "ce"
-        if (v := _verdict(p.get(pref), p.get(AFTER), "P-gap")):
-            text += f" — {v}"
-        lines.append(text + ".")
+    for track, after in TRACKS:
+        for bb in singles:
+            if _get(main, ds, bb, after, "top1_mean") is None:
+                continue
+            methods = (*BEFORE, after)
+            d, p = {}, {}
+            for m in methods:
+                d[m], p[m] = _gaps(main, dxp, ds, bb, m)
+            parts_d = [f"{fmt.display_name(m)} {d[m]:+.1f}" for m in methods if d[m] is not None]
+            parts_p = [f"{fmt.display_name(m)} {p[m]:+.1f}" for m in methods if p[m] is not None]
+            by = fmt.display_name(after)
+            ref = "ce" if d.get("ce") is not None else "zero_shot"
+            text = f"**{bb}**, {track}: D-gap (Many − Few) " + ", ".join(parts_d)
+            if (v := _verdict(d.get(ref), d.get(after), "D-gap", by)):
+                text += f" — {v}"
+            text += "; P-gap within D-Few (P-Many − P-Few) " + (", ".join(parts_p) or
+                                                                 "n/a (no estimated prior)")
+            pref = "zero_shot" if p.get("zero_shot") is not None else "ce"
+            if (v := _verdict(p.get(pref), p.get(after), "P-gap", by)):
+                text += f" — {v}"
+            lines.append(text + ".")
     return lines
 
 
@@ -113,13 +131,17 @@ def backdoor_lines(sig: pd.DataFrame | None, main: pd.DataFrame, ds: str) -> lis
 
 
 def findings(main: pd.DataFrame, dxp: pd.DataFrame | None = None,
-             sig: pd.DataFrame | None = None) -> str:
-    """The findings section as Markdown."""
+             sig: pd.DataFrame | None = None, regimes: dict[str, str] | None = None) -> str:
+    """The findings section as Markdown; ``regimes``: the toy world's regime by dataset."""
     out = ["# Findings", "",
            "Generated from main.csv, dxp.csv and significance.csv (points of top-1, means "
-           f"over seeds). A gap below {CLOSE_TOL:g} point after LA counts as closed.", ""]
+           f"over seeds). A gap below {CLOSE_TOL:g} point after re-balancing counts as "
+           "closed.", ""]
     for ds in dict.fromkeys(main["dataset"]):
         out += [f"## {ds}", ""]
+        if (regime := (regimes or {}).get(ds)):
+            out += [f"Toy-world regime **{regime}**: {REGIMES.get(regime, 'unknown regime')}.",
+                    ""]
         out += [f"- {x}" for x in gap_lines(main, dxp, ds) + backdoor_lines(sig, main, ds)]
         out.append("")
     return "\n".join(out) + "\n"
@@ -146,8 +168,9 @@ def _md_to_html(md: str) -> str:
 
 
 def write_findings(main: pd.DataFrame, out_dir: Path, dxp: pd.DataFrame | None = None,
-                   sig: pd.DataFrame | None = None) -> str:
-    md = findings(main, dxp, sig)
+                   sig: pd.DataFrame | None = None,
+                   regimes: dict[str, str] | None = None) -> str:
+    md = findings(main, dxp, sig, regimes)
     out_dir = Path(out_dir)
     with atomic_path(out_dir / "findings.md") as tmp:
         tmp.write_text(md)

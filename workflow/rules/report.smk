@@ -94,6 +94,7 @@ rule findings:
         main="results/tables/main.csv",
         dxp="results/tables/dxp.csv",
         significance="results/tables/significance.csv",
+        prepared=[f"resources/data/{d}/classnames.txt" for d in SUITE.datasets],  # toy_meta.json
     output:
         html=report(
             "results/tables/findings.html",
@@ -107,7 +108,7 @@ rule findings:
     conda:
         "../envs/lt-bench.yaml"
     shell:
-        "lt-bench findings --tables-dir results/tables > {log:q} 2>&1"
+        "lt-bench findings --tables-dir results/tables --data-dir resources/data > {log:q} 2>&1"
 
 
 rule figure_accuracy:
