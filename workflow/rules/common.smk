@@ -72,6 +72,18 @@ def ensemble_members(wc):
     return [f"{d}/metrics.json" for d in PLAN.ensemble_members(wc.dataset, wc.backbone, wc.method, wc.seed)]
 
 
+def head_job_args(wc, input):
+    """The options every head job passes: prior, tune, D-group counts, device, reuse."""
+    prior = f"--prior {q(input.prior)}" if "prior" in input.keys() else ""
+    return f"{prior} {tune_arg(wc)} {group_counts_arg(wc)} --device auto --reuse-dir results/cache/fits"
+
+
+def write_runs_index(runs, out, log):
+    """results/runs/{dataset}/index.txt: one metrics.json per line (rule runs_index)."""
+    Path(out).write_text("".join(f"{f}\n" for f in runs))
+    Path(log).write_text(f"{len(runs)} runs -> {out}\n")
+
+
 def methods_regex(kind):
     return "|".join(PLAN.methods_consuming(kind)) or "none"
 

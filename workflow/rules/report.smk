@@ -29,8 +29,10 @@ rule runs_index:
         dataset_runs,
     output:
         "results/runs/{dataset}/index.txt",
+    log:
+        "logs/report/runs_index/{dataset}.log",
     run:
-        Path(output[0]).write_text("".join(f"{f}\n" for f in input))
+        write_runs_index(input, output[0], log[0])
 
 
 RUN_INDEXES = expand("results/runs/{dataset}/index.txt", dataset=SUITE.datasets)

@@ -16,12 +16,6 @@ HEAD_METHODS = PLAN.head_methods()
 MEMBER_SEED_RUNS = PLAN.member_seed_runs()
 
 
-def head_job_args(wc, input):
-    """The options every head job passes: prior, tune, D-group counts, device, reuse."""
-    prior = f"--prior {q(input.prior)}" if "prior" in input.keys() else ""
-    return f"{prior} {tune_arg(wc)} {group_counts_arg(wc)} --device auto --reuse-dir results/cache/fits"
-
-
 if HEAD_METHODS:
 
     rule fit_heads:
