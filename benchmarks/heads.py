@@ -63,7 +63,7 @@ from lt_bench.methods import FitContext, get_method  # noqa: E402
 #: class, val 20 per class; D = 768 is ViT-B/16's pre-projection CLS feature (LIFT)
 IMAGENET_LT = {"n": 115_846, "k": 1000, "d": 768, "max": 1280, "min": 5, "val_per_class": 20}
 #: the demo's toy world (config.yaml datasets.toy) and the toy CLIPs' feature width
-TOY = {"k": 100, "d": 128, "max": 500, "imbalance": 100, "val_per_class": 20,
+TOY = {"k": 100, "d": 64, "max": 500, "imbalance": 100, "val_per_class": 50,
        "test_per_class": 100}
 HEAVY = ("torch", "open_clip", "timm", "mlflow", "pandas", "scipy", "pyarrow", "sklearn",
          "matplotlib", "snakemake")

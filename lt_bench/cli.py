@@ -51,12 +51,22 @@ def cmd_pretrain(args):
     if spec.library != "toy":
         raise UserError(f"backbone {args.backbone!r} is not a toy CLIP; only toy backbones are "
                         "pre-trained by the pipeline (real ones come from open_clip/timm)")
-    k = len(read_classnames(Path(args.dataset_dir) / "classnames.txt"))
+    dataset_dir = Path(args.dataset_dir)
+    k = len(read_classnames(dataset_dir / "classnames.txt"))
+    # The pre-training pairs are drawn from the dataset's own world (its regime and image
+    # size, written by `lt-bench prepare toy`), so downstream and pre-training images match.
+    meta_path = dataset_dir / "toy_meta.json"
+    if not meta_path.is_file():
+        raise UserError(f"{meta_path} not found: --dataset-dir must be a toy split folder "
+                        "written by `lt-bench prepare toy` (it records the world's regime)")
+    world = json.loads(meta_path.read_text()).get("params", {})
     summary = pretrain_toy_clip(args.out, num_classes=k, index=spec.toy_index, seed=args.seed,
+                                image_size=world.get("image_size", 32),
+                                regime=world.get("regime", "compositional"),
                                 **(args.params or {}))
-    print_json({k: summary.get(k) for k in ("zero_shot_top1", "rho_acc_vs_prior",
+    print_json({k: summary.get(k) for k in ("regime", "zero_shot_top1", "rho_acc_vs_prior",
                                             "rho_qhat_vs_prior", "rho_probe_vs_prior",
-                                            "train_seconds")})
+                                            "total_seconds")})
 
 
 def cmd_extract(args):
@@ -95,7 +105,9 @@ def _add_core_commands(sub) -> None:
 
     s = sub.add_parser("pretrain", help="pre-train a toy CLIP on its long-tailed prior")
     s.add_argument("backbone", help="toy backbone name, e.g. toyclip0")
-    s.add_argument("--dataset-dir", required=True, help="toy split folder (for class names)")
+    s.add_argument("--dataset-dir", required=True,
+                   help="toy split folder (class names; the world's regime and image size "
+                        "from its toy_meta.json)")
     s.add_argument("--out", required=True, help="folder for checkpoint.pt and prior.parquet")
     s.add_argument("--params", type=json_object, help="pre-training parameters (JSON object)")
     s.add_argument("--seed", type=int, default=0)

@@ -33,7 +33,7 @@ def test_schema_fills_defaults():
                             "methods": ["ce"], "seeds": [0]}}}
     validate(cfg, SCHEMA)
     assert cfg["suite"] == "demo" and cfg["extract"]["batch_size"] == 256
-    assert cfg["toy_pretrain"]["num_pairs"] == 50000
+    assert cfg["toy_pretrain"]["num_pairs"] == 25000
 
 
 @pytest.mark.parametrize("mutate,needle", [

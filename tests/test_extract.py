@@ -114,7 +114,7 @@ def _reference(checkpoint: Path, split_dir: Path, split: str):
 
 def test_features_reproduce_encode_image_in_split_order(checkpoint, split_dir, extracted):
     proj = read_text_embeddings(extracted / "text.parquet").projection
-    assert proj.shape == (128, 128)  # toy: width 128 -> embed 128
+    assert proj.shape == (64, 128)  # toy: width 64 -> embed 128
     for split in ("train", "val", "test"):
         _, paths, labels, want = _reference(checkpoint, split_dir, split)
         got = read_features(extracted / f"{split}.parquet")
@@ -131,10 +131,10 @@ def test_feature_file_schema_and_provenance(checkpoint, split_dir, extracted):
     schema = pq.read_schema(path)
     assert schema.field("path").type == pa.string()
     assert schema.field("label").type == pa.int32()
-    assert schema.field("feature").type == pa.list_(pa.float16(), 128)
+    assert schema.field("feature").type == pa.list_(pa.float16(), 64)
     meta = read_meta(path)
     assert meta["backbone"] == f"local:{MODEL}:{checkpoint}" and meta["dataset"] == "toy"
-    assert meta["split"] == "train" and meta["rows"] == 40 and meta["dim"] == 128
+    assert meta["split"] == "train" and meta["rows"] == 40 and meta["dim"] == 64
     assert meta["dtype"] == "float16" and meta["weights"].startswith("sha256:")
     from lt_bench.io import sha256_file
 

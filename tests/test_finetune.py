@@ -16,6 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from lt_bench.backbones import BACKBONES
 from lt_bench.backbones.transforms import CLIP_MEAN, CLIP_STD
 from lt_bench.finetune.loop import (
     FINETUNE_DEFAULTS,
@@ -41,7 +42,7 @@ def _trainer(model, micro, batch=8, lr=0.05, k=5):
     from lt_bench.finetune.peft import CosineHead, inject_peft
 
     params = inject_peft(model.visual, "adaptformer", k, bottleneck=4, seed=0)
-    head = CosineHead(torch.randn(k, 128, generator=torch.Generator().manual_seed(0)), 25.0)
+    head = CosineHead(torch.randn(k, model.visual.transformer.width, generator=torch.Generator().manual_seed(0)), 25.0)
     opt = torch.optim.SGD([{"params": params}, {"params": list(head.parameters())}], lr=lr,
                           momentum=0.9, weight_decay=5e-4)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, 2)
@@ -243,11 +244,12 @@ def test_result_contract_and_a_checkpoint_of_another_configuration(small_toy_wor
     assert y.dtype == np.int64 and z.dtype == np.float32 and z.shape == (30, 30)
     assert [h["epoch"] for h in r.history] == [1]
     assert set(r.history[0]) >= {"epoch", "train_loss", "val_top1", "lr", "seconds"}
-    # 4 blocks x 3 prompts x width 128, plus the 30 x 128 head
-    assert r.info["n_peft_params"] == 4 * 3 * 128
-    assert r.info["n_trainable_params"] == 4 * 3 * 128 + 30 * 128
+    # 4 blocks x 3 prompts x the tower's width, plus the 30 x width head
+    w = BACKBONES.get("toyclip0").feature_dim
+    assert r.info["n_peft_params"] == 4 * 3 * w
+    assert r.info["n_trainable_params"] == 4 * 3 * w + 30 * w
     assert sum(a.size for a in r.trainable.values()) == r.info["n_trainable_params"]
-    assert r.trainable["head.weight"].shape == (30, 128)
+    assert r.trainable["head.weight"].shape == (30, w)
     assert r.info["peft"] == "vpt" and r.info["amp"] == "off" and r.info["device"] == "cpu"
     # a finished run's checkpoint resumes straight to evaluation, with the same logits
     again = _tiny_run(small_toy_world, tmp_path, peft="vpt", vpt_length=3, num_workers=1)

@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 
 from lt_bench.errors import InputValidationError
-from lt_bench.runs import read_logits, run_logits, train_run
-from lt_bench.runs import reuse
+from lt_bench.runs import read_logits, reuse, run_logits, train_run
 from lt_bench.runs.train import train_runs
 
 pytestmark = pytest.mark.slow

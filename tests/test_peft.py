@@ -69,11 +69,12 @@ def test_adaptformer_sits_parallel_to_the_mlp_with_its_own_layernorm(toy_clip):
         ada.ln.weight.normal_(1.0, 0.2)   # distinct from ln_2: shows which LN is used
         ada.scale.fill_(0.7)
     assert ada.ln is not block.ln_2
-    x = torch.randn(2, 17, 128)
+    width = model.visual.transformer.width
+    x = torch.randn(2, 17, width)
     with torch.no_grad():
         h = x + block.attn(block.ln_1(x), block.ln_1(x), block.ln_1(x), need_weights=False)[0]
         mlp = block.mlp[2](F.gelu(block.mlp[0](block.ln_2(h))))
-        z = F.layer_norm(h, (128,), ada.ln.weight, ada.ln.bias)
+        z = F.layer_norm(h, (width,), ada.ln.weight, ada.ln.bias)
         adapter = 0.7 * (F.relu(z @ ada.down.weight.T + ada.down.bias) @ ada.up.weight.T
                          + ada.up.bias)
         expected = h + mlp + adapter
@@ -107,11 +108,12 @@ def test_vpt_deep_replaces_the_previous_blocks_prompts(toy_clip):
     with torch.no_grad():
         model.encode_image(_images(n=2))
     seq = model.visual.positional_embedding.shape[0]  # 16 patches + CLS = 17
-    assert seen[0] == (torch.Size([2, seq, 128]), torch.Size([2, seq + 10, 128]))
+    w = model.visual.transformer.width
+    assert seen[0] == (torch.Size([2, seq, w]), torch.Size([2, seq + 10, w]))
     for shape_in, shape_out in seen[1:]:  # each block drops 10 old prompts, adds 10 new
         assert shape_in[1] == seq + 10 and shape_out[1] == seq + 10
     # the CLS token stays at position 0: the tower's output is the pre-proj CLS feature
-    assert pre_projection_features(model.visual, _images(n=2)).shape == (2, 128)
+    assert pre_projection_features(model.visual, _images(n=2)).shape == (2, w)
 
 
 def test_lora_matches_merged_query_value_weights(toy_clip):
@@ -127,7 +129,7 @@ def test_lora_matches_merged_query_value_weights(toy_clip):
         lq.lora_b.normal_()
         lv.lora_b.normal_()
         # independent computation: fold x A B / r into nn.MultiheadAttention's in_proj
-        d = 128
+        d = block.attn.embed_dim
         ref.attn.in_proj_weight[:d] += (lq.lora_a @ lq.lora_b / 4).T
         ref.attn.in_proj_weight[2 * d:] += (lv.lora_a @ lv.lora_b / 4).T
         h = torch.randn(2, 17, d)

@@ -222,7 +222,7 @@ def test_tte_crops_and_train_views(toy, tmp_path):
                      device="cpu", tte="fivecrop", train_views=2, view_seed=7)
     assert st["train_views"]["views"] == 2
     test, train = read_features(out / "test.parquet"), read_features(out / "train.parquet")
-    assert train.crops is None and test.crops.shape == (6, 5, 128)
+    assert train.crops is None and test.crops.shape == (6, 5, model.visual.transformer.width)
     assert test.meta["crops"] == 5 and test.meta["tte"]["steps"][:2] == ["Resize(56)",
                                                                           "FiveCrop(32)"]
     # crop 4 of row 2 is the centre crop of Resize(32+24), through the pre-projection feature
@@ -233,7 +233,7 @@ def test_tte_crops_and_train_views(toy, tmp_path):
     np.testing.assert_allclose(test.crops[2], ref, atol=2e-3 * np.abs(ref).max())
 
     labels, views, meta = read_feature_views(out / "train_views.parquet")
-    assert views.shape == (2, 12, 128) and np.array_equal(labels, train.labels)
+    assert views.shape == (2, 12, model.visual.transformer.width) and np.array_equal(labels, train.labels)
     assert meta["views"] == 2 and meta["transform"]["kind"] == "lift_train"
     assert not np.allclose(views[0], views[1])  # two different random views
     # view v of row i is the seeded RandomResizedCrop + flip of that image

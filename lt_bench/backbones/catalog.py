@@ -18,7 +18,7 @@ MAX_TOY_BACKBONES = 6
 for _i in range(MAX_TOY_BACKBONES):
     BACKBONES.add(f"toyclip{_i}", BackboneSpec(
         name=f"toyclip{_i}", library="toy", model=TOY_MODEL, templates="toy", toy_index=_i,
-        feature_dim=128, embed_dim=128,
+        feature_dim=64, embed_dim=128,
         description=f"toy open_clip ViT (patch 8) pre-trained by the pipeline, prior order #{_i}"))
 
 # The paper's three ViT-B/16 CLIPs (docs/architecture.md §1), then their ViT-L/14 counterparts.
