@@ -45,7 +45,9 @@ rule extract_features:
         "logs/extract_features/{dataset}/{backbone}.log",
     benchmark:
         "results/benchmarks/extract_features/{dataset}/{backbone}.tsv"
-    threads: 2
+    # a toy CLIP's extraction is ~30 s of one core: 1 thread lets it run beside the last
+    # toy pre-training on a 2-core box (the demo's budget, issue 12); real ones: 2
+    threads: lambda wc: 1 if PLAN.is_toy_backbone(wc.backbone) else 2
     resources:
         gpu=1,
     conda:
