@@ -186,7 +186,7 @@ def test_figures_placeholders_without_prior(tmp_path):
 
 # --- the Snakemake report on a finished (hand-written) tiny suite ------------------------
 
-REPORT_RULES = ["significance", "aggregate", "findings", "figure_accuracy", "figure_prior",
+REPORT_RULES = ["runs_index", "significance", "aggregate", "findings", "figure_accuracy", "figure_prior",
                 "figure_dxp", "ingest_mlflow"]
 
 

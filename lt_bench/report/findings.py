@@ -110,7 +110,8 @@ def backdoor_lines(sig: pd.DataFrame | None, main: pd.DataFrame, ds: str) -> lis
                          f"{r['hi']:+.2f}], {sig_txt}; backdoor {r['a_top1']:.1f} vs "
                          f"{r['b_top1']:.1f}, {int(r['n_seeds'])} seed(s)).")
         for _, r in s[s["kind"] == "control_vs_backdoor"].iterrows():
-            text = (f"Control **{fmt.display_name(r['a_method'])}** vs backdoor: "
+            on = f" on {r['a_backbone']}" if r.get("a_backbone") not in (None, "ensemble") else ""
+            text = (f"Control **{fmt.display_name(r['a_method'])}**{on} vs backdoor: "
                     f"{r['diff']:+.2f} [{r['lo']:+.2f}, {r['hi']:+.2f}]")
             if gain is not None and len(best) and abs(gain) > 1e-9:
                 share = (r["a_top1"] - best.iloc[0]["b_top1"]) / gain

@@ -32,6 +32,8 @@ DISPLAY_NAMES = {
     "backdoor_ce": "backdoor (CE members)",
     "backdoor_prob_mean": "backdoor (prob. mean)",
     "backdoor_learned": "backdoor (learned weights)",
+    "backdoor_same_backbone": "backdoor (one backbone, M seeds)",
+    "backdoor_finetuned": "backdoor (AdaptFormer-LA members)",
     "adaptformer_la": "AdaptFormer + LA",
 }
 TEX_NAMES = {"tau_norm": r"$\tau$-norm"}
