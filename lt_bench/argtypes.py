@@ -7,16 +7,22 @@ import argparse
 import json
 
 
+def _json_of(text: str, kind: type, noun: str, example: str, shown: str) -> dict | list:
+    """``text`` parsed as a JSON ``noun`` (Python ``kind``), or an argparse error quoting
+    ``shown``."""
+    try:
+        v = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({e}): {shown!r}") from None
+    if not isinstance(v, kind):
+        raise argparse.ArgumentTypeError(f"expected a JSON {noun} like '{example}', "
+                                         f"got {shown!r}")
+    return v
+
+
 def json_object(s: str) -> dict:
     """``--params`` values: a JSON object."""
-    try:
-        v = json.loads(s)
-    except json.JSONDecodeError as e:
-        raise argparse.ArgumentTypeError(f"not valid JSON ({e}): {s!r}") from None
-    if not isinstance(v, dict):
-        raise argparse.ArgumentTypeError(f"expected a JSON object like '{{\"key\": 1}}', "
-                                         f"got {s!r}")
-    return v
+    return _json_of(s, dict, "object", '{"key": 1}', s)
 
 
 def json_list(s: str) -> list:
@@ -27,14 +33,7 @@ def json_list(s: str) -> list:
             text = open(s[1:], encoding="utf-8").read()
         except OSError as e:
             raise argparse.ArgumentTypeError(f"cannot read {s[1:]}: {e.strerror}") from None
-    try:
-        v = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise argparse.ArgumentTypeError(f"not valid JSON ({e}): {s[:200]!r}") from None
-    if not isinstance(v, list):
-        raise argparse.ArgumentTypeError(f"expected a JSON list like '[{{\"key\": 1}}]', "
-                                         f"got {s[:200]!r}")
-    return v
+    return _json_of(text, list, "list", '[{"key": 1}]', s[:200])
 
 
 def name_path(s: str) -> tuple[str, str]:

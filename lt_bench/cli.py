@@ -45,6 +45,7 @@ def cmd_pretrain(args):
     from lt_bench.backbones import BACKBONES
     from lt_bench.backbones.toy_pretrain import pretrain_toy_clip
     from lt_bench.data.splits import read_classnames
+    from lt_bench.data.toy import world_params
 
     set_threads(args.threads)
     spec = BACKBONES.get(args.backbone)
@@ -55,14 +56,13 @@ def cmd_pretrain(args):
     k = len(read_classnames(dataset_dir / "classnames.txt"))
     # The pre-training pairs are drawn from the dataset's own world (its regime and image
     # size, written by `lt-bench prepare toy`), so downstream and pre-training images match.
-    meta_path = dataset_dir / "toy_meta.json"
-    if not meta_path.is_file():
-        raise UserError(f"{meta_path} not found: --dataset-dir must be a toy split folder "
-                        "written by `lt-bench prepare toy` (it records the world's regime)")
-    world = json.loads(meta_path.read_text()).get("params", {})
+    world = world_params(dataset_dir)
+    if world is None:
+        raise UserError(f"{dataset_dir / 'toy_meta.json'} not found: --dataset-dir must be a "
+                        "toy split folder written by `lt-bench prepare toy` (it records the "
+                        "world's regime)")
     summary = pretrain_toy_clip(args.out, num_classes=k, index=spec.toy_index, seed=args.seed,
-                                image_size=world.get("image_size", 32),
-                                regime=world.get("regime", "compositional"),
+                                image_size=world["image_size"], regime=world["regime"],
                                 **(args.params or {}))
     print_json({k: summary.get(k) for k in ("regime", "zero_shot_top1", "rho_acc_vs_prior",
                                             "rho_qhat_vs_prior", "rho_probe_vs_prior",

@@ -191,12 +191,12 @@ class Plan:
 
     def head_methods(self) -> list[str]:
         """Features-consuming methods fitted at the suite's seeds, a base before the runs
-        built on it: the suite's own, their ``requires``, and the members of ensembles over
-        backbones (ce for backdoor_ce)."""
+        built on it: the suite's own, their ``requires``, and the members of ensembles (ce
+        for backdoor_ce; la for the same-backbone control, whose offset 0 is a suite seed)."""
         s = self.suite
         want = [m for m in s.methods if self.consumes(m) == "features"]
         for m in s.methods:
-            if self.member_consumes(m) == "features" and self.vary(m) == "backbone":
+            if self.member_consumes(m) == "features":
                 want += [self.hparams(m, d).get("members", "la") for d in s.datasets]
         order: list[str] = []
 

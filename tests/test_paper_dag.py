@@ -186,3 +186,21 @@ def test_real_run_stops_at_the_image_check_saying_what_where_and_how(tmp_path):
     assert r.returncode != 0
     log = (wf / "logs" / "verify_images" / "imagenet_lt.log").read_text()
     assert "3 of 3 listed images are missing" in log and "train/n01440764/a.JPEG" in log
+
+
+def test_every_member_run_has_a_head_job():
+    """A suite with only the same-backbone control still fits its members: la at the suite
+    seeds (offset 0) in fit_heads, la at s + 1000, s + 2000 in fit_member_seeds."""
+    from lt_bench.plan import Plan
+
+    cfg = _config()
+    cfg["suites"]["demo"] = {**cfg["suites"]["demo"], "methods": ["backdoor_same_backbone"]}
+    plan = Plan(cfg)
+    assert plan.head_methods() == ["la"]
+    seeds = plan.suite.seeds
+    offsets = cfg["methods"]["backdoor_same_backbone"]["seed_offsets"]
+    made = {("la", s) for s in seeds} | set(plan.member_seed_runs())
+    needed = {("la", s + o) for s in seeds for o in offsets}
+    assert needed == made
+    runs = plan.head_runs("toy", "toyclip0", seeds[0])
+    assert [r["method"] for r in runs] == ["la"] and runs[0]["base"] == {}

@@ -322,3 +322,14 @@ class ToyDataset(Dataset):
 
     def image_root(self, split_dir: Path, data_root: str | None) -> Path:
         return Path(split_dir)
+
+
+def world_params(split_dir: Path) -> dict[str, Any] | None:
+    """The parameters a prepared toy split folder was made with (its ``toy_meta.json``,
+    missing keys at their defaults), or None where the folder has no such file."""
+    from lt_bench.io import read_json
+
+    meta = Path(split_dir) / "toy_meta.json"
+    if not meta.is_file():
+        return None
+    return {**ToyDataset.defaults, **read_json(meta).get("params", {})}

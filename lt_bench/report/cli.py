@@ -57,14 +57,11 @@ def cmd_findings(a) -> None:
 
 def _regimes(data_dir: str | None, main) -> dict[str, str]:
     """The toy world's regime of each dataset, from its prepared toy_meta.json."""
-    from lt_bench.io import read_json
+    from lt_bench.data.toy import world_params
 
-    out = {}
-    for ds in dict.fromkeys(main["dataset"]) if data_dir else ():
-        meta = Path(data_dir) / ds / "toy_meta.json"
-        if meta.is_file():
-            out[ds] = read_json(meta).get("params", {}).get("regime", "compositional")
-    return out
+    worlds = {ds: world_params(Path(data_dir) / ds)
+              for ds in (dict.fromkeys(main["dataset"]) if data_dir else ())}
+    return {ds: w["regime"] for ds, w in worlds.items() if w is not None}
 
 
 def cmd_prior_table(a) -> None:

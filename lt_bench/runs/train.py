@@ -131,6 +131,7 @@ class _Features:
                                       f"{self.dir}/train.parquet")
         self.prior_path = prior
         self.prior = read_prior(prior, len(self.text.classnames)) if prior is not None else None
+        self.prior_sha = sha256_file(prior) if prior is not None else None
         self.views = _train_views(self.dir, self.splits["train"])
         self.group_counts = group_counts
         files = [*SPLITS, "text"] + (["train_views"] if self.views is not None else [])
@@ -148,7 +149,8 @@ def train_runs(features_dir: Path, runs: list[dict[str, Any]], *, prior: Path | 
     from lt_bench.methods import METHODS
 
     runs = check_run_list(runs)
-    for r in runs:  # every name and hyper-parameter checked before anything is fitted
+    methods = []  # every name and hyper-parameter checked before anything is fitted
+    for r in runs:
         cls = METHODS.get(r["method"])
         if cls.consumes != "features":
             raise InputValidationError(
@@ -156,7 +158,7 @@ def train_runs(features_dir: Path, runs: list[dict[str, Any]], *, prior: Path | 
                 + ("give its member runs: `lt-bench train --method "
                    f"{r['method']} --members RUN_DIR... --out DIR`" if cls.consumes == "runs"
                    else f"run it with `lt-bench finetune --method {r['method']}`"))
-        cls(**(r.get("params") or {}))
+        methods.append(cls(**(r.get("params") or {})))
         if cls.needs_prior and prior is None:
             raise InputValidationError(
                 f"method {r['method']!r} needs the backbone's estimated prior "
@@ -165,33 +167,29 @@ def train_runs(features_dir: Path, runs: list[dict[str, Any]], *, prior: Path | 
     if tune is None:
         tune = may_tune(feats.meta.get("dataset"))
     out = []
-    for i, r in enumerate(runs, 1):
+    for i, (r, m) in enumerate(zip(runs, methods, strict=True), 1):
         log.info("run %d/%d: %s seed %s -> %s", i, len(runs), r["method"], r["seed"], r["out"])
-        out.append(_fit_one(feats, r, tune=tune, device=device, reuse_dir=reuse_dir))
+        out.append(_fit_one(feats, r, m, tune=tune, device=device, reuse_dir=reuse_dir))
     return out
 
 
-def _fit_one(feats: _Features, run: dict[str, Any], *, tune: bool, device: str,
+def _fit_one(feats: _Features, run: dict[str, Any], m, *, tune: bool, device: str,
              reuse_dir: Path | None) -> dict[str, Any]:
-    from lt_bench.methods import METHODS, FitContext
+    """One run of ``train_runs``: ``m`` is its method, built from ``run["params"]``."""
+    from lt_bench.methods import FitContext
     from lt_bench.runs import reuse
 
     started = time.time()
     method, seed, out_dir = run["method"], int(run["seed"]), Path(run["out"])
-    cls = METHODS.get(method)
-    m = cls(**(run.get("params") or {}))
     base_runs = {k: Path(v) for k, v in (run.get("base") or {}).items()}
     meta, splits, pf = feats.meta, feats.splits, feats.prior
-    check_base_runs(method, cls.requires, base_runs, meta.get("dataset"),
+    check_base_runs(method, m.requires, base_runs, meta.get("dataset"),
                     meta.get("backbone"), seed)
-    if cls.needs_prior and pf is None:
-        raise InputValidationError(f"method {method!r} needs the backbone's estimated prior "
-                                   "(--prior results/prior/{dataset}/{backbone}.parquet)")
     gc = None if feats.group_counts is None else np.asarray(feats.group_counts).tolist()
     key = reuse.fit_key(
         method=method, hparams=m.hparams, seed=seed, out=str(out_dir),
         features_dir=str(feats.dir), features=feats.sha,
-        prior=sha256_file(feats.prior_path) if feats.prior_path else None,
+        prior=feats.prior_sha,
         base={n: reuse.run_key(d) for n, d in base_runs.items()}, tune=tune,
         device=str(device).split(":")[0], group_counts=gc)
     hit = reuse.restore(reuse_dir, key, out_dir)

@@ -47,12 +47,10 @@ if HEAD_METHODS:
 
 
 
+# Its members are la runs, so fit_heads exists whenever this does (Plan.head_methods).
 if MEMBER_SEED_RUNS:
 
-    rule fit_member_seeds:
-        input:
-            unpack(prior_input),
-            features=lambda wc: PLAN.features(wc.dataset, wc.backbone),
+    use rule fit_heads as fit_member_seeds with:
         output:
             [HEAD_RUN.format(method=m, seed=sd) for m, sd in MEMBER_SEED_RUNS],
         wildcard_constraints:
@@ -62,13 +60,5 @@ if MEMBER_SEED_RUNS:
             args=head_job_args,
         log:
             "logs/fit_member_seeds/{dataset}/{backbone}.log",
-        threads: 1
-        resources:
-            gpu=1,
-        conda:
-            "../envs/lt-bench.yaml"
-        shell:
-            "echo \"host=$(hostname) slurm_job=${{SLURM_JOB_ID:-none}} gpus=${{CUDA_VISIBLE_DEVICES:-none}}\" > {log:q};"
-            " lt-bench train --runs {params.runs:q}"
-            " --features-dir results/features/{wildcards.dataset}/{wildcards.backbone}"
-            " {params.args} --threads {threads} 2>> {log:q}"
+        benchmark:
+            "results/benchmarks/fit_member_seeds/{dataset}/{backbone}.tsv"
