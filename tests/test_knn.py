@@ -74,3 +74,28 @@ def test_changed_train_features_are_detected(tmp_path):
     make_features_dir(tmp_path / "f", view_seed=3)  # the features are re-extracted
     with pytest.raises(ValueError, match="changed since the run"):
         run_logits(out, "test")
+
+
+def test_neighbours_are_searched_once_per_query_set(tmp_path, monkeypatch):
+    # every seed's k-NN run asks for the same neighbours: the report rebuilds them once,
+    # and a different query set (or k) is searched again, giving its own brute-force answer
+    from lt_bench.methods import knn
+
+    fd = make_features_dir(tmp_path / "f")
+    train, val, test = (read_features(fd / f"{s}.parquet") for s in ("train", "val", "test"))
+    out = tmp_path / "knn"
+    m = train_run("knn", fd, out, 0, hparams={"k": 3, "k_grid": [3]})
+    calls = []
+    real = knn.knn_neighbours
+    monkeypatch.setattr(knn, "knn_neighbours", lambda *a, **k: calls.append(1) or real(*a, **k))
+    knn._NEIGHBOURS.clear()
+    z1 = run_logits(out, "test")[1]
+    z2 = run_logits(out, "test")[1]
+    assert len(calls) == 1
+    np.testing.assert_array_equal(z1, z2)
+    zv = run_logits(out, "val")[1]
+    assert len(calls) == 2
+    for split, z in ((test, z1), (val, zv)):
+        p = brute_force_knn(split.features, train.features, train.labels, 3, 0.07, 6)
+        np.testing.assert_allclose(np.exp(z) - 1e-6, p, atol=1e-5)
+    assert m["info"]["k"] == 3

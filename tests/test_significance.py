@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from lt_bench.errors import UserError
-from lt_bench.report.significance import comparisons, paired_bootstrap
+from lt_bench.report.significance import comparisons, paired_bootstrap, paired_bootstraps
 
 
 def test_one_class_two_images_hand_computed():
@@ -65,6 +65,43 @@ def test_seeds_are_paired_row_by_row_and_the_seed_fixes_the_result():
     assert r1 == r2 and (r1["lo"], r1["hi"]) != (r3["lo"], r3["hi"])
     assert r1["diff"] == pytest.approx(np.mean([a[s].mean() - b[s].mean() for s in range(3)]))
     assert r1["n_seeds"] == 3
+
+
+def _gather_bootstrap(labels, a, b, n_boot, seed, chunk):
+    """The definition, written out: per replicate, redraw within each class and average
+    the paired differences of the drawn images (the module's draws, in its order)."""
+    d = (np.atleast_2d(a).astype(float) - np.atleast_2d(b)).mean(0)
+    order = np.argsort(labels, kind="stable")
+    d = d[order]
+    _, start, count = np.unique(labels[order], return_index=True, return_counts=True)
+    first, size = np.repeat(start, count), np.repeat(count, count)
+    rng = np.random.default_rng(seed)
+    stats = []
+    per_block = max(1, chunk // len(d))
+    for lo in range(0, n_boot, per_block):
+        k = min(per_block, n_boot - lo)
+        idx = first + (rng.random((k, len(d))) * size).astype(np.int64)
+        stats.extend(d[idx].mean(1))
+    return np.quantile(stats, [0.025, 0.975])
+
+
+def test_shared_replicates_give_each_pair_its_own_bootstrap(monkeypatch):
+    # many pairs bootstrapped together (one resample per replicate, counts @ d) give each
+    # pair the interval the per-pair definition gives, over several blocks of replicates
+    from lt_bench.report import significance
+
+    rng = np.random.default_rng(4)
+    labels = rng.integers(0, 7, size=90)
+    pairs = [(rng.random((s, 90)) < 0.6, rng.random((s, 90)) < 0.5) for s in (1, 3, 1, 2)]
+    chunk = 90 * 37  # 37 replicates per block: 300 replicates take 9 blocks
+    monkeypatch.setattr(significance, "CHUNK", chunk)
+    got = paired_bootstraps(labels, pairs, n_boot=300, seed=11)
+    for (a, b), r in zip(pairs, got, strict=True):
+        lo, hi = _gather_bootstrap(labels, a, b, 300, 11, chunk)
+        assert r["lo"] == pytest.approx(lo, abs=1e-12) and r["hi"] == pytest.approx(hi, abs=1e-12)
+        assert r["diff"] == pytest.approx((a.mean(0) - b.mean(0)).mean())
+        assert r["n_seeds"] == a.shape[0] and r["n_images"] == 90
+    assert paired_bootstraps(labels, [], n_boot=10) == []
 
 
 def test_coverage_on_a_synthetic_problem_with_a_known_difference():

@@ -82,3 +82,29 @@ def test_atomic_files_get_umask_permissions(tmp_path):
     finally:
         os.umask(old)
     assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o644
+
+
+def test_shared_reads_are_kept_until_the_file_changes(tmp_path):
+    from lt_bench.features import store
+
+    def write(name, seed):
+        feats = np.random.default_rng(seed).normal(size=(6, 4)).astype(np.float32)
+        write_table(features_table([f"{i}.png" for i in range(6)], np.arange(6) % 3, feats,
+                                   {"backbone": "b", "split": "test"}), tmp_path / name)
+        return feats
+
+    first = write("test.parquet", 0)
+    a = store.read_features_shared(tmp_path / "test.parquet")
+    assert store.read_features_shared(tmp_path / "test.parquet") is a  # kept, not re-read
+    np.testing.assert_allclose(a.features, first, atol=1e-2)
+    second = write("test.parquet", 1)  # same shape and size: rewritten (re-extracted)
+    b = store.read_features_shared(tmp_path / "test.parquet")
+    assert b is not a
+    np.testing.assert_allclose(b.features, second, atol=1e-2)
+    # only the last SHARED_SPLITS files are kept
+    for i in range(store.SHARED_SPLITS):
+        write(f"other{i}.parquet", i)
+        store.read_features_shared(tmp_path / f"other{i}.parquet")
+    assert store.read_features_shared(tmp_path / "test.parquet") is not b
+    with pytest.raises(FileNotFoundError, match="feature file not found: .*gone.parquet"):
+        store.read_features_shared(tmp_path / "gone.parquet")

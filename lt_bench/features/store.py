@@ -244,6 +244,32 @@ def read_features(path: str | Path) -> FeatureSplit:
     return FeatureSplit(table.column("path").to_pylist(), labels, feats, meta, crops)
 
 
+#: read_features_shared's cache: (path, inode, size, mtime, ctime) -> FeatureSplit, most
+#: recent last
+_SHARED: dict[tuple[str, int, int], FeatureSplit] = {}
+SHARED_SPLITS = 6  # val + test of three backbones: one dataset's report, one ensemble
+
+
+def read_features_shared(path: str | Path) -> FeatureSplit:
+    """:func:`read_features`, kept for the next caller in this process (the last
+    ``SHARED_SPLITS`` files read). For readers that rebuild many runs' logits from the same
+    few feature files: the significance table read the demo's 3 test files 200 times.
+    Keyed by the file's inode, size and times (every write of a feature file is a rename
+    onto it: a new inode), so a rewritten file is read again. The arrays are shared:
+    callers must not modify them."""
+    st = Path(path).stat() if Path(path).is_file() else None
+    if st is None:
+        return read_features(path)  # its own "not found" error
+    key = (str(Path(path).resolve()), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    hit = _SHARED.pop(key, None)
+    if hit is None:
+        hit = read_features(path)
+    _SHARED[key] = hit
+    while len(_SHARED) > SHARED_SPLITS:
+        _SHARED.pop(next(iter(_SHARED)))
+    return hit
+
+
 def read_feature_views(path: str | Path) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """``train_views.parquet`` -> (labels (N,) int64, views (V, N, D) float32, meta)."""
     table = _read(path)

@@ -88,13 +88,15 @@ def cmd_fig_prior(a) -> None:
 
 
 def cmd_fig_dxp(a) -> None:
-    from lt_bench.report.figures_dxp import dxp_figure, dxp_summary_figure
+    from lt_bench.report.figures_dxp import dxp_figure, dxp_means, dxp_summary_figure
 
     dirs = _run_dirs(a)
+    means = dxp_means(dirs)  # once: it reads every run's metrics.json
     for m in a.methods:
-        out = dxp_figure(dirs, m, Path(a.out_dir) / f"dxp_{m}", a.dataset or "")
+        out = dxp_figure(dirs, m, Path(a.out_dir) / f"dxp_{m}", a.dataset or "", means=means)
         print("\n".join(map(str, out)))
-    out = dxp_summary_figure(dirs, Path(a.out_dir) / "dxp_vs_la", a.dataset or "", a.methods)
+    out = dxp_summary_figure(dirs, Path(a.out_dir) / "dxp_vs_la", a.dataset or "", a.methods,
+                             means=means)
     print("\n".join(map(str, out)))
 
 

@@ -56,10 +56,13 @@ def _is_ensemble(b: str) -> bool:
 
 
 def dxp_figure(run_dirs: list[Path | str], method: str, out_stem: Path | str,
-               dataset: str = "") -> list[Path]:
-    """Heat-map of the D×P accuracy (mean over seeds) of ``method``, one panel per backbone."""
+               dataset: str = "", means: pd.DataFrame | None = None) -> list[Path]:
+    """Heat-map of the D×P accuracy (mean over seeds) of ``method``, one panel per backbone.
+
+    ``means``: :func:`dxp_means` of ``run_dirs`` when the caller already has it (the CLI
+    draws every method's figure from one read of the runs)."""
     plt = _plt()
-    means = dxp_means(run_dirs)
+    means = dxp_means(run_dirs) if means is None else means
     title = f"{dataset}: D×P accuracy of {fmt.display_name(method)}"
     runs = means[means["method"] == method] if not means.empty else means
     if runs.empty:
@@ -108,12 +111,13 @@ def dxp_figure(run_dirs: list[Path | str], method: str, out_stem: Path | str,
 
 
 def dxp_summary_figure(run_dirs: list[Path | str], out_stem: Path | str, dataset: str = "",
-                       methods: Sequence[str] | None = None, reference: str = "la") -> list[Path]:
+                       methods: Sequence[str] | None = None, reference: str = "la",
+                       means: pd.DataFrame | None = None) -> list[Path]:
     """Every method's D×P cells minus LA's (same backbone), one panel per backbone."""
     plt = _plt()
     from matplotlib.colors import TwoSlopeNorm
 
-    means = dxp_means(run_dirs)
+    means = dxp_means(run_dirs) if means is None else means
     title = f"{dataset}: D×P top-1 of each method minus {fmt.display_name(reference)}"
     if means.empty or not (means["method"] == reference).any():
         return placeholder(out_stem, title, f"no {reference} run with D×P metrics (they need "
@@ -144,10 +148,17 @@ def dxp_summary_figure(run_dirs: list[Path | str], out_stem: Path | str, dataset
     lim = max(1.0, float(np.nanmax([np.nanmax(np.abs(p[1])) for p in panels])))
     norm = TwoSlopeNorm(vcenter=0.0, vmin=-lim, vmax=lim)
     n_rows = max(len(p[2]) for p in panels)
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 1.6 + 0.3 * n_rows),
+    # Width from the content: ~0.5 in per cell keeps "+12.3°" at 6.5 pt inside its cell,
+    # and the row labels (~0.06 in per character at 7 pt) are drawn once when every panel
+    # has the same rows (they overlapped the cells when the panels shared a fixed width).
+    shared_rows = all(p[2] == panels[0][2] for p in panels)
+    label_in = 0.06 * max(len(label) for p in panels for label in p[2])
+    panel_in = 0.5 * len(keys)
+    width = (label_in * (1 if shared_rows else len(panels)) + panel_in * len(panels) + 1.5)
+    fig, axes = plt.subplots(1, len(panels), figsize=(width, 1.6 + 0.3 * n_rows),
                              squeeze=False, layout="constrained")
     image = None
-    for ax, (b, delta, labels, few) in zip(axes[0], panels, strict=True):
+    for col, (ax, (b, delta, labels, few)) in enumerate(zip(axes[0], panels, strict=True)):
         image = ax.imshow(np.ma.masked_invalid(delta), cmap="RdBu", norm=norm, aspect="auto")
         ax.set_facecolor("0.85")
         for i in range(delta.shape[0]):
@@ -162,7 +173,8 @@ def dxp_summary_figure(run_dirs: list[Path | str], out_stem: Path | str, dataset
         top = ax.secondary_xaxis("top")  # the D-group of each block of three columns
         top.set_xticks([1, 4, 7], ["D-Many", "D-Medium", "D-Few"], fontsize=7)
         top.tick_params(length=0)
-        ax.set_yticks(range(len(labels)), labels, fontsize=7)
+        ax.set_yticks(range(len(labels)), labels if col == 0 or not shared_rows else [],
+                      fontsize=7)
         for x in (2.5, 5.5):  # D-group borders
             ax.axvline(x, color="0.3", lw=0.8)
         ax.set_title(f"{b}: minus {fmt.display_name(reference)}", pad=16)

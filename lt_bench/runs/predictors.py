@@ -50,9 +50,9 @@ class FeatureRun:
         self.predictor = load_run_predictor(self.run_path)
 
     def split_logits(self, split: str) -> tuple[np.ndarray, np.ndarray]:
-        from lt_bench.features.store import read_features
+        from lt_bench.features.store import read_features_shared
 
-        feats = read_features(self.features_dir / f"{split}.parquet")
+        feats = read_features_shared(self.features_dir / f"{split}.parquet")
         return feats.labels, split_logits_of(self.predictor, feats)
 
 
