@@ -237,6 +237,37 @@ class Plan:
                  "params": self.hparams(m, dataset),
                  "base": self.base_runs(dataset, backbone, m, sd)} for m, sd in pairs]
 
+    # --- ensemble jobs: every ensemble of feature runs of one (dataset, seed) in one process
+
+    def combined_methods(self) -> list[str]:
+        """Ensemble methods whose members are runs on features (the backdoor and its
+        controls): one job per (dataset, seed) combines them all (rule combine_runs; each
+        is ~1 s of work after ~1 s of start-up). Ensembles of fine-tuned members keep one
+        job per run: they wait for fine-tuning, on its own seeds."""
+        s = self.suite
+        return [m for m in s.methods if self.member_consumes(m) == "features"
+                and (self.vary(m) == "seed" or len(s.backbones) >= 2)]
+
+    def combine_outputs(self) -> list[str]:
+        """metrics.json patterns (wildcards dataset, seed) of one combine_runs job."""
+        return [metrics_file("{dataset}", b, m, "{seed}")
+                for m in self.combined_methods() for b in self._ensemble_backbones(m)]
+
+    def _ensemble_backbones(self, method: str) -> list[str]:
+        return list(self.suite.backbones) if self.vary(method) == "seed" else ["ensemble"]
+
+    def combine_runs(self, dataset: str, seed: int | str) -> list[dict[str, Any]]:
+        """The ``lt-bench train --runs`` list of one combine_runs job."""
+        return [{"method": m, "seed": int(seed), "out": run_dir(dataset, b, m, seed),
+                 "params": self.hparams(m, dataset),
+                 "members": self.ensemble_members(dataset, b, m, seed)}
+                for m in self.combined_methods() for b in self._ensemble_backbones(m)]
+
+    def combine_inputs(self, dataset: str, seed: int | str) -> list[str]:
+        """Every member run's metrics.json of one combine_runs job (each once)."""
+        return list(dict.fromkeys(f"{d}/metrics.json" for r in self.combine_runs(dataset, seed)
+                                  for d in r["members"]))
+
     def suite_runs(self) -> list[str]:
         """metrics.json of every run of the suite."""
         return [metrics_file(*r) for r in self.per_backbone_runs() + self.ensemble_runs()]

@@ -13,6 +13,7 @@ from scipy.special import log_softmax
 from synth_runs import FAST, make_features_dir, make_prior
 
 from lt_bench.cli import main
+from lt_bench.errors import EXIT_USER_ERROR
 from lt_bench.features.store import features_table, read_features, write_table
 from lt_bench.io import read_json
 from lt_bench.methods import METHODS
@@ -262,3 +263,48 @@ def test_ce_members_and_compute_fields(world, tmp_path):
     with pytest.raises(ValueError, match="is a run of method 'la'"):
         ensemble_run(_members(runs), tmp_path / "x", hparams={"members": "ce"})
 
+
+
+# --- one job for every ensemble of a (dataset, seed): `lt-bench train --runs` -------------
+
+def test_one_process_combines_the_same_runs_as_one_process_each(world, tmp_path):
+    root, runs = world
+    entries = [
+        {"method": "backdoor", "seed": 0, "out": str(tmp_path / "job" / "backdoor"),
+         "params": {"members": "la", "rule": "sum"}, "members": list(map(str, _members(runs)))},
+        {"method": "backdoor_learned", "seed": 0, "out": str(tmp_path / "job" / "learned"),
+         "params": {"members": "la", "rule": "weighted_sum"},
+         "members": list(map(str, _members(runs)))},
+        {"method": "backdoor_same_backbone", "seed": 0, "out": str(tmp_path / "job" / "same"),
+         "params": {"members": "la", "rule": "sum", "seed_offsets": list(SAME_SEEDS)},
+         "members": [str(runs / "bb0" / "la" / f"seed{s}") for s in SAME_SEEDS]},
+    ]
+    assert main(["train", "--runs", json.dumps(entries)]) == 0
+    for e in entries:
+        alone = _train(e["method"], e["members"], tmp_path / "alone" / e["method"], e["params"])
+        got = read_json(tmp_path / "job" / e["out"].rsplit("/", 1)[1] / "metrics.json")
+        for key in ("top1", "many", "few", "m1_top1", "val_best_member_top1", "gain_top1"):
+            assert got[key] == alone[key], (e["method"], key)
+        assert got["method"] == e["method"]
+        np.testing.assert_array_equal(run_logits(tmp_path / "job" / e["out"].rsplit("/", 1)[1],
+                                                 "test")[1],
+                                      run_logits(tmp_path / "alone" / e["method"], "test")[1])
+
+
+def test_bad_ensemble_run_lists_name_the_problem(world, tmp_path, capsys):
+    root, runs = world
+    members = list(map(str, _members(runs)))
+    ok = {"method": "backdoor", "seed": 0, "out": str(tmp_path / "b"), "members": members}
+    cases = [
+        ([{**ok, "members": []}], "combines finished runs: give them"),
+        ([ok, {**ok, "out": str(tmp_path / "c"), "seed": 3}],
+         "members make an ensemble of seed 0, the run list says seed 3"),
+        ([ok, {"method": "la", "seed": 0, "out": str(tmp_path / "la")}],
+         "mixes ensembles with runs on features"),
+        ([{**ok, "member": members}], "unknown key(s) ['member']"),
+    ]
+    for entries, message in cases:
+        assert main(["train", "--runs", json.dumps(entries)]) == EXIT_USER_ERROR
+        assert message in capsys.readouterr().err, message
+        # refused before anything was written (the first entry of a list too)
+        assert not (tmp_path / "b").exists() and not (tmp_path / "c").exists()

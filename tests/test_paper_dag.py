@@ -73,6 +73,9 @@ def expected_jobs(suite: dict) -> dict[str, int]:
     # ensembles of fine-tuned members run on the fine-tuning seeds
     ens_seeds = {m: s_ft if METHODS.get(METHODS.get(m).defaults["members"]).consumes == "images"
                  else s for m in over_backbones + over_seeds}
+    def on_feats(m):  # an ensemble whose members are runs on features
+        return METHODS.get(METHODS.get(m).defaults["members"]).consumes == "features"
+
     # the same-backbone control's extra member seeds (s + offset) are ordinary LA runs
     extra = sum(len(METHODS.get(m).defaults["seed_offsets"]) - 1 for m in over_seeds)
     with_text = [x for x in b if resolve_spec(x).has_text]
@@ -87,9 +90,15 @@ def expected_jobs(suite: dict) -> dict[str, int]:
         "fit_heads": len(d) * len(b) * len(s) if on_features else 0,
         "fit_member_seeds": len(d) * len(b) if extra and over_seeds else 0,
         "finetune": len(d) * len(b) * len(from_images) * len(s_ft),
-        "ensemble_of_runs": len(d) * (sum(len(ens_seeds[m]) for m in over_backbones)
-                                      if len(b) >= 2 else 0)
-                            + len(d) * len(b) * sum(len(ens_seeds[m]) for m in over_seeds),
+        # every ensemble of feature runs of one (dataset, seed) is one job; ensembles of
+        # fine-tuned runs one job each (on the fine-tuning seeds)
+        "combine_runs": len(d) * len(s) if any(
+            on_feats(m) and (m in over_seeds or len(b) >= 2)
+            for m in over_backbones + over_seeds) else 0,
+        "ensemble_of_runs": len(d) * (sum(len(ens_seeds[m]) for m in over_backbones
+                                          if not on_feats(m)) if len(b) >= 2 else 0)
+                            + len(d) * len(b) * sum(len(ens_seeds[m]) for m in over_seeds
+                                                    if not on_feats(m)),
         "pretrain_toy_clip": 0,  # real backbones come from open_clip / timm
         "all": 1,
     }
@@ -204,3 +213,35 @@ def test_every_member_run_has_a_head_job():
     assert needed == made
     runs = plan.head_runs("toy", "toyclip0", seeds[0])
     assert [r["method"] for r in runs] == ["la"] and runs[0]["base"] == {}
+
+
+@pytest.mark.parametrize("suite_name", ["demo", "paper"])
+def test_combine_jobs_make_every_ensemble_of_feature_runs(suite_name):
+    """One combine_runs job per (dataset, seed) makes every ensemble whose members are runs
+    on features, and each member is a run some head job makes; the ensembles of
+    fine-tuned runs are left to ensemble_of_runs (one job each)."""
+    from lt_bench.plan import Plan, run_dir
+
+    cfg = _config()
+    cfg["suite"] = suite_name
+    plan = Plan(cfg)
+    s = plan.suite
+    combined = {(r["out"]) for d in s.datasets for seed in s.seeds
+                for r in plan.combine_runs(d, seed)}
+    ensembles = {run_dir(*r) for r in plan.ensemble_runs()}
+    fine_tuned = {run_dir(*r) for r in plan.ensemble_runs() if plan.member_consumes(r[2]) == "images"}
+    assert combined == ensembles - fine_tuned and fine_tuned
+    assert {"backdoor", "backdoor_same_backbone", "backdoor_ce"} <= set(plan.combined_methods())
+    assert "backdoor_finetuned" not in plan.combined_methods()
+    heads = {r["out"] for d in s.datasets for b in s.backbones
+             for runs in [plan.head_runs(d, b)] + [plan.head_runs(d, b, sd) for sd in s.seeds]
+             for r in runs}
+    for d in s.datasets:
+        for seed in s.seeds:
+            members = plan.combine_inputs(d, seed)
+            assert len(members) == len(set(members))
+            assert {m.removesuffix("/metrics.json") for m in members} <= heads
+    # the rule's output patterns are this job's run folders, wildcards filled in
+    d, seed = s.datasets[0], s.seeds[-1]
+    assert [p.format(dataset=d, seed=seed) for p in plan.combine_outputs()] == [
+        r["out"] + "/metrics.json" for r in plan.combine_runs(d, seed)]

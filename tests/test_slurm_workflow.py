@@ -136,7 +136,8 @@ def test_heads_are_one_job_per_backbone_and_seed_and_head_node_rules_stay_local(
     assert kinds.count("rule_fit_heads") == n_b * n_s, kinds
     assert not [k for k in kinds if k.startswith("group_")], kinds
     assert kinds.count("rule_estimate_prior") == n_b, kinds
-    assert kinds.count("rule_ensemble_of_runs") == n_s, kinds
+    # every ensemble of one seed (the backdoor) in one job
+    assert kinds.count("rule_combine_runs") == n_s, kinds
     assert len(subs) == 2 * n_b + n_b + n_b * n_s + n_s, kinds  # GPU stages + prior + heads + backdoor
     for call in sbatch_calls(log):
         if not any(f"--comment rule_{r}_" in call for r in GPU_RULES):

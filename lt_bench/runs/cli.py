@@ -26,33 +26,29 @@ def cmd_train(args):
     if args.runs is not None:
         if args.method or args.out or args.members or args.base or args.params:
             raise InputValidationError("--runs lists every run (method, out, seed, params, "
-                                       "base): drop --method/--out/--params/--base/--members")
+                                       "base or members): drop --method/--out/--params/"
+                                       "--base/--members")
+        from lt_bench.runs.train import check_run_list
+
+        kinds = {METHODS.get(r["method"]).consumes for r in check_run_list(args.runs)}
+        if kinds == {"runs"}:  # a combine_runs job: every ensemble of one (dataset, seed)
+            for r in args.runs:  # every entry checked before any is computed
+                _check_combine(r["method"], r.get("members"), r["out"],
+                               r.get("params") or {}, r["seed"])
+            for r in args.runs:
+                _combine(r["method"], r["members"], r["out"], r.get("params") or {})
+            return
+        if "runs" in kinds:
+            raise InputValidationError("--runs mixes ensembles with runs on features; a job "
+                                       "either combines finished runs or fits on features")
         args.method = "la"  # routing only: every run of the list is checked to consume features
     elif not args.method or not args.out:
         raise InputValidationError("give --method and --out (one run), or --runs (several)")
     cls = METHODS.get(args.method)
     params = dict(args.params or {})
     if cls.consumes == "runs":
-        from lt_bench.runs.ensemble import ensemble_run
-
-        if not args.members:
-            raise InputValidationError(f"method {args.method!r} combines finished runs: give "
-                                       "them with --members RUN_DIR RUN_DIR ...")
-        m = cls(**params)
-        hp = dict(m.hparams)
-        rule = hp.pop("rule", "sum")
-        # what the members differ in is the method's (the same-backbone control: seeds);
         # the ensemble's seed comes from its members, so --seed is not read here
-        metrics = ensemble_run(args.members, Path(args.out), rule=rule, method=args.method,
-                               vary=getattr(cls, "vary", "backbone"), hparams=hp)
-        keys = ["top1", "many", "medium", "few", "best_member_top1", "val_best_member_top1",
-                "gain_top1", "val_gain_top1", "n_trainable_params", "inference_cost",
-                "train_seconds"]
-        keys += [f"m{i}_top1" for i in range(1, metrics["n_members"] + 1)]
-        out = {k: metrics[k] for k in keys}
-        if "weights" in metrics["info"]:
-            out["weights"] = metrics["info"]["weights"]
-        print(json.dumps(out))
+        _combine(args.method, args.members, args.out, params)
         return
     if cls.consumes == "images":
         raise InputValidationError(f"method {args.method!r} fine-tunes from images: use "
@@ -78,6 +74,49 @@ def cmd_train(args):
     for r, m in zip(runs, done, strict=True):
         print(json.dumps({"method": r["method"], "seed": r["seed"],
                           **{k: m[k] for k in ("top1", "many", "medium", "few")}}))
+
+
+def _check_combine(method: str, members, out, params: dict, seed=None) -> tuple[str, dict]:
+    """(rule, hyper-parameters) of one ensemble run; an error where it has no members or
+    where its members give it another seed than ``seed`` (a --runs entry's)."""
+    from lt_bench.methods import METHODS
+
+    cls = METHODS.get(method)
+    if not members:
+        raise InputValidationError(f"method {method!r} combines finished runs: give them with "
+                                   "--members RUN_DIR RUN_DIR ... (in --runs: \"members\")")
+    hp = dict(cls(**params).hparams)
+    rule = hp.pop("rule", "sum")
+    if seed is not None:
+        from lt_bench.runs.ensemble import check_members, ensemble_seed
+
+        vary = getattr(cls, "vary", "backbone")
+        dirs = [Path(m) for m in members]
+        got = ensemble_seed(dirs, check_members(dirs, vary, hp.get("members")), vary,
+                            hp.get("seed_offsets"))
+        if int(got) != int(seed):
+            raise InputValidationError(f"{out}: its members make an ensemble of seed {got}, "
+                                       f"the run list says seed {seed}")
+    return rule, hp
+
+
+def _combine(method: str, members, out, params: dict) -> None:
+    """One ensemble run from finished member runs (the seam's ``runs`` kind)."""
+    from lt_bench.methods import METHODS
+    from lt_bench.runs.ensemble import ensemble_run
+
+    rule, hp = _check_combine(method, members, out, params)
+    # what the members differ in is the method's (the same-backbone control: seeds)
+    metrics = ensemble_run(members, Path(out), rule=rule, method=method,
+                           vary=getattr(METHODS.get(method), "vary", "backbone"), hparams=hp)
+    keys = ["top1", "many", "medium", "few", "best_member_top1", "val_best_member_top1",
+            "gain_top1", "val_gain_top1", "n_trainable_params", "inference_cost",
+            "train_seconds"]
+    keys += [f"m{i}_top1" for i in range(1, metrics["n_members"] + 1)]
+    result = {k: metrics[k] for k in keys}
+    if "weights" in metrics["info"]:
+        result["weights"] = metrics["info"]["weights"]
+    print(json.dumps({"method": method, **result}))
 
 
 def _device(requested: str | None) -> str:

@@ -100,18 +100,19 @@ def train_run(method: str, features_dir: Path, out_dir: Path, seed: int,
 
 
 #: keys of one run in a `lt-bench train --runs` list
-RUN_KEYS = {"method", "out", "seed", "params", "base"}
+RUN_KEYS = {"method", "out", "seed", "params", "base", "members"}
 
 
 def check_run_list(runs: Any) -> list[dict[str, Any]]:
-    """A ``--runs`` list: JSON objects with method, out, seed (params, base optional)."""
+    """A ``--runs`` list: JSON objects with method, out, seed (params, base optional;
+    members for an ensemble)."""
     if not isinstance(runs, list) or not runs:
         raise InputValidationError("--runs must be a non-empty JSON list of runs, e.g. "
                                    '[{"method": "la", "out": "DIR", "seed": 0}]')
     for i, r in enumerate(runs):
         if not isinstance(r, dict) or not {"method", "out", "seed"} <= set(r):
             raise InputValidationError(f"--runs[{i}] must be an object with method, out and "
-                                       f"seed (optional: params, base); got {r!r}")
+                                       f"seed (optional: params, base, members); got {r!r}")
         if set(r) - RUN_KEYS:
             raise InputValidationError(f"--runs[{i}]: unknown key(s) {sorted(set(r) - RUN_KEYS)};"
                                        f" valid: {sorted(RUN_KEYS)}")

@@ -26,13 +26,40 @@ rule estimate_prior:
         " --out {output:q} {params.true_prior} 2> {log:q}"
 
 
+# combine_runs: ONE job per (dataset, seed) makes every ensemble of feature runs (the
+# backdoor and its controls: ~1 s of work each, after ~1 s of start-up). A changed
+# hyper-parameter of one of them reruns the job, which recomputes them all (seconds).
+COMBINED_METHODS = PLAN.combined_methods()
+
+if COMBINED_METHODS:
+
+    rule combine_runs:
+        input:
+            members=lambda wc: PLAN.combine_inputs(wc.dataset, wc.seed),
+        output:
+            PLAN.combine_outputs(),
+        wildcard_constraints:
+            seed="|".join(str(s) for s in SUITE.seeds),
+        params:
+            runs=lambda wc: json.dumps(PLAN.combine_runs(wc.dataset, wc.seed)),
+        log:
+            "logs/combine_runs/{dataset}/seed{seed}.log",
+        threads: 1
+        conda:
+            "../envs/lt-bench.yaml"
+        shell:
+            "lt-bench train --runs {params.runs:q} 2> {log:q}"
+
+
+# ensemble_of_runs: one job per ensemble run, for the others (ensembles of fine-tuned
+# runs, which wait for fine-tuning on its own seeds; a single ensemble outside the suite)
 rule ensemble_of_runs:
     input:
         members=ensemble_members,
     output:
         metrics="results/runs/{dataset}/{backbone}/{method}/seed{seed}/metrics.json",
     wildcard_constraints:
-        method=methods_regex("runs"),
+        method="|".join(m for m in PLAN.methods_consuming("runs") if m not in COMBINED_METHODS) or "none",
     params:
         members=lambda wc, input: " ".join(q(os.path.dirname(f)) for f in input.members),
         hparams=hparams_json,
