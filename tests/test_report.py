@@ -484,3 +484,24 @@ def test_new_figures(runs_root, tmp_path):
     # the ensemble no longer gets a panel of its own: one row of the two backbones
     w, h = Image.open(tmp_path / "acc_vs_qhat.png").size
     assert w > 2 * h, (w, h)
+
+
+def test_dxp_summary_draws_shared_row_labels_once_and_no_negative_zero(runs_root, tmp_path,
+                                                                       monkeypatch):
+    from lt_bench.report import figures_dxp
+
+    drawn = []
+    real_save = figures_dxp.save
+    monkeypatch.setattr(figures_dxp, "save", lambda fig, stem: drawn.append(
+        ([[t.get_text() for t in ax.get_yticklabels()] for ax in fig.axes],
+         [t.get_text() for ax in fig.axes for t in ax.texts], fig.get_size_inches()[0]))
+        or real_save(fig, stem))
+    dirs = sorted(p.parent for p in runs_root.rglob("metrics.json"))
+    figures_dxp.dxp_summary_figure(dirs, tmp_path / "dxp_vs_la", "toy", ["zero_shot", "ce"])
+    (labels, texts, width), = drawn
+    first, second, _colour_bar = labels  # two backbones' panels, then the colour bar
+    assert "zero-shot" in first and "CE" in first
+    assert len(second) == len(first) and not any(second), labels  # same rows: drawn once
+    assert texts and "-0.0" not in texts and "+0.0" not in texts
+    # ~0.5 in per cell of every panel (9 D×P cells): the numbers stay inside their cells
+    assert width >= 2 * 9 * 0.5, width

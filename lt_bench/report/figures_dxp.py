@@ -164,8 +164,9 @@ def dxp_summary_figure(run_dirs: list[Path | str], out_stem: Path | str, dataset
         for i in range(delta.shape[0]):
             for j in range(delta.shape[1]):
                 v = delta[i, j]
-                txt = "–" if np.isnan(v) else f"{v:+.1f}" + (fmt.FEW_CLASSES_MARK
-                                                            if few[i, j] else "")
+                # a difference that rounds to zero prints as 0.0, not "-0.0"
+                txt = "–" if np.isnan(v) else (f"{v:+.1f}" if round(v, 1) else "0.0") + (
+                    fmt.FEW_CLASSES_MARK if few[i, j] else "")
                 ax.text(j, i, txt, ha="center", va="center", fontsize=6.5,
                         color="white" if not np.isnan(v) and abs(v) > 0.6 * lim else "black")
         ax.set_xticks(range(len(keys)), [P_SHORT[p] for _, p in CELLS], rotation=45,

@@ -181,9 +181,11 @@ def add_run_commands(sub) -> None:
     s.add_argument("--out", help="run folder")
     s.add_argument("--params", type=json_object, help="hyper-parameters (JSON object)")
     s.add_argument("--runs", type=json_list, metavar="JSON",
-                   help='several runs on one features folder, fitted in order in one process: '
+                   help='several runs in one process, in order: on one features folder, '
                    '[{"method": "ce", "out": DIR, "seed": 0, "params": {}, '
-                   '"base": {"la": DIR}}, ...] (the workflow\'s head jobs)')
+                   '"base": {"la": DIR}}, ...] (the workflow\'s head jobs), or ensembles, '
+                   '[{"method": "backdoor", "out": DIR, "seed": 0, "params": {}, '
+                   '"members": [DIR, ...]}, ...] (its combine_runs jobs)')
     s.add_argument("--reuse-dir", metavar="DIR",
                    help="cache of finished fits by fit key: an unchanged run is copied back, "
                    "not refitted (the workflow: results/cache/fits)")
