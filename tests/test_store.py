@@ -84,7 +84,7 @@ def test_atomic_files_get_umask_permissions(tmp_path):
     assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o644
 
 
-def test_shared_reads_are_kept_until_the_file_changes(tmp_path):
+def test_shared_reads_are_kept_until_the_file_changes(tmp_path, monkeypatch):
     from lt_bench.features import store
 
     def write(name, seed):
@@ -106,5 +106,11 @@ def test_shared_reads_are_kept_until_the_file_changes(tmp_path):
         write(f"other{i}.parquet", i)
         store.read_features_shared(tmp_path / f"other{i}.parquet")
     assert store.read_features_shared(tmp_path / "test.parquet") is not b
+    # and at most SHARED_BYTES of arrays: here room for one file (the last one read)
+    monkeypatch.setattr(store, "SHARED_BYTES", b.features.nbytes)
+    c = store.read_features_shared(tmp_path / "test.parquet")
+    store.read_features_shared(tmp_path / "other0.parquet")
+    assert store.read_features_shared(tmp_path / "test.parquet") is not c
+    assert len(store._SHARED) == 1
     with pytest.raises(FileNotFoundError, match="feature file not found: .*gone.parquet"):
         store.read_features_shared(tmp_path / "gone.parquet")

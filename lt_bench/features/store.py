@@ -246,17 +246,24 @@ def read_features(path: str | Path) -> FeatureSplit:
 
 #: read_features_shared's cache: (path, inode, size, mtime, ctime) -> FeatureSplit, most
 #: recent last
-_SHARED: dict[tuple[str, int, int], FeatureSplit] = {}
+_SHARED: dict[tuple[str, int, int, int, int], FeatureSplit] = {}
 SHARED_SPLITS = 6  # val + test of three backbones: one dataset's report, one ensemble
+#: and at most this many bytes of arrays (ImageNet-LT's test split is 154 MB at D = 768,
+#: 770 MB with five test-time crops): the last file read is kept whatever its size
+SHARED_BYTES = 2 << 30
+
+
+def _nbytes(split: FeatureSplit) -> int:
+    return split.features.nbytes + (split.crops.nbytes if split.crops is not None else 0)
 
 
 def read_features_shared(path: str | Path) -> FeatureSplit:
     """:func:`read_features`, kept for the next caller in this process (the last
-    ``SHARED_SPLITS`` files read). For readers that rebuild many runs' logits from the same
-    few feature files: the significance table read the demo's 3 test files 200 times.
-    Keyed by the file's inode, size and times (every write of a feature file is a rename
-    onto it: a new inode), so a rewritten file is read again. The arrays are shared:
-    callers must not modify them."""
+    ``SHARED_SPLITS`` files read, up to ``SHARED_BYTES``). For readers that rebuild many
+    runs' logits from the same few feature files: the significance table read the demo's
+    3 test files 200 times. Keyed by the file's inode, size and times (every write of a
+    feature file is a rename onto it: a new inode), so a rewritten file is read again.
+    The arrays are shared: callers must not modify them."""
     st = Path(path).stat() if Path(path).is_file() else None
     if st is None:
         return read_features(path)  # its own "not found" error
@@ -265,7 +272,8 @@ def read_features_shared(path: str | Path) -> FeatureSplit:
     if hit is None:
         hit = read_features(path)
     _SHARED[key] = hit
-    while len(_SHARED) > SHARED_SPLITS:
+    while len(_SHARED) > 1 and (len(_SHARED) > SHARED_SPLITS or
+                                sum(map(_nbytes, _SHARED.values())) > SHARED_BYTES):
         _SHARED.pop(next(iter(_SHARED)))
     return hit
 
