@@ -145,16 +145,16 @@ class Plan:
         """Runs that consume runs: over backbones (backbone "ensemble"; none with fewer than
         two backbones) or over seeds of one backbone (the same-backbone control)."""
         s = self.suite
-        out = []
-        for d in s.datasets:
-            for m in s.methods:
-                if self.consumes(m) != "runs":
-                    continue
-                if self.vary(m) == "seed":
-                    out += [(d, b, m, seed) for b in s.backbones for seed in self.seeds_for(m)]
-                elif len(s.backbones) >= 2:
-                    out += [(d, "ensemble", m, seed) for seed in self.seeds_for(m)]
-        return out
+        return [(d, b, m, seed) for d in s.datasets for m in s.methods
+                if self.consumes(m) == "runs"
+                for b in self._ensemble_backbones(m) for seed in self.seeds_for(m)]
+
+    def _ensemble_backbones(self, method: str) -> list[str]:
+        """The backbone folders of an ensemble method's runs: every backbone (over seeds of
+        one backbone), or "ensemble" (over backbones; none with fewer than two)."""
+        if self.vary(method) == "seed":
+            return list(self.suite.backbones)
+        return ["ensemble"] if len(self.suite.backbones) >= 2 else []
 
     def ensemble_members(self, dataset: str, backbone: str, method: str,
                          seed: int | str) -> list[str]:
@@ -244,17 +244,13 @@ class Plan:
         controls): one job per (dataset, seed) combines them all (rule combine_runs; each
         is ~1 s of work after ~1 s of start-up). Ensembles of fine-tuned members keep one
         job per run: they wait for fine-tuning, on its own seeds."""
-        s = self.suite
-        return [m for m in s.methods if self.member_consumes(m) == "features"
-                and (self.vary(m) == "seed" or len(s.backbones) >= 2)]
+        return [m for m in self.suite.methods
+                if self.member_consumes(m) == "features" and self._ensemble_backbones(m)]
 
     def combine_outputs(self) -> list[str]:
         """metrics.json patterns (wildcards dataset, seed) of one combine_runs job."""
         return [metrics_file("{dataset}", b, m, "{seed}")
                 for m in self.combined_methods() for b in self._ensemble_backbones(m)]
-
-    def _ensemble_backbones(self, method: str) -> list[str]:
-        return list(self.suite.backbones) if self.vary(method) == "seed" else ["ensemble"]
 
     def combine_runs(self, dataset: str, seed: int | str) -> list[dict[str, Any]]:
         """The ``lt-bench train --runs`` list of one combine_runs job."""

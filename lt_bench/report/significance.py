@@ -157,17 +157,6 @@ def paired_correct(a: dict[int, Path], b: dict[int, Path], correct: _Correct
     return labels, np.stack(ca), np.stack(cb)
 
 
-def compare(a: dict[int, Path], b: dict[int, Path], correct: _Correct, n_boot: int = N_BOOT,
-            seed: int = 0) -> dict | None:
-    """Bootstrap interval of A − B over their seed pairs; None when no seed pairs up."""
-    got = paired_correct(a, b, correct)
-    if got is None:
-        return None
-    labels, ca, cb = got
-    res = paired_bootstrap(labels, ca, cb, n_boot, seed)
-    return {**res, "a_top1": float(ca.mean()), "b_top1": float(cb.mean())}
-
-
 def _resolve(path: str, ensemble_dir: Path) -> Path:
     """A member's run folder as written in the ensemble's config (often cwd-relative)."""
     p = Path(path)

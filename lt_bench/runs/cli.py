@@ -32,11 +32,11 @@ def cmd_train(args):
 
         kinds = {METHODS.get(r["method"]).consumes for r in check_run_list(args.runs)}
         if kinds == {"runs"}:  # a combine_runs job: every ensemble of one (dataset, seed)
-            for r in args.runs:  # every entry checked before any is computed
-                _check_combine(r["method"], r.get("members"), r["out"],
-                               r.get("params") or {}, r["seed"])
-            for r in args.runs:
-                _combine(r["method"], r["members"], r["out"], r.get("params") or {})
+            checked = [(r, *_check_combine(r["method"], r.get("members"), r["out"],
+                                           r.get("params") or {}, r["seed"]))
+                       for r in args.runs]  # every entry checked before any is computed
+            for r, rule, hp in checked:
+                _combine(r["method"], r["members"], r["out"], rule, hp)
             return
         if "runs" in kinds:
             raise InputValidationError("--runs mixes ensembles with runs on features; a job "
@@ -48,7 +48,8 @@ def cmd_train(args):
     params = dict(args.params or {})
     if cls.consumes == "runs":
         # the ensemble's seed comes from its members, so --seed is not read here
-        _combine(args.method, args.members, args.out, params)
+        _combine(args.method, args.members, args.out,
+                 *_check_combine(args.method, args.members, args.out, params))
         return
     if cls.consumes == "images":
         raise InputValidationError(f"method {args.method!r} fine-tunes from images: use "
@@ -100,12 +101,12 @@ def _check_combine(method: str, members, out, params: dict, seed=None) -> tuple[
     return rule, hp
 
 
-def _combine(method: str, members, out, params: dict) -> None:
-    """One ensemble run from finished member runs (the seam's ``runs`` kind)."""
+def _combine(method: str, members, out, rule: str, hp: dict) -> None:
+    """One ensemble run from finished member runs (the seam's ``runs`` kind), with the
+    rule and hyper-parameters :func:`_check_combine` resolved."""
     from lt_bench.methods import METHODS
     from lt_bench.runs.ensemble import ensemble_run
 
-    rule, hp = _check_combine(method, members, out, params)
     # what the members differ in is the method's (the same-backbone control: seeds)
     metrics = ensemble_run(members, Path(out), rule=rule, method=method,
                            vary=getattr(METHODS.get(method), "vary", "backbone"), hparams=hp)

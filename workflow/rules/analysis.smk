@@ -59,7 +59,7 @@ rule ensemble_of_runs:
     output:
         metrics="results/runs/{dataset}/{backbone}/{method}/seed{seed}/metrics.json",
     wildcard_constraints:
-        method="|".join(m for m in PLAN.methods_consuming("runs") if m not in COMBINED_METHODS) or "none",
+        method=methods_regex("runs", exclude=COMBINED_METHODS),
     params:
         members=lambda wc, input: " ".join(q(os.path.dirname(f)) for f in input.members),
         hparams=hparams_json,

@@ -84,8 +84,8 @@ def write_runs_index(runs, out, log):
     Path(log).write_text(f"{len(runs)} runs -> {out}\n")
 
 
-def methods_regex(kind):
-    return "|".join(PLAN.methods_consuming(kind)) or "none"
+def methods_regex(kind, exclude=()):
+    return "|".join(m for m in PLAN.methods_consuming(kind) if m not in exclude) or "none"
 
 
 
