@@ -132,6 +132,17 @@ CASES = {
                    str(w["runs"][("bb0", "la", 0)]), str(w["runs"][("bb1", "ce", 0)]),
                    "--out", str(w["root"] / "bad" / "bd2")],
         "method"),
+    "ensemble run list with a seed its members do not give": (
+        lambda w: ["train", "--runs", json.dumps([
+            {"method": "backdoor", "seed": 1, "out": str(w["root"] / "bad" / "bd3"),
+             "members": [str(w["runs"][(b, "la", 0)]) for b in ("bb0", "bb1")]}])],
+        "members make an ensemble of seed 0, the run list says seed 1"),
+    "run list mixing ensembles and heads": (
+        lambda w: ["train", "--runs", json.dumps([
+            {"method": "backdoor", "seed": 0, "out": str(w["root"] / "bad" / "bd4"),
+             "members": [str(w["runs"][(b, "la", 0)]) for b in ("bb0", "bb1")]},
+            {"method": "la", "seed": 0, "out": str(w["root"] / "bad" / "la")}])],
+        "mixes ensembles with runs on features"),
     "logits of a folder that is not a run": (
         lambda w: ["logits", str(w["root"]), "--out", str(w["root"] / "l.parquet")],
         "not a run folder"),
