@@ -43,6 +43,21 @@ def name_path(s: str) -> tuple[str, str]:
     return k, v
 
 
+#: numpy's and torch's seeds are unsigned 32-bit
+SEED_LIMIT = 2**32
+
+
+def seed(s: str) -> int:
+    """``--seed`` values: an integer in [0, 2**32) (argparse names the option)."""
+    try:
+        v = int(s)
+    except ValueError:
+        v = -1
+    if not 0 <= v < SEED_LIMIT:
+        raise argparse.ArgumentTypeError(f"expected an integer in [0, 2**32), got {s!r}")
+    return v
+
+
 def workers(s: str) -> int | str:
     if s == "auto":
         return "auto"

@@ -16,7 +16,7 @@ import os
 import sys
 from pathlib import Path
 
-from lt_bench.argtypes import json_object, print_json, set_threads, workers
+from lt_bench.argtypes import json_object, print_json, seed, set_threads, workers
 from lt_bench.errors import EXIT_USER_ERROR, UserError
 
 # --- handlers of the verbs defined here -------------------------------------------------
@@ -110,7 +110,7 @@ def _add_core_commands(sub) -> None:
                         "from its toy_meta.json)")
     s.add_argument("--out", required=True, help="folder for checkpoint.pt and prior.parquet")
     s.add_argument("--params", type=json_object, help="pre-training parameters (JSON object)")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=seed, default=0)
     s.add_argument("--threads", type=int)
     s.set_defaults(func=cmd_pretrain)
 

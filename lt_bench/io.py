@@ -1,15 +1,35 @@
-"""Atomic file writing: an interrupted job never leaves a file that looks complete."""
+"""Atomic file writing: an interrupted job never leaves a file that looks complete.
+
+:func:`atomic_path` is the one owner of the hidden ``.{name}.XXXX.part`` temp files: it
+holds an exclusive ``flock`` on its own while writing, removes those of a killed writer
+(unlocked) before it starts, and turns a full disk into one line
+(:class:`DiskFullError`). :func:`check_output_folder` is the one decision "may lt-bench
+write into this folder?" (a user's own files are never overwritten).
+"""
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
+import glob
 import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+from lt_bench.errors import InputValidationError, UserError
+
+#: below this many free bytes a failed write is taken for a full disk (libraries such as
+#: torch.save report ENOSPC as a RuntimeError without errno)
+_FULL_BELOW = 1 << 20
+
+
+class DiskFullError(UserError, OSError):
+    """No space left (or quota exceeded) while a result was written; nothing was replaced."""
 
 
 @contextlib.contextmanager
@@ -17,21 +37,97 @@ def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``final``; rename it to ``final`` on success.
 
     The temp file lives in the same directory so the rename is atomic on POSIX.
-    On error the temp file is removed and ``final`` is untouched.
+    On error the temp file is removed and ``final`` is untouched; where the error is a
+    full disk, it becomes a :class:`DiskFullError` naming the folder.
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_parts(final)
     fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".part", dir=final.parent)
-    os.close(fd)
+    # held until the rename: a later writer of ``final`` sees the file is in use
+    fcntl.flock(fd, fcntl.LOCK_EX)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
         # mkstemp creates 0600 files; give results the usual permissions (shared clusters)
         os.chmod(tmp_path, 0o666 & ~_umask())
         os.replace(tmp_path, final)
-    except BaseException:
+    except BaseException as e:
+        full = (isinstance(e, Exception) and not isinstance(e, UserError)
+                and _disk_full(e, final.parent))
         tmp_path.unlink(missing_ok=True)
+        if full:
+            raise DiskFullError(
+                f"no space left on the file system of {final.parent} while "
+                f"writing {final.name}; free some space and rerun ({final} was not "
+                f"replaced)") from e
         raise
+    finally:
+        os.close(fd)
+
+
+def _disk_full(e: Exception, folder: Path) -> bool:
+    """Is ``e`` a full disk? ENOSPC/EDQUOT anywhere in its chain, or (for libraries that
+    lose the errno, e.g. torch.save's "unexpected pos") a folder with ~no space left,
+    measured before the partial file is removed."""
+    seen = e
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    try:
+        st = os.statvfs(folder)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < _FULL_BELOW
+
+
+def remove_stale_parts(final: str | os.PathLike) -> list[Path]:
+    """Remove the temp files ``.{final.name}.*.part`` that a killed writer of ``final``
+    left behind; one that a live writer holds (its flock) stays. Returns those removed."""
+    final = Path(final)
+    removed = []
+    for part in final.parent.glob(f".{glob.escape(final.name)}.*.part"):
+        try:
+            fd = os.open(part, os.O_RDONLY)
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # a live writer holds it
+            os.close(fd)
+            continue
+        try:
+            part.unlink(missing_ok=True)
+            removed.append(part)
+        finally:
+            os.close(fd)
+    return removed
+
+
+def check_output_folder(folder: str | os.PathLike, is_ours: Callable[[Path], bool],
+                        what: str, option: str = "--out") -> None:
+    """Refuse to write into ``folder`` when it holds files that are not lt-bench's.
+
+    A missing or empty folder is fine; so is one ``is_ours`` recognises (a run or split
+    folder written before: rerunning replaces our own files). Anything else is a user's
+    folder: lt-bench never overwrites or deletes files it did not create (the rule of
+    ``download-images``' extraction too, lt_bench/data/download.py).
+    """
+    folder = Path(folder)
+    if not folder.exists():
+        return
+    if not folder.is_dir():
+        raise InputValidationError(f"{option} {folder}: exists and is not a folder; expected "
+                                   f"a new or empty folder, or a {what}")
+    entries = sorted(p.name for p in folder.iterdir())
+    if not entries or is_ours(folder):
+        return
+    shown = ", ".join(repr(n) for n in entries[:5]) + (", ..." if len(entries) > 5 else "")
+    raise InputValidationError(
+        f"{option} {folder}: not empty and not a {what} of lt-bench (it holds {shown}); "
+        f"lt-bench never overwrites or deletes files it did not create; give a new or "
+        f"empty folder")
 
 
 def _umask() -> int:
@@ -69,7 +165,13 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
 
 
 def read_json(path: str | os.PathLike) -> Any:
-    return json.loads(Path(path).read_text())
+    """The JSON value of ``path``; a file that is not UTF-8 JSON is an error naming it."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        what = "empty" if Path(path).stat().st_size == 0 else f"not valid JSON ({e})"
+        raise InputValidationError(f"{path}: {what}; expected the JSON file lt-bench "
+                                   "writes there") from None
 
 
 def _json_default(o: Any):

@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from lt_bench.argtypes import json_object
+from lt_bench.argtypes import json_object, seed
 
 
 def _print_json(obj: Any) -> None:
@@ -24,10 +24,11 @@ def _print_json(obj: Any) -> None:
 
 def cmd_prepare(args: argparse.Namespace) -> None:
     from lt_bench.data import get_dataset
-    from lt_bench.data.splits import read_classnames, split_stats
+    from lt_bench.data.splits import check_split_out, read_classnames, split_stats
 
     ds = get_dataset(args.dataset, **(args.params or {}))
     out = Path(args.out)
+    check_split_out(out)  # a user's folder is refused before anything is written
     ds.prepare(out)
     # the class count of what was written (the toy world's is a parameter, not num_classes)
     k = len(read_classnames(out / "classnames.txt"))
@@ -100,7 +101,7 @@ def add_data_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--download", action="store_true",
                    help="download missing images (places_lt, inat2018; never ImageNet)")
     p.add_argument("--sample", type=int, default=200, help="images to decode (default: 200)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the decode sample (default: 0)")
+    p.add_argument("--seed", type=seed, default=0, help="seed of the decode sample (default: 0)")
     p.add_argument("--out", default=None, help="JSON report, written when the check passes")
     p.set_defaults(func=cmd_verify_images)
 

@@ -68,7 +68,34 @@ def parse_split_line(line: str, path: str | os.PathLike = "<split>", lineno: int
     if label < 0 or (num_classes is not None and label >= num_classes):
         bound = f"[0, {num_classes})" if num_classes is not None else ">= 0"
         raise SplitFormatError(f"{_where(path, lineno)}: label {label} is out of range {bound}")
+    check_relative(rel, _where(path, lineno))
     return rel, label
+
+
+def check_relative(rel: str, where: str) -> None:
+    """A listed path stays under the image root: no absolute path, no ``..`` part (the
+    lists are joined to data_root, so either would read images from elsewhere)."""
+    parts = rel.replace("\\", "/").split("/")
+    if rel.startswith(("/", "\\")) or rel[1:2] == ":" and rel[0].isalpha() or ".." in parts:
+        raise SplitFormatError(
+            f"{where}: path {rel!r} leaves the image root; expected a path relative to it "
+            "without '..' (as 'train/class/image.jpg')")
+
+
+def _read_text_lines(path: str | os.PathLike) -> list[str]:
+    """The lines of a UTF-8 text file (a leading BOM dropped); any other encoding is an
+    error naming the file (a Latin-1 or UTF-16 list would otherwise give a bare codec
+    error, or paths full of NUL characters)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise SplitFormatError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason}); "
+                               "expected a UTF-8 file (re-save it as UTF-8)") from None
+    if "\0" in text:
+        raise SplitFormatError(f"{path}: holds NUL characters (UTF-16?); expected a UTF-8 "
+                               "file (re-save it as UTF-8)")
+    # split on newlines only: str.splitlines() would also split inside a path on \x1c, \x85...
+    return [line.rstrip("\r") for line in text.split("\n")]
 
 
 def read_split(path: str | os.PathLike, num_classes: int | None = None
@@ -80,13 +107,12 @@ def read_split(path: str | os.PathLike, num_classes: int | None = None
     """
     paths: list[str] = []
     labels: list[int] = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            rel, label = parse_split_line(line, path, lineno, num_classes)
-            paths.append(rel)
-            labels.append(label)
+    for lineno, line in enumerate(_read_text_lines(path), start=1):
+        if not line.strip():
+            continue
+        rel, label = parse_split_line(line, path, lineno, num_classes)
+        paths.append(rel)
+        labels.append(label)
     return paths, labels
 
 
@@ -171,7 +197,7 @@ def split_hash(path: str | os.PathLike) -> str:
 
 def read_classnames(path: str | os.PathLike, num_classes: int | None = None) -> list[str]:
     """Read ``classnames.txt`` (one name per line; line i names label i)."""
-    names = Path(path).read_text(encoding="utf-8").splitlines()
+    names = _read_text_lines(path)
     while names and not names[-1].strip():  # tolerate trailing blank lines only
         names.pop()
     for lineno, name in enumerate(names, start=1):
@@ -306,6 +332,30 @@ def check_split_integrity(split_dir: Path, *, allow_val_in_train: bool = False) 
     }
     write_json(split_dir / SPLITS_CHECK_FILE, report)
     return report
+
+
+#: what `lt-bench prepare` (every dataset) and the workflow write into a split folder:
+#: the lists, their checks, the toy/CIFAR images and their staging folder, the LIFT
+#: sources, the image check of `verify-images --out`
+SPLIT_FOLDER_ENTRIES = frozenset({
+    "train.txt", "val.txt", "test.txt", "classnames.txt", SPLITS_CHECK_FILE,
+    GROUP_COUNTS_FILE, "toy_meta.json", "split_info.json", "images", ".images.partial",
+    "cifar-100", "source", "images_verified.json"})
+
+
+def is_split_folder(folder: Path) -> bool:
+    """Does ``folder`` hold only what lt-bench writes into a split folder (and the hidden
+    temp files of its atomic writes)?"""
+    return all(p.name in SPLIT_FOLDER_ENTRIES or (p.name.startswith(".")
+                                                  and p.name.endswith(".part"))
+               for p in Path(folder).iterdir())
+
+
+def check_split_out(folder: str | os.PathLike) -> None:
+    """``prepare --out``: a new, empty or earlier split folder; never a user's folder."""
+    from lt_bench.io import check_output_folder
+
+    check_output_folder(folder, is_split_folder, "split folder")
 
 
 def check_or_remove(split_dir: Path, *, allow_val_in_train: bool = False) -> dict:

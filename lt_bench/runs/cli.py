@@ -22,6 +22,7 @@ def cmd_train(args):
     """Route on what the method consumes: features (fit), runs (combine)."""
     from lt_bench.argtypes import set_threads
     from lt_bench.methods import METHODS
+    from lt_bench.runs.folder import check_run_outs
 
     if args.runs is not None:
         if args.method or args.out or args.members or args.base or args.params:
@@ -31,6 +32,7 @@ def cmd_train(args):
         from lt_bench.runs.train import check_run_list
 
         kinds = {METHODS.get(r["method"]).consumes for r in check_run_list(args.runs)}
+        check_run_outs([r["out"] for r in args.runs])  # before any run is computed
         if kinds == {"runs"}:  # a combine_runs job: every ensemble of one (dataset, seed)
             checked = [(r, *_check_combine(r["method"], r.get("members"), r["out"],
                                            r.get("params") or {}, r["seed"]))
@@ -44,6 +46,8 @@ def cmd_train(args):
         args.method = "la"  # routing only: every run of the list is checked to consume features
     elif not args.method or not args.out:
         raise InputValidationError("give --method and --out (one run), or --runs (several)")
+    else:
+        check_run_outs([args.out])
     cls = METHODS.get(args.method)
     params = dict(args.params or {})
     if cls.consumes == "runs":
@@ -137,7 +141,9 @@ def cmd_finetune(args):
     from lt_bench.data import get_dataset
     from lt_bench.data.images import image_root_of
     from lt_bench.runs.finetune import finetune_run
+    from lt_bench.runs.folder import check_run_outs
 
+    check_run_outs([args.out])
     set_threads(args.threads)
     ds = get_dataset(args.dataset, **(args.dataset_params or {}))
     root = image_root_of(ds, Path(args.split_dir), args.data_root, args.image_root_from)
@@ -156,15 +162,16 @@ def cmd_finetune(args):
 
 
 def cmd_logits(args):
-    from lt_bench.runs.folder import write_logits
+    from lt_bench.runs.folder import read_metrics, write_logits
     from lt_bench.runs.predictors import run_logits
 
+    read_metrics(Path(args.run_dir))  # only a finished run has logits to give
     labels, logits = run_logits(Path(args.run_dir), args.split)
     write_logits(labels, logits, Path(args.out))
 
 
 def add_run_commands(sub) -> None:
-    from lt_bench.argtypes import json_list, json_object, name_path
+    from lt_bench.argtypes import json_list, json_object, name_path, seed
 
     s = sub.add_parser("prior", help="estimate a backbone's pre-training label prior q̂ (GLA)")
     s.add_argument("--features-dir", required=True,
@@ -191,7 +198,7 @@ def add_run_commands(sub) -> None:
                    help="cache of finished fits by fit key: an unchanged run is copied back, "
                    "not refitted (the workflow: results/cache/fits)")
     s.add_argument("--features-dir", help="features folder (methods that consume features)")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=seed, default=0)
     s.add_argument("--prior", help="prior parquet of the backbone (q_hat)")
     s.add_argument("--base", type=name_path, action="append", metavar="METHOD=RUN_DIR",
                    help="finished run this method builds on (repeatable)")
@@ -222,7 +229,7 @@ def add_run_commands(sub) -> None:
     s.add_argument("--features-dir", required=True,
                    help="features folder whose text.parquet gives the head's text init")
     s.add_argument("--out", required=True, help="run folder")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=seed, default=0)
     s.add_argument("--params", type=json_object, help="hyper-parameters (JSON object)")
     s.add_argument("--prior", help="prior parquet of the backbone (q_hat, P-groups)")
     s.add_argument("--group-counts", help="per-class counts defining the D-groups (CIFAR-LT)")

@@ -89,6 +89,7 @@ def git_commit(where: str | os.PathLike | None = None) -> str | None:
 
 def check_logits(name: str, split: str, labels: np.ndarray, logits: np.ndarray,
                  num_classes: int) -> None:
+    check_labels(labels, num_classes, f"{name}: {split} labels")
     if logits.ndim != 2 or logits.shape != (len(labels), num_classes):
         raise InputValidationError(f"{name}: {split} logits have shape {logits.shape}, "
                                    f"expected ({len(labels)}, {num_classes})")
@@ -116,8 +117,21 @@ def arrow_column(values):
     return pa.Array.from_buffers(pa.from_numpy_dtype(x.dtype), len(x), [None, pa.py_buffer(x)])
 
 
+def check_labels(labels, num_classes: int, where: str) -> None:
+    """Every label in ``0..K-1`` (K classes of text.parquet / classnames.txt): a split list
+    edited after `prepare` gives features whose labels index past the classes."""
+    labels = np.asarray(labels, dtype=np.int64)
+    bad = np.flatnonzero((labels < 0) | (labels >= num_classes))
+    if bad.size:
+        raise InputValidationError(
+            f"{where}: label {int(labels[bad[0]])} (row {int(bad[0])}; {bad.size} row(s) in "
+            f"all) is out of range [0, {num_classes}) for the {num_classes} classes; was the "
+            "split list edited after `lt-bench prepare`? Prepare and extract again")
+
+
 def train_counts_of(labels, classnames: list[str], where: str) -> np.ndarray:
     """Per-class train counts; every class must have an image (log π would be −∞)."""
+    check_labels(labels, len(classnames), where)
     counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=len(classnames))
     empty = np.flatnonzero(counts == 0)
     if len(empty):
@@ -176,8 +190,52 @@ def write_run(out_dir: Path, logits_by_split: dict[str, tuple[np.ndarray, np.nda
     return metrics
 
 
+#: every file a run of any kind writes into its folder (features, ensembles,
+#: fine-tuning with its resume state); with hidden ``.*.part`` temp files, the entries a
+#: folder may hold and still be one of our run folders (:func:`is_run_folder`)
+RUN_FILES = frozenset({
+    "config.json", "history.json", "metrics.json", "per_class.parquet", "predictor.json",
+    "predictor.safetensors", "trainable.safetensors", "finetune_state.pt",
+    *(f"logits_{s}.parquet" for s in SPLITS)})
+
+
+def is_run_folder(folder: Path) -> bool:
+    """A folder lt-bench wrote a run into (finished or not): its config.json is a run's,
+    or (a run stopped before writing it) every entry is a run file or a hidden temp file."""
+    folder = Path(folder)
+    cfg = folder / "config.json"
+    if cfg.is_file():
+        try:
+            c = read_json(cfg)
+        except InputValidationError:
+            return False
+        if not (isinstance(c, dict) and {"method", "dataset"} <= set(c)):
+            return False
+    return all(p.name in RUN_FILES or (p.name.startswith(".") and p.name.endswith(".part"))
+               for p in folder.iterdir())
+
+
+def check_run_outs(outs: list[str | os.PathLike]) -> None:
+    """The run folders a command is about to write, checked before anything is computed:
+    none a user's non-empty folder (their config.json would be overwritten), no two runs
+    sharing one folder (the second would replace the first)."""
+    from lt_bench.io import check_output_folder
+
+    seen: dict[Path, int] = {}
+    for i, out in enumerate(outs):
+        key = Path(out).absolute().resolve()
+        if key in seen:
+            raise InputValidationError(
+                f"--runs[{seen[key]}] and --runs[{i}] share the out folder {out}; expected "
+                "one folder per run (the second would replace the first)")
+        seen[key] = i
+        check_output_folder(out, is_run_folder, "run folder")
+
+
 def unfinish(out_dir: Path) -> None:
-    """A rerun is unfinished until it ends: drop the old metrics.json first."""
+    """A rerun is unfinished until it ends: drop the old metrics.json first (never in a
+    folder that is not one of our run folders: :func:`check_run_outs`)."""
+    check_run_outs([out_dir])
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     (Path(out_dir) / "metrics.json").unlink(missing_ok=True)
 
@@ -189,10 +247,30 @@ def read_run_config(run_path: Path) -> dict[str, Any]:
     return read_json(cfg)
 
 
+class UnfinishedRunError(InputValidationError, FileNotFoundError):
+    """A run folder without metrics.json where a finished run was expected."""
+
+
+def read_metrics(run_path: Path, role: str = "run folder") -> dict[str, Any]:
+    """The ``metrics.json`` of a finished run, the one reader of its contract: an error
+    naming the file where it is missing (an unfinished run), empty, not JSON, or not the
+    object of metrics write_run makes (a numeric ``top1``)."""
+    path = Path(run_path) / "metrics.json"
+    if not path.is_file():
+        raise UnfinishedRunError(f"{role} {run_path} is not a finished run (no "
+                                 "metrics.json); finish it (rerun its job) first")
+    m = read_json(path)
+    top1 = m.get("top1", "") if isinstance(m, dict) else ""
+    if isinstance(top1, bool) or not isinstance(top1, int | float | None):  # None: NaN
+        got = type(m).__name__ if not isinstance(m, dict) else f"top1 = {m.get('top1')!r}"
+        raise InputValidationError(f"{path}: expected the JSON object of a finished run's "
+                                   f"metrics with a numeric top1, got {got}; rerun the run")
+    return m
+
+
 def require_finished(run_path: Path, role: str) -> dict[str, Any]:
     """config.json of a finished run, or an error saying which role it was to play."""
-    if not (Path(run_path) / "metrics.json").is_file():
-        raise FileNotFoundError(f"{role} {run_path} is not a finished run (no metrics.json)")
+    read_metrics(run_path, role)
     return read_run_config(run_path)
 
 
