@@ -128,6 +128,11 @@ def get_method(name: str, **hparams: Any) -> Method:
     return METHODS.get(name)(**hparams)
 
 
+#: the largest integer hyper-parameter (epochs, batch sizes, k) accepted without a bound of
+#: its own: above it a value is a typo, not a setting
+INT_MAXIMUM = 1_000_000
+
+
 def check_number(method: str, key: str, value: Any, *, minimum: float | None = None,
                  above: float | None = None, maximum: float | None = None,
                  integer: bool = False, allow_none: bool = False) -> None:
@@ -135,8 +140,10 @@ def check_number(method: str, key: str, value: Any, *, minimum: float | None = N
     if value is None and allow_none:
         return
     ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if ok and integer:
-        ok = float(value).is_integer()
+    if integer:
+        # an integer is an int: JSON's 1e12 is a float, and range(1e12) is a TypeError
+        ok = ok and isinstance(value, int)
+        maximum = INT_MAXIMUM if maximum is None else maximum
     if ok:
         ok = ((minimum is None or value >= minimum) and (above is None or value > above)
               and (maximum is None or value <= maximum) and np.isfinite(value))

@@ -24,8 +24,10 @@ def _scalar(v):
 
 def collect_runs(runs_root: Path | str, metrics_files: list[Path | str] | None = None) -> pd.DataFrame:
     """One row per finished run: identity columns, then every scalar metric (None → NaN)."""
+    from lt_bench.runs.folder import report_run_dirs  # the runs of the tables by hand
+
     files = ([Path(f) for f in metrics_files] if metrics_files is not None
-             else [d / "metrics.json" for d in find_run_dirs(runs_root)])
+             else [d / "metrics.json" for d in report_run_dirs(runs_root)])
     rows = []
     for f in files:
         m = read_json(f)

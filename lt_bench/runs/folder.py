@@ -40,13 +40,57 @@ def find_run_dirs(runs_root: str | os.PathLike) -> list[Path]:
     return sorted(p.parent for p in Path(runs_root).glob("*/*/*/seed*/metrics.json"))
 
 
+#: the workflow's list of a dataset's runs (rule runs_index): runs_root/{dataset}/index.txt
+RUNS_INDEX = "index.txt"
+
+
+def write_runs_index(metrics_files: list[str], out: str | os.PathLike) -> None:
+    """``{runs_root}/{dataset}/index.txt``: the suite's runs of a dataset, one metrics.json
+    per line (lt_bench.plan.Plan.dataset_runs; the workflow's rule runs_index)."""
+    from lt_bench.io import write_text
+
+    write_text(out, "".join(f"{f}\n" for f in metrics_files))
+
+
+def report_run_dirs(runs_root: str | os.PathLike) -> list[Path]:
+    """The finished runs the report stands on when no list is given: per dataset, the runs
+    of the workflow's ``index.txt`` where there is one, else every finished run.
+
+    The one decision that makes `lt-bench tables` (significance, figures, ingest) by hand
+    agree with the workflow: the suite's runs only. The same-backbone control's member
+    runs at extra seeds (la at s + 1000, s + 2000) are finished runs too, but inputs of that
+    ensemble, not rows of the tables (they would triple the LA row's seeds)."""
+    runs_root = Path(runs_root)
+    by_dataset: dict[str, list[Path]] = {}
+    for d in find_run_dirs(runs_root):
+        by_dataset.setdefault(d.parts[-4], []).append(d)
+    out: list[Path] = []
+    for dataset, dirs in sorted(by_dataset.items()):
+        index = runs_root / dataset / RUNS_INDEX
+        if not index.is_file():
+            out += dirs
+            continue
+        finished = set(dirs)
+        # lines are results/runs/{dataset}/{backbone}/{method}/seed{s}/metrics.json as the
+        # workflow names them: found again under runs_root wherever the project is now
+        listed = [runs_root.joinpath(*Path(line.strip()).parts[-5:-1])
+                  for line in index.read_text(encoding="utf-8").splitlines() if line.strip()]
+        missing = [d for d in listed if d not in finished]
+        if missing:
+            log.warning("%s lists %d run(s) that are not finished, e.g. %s; the tables by "
+                        "hand leave them out", index, len(missing), missing[0])
+        out += [d for d in listed if d in finished]
+    return out
+
+
 def selected_run_dirs(metrics: list[str] | None, runs_root: str | os.PathLike,
                       dataset: str | None = None) -> list[Path]:
     """The runs a verb acts on: explicit ``metrics.json`` files (the workflow lists them), or
-    every finished run under ``runs_root`` (of ``dataset``); an error when there is none."""
+    the report's runs under ``runs_root`` (of ``dataset``; :func:`report_run_dirs`); an
+    error when there is none."""
     if metrics:
         return [Path(m).parent for m in metrics]
-    dirs = [d for d in find_run_dirs(runs_root) if dataset is None or d.parts[-4] == dataset]
+    dirs = [d for d in report_run_dirs(runs_root) if dataset is None or d.parts[-4] == dataset]
     if not dirs:
         raise FileNotFoundError(
             f"no finished runs (metrics.json) under {runs_root}"

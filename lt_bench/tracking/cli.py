@@ -111,7 +111,8 @@ def add_tracking_commands(sub: argparse._SubParsersAction) -> None:
                    "each run (default: figures/ beside --runs-root, if present)")
     s.add_argument("--out", default=str(DEFAULT_MANIFEST), help="manifest JSON")
     s.add_argument("--lock-timeout", type=float, default=600.0,
-                   help="seconds to wait for another ingestion to finish")
+                   help="seconds to wait for another ingestion (or a program holding a "
+                   "lock on the SQLite store) to finish")
     s.add_argument("--relocate", action="store_true",
                    help="only rewrite a moved SQLite store's artifact locations, then exit")
     s.set_defaults(func=cmd_ingest)

@@ -340,8 +340,9 @@ def ingest(run_dirs: list[Path | str], suite: str, tracking_uri: str | None = No
 
             _quiet_mlflow_logs()
             import_s = time.time() - t0
-            client = MlflowClient(tracking_uri=uri)
-            runs, counts, exp_id, active = _write_all(client, suite, artifact_root, records)
+            runs, counts, exp_id, active = retry_while_locked(
+                lambda: _write_all(MlflowClient(tracking_uri=uri), suite, artifact_root,
+                                   records), db, lock_timeout)
     except Timeout as e:
         raise TrackingError(f"another ingestion holds {lock} for more than {lock_timeout:g} s; "
                             "wait for it or raise --lock-timeout") from e
@@ -369,6 +370,39 @@ def ingest(run_dirs: list[Path | str], suite: str, tracking_uri: str | None = No
             "per_written_run_mean": round(sum(written) / len(written), 4) if written else None,
         },
     }
+
+
+def retry_while_locked(action, db: Path | None, timeout: float):
+    """``action()``, retried with backoff while another process holds a lock on the SQLite
+    store ``db`` (e.g. an open transaction of a ``sqlite3`` shell); after ``timeout`` s one
+    line. Retrying is safe: ingestion is idempotent (runs are found again by run_key)."""
+    deadline = time.monotonic() + timeout
+    delay = 0.5
+    while True:
+        try:
+            return action()
+        except Exception as e:
+            if db is None or not _locked(e):
+                raise
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TrackingError(
+                    f"the MLflow store {db} stayed locked by another process for "
+                    f"{timeout:g} s (\"database is locked\"); end that program's transaction, "
+                    "or raise --lock-timeout, and rerun") from e
+            log.warning("%s is locked by another process; retrying in %.1f s", db,
+                        min(delay, left))
+            time.sleep(min(delay, left))
+            delay = min(2 * delay, 10.0)
+
+
+def _locked(e: BaseException | None) -> bool:
+    """SQLite's busy error, however wrapped (sqlite3, SQLAlchemy, MlflowException)."""
+    while e is not None:
+        if "database is locked" in str(e) or "database table is locked" in str(e):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
 
 
 def _write_all(client, suite, artifact_root, records):

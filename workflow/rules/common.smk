@@ -7,6 +7,7 @@ from pathlib import Path
 
 from snakemake.utils import validate
 
+from lt_bench.config import ConfigError
 from lt_bench.plan import Plan, run_dir
 
 
@@ -21,7 +22,13 @@ if os.path.realpath(os.getcwd()) != os.path.realpath(workflow.basedir):
     )
 validate(config, "../schemas/config.schema.yaml")
 PLAN = Plan(config)
-SUITE = PLAN.suite
+try:
+    SUITE = PLAN.suite
+except ConfigError as e:
+    # a name only the registries know (unknown method, dataset, backbone, suite): one line
+    # and exit 2 like every user error; raising would make Snakemake add traceback lines
+    print(f"config error: {e}", file=sys.stderr)
+    sys.exit(2)
 
 
 wildcard_constraints:
@@ -80,7 +87,9 @@ def head_job_args(wc, input):
 
 def write_runs_index(runs, out, log):
     """results/runs/{dataset}/index.txt: one metrics.json per line (rule runs_index)."""
-    Path(out).write_text("".join(f"{f}\n" for f in runs))
+    from lt_bench.runs.folder import write_runs_index as write_index
+
+    write_index(list(runs), out)
     Path(log).write_text(f"{len(runs)} runs -> {out}\n")
 
 
