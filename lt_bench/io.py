@@ -114,7 +114,8 @@ def check_output_folder(folder: str | os.PathLike, is_ours: Callable[[Path], boo
     folder: lt-bench never overwrites or deletes files it did not create (the rule of
     ``download-images``' extraction too, lt_bench/data/download.py).
     """
-    folder = Path(folder)
+    # lexically normalised: "new/../theirs" is "theirs" once "new" has been created
+    folder = Path(os.path.abspath(folder))
     if not folder.exists():
         return
     if not folder.is_dir():

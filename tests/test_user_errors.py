@@ -83,6 +83,103 @@ def _malicious_checkpoint(world):
     return path
 
 
+def _label_past_k(world):
+    """Features of a split list edited after `prepare`: a train label K (classes 0..K-1)."""
+    src = world["fd"]["bb0"]
+    dst = world["root"] / "labelk" / "toy" / "bb0"
+    dst.mkdir(parents=True, exist_ok=True)
+    for f in src.iterdir():
+        (dst / f.name).write_bytes(f.read_bytes())
+    t = pq.read_table(src / "train.parquet")
+    labels = t.column("label").to_numpy().copy()
+    labels[3] = K
+    t = t.set_column(t.schema.get_field_index("label"), "label", pa.array(labels))
+    pq.write_table(t, dst / "train.parquet")
+    return dst
+
+
+def _run_copy(world, name, metrics_text=None):
+    """A copy of a finished ce run; metrics.json removed (None) or replaced by ``metrics_text``."""
+    import shutil
+
+    dst = world["root"] / "copies" / name
+    shutil.rmtree(dst, ignore_errors=True)
+    shutil.copytree(world["runs"][("bb0", "ce", 0)], dst)
+    if metrics_text is None:
+        (dst / "metrics.json").unlink()
+    else:
+        (dst / "metrics.json").write_text(metrics_text)
+    return dst
+
+
+def _logits_of(world, name, metrics_text=None):
+    run = _run_copy(world, name, metrics_text)
+    return ["logits", str(run), "--out", str(world["root"] / "copies" / f"{name}.parquet")]
+
+
+def _train_to(world, out):
+    return ["train", "--method", "ce", "--features-dir", str(world["fd"]["bb0"]), "--out",
+            str(out), "--params", json.dumps(FAST)]
+
+
+def _into_users_folder(world):
+    d = world["root"] / "users_folder"
+    d.mkdir(exist_ok=True)
+    (d / "config.json").write_text('{"lr": 0.1, "mine": true}\n')
+    return _train_to(world, d)
+
+
+def _unchanged(path, text):
+    def check(world):
+        assert Path(path).read_text() == text
+
+    return check
+
+
+def _full_disk(world):
+    """A 1 MiB tmpfs, filled: a run saved there meets a real ENOSPC (root only)."""
+    import atexit
+    import os
+    import subprocess
+
+    mnt = world["root"] / "full_disk"
+    mnt.mkdir(exist_ok=True)
+    if os.geteuid() != 0 or subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)],
+            capture_output=True).returncode != 0:
+        pytest.skip("a full disk needs a tmpfs mount (root)")
+    atexit.register(subprocess.run, ["umount", "-l", str(mnt)], capture_output=True)
+    try:  # fill it to the last block
+        with open(mnt / "filler", "wb", buffering=0) as f:
+            while True:
+                f.write(b"\0" * 4096)
+    except OSError as e:
+        assert e.errno == 28  # ENOSPC: full
+    return mnt / "run"
+
+
+def _locked_store(world):
+    """An SQLite store another process holds an exclusive transaction on."""
+    import atexit
+    import sqlite3
+    import subprocess
+    import sys
+
+    db = world["root"] / "mlflow_locked" / "mlflow.db"
+    db.parent.mkdir(exist_ok=True)
+    sqlite3.connect(db).close()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sqlite3, sys, time\n"
+         "con = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+         "con.execute('BEGIN EXCLUSIVE'); print('locked', flush=True); time.sleep(300)",
+         str(db)], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "locked"
+    atexit.register(holder.kill)
+    return ["ingest", "--metrics", str(world["runs"][("bb0", "ce", 0)] / "metrics.json"),
+            "--tracking-uri", f"sqlite:///{db}", "--lock-timeout", "2",
+            "--out", str(db.parent / "ingested.json")]
+
+
 def _train(world, *extra, method="ce", fd="bb0", out="x"):
     return ["train", "--method", method, "--features-dir", str(world["fd"][fd]) if
             isinstance(fd, str) else str(fd), "--out", str(world["root"] / "bad" / out),
@@ -155,22 +252,72 @@ CASES = {
                    "--backbone", "toyclip0", "--checkpoint", str(_malicious_checkpoint(w)),
                    "--out-dir", str(w["root"] / "ext"), "--device", "cpu"],
         "not a plain state dict"),
+    "label beyond the class count (a list edited after prepare)": (
+        lambda w: _train(w, fd=_label_past_k(w)),
+        f"train.parquet: label {K} (row 3; 1 row(s) in all) is out of range [0, {K})"),
+    "logits of an unfinished run (no metrics.json)": (
+        lambda w: _logits_of(w, "unfinished"),
+        "is not a finished run (no metrics.json)"),
+    "logits of a run whose metrics.json is empty": (
+        lambda w: _logits_of(w, "empty", ""), "metrics.json: empty; expected the JSON file"),
+    "logits of a run whose metrics.json is not JSON": (
+        lambda w: _logits_of(w, "invalid", "{top1: 0.5"), "metrics.json: not valid JSON"),
+    "logits of a run whose metrics.json is a string": (
+        lambda w: _logits_of(w, "string", '"done"'),
+        "metrics.json: expected the JSON object of a finished run's metrics with a numeric "
+        "top1, got str"),
+    "epochs 1e12 (a float)": (
+        lambda w: _train(w, "--params", '{"epochs": 1e12}'),
+        "hyper-parameter epochs = 1000000000000.0 is invalid; expected an integer >= 1 "
+        "<= 1000000"),
+    "negative seed": (
+        lambda w: _train(w, "--seed", "-1"),
+        "argument --seed: expected an integer in [0, 2**32), got '-1'"),
+    "--out is a user's folder with their config.json": (
+        _into_users_folder,
+        "users_folder: not empty and not a run folder of lt-bench (it holds 'config.json'); "
+        "lt-bench never overwrites or deletes files it did not create",
+        lambda w: _unchanged(w["root"] / "users_folder" / "config.json",
+                             '{"lr": 0.1, "mine": true}\n')(w)),
+    "--runs with two runs sharing one out folder": (
+        lambda w: ["train", "--features-dir", str(w["fd"]["bb0"]), "--runs", json.dumps([
+            {"method": "la", "seed": 0, "out": str(_run_copy(w, "shared", (
+                w["runs"][("bb0", "ce", 0)] / "metrics.json").read_text())),
+             "params": FAST},
+            {"method": "ce", "seed": 0, "out": str(w["root"] / "copies" / "shared" / "."),
+             "params": FAST}])],
+        "--runs[0] and --runs[1] share the out folder",
+        lambda w: _unchanged(w["root"] / "copies" / "shared" / "metrics.json",
+                             (w["runs"][("bb0", "ce", 0)] / "metrics.json").read_text())(w)),
+    "a full disk while the run is saved": (
+        lambda w: _train_to(w, _full_disk(w)),
+        "no space left on the file system of"),
+    "a locked MLflow SQLite store": (
+        _locked_store,
+        "mlflow.db stayed locked by another process for 2 s"),
 }
 
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_bad_input_is_one_clear_line_and_exit_2(world, case, capsys):
-    argv, expected = CASES[case]
+    argv, expected, *kept = CASES[case]  # kept: checks that nothing computed was lost
     args = argv(world)
     capsys.readouterr()
-    rc = main(args)
+    try:
+        rc = main(args)
+    except SystemExit as e:  # argparse's own usage errors (they name the option)
+        rc = e.code
     err = capsys.readouterr().err
     assert rc == 2, (case, err[-2000:])
     assert expected in err, (case, err[-2000:])
     assert "Traceback" not in err and "weights_only=False" not in err
     out = Path(args[args.index("--out") + 1]) if "--out" in args else None
-    if out is not None and out.suffix != ".parquet":
+    if out is not None and out.suffix == ".parquet":
+        assert not out.exists()  # no logits from a refused run
+    elif out is not None and out.suffix != ".json":
         assert not (out / "metrics.json").exists()
+    for check in kept:
+        check(world)
 
 
 def test_metrics_json_is_strict_json_with_null_for_undefined(world):

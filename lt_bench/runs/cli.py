@@ -162,10 +162,11 @@ def cmd_finetune(args):
 
 
 def cmd_logits(args):
-    from lt_bench.runs.folder import read_metrics, write_logits
+    from lt_bench.runs.folder import read_metrics, read_run_config, write_logits
     from lt_bench.runs.predictors import run_logits
 
-    read_metrics(Path(args.run_dir))  # only a finished run has logits to give
+    read_run_config(Path(args.run_dir))  # a run folder at all,
+    read_metrics(Path(args.run_dir))  # and a finished one: only those have logits to give
     labels, logits = run_logits(Path(args.run_dir), args.split)
     write_logits(labels, logits, Path(args.out))
 

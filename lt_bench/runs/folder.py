@@ -267,7 +267,7 @@ def check_run_outs(outs: list[str | os.PathLike]) -> None:
 
     seen: dict[Path, int] = {}
     for i, out in enumerate(outs):
-        key = Path(out).absolute().resolve()
+        key = Path(os.path.abspath(out)).resolve()
         if key in seen:
             raise InputValidationError(
                 f"--runs[{seen[key]}] and --runs[{i}] share the out folder {out}; expected "
