@@ -68,6 +68,40 @@ def _tar_clobber(tmp_path: Path, monkeypatch) -> list[str]:
     return ["download-images", "places_lt", "--data-root", str(tmp_path / "data")]
 
 
+TOY = {"num_classes": 3, "max_per_class": 4, "imbalance": 2, "val_per_class": 1,
+       "test_per_class": 1}
+
+
+def _toy_split(tmp_path: Path) -> Path:
+    """A prepared toy split folder (through the CLI, as the workflow makes it)."""
+    d = tmp_path / "toy"
+    assert cli_main(["prepare", "toy", "--out", str(d), "--params", json.dumps(TOY)]) == 0
+    return d
+
+
+def _edited_list(tmp_path: Path, first_path: str) -> list[str]:
+    """The toy train.txt edited after prepare: its first path replaced by ``first_path``."""
+    d = _toy_split(tmp_path)
+    lines = (d / "train.txt").read_text().splitlines()
+    lines[0] = f"{first_path} 0"
+    (d / "train.txt").write_text("\n".join(lines) + "\n")
+    return ["verify-images", "toy", "--split-dir", str(d)]
+
+
+def _list_in(tmp_path: Path, encoding: str, text: str = "images/café/0.png 0\n") -> list[str]:
+    path = tmp_path / f"train_{encoding}.txt"
+    path.write_bytes((text + "images/b/1.png 1\n").encode(encoding))
+    return ["split-stats", str(path)]
+
+
+def _prepare_into_users_folder(tmp_path: Path) -> list[str]:
+    d = tmp_path / "mine"
+    d.mkdir()
+    (d / "notes.txt").write_text("my notes\n")
+    (d / "classnames.txt").write_text("my own class list\n")
+    return ["prepare", "toy", "--out", str(d), "--params", json.dumps(TOY)]
+
+
 CASES = [
     ("duplicate line in a split",
      lambda t, m: _places_lists(t, m, train=GOOD["train"] + [GOOD["train"][0]]),
@@ -107,6 +141,27 @@ CASES = [
      "written by `lt-bench prepare`"),
     ("tar member clobbers a user's file", _tar_clobber,
      "never overwrites or deletes files it did not create"),
+    ("split-list path leaving the image root with ..",
+     lambda t, m: _edited_list(t, "../../outside/secret.png"),
+     "train.txt, line 1: path '../../outside/secret.png' leaves the image root; expected a "
+     "path relative to it without '..'"),
+    ("absolute split-list path",
+     lambda t, m: _edited_list(t, "/etc/hostname"),
+     "train.txt, line 1: path '/etc/hostname' leaves the image root"),
+    ("Latin-1 split list",
+     lambda t, m: _list_in(t, "latin-1"),
+     "train_latin-1.txt: not UTF-8 text (byte 10: invalid continuation byte); expected a "
+     "UTF-8 file"),
+    ("UTF-16 split list",
+     lambda t, m: _list_in(t, "utf-16"),
+     "train_utf-16.txt: not UTF-8 text (byte 0: invalid start byte); expected a UTF-8 file"),
+    ("UTF-16 split list without its byte-order mark",
+     lambda t, m: _list_in(t, "utf-16-le", "images/a/0.png 0\n"),
+     "train_utf-16-le.txt: holds NUL characters (UTF-16?); expected a UTF-8 file"),
+    ("prepare --out into a folder holding the user's files",
+     lambda t, m: _prepare_into_users_folder(t),
+     "mine: not empty and not a split folder of lt-bench (it holds 'classnames.txt', "
+     "'notes.txt'); lt-bench never overwrites or deletes files it did not create"),
 ]
 
 
@@ -159,3 +214,33 @@ def test_prepare_prints_stats_over_the_written_classes(tmp_path, capsys):
     printed = json.loads(capsys.readouterr().out)
     assert printed["train"]["n_classes"] == 3 and printed["test"]["few"] == 3
     assert printed["train"]["max_count"] == 4 and printed["train"]["min_count"] == 1
+
+
+def test_prepare_leaves_a_users_folder_as_it_was(tmp_path, capsys):
+    argv = _prepare_into_users_folder(tmp_path)
+    assert cli_main(argv) == EXIT_USER_ERROR
+    d = tmp_path / "mine"
+    assert sorted(p.name for p in d.iterdir()) == ["classnames.txt", "notes.txt"]
+    assert (d / "classnames.txt").read_text() == "my own class list\n"
+
+
+def test_prepare_again_into_its_own_split_folder(tmp_path, capsys):
+    """A rerun of prepare replaces what prepare wrote (not a user's folder)."""
+    d = _toy_split(tmp_path)
+    assert cli_main(["prepare", "toy", "--out", str(d), "--params", json.dumps(TOY)]) == 0
+
+
+def test_a_utf8_bom_is_not_part_of_the_first_path(tmp_path, capsys):
+    """A list saved with a BOM (Windows editors): its first path is the image's path, so
+    verify-images finds every image, and split-stats counts the first line's class."""
+    from lt_bench.data.splits import read_split
+
+    d = _toy_split(tmp_path)
+    first = (d / "train.txt").read_text().splitlines()[0].rsplit(" ", 1)[0]
+    (d / "train.txt").write_bytes(b"\xef\xbb\xbf" + (d / "train.txt").read_bytes())
+    paths, _ = read_split(d / "train.txt")
+    assert paths[0] == first and (d / paths[0]).is_file()
+    capsys.readouterr()
+    assert cli_main(["verify-images", "toy", "--split-dir", str(d)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["n_missing"] == 0 and report["splits"]["train"]["n_missing"] == 0
