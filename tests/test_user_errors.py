@@ -397,3 +397,66 @@ def test_paths_with_spaces_quotes_and_non_ascii_reach_the_shell_intact(tmp_path)
     cmd = next(line for line in out.splitlines() if "lt-bench verify-images" in line)
     argv = shlex.split(cmd.split("lt-bench verify-images", 1)[1].split("2>")[0].split(">>")[0])
     assert argv[argv.index("--data-root") + 1] == str(root / "places365")
+
+
+@pytest.mark.slow
+def test_snakemake_unknown_method_in_a_suite_is_exactly_one_line(tmp_path):
+    """The registries' config check (lt_bench/config.py) under Snakemake: one line, exit 2,
+    no traceback lines (raised, Snakemake would append the frames of common.smk)."""
+    import subprocess
+    import sys
+
+    from conftest import copy_workflow
+
+    wf = copy_workflow(tmp_path / "wf")
+    (wf / "bad.yaml").write_text("suite: bad\nsuites:\n  bad: {datasets: [toy], backbones: "
+                                 "[toyclip0], methods: [ce, lx], seeds: [0]}\n")
+    r = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--cores", "1",
+                        "--configfile", "bad.yaml"], cwd=wf, capture_output=True, text=True)
+    assert r.returncode == 2, r.stdout + r.stderr
+    own = [line for line in (r.stdout + r.stderr).splitlines()
+           if not line.startswith(("Using workflow specific profile", "Config file "))]
+    assert own == ["config error: suites.bad.methods: unknown method 'lx'; valid methods: "
+                   + ", ".join(__import__("lt_bench.methods").methods.METHODS.names())]
+    assert not (wf / "results").exists()
+
+
+def test_tables_by_hand_and_by_the_workflow_agree(world, tmp_path, capsys):
+    """The same-backbone control's member runs at extra seeds (la at 1000, 2000) are
+    finished runs under results/runs, but not rows of the tables: `lt-bench tables` by hand
+    reads the workflow's index.txt (written from Plan.dataset_runs) and gives the same
+    tables as the workflow's `--metrics` list (before: LA over 3 runs instead of 1)."""
+    from lt_bench.plan import Plan
+    from lt_bench.runs.folder import write_runs_index
+
+    proj = tmp_path / "proj"
+    runs = proj / "results" / "runs"
+    la = {s: runs / "toy" / "toyclip0" / "la" / f"seed{s}" for s in (0, 1000, 2000)}
+    for s, out in la.items():
+        assert main(["train", "--method", "la", "--features-dir", str(world["fd"]["bb0"]),
+                     "--out", str(out), "--seed", str(s), "--params", json.dumps(FAST)]) == 0
+    bsb = runs / "toy" / "toyclip0" / "backdoor_same_backbone" / "seed0"
+    assert main(["train", "--method", "backdoor_same_backbone", "--out", str(bsb),
+                 "--members", *map(str, la.values())]) == 0
+    plan = Plan({"suite": "s", "suites": {"s": {
+        "datasets": ["toy"], "backbones": ["toyclip0"], "methods": ["la",
+                                                                     "backdoor_same_backbone"],
+        "seeds": [0]}}})
+    listed = plan.dataset_runs("toy")  # what rule runs_index writes
+    assert sorted(listed) == sorted(f"results/runs/toy/toyclip0/{m}/seed0/metrics.json"
+                                    for m in ("la", "backdoor_same_backbone"))
+    write_runs_index(listed, runs / "toy" / "index.txt")
+    by_wf, by_hand = tmp_path / "wf_tables", tmp_path / "hand_tables"
+    assert main(["tables", "--metrics", *(str(proj / f) for f in listed),
+                 "--out-dir", str(by_wf)]) == 0
+    assert main(["tables", "--runs-root", str(runs), "--out-dir", str(by_hand)]) == 0
+    wf_main, hand_main = pd.read_csv(by_wf / "main.csv"), pd.read_csv(by_hand / "main.csv")
+    pd.testing.assert_frame_equal(wf_main, hand_main)
+    assert wf_main.set_index("method").loc["la", "n_seeds"] == 1
+    assert (by_wf / "runs.csv").read_text().count("\n") == (
+        by_hand / "runs.csv").read_text().count("\n") == 3  # header + 2 runs
+    # runs made by hand only (no workflow, no index): every finished run, as before
+    (runs / "toy" / "index.txt").unlink()
+    assert main(["tables", "--runs-root", str(runs), "--out-dir", str(tmp_path / "all")]) == 0
+    assert pd.read_csv(tmp_path / "all" / "main.csv").set_index("method").loc[
+        "la", "n_seeds"] == 3
