@@ -102,7 +102,8 @@ def cmd_fig_dxp(a) -> None:
 
 def _runs_args(s) -> None:
     s.add_argument("--runs-root", default="results/runs")
-    s.add_argument("--metrics", nargs="*", help="explicit metrics.json files (default: all "
+    s.add_argument("--metrics", nargs="*", help="explicit metrics.json files (default: the "
+                   "runs of --runs-root/{dataset}/index.txt, the workflow's list, else all "
                    "finished runs under --runs-root)")
 
 
