@@ -100,7 +100,8 @@ def add_tracking_commands(sub: argparse._SubParsersAction) -> None:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     s.add_argument("--runs-root", default="results/runs",
                    help="folder of run folders {dataset}/{backbone}/{method}/seed{seed}")
-    s.add_argument("--metrics", nargs="*", help="explicit metrics.json files (default: every "
+    s.add_argument("--metrics", nargs="*", help="explicit metrics.json files (default: the "
+                   "runs of --runs-root/{dataset}/index.txt, the workflow's list, else every "
                    "finished run under --runs-root)")
     s.add_argument("--suite", default="demo", help="suite name: experiment lt-bench/<suite>")
     s.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI, else "
