@@ -13,7 +13,6 @@ from tqdm import tqdm
 
 from lt_bench.backbones.base import LoadedBackbone
 from lt_bench.features.store import read_meta
-from lt_bench.io import sha256_file
 
 log = logging.getLogger("lt_bench.features.extract")
 
@@ -50,7 +49,9 @@ def weights_id(backbone: LoadedBackbone) -> str:
     """What identifies the weights: a checkpoint file's sha256, else the pretrained tag."""
     p = backbone.pretrained
     if p and Path(p).is_file():
-        return "sha256:" + sha256_file(p)
+        from lt_bench.backbones.weights import sha256_file_cached
+
+        return "sha256:" + sha256_file_cached(Path(p))
     return str(p)
 
 
