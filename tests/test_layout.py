@@ -19,8 +19,8 @@ FLOORS = {
     "data": 1, "backbones": 1, "features": 1, "finetune": 1, "metrics": 1, "prior": 1,
     "config": 2, "methods": 2,
     "runs": 3, "plan": 3,
-    "report": 4, "tracking": 4,
-    "cli": 5,
+    "report": 4, "tracking": 4, "doctor": 4,
+    "cli": 5, "setup_cli": 5,
 }
 
 

@@ -171,6 +171,15 @@ def locate_weights(spec, checkpoint: str | os.PathLike | None = None, *,
     return _open_clip_file(spec, download, cache_dir)
 
 
+def weights_id(backbone) -> str:
+    """What identifies a loaded backbone's weights (features' metadata, run configs, MLflow):
+    ``sha256:<hex>`` of the loaded file, else the pretrained tag."""
+    p = backbone.pretrained
+    if p and Path(p).is_file():
+        return "sha256:" + sha256_file_cached(Path(p))
+    return str(p)
+
+
 def check_locked(spec, path: Path, lock: dict[str, LockEntry] | None = None,
                  lock_file: Path | None = None) -> str | None:
     """sha256 of ``path``, refused if the lock pins another; None when nothing is locked."""
