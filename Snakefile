@@ -8,6 +8,30 @@ min_version("9.0")
 configfile: "config.yaml"
 
 
+# A smoke run of any suite (`--config smoke=true`, lt_bench/smoke.py): the same DAG on a few
+# images of every class, one epoch, in its own working directory (smoke_dir).
+from lt_bench.smoke import wants_smoke
+
+config["smoke"] = wants_smoke(config)  # `smoke=true` arrives as a string
+if config["smoke"]:
+    import os
+
+    from snakemake.exceptions import WorkflowError
+
+    from lt_bench.errors import UserError
+    from lt_bench.smoke import DEFAULT_DIR, check_smoke_dir, smoke_config
+
+    config.update(smoke_config(config))
+    # the weights lock is the project's, not the smoke folder's
+    os.environ.setdefault("LT_BENCH_WEIGHTS_LOCK", os.path.abspath("resources/weights.lock"))
+    try:
+        SMOKE_DIR = check_smoke_dir(config.get("smoke_dir") or DEFAULT_DIR).resolve()
+    except UserError as e:
+        raise WorkflowError(str(e))
+
+    workdir: SMOKE_DIR
+
+
 report: "workflow/report/workflow.rst"
 
 

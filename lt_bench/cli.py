@@ -146,6 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     from lt_bench.data.cli import add_data_commands
     from lt_bench.report.cli import add_report_commands
     from lt_bench.runs.cli import add_run_commands
+    from lt_bench.setup_cli import add_setup_commands
     from lt_bench.tracking.cli import add_tracking_commands
 
     p = argparse.ArgumentParser(prog="lt-bench", description=__doc__.split("\n\n")[0])
@@ -157,6 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_run_commands(sub)  # prior, train, finetune, logits
     add_report_commands(sub)  # tables, figures, prior-table, report
     add_tracking_commands(sub)  # ingest, ui
+    add_setup_commands(sub)  # doctor, fetch-weights
     return p
 
 

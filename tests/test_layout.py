@@ -18,9 +18,9 @@ FLOORS = {
     "errors": 0, "registry": 0, "io": 0, "workflow_copy": 0, "argtypes": 0,
     "data": 1, "backbones": 1, "features": 1, "finetune": 1, "metrics": 1, "prior": 1,
     "config": 2, "methods": 2,
-    "runs": 3, "plan": 3,
-    "report": 4, "tracking": 4,
-    "cli": 5,
+    "runs": 3, "plan": 3, "smoke": 3,
+    "report": 4, "tracking": 4, "doctor": 4,
+    "cli": 5, "setup_cli": 5,
 }
 
 

@@ -274,6 +274,32 @@ def _load_timm(spec: BackboneSpec, checkpoint: str | Path | None,
                           str(checkpoint) if checkpoint is not None else name)
 
 
+def _locked_checkpoint(spec: BackboneSpec, checkpoint: str | Path | None):
+    """The file to load where ``resources/weights.lock`` pins ``spec``: found offline and
+    checked by sha256 (a changed file is an error naming both hashes), so a locked backbone
+    never reaches the network and always loads the weights the lock names."""
+    from lt_bench.backbones.weights import (
+        WeightsError,
+        check_locked,
+        locate_weights,
+        lock_path,
+        read_lock,
+        weights_source,
+    )
+
+    lock = read_lock()
+    if spec.name not in lock:
+        return checkpoint
+    path = locate_weights(spec, checkpoint)
+    if path is None:
+        raise WeightsError(
+            f"backbone {spec.name!r} is pinned in {lock_path()} but its weights "
+            f"({weights_source(spec)}) are not on this machine; run `lt-bench fetch-weights` "
+            "where there is network, with the same cache (HF_HOME) or --cache-dir")
+    check_locked(spec, path, lock)
+    return path
+
+
 def load_backbone(name: str, checkpoint: str | Path | None = None,
                   device: str | torch.device = "cpu") -> LoadedBackbone:
     """Build a backbone in eval mode on ``device``.
@@ -284,6 +310,7 @@ def load_backbone(name: str, checkpoint: str | Path | None = None,
     import torch
 
     spec = resolve_spec(name)
+    checkpoint = _locked_checkpoint(spec, checkpoint)
     device = torch.device(device)
     if spec.library == "timm":
         loaded = _load_timm(spec, checkpoint, device)

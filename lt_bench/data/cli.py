@@ -30,6 +30,11 @@ def cmd_prepare(args: argparse.Namespace) -> None:
     out = Path(args.out)
     check_split_out(out)  # a user's folder is refused before anything is written
     ds.prepare(out)
+    if args.smoke_limits:  # a smoke run (lt_bench/smoke.py): a few images of every class
+        from lt_bench.data.smoke import subsample_splits
+
+        subsample_splits(out, {s: int(n) for s, n in args.smoke_limits.items()},
+                         allow_val_in_train=ds.val_overlaps_train)
     # the class count of what was written (the toy world's is a parameter, not num_classes)
     k = len(read_classnames(out / "classnames.txt"))
     _print_json({split: split_stats(out / f"{split}.txt", k) for split in ds.splits})
@@ -83,6 +88,9 @@ def add_data_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, metavar="DIR",
                    help="output folder (the split dir), e.g. resources/data/toy")
     _params_arg(p)
+    p.add_argument("--smoke-limits", type=json_object, metavar="JSON",
+                   help="a smoke run: keep at most this many images of every class per "
+                        "split, e.g. '{\"train\": 3, \"val\": 2, \"test\": 2}'")
     p.set_defaults(func=cmd_prepare)
 
     p = sub.add_parser(

@@ -299,7 +299,11 @@ def read_inat_categories(path: Path, num_classes: int) -> list[str]:
 class LiftSplitDataset(Dataset):
     """A dataset whose split lists are pinned files of LIFT's repository."""
 
-    defaults: ClassVar[dict[str, Any]] = {"split_base_url": None, "split_dir_local": None}
+    #: ``verify_sources: false`` takes the lists in ``split_dir_local`` as they are (no
+    #: pinned checksum, no pinned statistics; the class count and every integrity check
+    #: stay): a user's own relabelled copy, or the synthetic real-layout lists of the tests
+    defaults: ClassVar[dict[str, Any]] = {"split_base_url": None, "split_dir_local": None,
+                                          "verify_sources": True}
     needs_data_root = True
     sources: ClassVar[dict[str, SourceFile]]
     expected_stats: ClassVar[dict[str, dict[str, int]]]
@@ -313,7 +317,8 @@ class LiftSplitDataset(Dataset):
         files = self.fetch_sources(split_dir / "source")
         try:
             for role, expected in self.expected_stats.items():
-                check_stats(files[role], expected, self.num_classes)
+                if self.params["verify_sources"]:
+                    check_stats(files[role], expected, self.num_classes)
             outputs = self.build_outputs(files)
         except Exception:
             # A source that passed its checksum but not the statistics is not trusted either.
@@ -322,7 +327,21 @@ class LiftSplitDataset(Dataset):
             raise
         self.write_outputs(split_dir, files, outputs)
 
+    def check_params(self) -> None:
+        if not self.params["verify_sources"] and not self.params["split_dir_local"]:
+            raise DatasetParamError(
+                f"dataset {self.name!r}: verify_sources: false needs split_dir_local (lists "
+                "downloaded from LIFT are always checked against their pinned hashes)")
+
     def fetch_sources(self, source_dir: Path) -> dict[str, Path]:
+        if not self.params["verify_sources"]:
+            local = Path(self.params["split_dir_local"])
+            out = {}
+            for role, spec in self.sources.items():
+                out[role] = source_dir / spec.filename
+                with atomic_path(out[role]) as tmp:
+                    shutil.copyfile(_find_local(spec, local), tmp)
+            return out
         return {
             role: fetch_source(spec, source_dir, base_url=self.params["split_base_url"],
                                local_dir=self.params["split_dir_local"])
@@ -412,6 +431,7 @@ class INat2018(LiftSplitDataset):
     VAL_POLICIES: ClassVar[tuple[str, ...]] = ("train_subset", "holdout")
 
     def check_params(self) -> None:
+        super().check_params()
         policy = self.params["val_policy"]
         if policy not in self.VAL_POLICIES:
             raise DatasetParamError(

@@ -11,9 +11,7 @@ import pyarrow as pa
 import torch
 from tqdm import tqdm
 
-from lt_bench.backbones.base import LoadedBackbone
 from lt_bench.features.store import read_meta
-from lt_bench.io import sha256_file
 
 log = logging.getLogger("lt_bench.features.extract")
 
@@ -44,14 +42,6 @@ def library_versions() -> dict[str, str]:
 
     return {"torch": torch.__version__, "open_clip": open_clip.__version__,
             "timm": timm.__version__, "pyarrow": pa.__version__}
-
-
-def weights_id(backbone: LoadedBackbone) -> str:
-    """What identifies the weights: a checkpoint file's sha256, else the pretrained tag."""
-    p = backbone.pretrained
-    if p and Path(p).is_file():
-        return "sha256:" + sha256_file(p)
-    return str(p)
 
 
 def _shard_bounds(i: int, shard_size: int, n: int) -> tuple[int, int]:

@@ -47,6 +47,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from lt_bench.backbones.base import LoadedBackbone
+from lt_bench.backbones.weights import weights_id
 from lt_bench.data.splits import read_split
 from lt_bench.errors import UserError
 from lt_bench.features._util import (  # noqa: F401  (re-exported: the CLI imports them)
@@ -58,7 +59,6 @@ from lt_bench.features._util import (  # noqa: F401  (re-exported: the CLI impor
     _yield_to_model,
     auto_num_workers,
     library_versions,
-    weights_id,
 )
 from lt_bench.features.store import (
     META_KEY,

@@ -46,6 +46,7 @@ def finetune_run(method: str, split_dir: Path, image_root: Path, backbone: str,
                  group_counts: np.ndarray | None = None) -> dict[str, Any]:
     """Fine-tune ``backbone`` with ``method`` (consumes "images") and write its run folder."""
     from lt_bench.backbones import load_backbone
+    from lt_bench.backbones.weights import weights_id
     from lt_bench.data.splits import read_classnames, split_hash
     from lt_bench.features.store import read_text_embeddings
     from lt_bench.finetune.loop import finetune
@@ -77,6 +78,7 @@ def finetune_run(method: str, split_dir: Path, image_root: Path, backbone: str,
                       pretrain_prior=pf.q_hat if pf else None, device=device)
     loss_fn = loss_method.prepare_loss(lctx)
     bb = load_backbone(backbone, checkpoint=checkpoint, device="cpu")
+    weights = weights_id(bb)  # sha256 of the loaded file (checked against the weights lock)
     cfg = bb.preprocess_cfg()
     unfinish(out_dir)
     result = finetune(model=bb.model, train_items=train,
@@ -103,6 +105,7 @@ def finetune_run(method: str, split_dir: Path, image_root: Path, backbone: str,
         "features_dir": None, "text_features": str(Path(features_dir) / "text.parquet"),
         "text_sha256": sha256_file(Path(features_dir) / "text.parquet"),
         "checkpoint": str(checkpoint) if checkpoint else None,
+        "weights": weights,
         "split_sha256": {s: split_hash(split_dir / f"{s}.txt") for s in ("train", "val", "test")},
         "num_classes": k, "prior": str(prior) if prior else None, "device": device,
     }

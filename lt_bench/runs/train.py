@@ -211,6 +211,8 @@ def _fit_one(feats: _Features, run: dict[str, Any], m, *, tune: bool, device: st
     config = {
         "method": method, "consumes": "features", "hparams": m.hparams, "seed": seed,
         "dataset": meta.get("dataset"), "backbone": meta.get("backbone"),
+        # what identifies the weights the features came from (sha256 of the loaded file)
+        "weights": meta.get("weights"),
         "features_dir": str(feats.dir),
         "feature_sha256": {s: feats.sha[s] for s in SPLITS},
         "split_sha256": {s: f.meta.get("split_sha256") for s, f in splits.items()},

@@ -331,6 +331,8 @@ def read_run_folder(run_dir: Path | str, suite: str, commit: str | None = None,
         "git_commit": str(config.get("git_commit") or commit or "unknown"),
     }
     tags["mlflow.source.git.commit"] = tags["git_commit"]
+    if config.get("weights"):  # "sha256:<hex>" of the backbone's weights file, or the tag
+        tags["weights"] = str(config["weights"])
     for kind in ("feature_sha256", "split_sha256"):
         hashes = config.get(kind) or {}
         for split, h in sorted(hashes.items()):

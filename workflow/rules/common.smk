@@ -9,13 +9,16 @@ from snakemake.utils import validate
 
 from lt_bench.config import ConfigError
 from lt_bench.plan import Plan, run_dir
+from lt_bench.smoke import EXPERIMENT_SUFFIX as SMOKE_SUFFIX
+from lt_bench.smoke import per_class as smoke_limits
 
 
 # Jobs call the `lt-bench` CLI installed next to this Python; put it first on PATH so
 # `.venv/bin/snakemake` works without activating the venv (also inside SLURM jobs).
 shell.prefix(f"set -euo pipefail; export PATH={shlex.quote(os.path.dirname(sys.executable))}:$PATH; ")
 
-if os.path.realpath(os.getcwd()) != os.path.realpath(workflow.basedir):
+_WORKDIR = globals().get("SMOKE_DIR") or workflow.basedir  # the Snakefile's smoke block
+if os.path.realpath(os.getcwd()) != os.path.realpath(_WORKDIR):
     raise WorkflowError(
         f"run lt-bench's workflow from its project folder: cd {workflow.basedir} (the "
         f"working directory is {os.getcwd()}; results, resources and logs would land there)"

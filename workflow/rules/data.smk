@@ -22,13 +22,16 @@ rule prepare_dataset:
         # shlex.quote, not '...': a parameter value (a path) may hold an apostrophe
         dataset_params=lambda wc: shlex.quote(json.dumps(PLAN.dataset_params(wc.dataset), sort_keys=True)),
         split_dir=lambda wc: shlex.quote(f"resources/data/{wc.dataset}"),
+        # a smoke run keeps a few images of every class (lt_bench/smoke.py)
+        smoke=lambda wc: f"--smoke-limits {shlex.quote(json.dumps(smoke_limits(config)))}"
+        if config.get("smoke") else "",
     log:
         "logs/prepare_dataset/{dataset}.log",
     conda:
         "../envs/lt-bench.yaml"
     shell:
         "lt-bench prepare {wildcards.dataset} --out {params.split_dir}"
-        " --params {params.dataset_params} 2> {log:q}"
+        " --params {params.dataset_params} {params.smoke} 2> {log:q}"
 
 
 # Local: the (opt-in) download needs the network, which cluster nodes may lack. The

@@ -24,7 +24,8 @@ rule ingest_mlflow:
     output:
         "results/mlflow/ingested.json",
     params:
-        suite=SUITE.name,
+        # a smoke run has its own experiment, lt-bench/<suite>-smoke (lt_bench/smoke.py)
+        suite=SUITE.name + (SMOKE_SUFFIX if config.get("smoke") else ""),
         store=PLAN.tracking_store_id(),  # common.smk
     log:
         "logs/ingest_mlflow.log",

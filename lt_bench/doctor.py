@@ -1,0 +1,494 @@
+"""``lt-bench doctor``: check a machine before the first real run of a suite.
+
+One table, a line per check, each passed (✓), failed (✗, with the fix) or a warning (!),
+in well under a minute on a login node: it opens files, asks the hub cache (never the
+network), reads the GPU's properties and asks SLURM and the tracking store — it runs no
+model and writes nothing (the tracking check opens a write transaction and rolls it back).
+
+Areas (README, "Before your first full run"):
+- ``data``: per dataset of the suite, the split lists (prepared, or their source), the
+  image root, and a sample of listed images per split (spread over classes) that must exist
+  and decode;
+- ``weights``: per backbone, its weights found offline (hub cache or declared file) and,
+  where ``resources/weights.lock`` exists, equal to the locked sha256;
+- ``gpu``: count, memory, torch's CUDA build against the driver, the fine-tuning batch
+  against the memory (an estimate, a warning only);
+- ``disk``: free space under ``results/`` against :func:`estimate_bytes` of the plan;
+- ``slurm`` (with a SLURM profile): the partitions, account and GPUs the profile names;
+- ``tracking``: the MLflow store reachable and writable.
+
+Exit 0 when nothing failed, 2 otherwise (warnings do not fail).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sqlite3
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+OK, FAIL, WARN = "✓", "✗", "!"
+#: images decoded per split (spread over classes)
+DEFAULT_SAMPLE = 50
+#: headroom over the estimated results size
+DISK_MARGIN = 1.2
+
+
+@dataclass
+class Check:
+    area: str
+    name: str
+    status: str
+    detail: str
+    fix: str = ""
+
+
+def _yaml(path: Path) -> dict:
+    import yaml
+
+    return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+
+
+# --- data -----------------------------------------------------------------------------------
+
+def _split_sources(ds, split_dir: Path) -> tuple[dict[str, Path], str]:
+    """The split lists to sample from: the prepared ones, else the local sources."""
+    prepared = {s: split_dir / f"{s}.txt" for s in ds.splits}
+    if all(p.is_file() for p in prepared.values()):
+        return prepared, f"prepared in {split_dir}"
+    sources = getattr(ds, "sources", None)
+    local = ds.params.get("split_dir_local") if sources else None
+    if sources and local:
+        from lt_bench.data.lift import _find_local
+
+        return ({s: _find_local(sources[s], Path(local)) for s in ds.splits if s in sources},
+                f"from split_dir_local {local}")
+    return {}, ""
+
+
+def _sample_lines(path: Path, n: int) -> list[tuple[str, int]]:
+    """Up to ``n`` (path, label) of a list, one class after another (round robin)."""
+    from lt_bench.data.splits import read_split
+
+    paths, labels = read_split(path)
+    by_class: dict[int, list[str]] = {}
+    for p, y in zip(paths, labels, strict=True):
+        by_class.setdefault(int(y), []).append(p)
+    classes = sorted(by_class)
+    out: list[tuple[str, int]] = []
+    depth = 0
+    while len(out) < n and any(depth < len(by_class[c]) for c in classes):
+        for c in classes:
+            if depth < len(by_class[c]) and len(out) < n:
+                out.append((by_class[c][depth], c))
+        depth += 1
+    return out
+
+
+def check_data(plan, dataset: str, results: Path, sample: int) -> list[Check]:
+    from lt_bench.data.images import _decode_error
+    from lt_bench.errors import UserError
+
+    out: list[Check] = []
+    try:
+        ds = plan.dataset(dataset)
+    except (UserError, ValueError) as e:
+        return [Check("data", dataset, FAIL, str(e), f"fix datasets.{dataset} in the config")]
+    split_dir = Path("resources/data") / dataset
+    if not plan.reads_data_root(dataset):
+        return [Check("data", dataset, OK, "images are generated or downloaded by "
+                      "`lt-bench prepare` (no data_root needed)")]
+    try:
+        lists, where = _split_sources(ds, split_dir)
+    except UserError as e:
+        lists, where = {}, str(e)
+    if lists:
+        out.append(Check("data", f"{dataset} split lists", OK, where))
+    else:
+        out.append(Check("data", f"{dataset} split lists", WARN,
+                         where or "not prepared; `lt-bench prepare` downloads LIFT's pinned "
+                         "lists (needs network on the machine that runs it)",
+                         f"offline: set datasets.{dataset}.split_dir_local to a copy of "
+                         "LIFT's datasets/ folder"))
+    image_dir = plan.image_dir(dataset)
+    try:
+        root = ds.image_root(split_dir, image_dir)
+    except UserError as e:
+        out.append(Check("data", f"{dataset} images", FAIL, str(e).splitlines()[0],
+                         "set data_root (and data_dirs) to where the images are: "
+                         f"--config data_root=/datasets; layout in `lt-bench prepare {dataset}`"
+                         " errors and README"))
+        return out
+    out.append(Check("data", f"{dataset} image root", OK, str(root)))
+    for split, path in lists.items():
+        items = _sample_lines(path, sample)
+        missing = [p for p, _ in items if not (root / p).is_file()]
+        bad = [(p, e) for p, _ in items if (root / p).is_file()
+               for e in [_decode_error(root / p)] if e]
+        name = f"{dataset} {split} images"
+        classes = len({y for _, y in items})
+        if missing:
+            out.append(Check("data", name, FAIL,
+                             f"{len(missing)} of {len(items)} sampled images missing, e.g. "
+                             f"{root / missing[0]}",
+                             "the image root's layout must match the split lists' paths"))
+        elif bad:
+            out.append(Check("data", name, FAIL,
+                             f"{len(bad)} of {len(items)} sampled images do not decode, e.g. "
+                             f"{root / bad[0][0]}: {bad[0][1]}",
+                             f"re-download the images; `lt-bench verify-images {dataset}` "
+                             "checks every one"))
+        else:
+            out.append(Check("data", name, OK,
+                             f"{len(items)} sampled images over {classes} classes decode"))
+    return out
+
+
+# --- weights --------------------------------------------------------------------------------
+
+def check_weights(backbones: list[str], lock_file: Path) -> list[Check]:
+    from lt_bench.backbones.base import resolve_spec
+    from lt_bench.backbones.weights import (
+        WeightsError,
+        check_locked,
+        locate_weights,
+        read_lock,
+        weights_source,
+    )
+
+    out: list[Check] = []
+    try:
+        lock = read_lock(lock_file)
+    except WeightsError as e:
+        return [Check("weights", str(lock_file), FAIL, str(e),
+                      "rewrite it with `lt-bench fetch-weights --suite S`")]
+    for name in backbones:
+        spec = resolve_spec(name)
+        if spec.library == "toy":
+            out.append(Check("weights", name, OK, "toy CLIP: pre-trained by the pipeline"))
+            continue
+        path = locate_weights(spec)
+        if path is None:
+            out.append(Check("weights", name, FAIL,
+                             f"{weights_source(spec)} not found offline (hub cache / file)",
+                             "`lt-bench fetch-weights --suite S` on a machine with network, "
+                             "with the same HF_HOME as the GPU nodes"))
+            continue
+        try:
+            sha = check_locked(spec, path, lock, lock_file)
+        except WeightsError as e:
+            out.append(Check("weights", name, FAIL, str(e),
+                             "restore the locked file or re-run `lt-bench fetch-weights`"))
+            continue
+        if sha is None:
+            out.append(Check("weights", name, WARN, f"{path} (not pinned)",
+                             "`lt-bench fetch-weights --suite S` writes resources/weights.lock"))
+        else:
+            out.append(Check("weights", name, OK, f"{path} matches the lock ({sha[:12]}…)"))
+    unused = sorted(set(lock) - set(backbones))
+    if unused:  # a lock written for another suite: its pins would not protect this one
+        out.append(Check("weights", str(lock_file), FAIL,
+                         f"pins {', '.join(unused)}, not a backbone of this suite",
+                         "`lt-bench fetch-weights --suite S` writes the lock of suite S"))
+    return out
+
+
+# --- GPU ------------------------------------------------------------------------------------
+
+def finetune_gib(batch: int, *, width: int = 768, layers: int = 12, tokens: int = 197) -> float:
+    """Estimated GPU memory of one fine-tuning step (ViT, AMP): activations kept for the
+    backward pass ≈ batch × layers × tokens × width × 2 bytes × 24 (the tensors a ViT block
+    saves, LayerNorms, attention, MLP at 4× width) + 1 GiB for weights, optimiser and CUDA
+    context. An estimate to warn with, not a measurement."""
+    return (batch * layers * tokens * width * 2 * 24) / 2**30 + 1.0
+
+
+def _driver_version() -> str | None:
+    exe = shutil.which("nvidia-smi")
+    if not exe:
+        return None
+    try:
+        r = subprocess.run([exe, "--query-gpu=driver_version", "--format=csv,noheader"],
+                           capture_output=True, text=True, timeout=20, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return r.stdout.strip().splitlines()[0] if r.returncode == 0 and r.stdout.strip() else None
+
+
+def check_gpu(needs_gpu: bool, on_slurm: bool, batch: int) -> list[Check]:
+    import torch
+
+    driver = _driver_version()
+    cuda = torch.version.cuda
+    if not torch.cuda.is_available():
+        if driver:
+            return [Check("gpu", "CUDA", FAIL,
+                          f"driver {driver} present but torch (CUDA build {cuda}) sees no GPU",
+                          "install a torch build for this driver's CUDA version "
+                          "(pip install torch==<version> --index-url <the matching CUDA index>)")]
+        # A warning, not a failure: doctor runs on login nodes, and CPU runs are possible
+        where = ("the GPU nodes are checked by the smoke run" if on_slurm
+                 else "the suite's extraction and fine-tuning need one" if needs_gpu
+                 else "the toy world runs on CPUs")
+        return [Check("gpu", "GPUs", WARN, f"no GPU visible here (torch {torch.__version__}); "
+                      f"{where}", "" if on_slurm or not needs_gpu else
+                      "run the suite on a GPU machine, or with a SLURM profile")]
+    out = []
+    n = torch.cuda.device_count()
+    mems = [torch.cuda.get_device_properties(i).total_memory / 2**30 for i in range(n)]
+    out.append(Check("gpu", "GPUs", OK,
+                     f"{n} × {torch.cuda.get_device_name(0)}, {min(mems):.0f} GiB; torch CUDA "
+                     f"{cuda}, driver {driver or '?'}"))
+    need = finetune_gib(batch)
+    if need > min(mems):
+        out.append(Check("gpu", "fine-tuning batch", WARN,
+                         f"batch {batch} needs ~{need:.0f} GiB (estimate) > {min(mems):.0f} GiB",
+                         "lower methods.<fine-tuned method>.batch_size or use a larger GPU"))
+    return out
+
+
+# --- disk -----------------------------------------------------------------------------------
+
+def dataset_shape(plan, dataset: str) -> tuple[int, dict[str, int]] | None:
+    """(K, rows per split): from the prepared lists, else the dataset's known statistics,
+    else the toy world's parameters; None where unknown before ``prepare``."""
+    from lt_bench.data import DATASETS
+
+    split_dir = Path("resources/data") / dataset
+    cls = DATASETS.get(dataset)
+    names = split_dir / "classnames.txt"
+    if names.is_file() and all((split_dir / f"{s}.txt").is_file() for s in cls.splits):
+        k = sum(1 for line in names.read_text(encoding="utf-8").splitlines() if line.strip())
+        return k, {s: sum(1 for _ in open(split_dir / f"{s}.txt", encoding="utf-8"))
+                   for s in cls.splits}
+    stats = getattr(cls, "expected_stats", None)
+    if stats:
+        return cls.num_classes, {s: v["n_images"] for s, v in stats.items()}
+    if dataset == "toy":
+        p = plan.dataset(dataset).params
+        k = int(p["num_classes"])
+        train = sum(max(1, round(p["max_per_class"] * p["imbalance"] ** (-i / max(k - 1, 1))))
+                    for i in range(k))
+        return k, {"train": train, "val": p["val_per_class"] * k,
+                   "test": p["test_per_class"] * k}
+    return None
+
+
+def run_bytes(consumes: str, n_eval: int, k: int, d: int) -> int:
+    """Bytes of one run folder (docs: README "Disk"): a head run keeps its predictor
+    (K × D float32) and per-class rows; a fine-tuned run its val/test logits
+    (n_eval × K float32) and trainable weights; an ensemble only its per-class rows."""
+    small = 16_384 + 48 * k  # JSON files + per_class.parquet
+    if consumes == "images":
+        return small + n_eval * k * 4 + 2_500_000
+    if consumes == "runs":
+        return small
+    return small + k * d * 4
+
+
+def estimate_bytes(plan) -> tuple[int, list[str]]:
+    """Bytes the suite writes under results/ (features + runs + MLflow), and what is unknown."""
+    from lt_bench.backbones.base import resolve_spec
+
+    cfg = plan.config.get("extract") or {}
+    crops = 6 if cfg.get("tte") == "fivecrop" else 1
+    views = int(cfg.get("train_views") or 0)
+    total, unknown, shapes = 0, [], {}
+    for d in plan.suite.datasets:
+        shape = dataset_shape(plan, d)
+        if shape is None:
+            unknown.append(d)
+            continue
+        shapes[d] = shape
+        k, rows = shape
+        for b in plan.suite.backbones:
+            dim = resolve_spec(b).feature_dim or 768
+            per_row = dim * 2 + 64  # float16 feature + path and label
+            total += rows.get("train", 0) * per_row * (1 + views)
+            total += sum(n * per_row * crops for s, n in rows.items() if s != "train")
+            total += k * 512 * 4 * 2  # text.parquet
+    for d, b, m, _seed in plan.per_backbone_runs() + plan.ensemble_runs():
+        if d not in shapes:
+            continue
+        k, rows = shapes[d]
+        dim = 768 if b == "ensemble" else (resolve_spec(b).feature_dim or 768)
+        total += run_bytes(plan.consumes(m), rows.get("val", 0) + rows.get("test", 0), k, dim)
+        total += 48 * k + 8_192  # MLflow: per-class artifact, params and metrics
+    return total, unknown
+
+
+def _free_bytes(path: Path) -> int:
+    p = path.resolve()
+    while not p.exists():
+        p = p.parent
+    return shutil.disk_usage(p).free
+
+
+def check_disk(plan, results: Path) -> list[Check]:
+    need, unknown = estimate_bytes(plan)
+    need = int(need * DISK_MARGIN)
+    free = _free_bytes(results)
+    gib = 2**30
+    detail = (f"~{need / gib:.1f} GiB needed (estimate +{round((DISK_MARGIN - 1) * 100)} %), "
+              f"{free / gib:.1f} GiB free under {results}")
+    if unknown:
+        detail += f"; not counted until prepared: {', '.join(unknown)}"
+    if free < need:
+        return [Check("disk", "results/", FAIL, detail,
+                      "free space, or make results/ a link to a larger disk")]
+    return [Check("disk", "results/", OK, detail)]
+
+
+# --- SLURM ----------------------------------------------------------------------------------
+
+def _profile_resources(profile: Path) -> tuple[set[str], set[str], bool]:
+    cfg = _yaml(profile / "config.yaml")
+    blocks = [cfg.get("default-resources") or {}, *(cfg.get("set-resources") or {}).values()]
+    parts, accounts, gpus = set(), set(), False
+    for b in blocks:
+        if isinstance(b, list):  # `- key=value` form
+            b = dict(str(x).split("=", 1) for x in b if "=" in str(x))
+        parts |= {str(b["slurm_partition"]).strip("'\"")} if b.get("slurm_partition") else set()
+        accounts |= {str(b["slurm_account"]).strip("'\"")} if b.get("slurm_account") else set()
+        gpus = gpus or bool(b.get("gpu")) or "gpu" in str(b.get("gres", ""))
+    return {os.path.expandvars(p) for p in parts}, {os.path.expandvars(a) for a in accounts}, gpus
+
+
+def _run(cmd: list[str]) -> str | None:
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=30, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return r.stdout if r.returncode == 0 else None
+
+
+def check_slurm(profile: Path) -> list[Check]:
+    cfg_file = profile / "config.yaml"
+    if not cfg_file.is_file():
+        return [Check("slurm", str(profile), FAIL, f"{cfg_file} not found",
+                      "--profile names a folder with a Snakemake profile config.yaml")]
+    if _yaml(cfg_file).get("executor") != "slurm":
+        return []
+    if shutil.which("sinfo") is None:
+        return [Check("slurm", "sinfo", FAIL, "the profile uses SLURM but sinfo is not on PATH",
+                      "run doctor on the cluster's login node")]
+    parts, accounts, gpus = _profile_resources(profile)
+    out: list[Check] = []
+    listed = _run(["sinfo", "-h", "-o", "%R"])
+    if listed is None:
+        return [Check("slurm", "sinfo", FAIL, "sinfo failed (is slurmctld reachable?)",
+                      "check `sinfo` by hand")]
+    have = set(listed.split())
+    for p in sorted(parts):
+        if "$" in p:
+            out.append(Check("slurm", f"partition {p}", FAIL, "an unset environment variable",
+                             f"export {p.strip('${}')} or edit {cfg_file}"))
+        elif p not in have:
+            out.append(Check("slurm", f"partition {p}", FAIL,
+                             f"not a partition here (have: {', '.join(sorted(have))})",
+                             f"set slurm_partition in {cfg_file}"))
+        else:
+            out.append(Check("slurm", f"partition {p}", OK, "exists"))
+    if not parts:
+        out.append(Check("slurm", "partition", OK,
+                         f"the cluster's default ({', '.join(sorted(have))})"))
+    if accounts and shutil.which("sacctmgr"):
+        assoc = _run(["sacctmgr", "-n", "-P", "show", "assoc", "format=account"]) or ""
+        known = {a.strip() for a in assoc.split()}
+        for a in sorted(accounts):
+            status = OK if a in known else FAIL
+            out.append(Check("slurm", f"account {a}", status,
+                             "exists" if status == OK else "not an account of the cluster",
+                             "" if status == OK else f"set slurm_account in {cfg_file}"))
+    if gpus:
+        gres = _run(["sinfo", "-h", "-o", "%G"]) or ""
+        status = OK if "gpu" in gres else FAIL
+        out.append(Check("slurm", "GPU gres", status,
+                         f"nodes offer {gres.split()[0] if gres.split() else 'no gres'}",
+                         "" if status == OK else "the profile asks for GPUs the cluster does "
+                         "not offer: set a GPU partition"))
+    return out
+
+
+# --- tracking -------------------------------------------------------------------------------
+
+def check_tracking(uri: str) -> list[Check]:
+    from lt_bench.tracking.records import sqlite_path
+
+    db = sqlite_path(uri)
+    if db is not None:
+        folder = db.parent
+        probe = folder
+        while not probe.exists():
+            probe = probe.parent
+        if not os.access(probe, os.W_OK):
+            return [Check("tracking", uri, FAIL, f"{probe} is not writable",
+                          "make results/mlflow writable or set MLFLOW_TRACKING_URI")]
+        if db.exists():
+            try:
+                con = sqlite3.connect(db, timeout=5)
+                con.execute("BEGIN IMMEDIATE")  # takes the write lock, then gives it back
+                con.rollback()
+                con.close()
+            except sqlite3.Error as e:
+                return [Check("tracking", uri, FAIL, f"{db}: {e}",
+                              "another process holds the store, or the file is damaged")]
+        return [Check("tracking", uri, OK, "writable" + ("" if db.exists() else
+                                                         " (created by the first ingest)"))]
+    if uri.startswith(("http://", "https://")):
+        import urllib.error
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5) as r:
+                ok = r.status == 200
+        except (urllib.error.URLError, OSError) as e:
+            return [Check("tracking", uri, FAIL, f"not reachable ({e})",
+                          "start the server or fix MLFLOW_TRACKING_URI; runs are kept in "
+                          "results/ and can be ingested later")]
+        return [Check("tracking", uri, OK if ok else FAIL, "server answers /health")]
+    return [Check("tracking", uri, WARN, "not checked (neither sqlite:/// nor http(s)://)")]
+
+
+# --- the whole check ------------------------------------------------------------------------
+
+def run_doctor(config: dict[str, Any], *, profile: Path | None = None,
+               results: Path = Path("results"), lock_file: Path | None = None,
+               tracking_uri: str | None = None, sample: int = DEFAULT_SAMPLE) -> list[Check]:
+    from lt_bench.backbones.weights import lock_path
+    from lt_bench.plan import Plan
+    from lt_bench.tracking.records import default_tracking_uri
+
+    plan = Plan(config)
+    suite = plan.suite
+    checks: list[Check] = []
+    for d in suite.datasets:
+        checks += check_data(plan, d, results, sample)
+    checks += check_weights(suite.backbones, lock_file or lock_path())
+    needs_gpu = any(not plan.is_toy_backbone(b) for b in suite.backbones)
+    on_slurm = profile is not None and (profile / "config.yaml").is_file() and \
+        _yaml(profile / "config.yaml").get("executor") == "slurm"
+    ft = [m for m in suite.methods if plan.consumes(m) == "images"]
+    batch = max((int(plan.hparams(m, d).get("batch_size", 0) or 0)
+                 for m in ft for d in suite.datasets), default=0)
+    checks += check_gpu(needs_gpu, on_slurm, batch)
+    checks += check_disk(plan, results)
+    if profile is not None:
+        checks += check_slurm(profile)
+    checks += check_tracking(tracking_uri or default_tracking_uri())
+    return checks
+
+
+def format_table(checks: list[Check]) -> str:
+    from tabulate import tabulate
+
+    rows = [(c.status, c.area, c.name, c.detail + (f"\n  fix: {c.fix}" if c.fix else ""))
+            for c in checks]
+    return tabulate(rows, headers=["", "area", "check", "result"], tablefmt="simple")
+
+
+def failed(checks: list[Check]) -> bool:
+    return any(c.status == FAIL for c in checks)
