@@ -143,28 +143,30 @@ def test_crt_reinitialises_the_classifier(world):
     train_run("crt", world["fd"], out, seed=0, prior=world["prior"],
               hparams={"lr": 1e-12, "epochs": 1, "weight_decay": 0.0, "batch_size": 64})
     w = load_file(str(out / "predictor.safetensors"))["term0.weight"]
-    # lr ~ 0: the weights are the N(0, 0.01^2) init of seed 0, not the CE head's
-    rng = np.random.default_rng(0)
-    np.testing.assert_allclose(w, rng.normal(0, 0.01, w.shape), rtol=1e-5, atol=1e-8)
+    # lr ~ 0: the weights are LIFT's unit-norm random init of seed 0 (tests/test_crt.py),
+    # not the CE head's
+    u = np.random.default_rng(0).uniform(-1, 1, w.shape)
+    np.testing.assert_allclose(w, _unit(u), rtol=1e-5, atol=1e-7)
     assert not np.allclose(w, _ce_weight(world), atol=1e-3)
     hp = read_json(out / "config.json")["hparams"]
-    assert hp["sampler"] == "class_balanced" and hp["init"] == "random"
+    assert hp["sampler"] == "class_aware" and hp["init"] == "random"
+    assert hp["num_samples_cls"] == 4
 
 
-def test_crt_retrains_with_class_balanced_batches(world, monkeypatch):
+def test_crt_retrains_with_class_aware_batches(world, monkeypatch):
     from lt_bench.methods import _heads
 
     seen = []
     real = _heads.batch_indices
 
-    def spy(labels, batch_size, sampler, rng):
+    def spy(labels, batch_size, sampler, rng, class_aware=None):
         seen.append(sampler)
-        return real(labels, batch_size, sampler, rng)
+        return real(labels, batch_size, sampler, rng, class_aware)
 
     monkeypatch.setattr(_heads, "batch_indices", spy)
     out = world["root"] / "runs" / "crt_trained"
     train_run("crt", world["fd"], out, seed=0, hparams={"epochs": 2, "batch_size": 32})
-    assert seen == ["class_balanced"] * 2
+    assert seen == ["class_aware"] * 2
     assert len(read_json(out / "history.json")) == 2
 
 
