@@ -168,7 +168,9 @@ def estimate_prior(logits: np.ndarray, labels: np.ndarray,
 
 def zero_shot_logits(features_dir: Path, split: str = "val") -> tuple[np.ndarray, np.ndarray]:
     """(labels, logits) of the CLIP text classifier ``s · cos(e(x), t_k)`` on ``split``
-    (``e(x)`` is ``encode_image``: the stored projection maps pre-projection features)."""
+    (``e(x)`` is ``encode_image``: the stored projection maps pre-projection features).
+    Where the split has test-time crops (five-crop TTE) the logits are averaged over them,
+    as every run's val/test logits are: T and q̂ are fitted on what the runs report."""
     from lt_bench.features.store import read_features, read_text_embeddings
 
     features_dir = Path(features_dir)
@@ -178,6 +180,9 @@ def zero_shot_logits(features_dir: Path, split: str = "val") -> tuple[np.ndarray
             f"{features_dir}: backbone {text.meta.get('backbone')!r} has no text tower, so "
             "no zero-shot logits and no prior estimate")
     feats = read_features(features_dir / f"{split}.parquet")
+    if feats.crops is not None:
+        z = np.asarray(text.zero_shot_logits(feats.crops), dtype=np.float64).mean(1)
+        return feats.labels, z
     return feats.labels, np.asarray(text.zero_shot_logits(feats.features), dtype=np.float64)
 
 
