@@ -155,6 +155,12 @@ CASES = {
                    "--backbone", "toyclip0", "--checkpoint", str(_malicious_checkpoint(w)),
                    "--out-dir", str(w["root"] / "ext"), "--device", "cpu"],
         "not a plain state dict"),
+    "cRT class-aware sampler drawing 0 images a class": (
+        lambda w: _train(w, "--params", '{"num_samples_cls": 0}', method="crt"),
+        "num_samples_cls = 0 is invalid"),
+    "class-aware sampler on a head without num_samples_cls": (
+        lambda w: _train(w, "--params", '{"sampler": "class_aware"}', method="la"),
+        "sampler = 'class_aware' needs num_samples_cls"),
 }
 
 
