@@ -134,10 +134,11 @@ class ClassAwareSampler:
         out = np.empty((tuples, self.per_class), dtype=np.int64)
         # each class's tuples take consecutive images of its own cycle, in epoch order:
         # the sequential generator's draws, computed one class at a time
-        for c in np.unique(drawn):
-            at = np.flatnonzero(drawn == c)
-            out[at] = self.images[self.index[int(c)]].take(len(at) * self.per_class
-                                                            ).reshape(len(at), self.per_class)
+        # (grouped by one stable sort: iNat2018's epoch has 2 M tuples of 8,142 classes)
+        by_class = np.argsort(drawn, kind="stable")
+        for at in np.split(by_class, np.flatnonzero(np.diff(drawn[by_class])) + 1):
+            cycle = self.images[self.index[int(drawn[at[0]])]]
+            out[at] = cycle.take(len(at) * self.per_class).reshape(len(at), self.per_class)
         return out.reshape(-1)[:self.epoch_size]
 
 
