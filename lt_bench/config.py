@@ -74,11 +74,18 @@ def resolve_suite(config: dict[str, Any]) -> Suite:
                  [int(x) for x in s["seeds"]], None if ft is None else [int(x) for x in ft])
 
 
+#: the key of ``method_overrides.<dataset>`` holding overrides of every fine-tuned method
+FINETUNE_GROUP = "finetune"
+
+
 def method_hparams(config: dict[str, Any], method: str, dataset: str) -> dict[str, Any]:
     """Resolved hyper-parameters: method defaults < config.methods < per-dataset overrides.
 
     Overrides apply only to keys the method accepts (``epochs: 20`` for iNat2018 touches
-    trained heads, not zero-shot).
+    trained heads, not zero-shot). ``finetune: {...}`` holds overrides of every method that
+    fine-tunes the backbone (consumes images), one setting for all of them (the toy world's
+    shorter fine-tuning must keep the CE control like-for-like with the LA runs); a
+    method's own name holds overrides of that method only, applied last.
     """
     from lt_bench.methods import METHODS
 
@@ -91,6 +98,16 @@ def method_hparams(config: dict[str, Any], method: str, dataset: str) -> dict[st
     over = dict(config.get("method_overrides", {}).get(dataset) or {})
     # a method's name holds overrides of that method only (toy: {adaptformer_la: {epochs: 2}})
     per_method = {k: over.pop(k) for k in list(over) if k in METHODS}
+    finetune = over.pop(FINETUNE_GROUP, None) or {}
+    tuners = [c for _, c in METHODS.items() if c.consumes == "images"]
+    if not isinstance(finetune, dict):
+        raise ConfigError(f"method_overrides.{dataset}.{FINETUNE_GROUP}: expected a mapping of "
+                          f"fine-tuning hyper-parameters, got {finetune!r}")
+    wrong = set(finetune) - set().union(*(c.defaults for c in tuners))
+    if wrong:
+        raise ConfigError(f"method_overrides.{dataset}.{FINETUNE_GROUP}: unknown fine-tuning "
+                          f"hyper-parameter(s) {sorted(wrong)}; valid: "
+                          f"{sorted(set().union(*(c.defaults for c in tuners)))}")
     bad = set(over) - set().union(*(c.defaults for _, c in METHODS.items()))
     if bad:
         raise ConfigError(f"method_overrides.{dataset}: unknown hyper-parameter(s) "
@@ -104,5 +121,6 @@ def method_hparams(config: dict[str, Any], method: str, dataset: str) -> dict[st
             raise ConfigError(f"method_overrides.{dataset}.{name}: unknown hyper-parameter(s) "
                               f"{sorted(wrong)}; valid: {sorted(METHODS.get(name).defaults)}")
     mine = per_method.get(method) or {}
+    group = finetune if cls.consumes == "images" else {}
     return {**cls.defaults, **given, **{k: v for k, v in over.items() if k in cls.defaults},
-            **mine}
+            **group, **mine}

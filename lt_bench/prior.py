@@ -5,6 +5,8 @@
    accuracy (a 1-D root find on log T; accuracy does not depend on T);
 3. ``q̂ = argmin_{q ∈ simplex} mean CE(z/T − log q, y)`` with ``q = softmax(θ)``, solved
    with L-BFGS in float64 on the CPU (deterministic; the problem is convex in log q).
+   ``solver="gla_sgd"`` instead runs GLA's shipped solver (``pp_solver``, below), which
+   stops far from that argmin: a like-for-like option, not the default.
 
 At the optimum the debiased model's mean predicted distribution on the balanced split
 matches the uniform label marginal, which is what removing the pre-training prior means.
@@ -92,16 +94,83 @@ def fit_prior(logits: np.ndarray, labels: np.ndarray, max_iter: int = 500) -> np
     return torch.softmax(theta.detach(), 0).numpy()
 
 
+#: the q̂ solvers: the argmin of GLA's stated objective, or GLA's shipped SGD loop
+SOLVERS = ("argmin", "gla_sgd")
+#: GLA's pp_solver: 1,000 steps
+GLA_SGD_STEPS = 1000
+
+
+class PriorSolverDiverged(InputValidationError):
+    """GLA's Lagrangian SGD left the simplex (q_k ≤ 0: its CE is NaN), as GLA's own code
+    does on such input; no prior file is written."""
+
+
+def gla_sgd_prior(logits: np.ndarray, labels: np.ndarray,
+                  steps: int = GLA_SGD_STEPS) -> np.ndarray:
+    """GLA's shipped q̂ solver, transcribed (BeierZhu/GLA, ``GLA.FS.public.zip``:
+    ``trainers/util.py::pp_solver``, the same in ``Code.zip``): the constrained problem
+    ``min_q CE(z − log q, y)`` s.t. ``1 − Σq = 0``, ``−q ≤ 0`` in cooper's Lagrangian
+    formulation, ``q`` itself the parameter (no softmax), from uniform ``q = 1/K``;
+    ``steps`` simultaneous gradient steps, plain SGD on both players at
+    ``lr = 1e-5 · (N/K) / 50``: primal descent on ``L = CE + λ_eq (1 − Σq) + λ_inᵀ(−q)``,
+    dual ascent ``λ += lr · defect`` from 0 (λ_in projected to ≥ 0), both with the defects
+    of the same forward pass. float32, as GLA runs it.
+
+    Returns q as the loop leaves it (not renormalised: GLA uses ``log q`` as is). Raises
+    :class:`PriorSolverDiverged` where a step leaves q ≤ 0 (GLA would return NaN logits).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    z = torch.as_tensor(np.asarray(logits), dtype=torch.float32)
+    y = torch.as_tensor(np.asarray(labels, dtype=np.int64))
+    n, k = z.shape
+    lr = 1e-5 * (n / k) / 50
+    q = (torch.ones(k) / k).requires_grad_(True)
+    lam_eq = torch.zeros(())
+    lam_in = torch.zeros(k)
+    for step in range(steps):
+        loss = F.cross_entropy(z - torch.log(q), y)
+        eq_defect, in_defect = 1 - q.sum(), -q
+        lagrangian = loss + (lam_in * in_defect).sum() + lam_eq * eq_defect
+        (grad,) = torch.autograd.grad(lagrangian, q)
+        with torch.no_grad():
+            q -= lr * grad
+            lam_eq = lam_eq + lr * eq_defect.detach()
+            lam_in = torch.relu(lam_in + lr * in_defect.detach())
+        if not torch.isfinite(q).all() or (q <= 0).any():
+            bad = int((~torch.isfinite(q) | (q <= 0)).sum())
+            raise PriorSolverDiverged(
+                f"prior solver gla_sgd: GLA's Lagrangian SGD left the simplex at step "
+                f"{step + 1} of {steps} (q <= 0 or not finite for {bad} of {k} classes, so "
+                f"its CE is NaN; lr {lr:.3g} for N = {n}, K = {k}), as GLA's own pp_solver "
+                "does on this input; use prior solver argmin (the argmin of GLA's objective)")
+    return q.detach().numpy().astype(np.float64)
+
+
 def estimate_prior(logits: np.ndarray, labels: np.ndarray,
-                   temperature: float | None = None) -> tuple[np.ndarray, float]:
-    """(q̂, T): T calibrated on (logits, labels) unless given, then q̂ fitted on ``z/T``."""
+                   temperature: float | None = None,
+                   solver: str = "argmin") -> tuple[np.ndarray, float]:
+    """(q̂, T): T calibrated on (logits, labels) unless given, then q̂ fitted on ``z/T`` by
+    ``solver`` (``argmin``: :func:`fit_prior`; ``gla_sgd``: :func:`gla_sgd_prior`)."""
+    if solver not in SOLVERS:
+        raise InputValidationError(f"prior solver {solver!r} is unknown; valid: "
+                                   f"{', '.join(SOLVERS)}")
     t = calibrate_temperature(logits, labels) if temperature is None else float(temperature)
-    return fit_prior(np.asarray(logits, dtype=np.float64) / t, labels), t
+    z = np.asarray(logits, dtype=np.float64) / t
+    if solver == "argmin":
+        return fit_prior(z, labels), t
+    # GLA uses log q as the loop leaves it; Σq is only near 1, and a common factor is a
+    # constant shift of every log q_k, which no logit comparison or CE sees: stored summed to 1
+    q = gla_sgd_prior(z, labels)
+    return q / q.sum(), t
 
 
 def zero_shot_logits(features_dir: Path, split: str = "val") -> tuple[np.ndarray, np.ndarray]:
     """(labels, logits) of the CLIP text classifier ``s · cos(e(x), t_k)`` on ``split``
-    (``e(x)`` is ``encode_image``: the stored projection maps pre-projection features)."""
+    (``e(x)`` is ``encode_image``: the stored projection maps pre-projection features).
+    Where the split has test-time crops (five-crop TTE) the logits are averaged over them,
+    as every run's val/test logits are: T and q̂ are fitted on what the runs report."""
     from lt_bench.features.store import read_features, read_text_embeddings
 
     features_dir = Path(features_dir)
@@ -111,6 +180,9 @@ def zero_shot_logits(features_dir: Path, split: str = "val") -> tuple[np.ndarray
             f"{features_dir}: backbone {text.meta.get('backbone')!r} has no text tower, so "
             "no zero-shot logits and no prior estimate")
     feats = read_features(features_dir / f"{split}.parquet")
+    if feats.crops is not None:
+        z = np.asarray(text.zero_shot_logits(feats.crops), dtype=np.float64).mean(1)
+        return feats.labels, z
     return feats.labels, np.asarray(text.zero_shot_logits(feats.features), dtype=np.float64)
 
 
@@ -207,13 +279,13 @@ def read_prior(path: Path | str, num_classes: int | None = None) -> PriorFile:
 
 
 def prior_from_features(features_dir: Path, out: Path, true_prior: Path | None = None,
-                        split: str = "val") -> dict[str, Any]:
+                        split: str = "val", solver: str = "argmin") -> dict[str, Any]:
     """Estimate q̂ from a features folder and write the prior file; returns its metadata."""
     features_dir = Path(features_dir)
     labels, logits = zero_shot_logits(features_dir, split)
     from lt_bench.features.store import read_meta
 
-    q_hat, t = estimate_prior(logits, labels)
+    q_hat, t = estimate_prior(logits, labels, solver=solver)
     val_meta = read_meta(features_dir / f"{split}.parquet")
     acc = float((logits.argmax(1) == labels).mean())
     meta: dict[str, Any] = {
@@ -225,6 +297,9 @@ def prior_from_features(features_dir: Path, out: Path, true_prior: Path | None =
         "feature_sha256": sha256_file(features_dir / f"{split}.parquet"),
         "method": "GLA: T by confidence = accuracy; q̂ = argmin CE(z/T − log q, y)",
     }
+    if solver != "argmin":  # recorded only off the default, so default files are unchanged
+        meta.update(solver=solver, method="GLA: T by confidence = accuracy; q̂ by GLA's "
+                    f"pp_solver ({GLA_SGD_STEPS} Lagrangian SGD steps from uniform)")
     q_true = None
     if true_prior is not None:
         q_true = read_true_prior(Path(true_prior), logits.shape[1])

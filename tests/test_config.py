@@ -91,6 +91,29 @@ def test_method_overrides_of_one_method(config):
         method_hparams(cfg, "ce", "toy")
 
 
+def test_finetune_overrides_apply_to_every_fine_tuned_method(config):
+    """method_overrides.<dataset>.finetune: one setting for every method that consumes
+    images (the CE control like-for-like with the LA runs), none for the heads; a method's
+    own entry still wins."""
+    cfg = copy.deepcopy(config)
+    for m in ("adaptformer_la", "adaptformer_ce", "vpt_la", "lora_la"):
+        hp = method_hparams(cfg, m, "toy")  # the shipped config
+        assert hp["epochs"] == 1 and list(hp["crop_scale"]) == [1.0, 1.0], m
+        assert hp["test_transform"] == "open_clip", m
+        assert method_hparams(cfg, m, "imagenet_lt")["epochs"] == 10, m
+    assert method_hparams(cfg, "la", "toy")["epochs"] == 10  # heads untouched
+    cfg["method_overrides"] = {"toy": {"finetune": {"epochs": 3},
+                                       "adaptformer_ce": {"epochs": 2}}}
+    assert method_hparams(cfg, "lora_la", "toy")["epochs"] == 3
+    assert method_hparams(cfg, "adaptformer_ce", "toy")["epochs"] == 2
+    cfg["method_overrides"] = {"toy": {"finetune": {"tau": 1.0}}}
+    with pytest.raises(ConfigError, match=r"method_overrides.toy.finetune: unknown .*'tau'"):
+        method_hparams(cfg, "la", "toy")
+    cfg["method_overrides"] = {"toy": {"finetune": 1}}
+    with pytest.raises(ConfigError, match=r"method_overrides.toy.finetune: expected a mapping"):
+        method_hparams(cfg, "la", "toy")
+
+
 def test_snakemake_reports_unknown_suite(tmp_path):
     wf = copy_workflow(tmp_path)
     r = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--config", "suite=nope"],

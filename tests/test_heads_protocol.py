@@ -72,3 +72,24 @@ def test_train_views_are_drawn_one_per_image_per_epoch(fd, tmp_path):
     assert b["info"]["train_views"] == v and a["info"]["train_views"] == 0
     np.testing.assert_allclose(run_logits(tmp_path / "views", "test")[1],
                                run_logits(tmp_path / "plain", "test")[1], rtol=1e-5, atol=1e-5)
+
+
+def test_class_mean_init_averages_raw_features_like_lift(fd, tmp_path):
+    """LIFT trainer.py, init_head_class_mean: ``features[class].mean(0)`` of the raw
+    features, then ``F.normalize``. Hand-worked: (10, 0) and (0, 1) average to (5, 0.5),
+    direction (0.995, 0.0995), not the (0.707, 0.707) of averaging unit vectors."""
+    from safetensors.numpy import load_file
+
+    from lt_bench.features.store import read_features
+    from lt_bench.methods._heads import class_means
+
+    got = class_means(np.array([[10.0, 0.0], [0.0, 1.0], [0.0, -3.0]]), np.array([0, 0, 1]), 2)
+    np.testing.assert_allclose(got, [[10 / np.sqrt(101), 1 / np.sqrt(101)], [0.0, -1.0]])
+    # a run with init class_mean and lr ~ 0 keeps exactly that init
+    train_run("ce", fd, tmp_path / "cm", 0,
+              hparams={"init": "class_mean", "lr": 1e-12, "epochs": 1, "weight_decay": 0.0})
+    w = load_file(str(tmp_path / "cm" / "predictor.safetensors"))["term0.weight"]
+    tr = read_features(fd / "train.parquet")
+    k = int(tr.labels.max()) + 1
+    raw = np.stack([tr.features[tr.labels == c].astype(np.float64).mean(0) for c in range(k)])
+    np.testing.assert_allclose(w, raw / np.linalg.norm(raw, axis=1, keepdims=True), atol=1e-6)

@@ -143,28 +143,30 @@ def test_crt_reinitialises_the_classifier(world):
     train_run("crt", world["fd"], out, seed=0, prior=world["prior"],
               hparams={"lr": 1e-12, "epochs": 1, "weight_decay": 0.0, "batch_size": 64})
     w = load_file(str(out / "predictor.safetensors"))["term0.weight"]
-    # lr ~ 0: the weights are the N(0, 0.01^2) init of seed 0, not the CE head's
-    rng = np.random.default_rng(0)
-    np.testing.assert_allclose(w, rng.normal(0, 0.01, w.shape), rtol=1e-5, atol=1e-8)
+    # lr ~ 0: the weights are LIFT's unit-norm random init of seed 0 (tests/test_crt.py),
+    # not the CE head's
+    u = np.random.default_rng(0).uniform(-1, 1, w.shape)
+    np.testing.assert_allclose(w, _unit(u), rtol=1e-5, atol=1e-7)
     assert not np.allclose(w, _ce_weight(world), atol=1e-3)
     hp = read_json(out / "config.json")["hparams"]
-    assert hp["sampler"] == "class_balanced" and hp["init"] == "random"
+    assert hp["sampler"] == "class_aware" and hp["init"] == "random"
+    assert hp["num_samples_cls"] == 4
 
 
-def test_crt_retrains_with_class_balanced_batches(world, monkeypatch):
+def test_crt_retrains_with_class_aware_batches(world, monkeypatch):
     from lt_bench.methods import _heads
 
     seen = []
     real = _heads.batch_indices
 
-    def spy(labels, batch_size, sampler, rng):
+    def spy(labels, batch_size, sampler, rng, class_aware=None):
         seen.append(sampler)
-        return real(labels, batch_size, sampler, rng)
+        return real(labels, batch_size, sampler, rng, class_aware)
 
     monkeypatch.setattr(_heads, "batch_indices", spy)
     out = world["root"] / "runs" / "crt_trained"
     train_run("crt", world["fd"], out, seed=0, hparams={"epochs": 2, "batch_size": 32})
-    assert seen == ["class_balanced"] * 2
+    assert seen == ["class_aware"] * 2
     assert len(read_json(out / "history.json")) == 2
 
 
@@ -206,3 +208,96 @@ def test_logits_cli_on_posthoc_run(world, tmp_path):
     m = read_json(out / "metrics.json")
     assert m["val_top1"] == pytest.approx((z.argmax(1) == labels).mean())
     assert json.loads((out / "predictor.json").read_text())["kind"] == "linear"
+
+
+# --- five-crop TTE: knobs fitted on what is reported (crop-averaged val logits) ---------
+
+
+@pytest.fixture(scope="module")
+def tte_world(tmp_path_factory):
+    """The synthetic features with five test-time crops on val and test: the centre crop
+    (torchvision's order puts it last) is the plain feature, the four corners are shifted
+    views, so a knob fitted on the centre alone differs from one fitted on the average."""
+    import shutil
+
+    from lt_bench.features.store import features_table, write_table
+
+    root = tmp_path_factory.mktemp("posthoc_tte")
+    plain = make_features_dir(root / "plain")
+    fd = root / "tte" / "toy" / "bb0"
+    fd.mkdir(parents=True)
+    for f in ("train.parquet", "text.parquet"):
+        shutil.copy(plain / f, fd / f)
+    rng = np.random.default_rng(11)
+    for split in ("val", "test"):
+        s = read_features(plain / f"{split}.parquet")
+        corners = s.features[:, None, :] + rng.normal(0, 1.5, (len(s), 4, s.features.shape[1]))
+        crops = np.concatenate([corners, s.features[:, None, :]], 1).astype(np.float32)
+        write_table(features_table(s.paths, s.labels, s.features, dict(s.meta), crops=crops),
+                    fd / f"{split}.parquet")
+    prior = make_prior(root / "prior.parquet", Q, temperature=2.0)
+    runs = {}
+    for m in ("ce", "la"):
+        runs[m] = root / "runs" / m
+        train_run(m, fd, runs[m], seed=0, hparams=FAST, prior=prior)
+    return {"root": root, "fd": fd, "prior": prior, "runs": runs}
+
+
+def _crop_logits(w, scale, crops, bias=None, power=1.0):
+    """A cosine head's logits averaged over crops, by hand: s · x̂ · (w / ‖w‖^p)ᵀ (+ b)."""
+    x = crops / np.linalg.norm(crops, axis=2, keepdims=True)
+    w = w / np.linalg.norm(w, axis=1, keepdims=True) ** power
+    z = scale * np.einsum("ncd,kd->nck", x, w).mean(1)
+    return z if bias is None else z + bias
+
+
+def test_posthoc_knobs_are_fitted_on_the_crop_averaged_val_logits(tte_world):
+    w = load_file(str(tte_world["runs"]["ce"] / "predictor.safetensors"))["term0.weight"]
+    w = w.astype(np.float64)
+    val = read_features(tte_world["fd"] / "val.parquet")
+    assert val.crops is not None and val.crops.shape[1] == 5
+    counts = np.bincount(read_features(tte_world["fd"] / "train.parquet").labels)
+    log_pi = np.log(counts / counts.sum())
+    grid = float_grid(0.0, 2.0, 0.1)
+
+    def acc(z):
+        return float((z.argmax(1) == val.labels).mean())
+
+    # la_posthoc: z − τ log π on the average over crops
+    want = _best(grid, lambda t: acc(_crop_logits(w, 25.0, val.crops) - t * log_pi), 1.0)
+    centre = _best(grid, lambda t: acc(_crop_logits(w, 25.0, val.crops[:, -1:]) - t * log_pi),
+                   1.0)
+    m = train_run("la_posthoc", tte_world["fd"], tte_world["root"] / "runs" / "lp", 0,
+                  base_runs={"ce": tte_world["runs"]["ce"]})
+    assert m["info"]["tau"] == pytest.approx(want)
+    # τ-norm: rows w / ‖w‖^τ, the same average
+    want_tn = _best(grid, lambda t: acc(_crop_logits(w, 25.0, val.crops, power=t)), 1.0)
+    centre_tn = _best(grid, lambda t: acc(_crop_logits(w, 25.0, val.crops[:, -1:], power=t)),
+                      1.0)
+    m = train_run("tau_norm", tte_world["fd"], tte_world["root"] / "runs" / "tn", 0,
+                  base_runs={"ce": tte_world["runs"]["ce"]})
+    assert m["info"]["tau"] == pytest.approx(want_tn)
+    # the case discriminates: the centre view alone picks another τ for at least one knob
+    assert (want, want_tn) != (centre, centre_tn)
+
+
+def test_gla_temperature_and_prior_are_fitted_on_crop_averages(tte_world, tmp_path):
+    from lt_bench.prior import calibrate_temperature, zero_shot_logits
+
+    val = read_features(tte_world["fd"] / "val.parquet")
+    text = read_text_embeddings(tte_world["fd"] / "text.parquet")
+    # q̂'s zero-shot logits: the average of each crop's s · cos(f, t_k)
+    x = val.crops / np.linalg.norm(val.crops, axis=2, keepdims=True)
+    want = text.logit_scale * np.einsum("ncd,kd->nck", x, text.embeddings).mean(1)
+    labels, z = zero_shot_logits(tte_world["fd"])
+    np.testing.assert_allclose(z, want, rtol=1e-5, atol=1e-5)
+    assert not np.allclose(z, text.logit_scale * x[:, -1] @ text.embeddings.T, atol=1e-3)
+    # GLA's T_la: calibrated on the LA run's crop-averaged val logits (what the seam reports)
+    y_val, z_la_val = run_logits(tte_world["runs"]["la"], "val")
+    out = tmp_path / "gla"
+    m = train_run("gla", tte_world["fd"], out, 0, prior=tte_world["prior"],
+                  base_runs={"la": tte_world["runs"]["la"]})
+    assert m["info"]["temperature_la"] == pytest.approx(calibrate_temperature(z_la_val, y_val))
+    w = load_file(str(tte_world["runs"]["la"] / "predictor.safetensors"))["term0.weight"]
+    np.testing.assert_allclose(z_la_val, _crop_logits(w.astype(np.float64), 25.0, val.crops),
+                               rtol=1e-4, atol=1e-4)

@@ -13,10 +13,13 @@ from synth_runs import make_features_dir
 
 from lt_bench.cli import main
 from lt_bench.prior import (
+    PriorSolverDiverged,
     calibrate_temperature,
     estimate_prior,
     fit_prior,
+    gla_sgd_prior,
     mean_confidence,
+    read_prior,
     read_prior_meta,
 )
 
@@ -102,6 +105,76 @@ def test_prior_needs_a_text_tower(tmp_path, capsys):
     fd = make_features_dir(tmp_path / "f", text=False)
     assert main(["prior", "--features-dir", str(fd), "--out", str(tmp_path / "p.parquet")]) == 2
     assert "no text" in capsys.readouterr().err
+
+
+# --- GLA's shipped solver (prior solver gla_sgd) ---------------------------------------
+
+
+def _gla_loop_numpy(z, y, steps=1000, stop_outside=False):
+    """GLA's pp_solver (BeierZhu/GLA trainers/util.py) with the gradients by hand, float64:
+    l = z − log q, ∂CE/∂q_k = −Σ_i (p_ik − [y_i = k]) / (N q_k); L = CE + λ_eq(1 − Σq) +
+    λ_inᵀ(−q): q −= lr ∂L/∂q, λ_eq += lr (1 − Σq), λ_in = max(0, λ_in − lr q), all from the
+    same q; lr = 1e-5 (N/K)/50, q from 1/K, λ from 0. ``stop_outside``: return (q, step)
+    at the first step that leaves some q_k <= 0 (log q NaN from there on)."""
+    n, k = z.shape
+    lr = 1e-5 * (n / k) / 50
+    q, lam_eq, lam_in = np.full(k, 1.0 / k), 0.0, np.zeros(k)
+    onehot = np.eye(k)[y]
+    for step in range(steps):
+        logit = z - np.log(q)
+        p = np.exp(logit - logit.max(1, keepdims=True))
+        p /= p.sum(1, keepdims=True)
+        grad = -(p - onehot).sum(0) / (n * q) - lam_eq - lam_in
+        eq, ineq = 1 - q.sum(), -q
+        q = q - lr * grad
+        lam_eq, lam_in = lam_eq + lr * eq, np.maximum(lam_in + lr * ineq, 0)
+        if stop_outside and (q <= 0).any():
+            return q, step + 1
+    return q
+
+
+def test_gla_sgd_equals_an_independent_transcription_of_glas_loop():
+    z, y, _ = planted(k=12, per_class=40, seed=2)
+    z = z / calibrate_temperature(z, y)
+    got = gla_sgd_prior(z, y)
+    want = _gla_loop_numpy(z, y)
+    np.testing.assert_allclose(got, want, rtol=2e-5)  # float32 (GLA) against float64
+    # 1,000 small steps from uniform stop far from the argmin of the same objective
+    argmin = fit_prior(z, y)
+    assert np.ptp(12 * got) < 0.5 * np.ptp(12 * argmin)
+    assert spearmanr(got, argmin).statistic > 0.9  # ... with the same ranks
+
+
+def test_gla_sgd_reports_where_glas_loop_gives_nan(tmp_path, capsys):
+    """A class the zero-shot model never predicts: its q falls by lr/(K q) a step, so q² by
+    ≈ 2 lr/K, and reaches 0 after ≈ 1/(2 lr K) = 500 steps (K = 25, N/K = 200): GLA's log q
+    is then NaN. The solver names the step instead of writing a NaN prior."""
+    z, y, _ = planted(k=25, per_class=200, seed=3)
+    z[:, 7] -= 30.0
+    q, step = _gla_loop_numpy(z, y, stop_outside=True)
+    assert 400 < step < 600 and q[7] <= 0  # the reference loop: log q NaN from here
+    with pytest.raises(PriorSolverDiverged, match=r"left the simplex at step (\d+) ") as e:
+        gla_sgd_prior(z, y)
+    assert abs(int(e.value.args[0].split("at step ")[1].split()[0]) - step) <= 2
+    # through the CLI: exit 2, one line, no prior file
+    fd = make_features_dir(tmp_path / "f", backbone="toyclip0")
+    out = tmp_path / "p.parquet"
+    from lt_bench import prior as prior_mod
+
+    assert main(["prior", "--features-dir", str(fd), "--out", str(out),
+                 "--solver", "gla_sgd"]) == 0  # a benign case works end to end
+    meta = read_prior_meta(out)
+    assert meta["solver"] == "gla_sgd" and "pp_solver" in meta["method"]
+    assert read_prior(out).q_hat.sum() == pytest.approx(1.0)
+    assert prior_mod.SOLVERS == ("argmin", "gla_sgd")
+
+
+def test_default_prior_meta_has_no_solver_key(tmp_path):
+    """Prior files of the default solver keep their metadata (no rerun of what consumes them)."""
+    fd = make_features_dir(tmp_path / "f", backbone="toyclip0")
+    out = tmp_path / "p.parquet"
+    assert main(["prior", "--features-dir", str(fd), "--out", str(out)]) == 0
+    assert "solver" not in read_prior_meta(out)
 
 
 # --- the toy world: q̂ tracks the true pre-training prior -----------------------------

@@ -295,6 +295,12 @@ CASES = {
     "a locked MLflow SQLite store": (
         _locked_store,
         "mlflow.db stayed locked by another process for 2 s"),
+    "cRT class-aware sampler drawing 0 images a class": (
+        lambda w: _train(w, "--params", '{"num_samples_cls": 0}', method="crt"),
+        "num_samples_cls = 0 is invalid"),
+    "class-aware sampler on a head without num_samples_cls": (
+        lambda w: _train(w, "--params", '{"sampler": "class_aware"}', method="la"),
+        "sampler = 'class_aware' needs num_samples_cls"),
 }
 
 

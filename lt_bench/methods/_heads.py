@@ -31,16 +31,29 @@ HEAD_DEFAULTS: dict[str, Any] = {
     "momentum": 0.9,
     "scale": 25.0,
     "init": "text",  # "text" | "class_mean" | "random"
-    "sampler": "instance",  # "instance" | "class_balanced"
+    "sampler": "instance",  # "instance" | "class_balanced" | "class_aware" (SAMPLERS)
     "lr_schedule": "cosine_epoch",  # LIFT: cosine over epochs, stepped per epoch | "cosine_step"
 }
 
 
+def _unit_rows(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
 def class_means(features: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
-    f = features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
-    sums = np.zeros((k, f.shape[1]))
-    np.add.at(sums, labels, f)
-    return sums / np.maximum(np.bincount(labels, minlength=k), 1)[:, None]
+    """Unit-normalised means of the *raw* features of each class (LIFT ``trainer.py``,
+    ``init_head_class_mean``: ``features[class].mean(0)``, then ``F.normalize``)."""
+    sums = np.zeros((k, features.shape[1]))
+    np.add.at(sums, labels, np.asarray(features, dtype=np.float64))
+    return _unit_rows(sums / np.maximum(np.bincount(labels, minlength=k), 1)[:, None])
+
+
+def random_unit_rows(k: int, d: int, rng: np.random.Generator) -> np.ndarray:
+    """LIFT's random head init (``models/classifiers.py``, ``_Classifier``):
+    ``uniform_(-1, 1).renorm_(2, 0, 1e-5).mul_(1e5)``, i.e. U(−1, 1) rows scaled to norm 1.
+    The norm matters to a cosine head although its logits ignore it: the gradient of
+    ``w / ‖w‖`` is ``(I − ŵŵᵀ)/‖w‖``, so an SGD step turns a short row further."""
+    return _unit_rows(rng.uniform(-1.0, 1.0, (k, d)))
 
 
 def initial_weight(ctx: FitContext, init: str, rng: np.random.Generator) -> np.ndarray:
@@ -55,7 +68,7 @@ def initial_weight(ctx: FitContext, init: str, rng: np.random.Generator) -> np.n
     if init == "class_mean":
         return class_means(ctx.train.features, ctx.train.labels, ctx.num_classes)
     if init == "random":
-        return rng.normal(0, 0.01, (ctx.num_classes, ctx.train.features.shape[1]))
+        return random_unit_rows(ctx.num_classes, ctx.train.features.shape[1], rng)
     raise ValueError(f"unknown head init {init!r}; valid: text, class_mean, random")
 
 
@@ -78,10 +91,67 @@ def cosine_head(weight: np.ndarray, scale: float, device: str = "cpu"):
     return CosineHead().to(device)
 
 
+class _Cycle:
+    """classifier-balancing's ``RandomCycleIter`` (``data/ClassAwareSampler.py``): its items
+    in a random order, reshuffled each time the cycle wraps (the first pass is shuffled
+    too); the position carries over from one epoch to the next."""
+
+    def __init__(self, items: np.ndarray, rng: np.random.Generator):
+        self.items, self.rng, self.pos = np.asarray(items), rng, len(items)
+
+    def take(self, m: int) -> np.ndarray:
+        out, n = [], len(self.items)
+        while m > 0:
+            if self.pos == n:
+                self.items, self.pos = self.rng.permutation(self.items), 0
+            k = min(m, n - self.pos)
+            out.append(self.items[self.pos:self.pos + k])
+            self.pos, m = self.pos + k, m - k
+        return np.concatenate(out) if out else self.items[:0]
+
+
+class ClassAwareSampler:
+    """classifier-balancing's ``ClassAwareSampler`` (``data/ClassAwareSampler.py``, as
+    ``cls_crt.yaml`` sets it: ``num_samples_cls: 4``): an epoch is ``max_c n_c × K`` draws;
+    a class is drawn by cycling through the shuffled classes, and each class drawn yields
+    ``num_samples_cls`` consecutive images of its own shuffled cycle. The reference draws a
+    whole tuple at a time, so an epoch's cut-off last tuple still advances its class's
+    cycle; both cycles carry over between epochs (one sampler object per fit)."""
+
+    def __init__(self, labels: np.ndarray, num_samples_cls: int, rng: np.random.Generator):
+        labels = np.asarray(labels)
+        classes = np.unique(labels)
+        self.per_class = int(num_samples_cls)
+        self.classes = _Cycle(classes, rng)
+        self.images = [_Cycle(np.flatnonzero(labels == c), rng) for c in classes]
+        self.index = {int(c): i for i, c in enumerate(classes)}
+        self.epoch_size = int(max(len(c.items) for c in self.images) * len(classes))
+
+    def epoch(self) -> np.ndarray:
+        """One epoch's sample indices, in order (``epoch_size`` of them)."""
+        tuples = -(-self.epoch_size // self.per_class)
+        drawn = self.classes.take(tuples)
+        out = np.empty((tuples, self.per_class), dtype=np.int64)
+        # each class's tuples take consecutive images of its own cycle, in epoch order:
+        # the sequential generator's draws, computed one class at a time
+        # (grouped by one stable sort: iNat2018's epoch has 2 M tuples of 8,142 classes)
+        by_class = np.argsort(drawn, kind="stable")
+        for at in np.split(by_class, np.flatnonzero(np.diff(drawn[by_class])) + 1):
+            cycle = self.images[self.index[int(drawn[at[0]])]]
+            out[at] = cycle.take(len(at) * self.per_class).reshape(len(at), self.per_class)
+        return out.reshape(-1)[:self.epoch_size]
+
+
+SAMPLERS = ("instance", "class_balanced", "class_aware")
+
+
 def batch_indices(labels: np.ndarray, batch_size: int, sampler: str,
-                  rng: np.random.Generator) -> list[np.ndarray]:
-    """One epoch of batches: a random permutation, or class-balanced draws (as many
-    samples as the split has, each drawn by picking a class uniformly, then an image)."""
+                  rng: np.random.Generator, class_aware: ClassAwareSampler | None = None
+                  ) -> list[np.ndarray]:
+    """One epoch of batches: a random permutation (``instance``); i.i.d. class-balanced
+    draws, as many as the split has images, each a uniform class, then an image
+    (``class_balanced``); or the next epoch of ``class_aware`` (classifier-balancing's
+    class-aware sampler: ``max_c n_c × K`` draws)."""
     n = len(labels)
     if sampler == "instance":
         order = rng.permutation(n)
@@ -90,9 +160,14 @@ def batch_indices(labels: np.ndarray, batch_size: int, sampler: str,
         by_class = {c: np.flatnonzero(labels == c) for c in classes}
         picks = rng.choice(classes, size=n)
         order = np.array([rng.choice(by_class[c]) for c in picks])
+    elif sampler == "class_aware":
+        if class_aware is None:
+            raise ValueError("sampler 'class_aware' needs its ClassAwareSampler (state "
+                             "carries over between epochs)")
+        order = class_aware.epoch()
     else:
-        raise ValueError(f"unknown sampler {sampler!r}; valid: instance, class_balanced")
-    return [order[i:i + batch_size] for i in range(0, n, batch_size)]
+        raise ValueError(f"unknown sampler {sampler!r}; valid: {', '.join(SAMPLERS)}")
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
 
 
 def cosine_lr(base: float, t: int, t_max: int) -> float:
@@ -141,9 +216,15 @@ class HeadMethod(Method):
         if hp["lr_schedule"] not in ("cosine_epoch", "cosine_step"):
             raise InputValidationError(f"method {self.name!r}: lr_schedule = "
                                        f"{hp['lr_schedule']!r}; valid: cosine_epoch, cosine_step")
-        if hp["sampler"] not in ("instance", "class_balanced"):
+        if hp["sampler"] not in SAMPLERS:
             raise InputValidationError(f"method {self.name!r}: sampler = {hp['sampler']!r}; "
-                                       "valid: instance, class_balanced")
+                                       f"valid: {', '.join(SAMPLERS)}")
+        if "num_samples_cls" in hp:
+            check_number(self.name, "num_samples_cls", hp["num_samples_cls"], minimum=1,
+                         integer=True)
+        if hp["sampler"] == "class_aware" and "num_samples_cls" not in hp:
+            raise InputValidationError(f"method {self.name!r}: sampler = 'class_aware' needs "
+                                       "num_samples_cls, which only crt has")
 
     def setup(self, ctx: FitContext) -> None:
         """Precompute loss constants (log priors, weights, margins) from the context."""
@@ -187,7 +268,10 @@ class HeadMethod(Method):
         x_all = ctx.on_device(ctx.train.features if views is None else views)
         y_all = ctx.on_device(ctx.train.labels)
         n_train = len(ctx.train.labels)
-        per_epoch = -(-n_train // hp["batch_size"])
+        class_aware = (ClassAwareSampler(ctx.train.labels, hp["num_samples_cls"], rng)
+                       if hp["sampler"] == "class_aware" else None)
+        n_epoch = n_train if class_aware is None else class_aware.epoch_size
+        per_epoch = -(-n_epoch // hp["batch_size"])
         # LIFT (trainer.py) steps CosineAnnealingLR(num_epochs) once per epoch;
         # "cosine_step" (per iteration down to 0) is kept as an option
         by_epoch = hp["lr_schedule"] == "cosine_epoch"
@@ -207,7 +291,8 @@ class HeadMethod(Method):
                 pick = torch.from_numpy(view_rng.integers(0, views.shape[0], n_train)).to(ctx.device)
                 x_epoch = x_all[pick, arange]
             total = torch.zeros((), device=ctx.device)
-            for idx in batch_indices(ctx.train.labels, hp["batch_size"], hp["sampler"], rng):
+            for idx in batch_indices(ctx.train.labels, hp["batch_size"], hp["sampler"], rng,
+                                     class_aware):
                 idx_t = torch.from_numpy(idx).to(ctx.device)
                 loss = loss_fn(head(x_epoch[idx_t]), y_all[idx_t], epoch)
                 head.weight.grad = None
@@ -217,12 +302,14 @@ class HeadMethod(Method):
                 total += loss.detach() * len(idx)  # no per-step host sync on a GPU
             with torch.no_grad():
                 val_acc = float((head(x_val).argmax(1).cpu().numpy() == ctx.val.labels).mean())
-            train_loss = float(total) / n_train
+            train_loss = float(total) / n_epoch
             history.append({"epoch": epoch, "train_loss": train_loss, "val_top1": val_acc,
                             "lr": lr})
             log.info("epoch %d/%d loss %.4f val top1 %.4f", epoch + 1, hp["epochs"],
                      train_loss, val_acc)
-        return FitResult(self.predictor(head, ctx),
-                         info={"train_seconds": time.time() - t0,
-                               "train_views": 0 if views is None else int(views.shape[0])},
+        info = {"train_seconds": time.time() - t0,
+                "train_views": 0 if views is None else int(views.shape[0])}
+        if class_aware is not None:
+            info.update(epoch_draws=class_aware.epoch_size, steps_per_epoch=per_epoch)
+        return FitResult(self.predictor(head, ctx), info=info,
                          history=history)

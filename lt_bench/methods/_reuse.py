@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from lt_bench.methods._base import FitContext
-from lt_bench.methods._predictor import LinearPredictor
+from lt_bench.methods._predictor import LinearPredictor, split_features_logits
 
 NO_TUNE_REASON = ("the tune split overlaps train (Dataset.val_overlaps_train): knobs of heads "
                   "trained on train are not tuned on it; the default is used")
@@ -29,6 +29,12 @@ def base_linear(ctx: FitContext, method: str, name: str) -> LinearPredictor:
         raise ValueError(f"method {method!r} needs the {name!r} run's linear head; that run "
                          f"has a predictor of kind {getattr(p, 'kind', None)!r}")
     return p
+
+
+def val_logits(predictor, ctx: FitContext) -> np.ndarray:
+    """``predictor``'s val logits as the run reports them: averaged over the test-time
+    crops where val has them (five-crop TTE), so a knob is tuned on what is reported."""
+    return split_features_logits(predictor, ctx.val)
 
 
 def float_grid(lo: float, hi: float, step: float) -> list[float]:

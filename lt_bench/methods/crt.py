@@ -1,13 +1,21 @@
 """Classifier re-training (Kang et al. 2020): a classifier re-initialised and re-trained
-with class-balanced sampling on the frozen representation.
+with class-aware sampling on the frozen representation.
 
-classifier-balancing's ``config/ImageNet_LT/stage_2/cls_crt.yaml`` sets
-``stage1_weights: false`` for the classifier: stage 2 starts from a fresh classifier, not
-from the stage-1 (CE) one. With frozen CLIP features the representation *is* the stage-1
-result, so cRT here is a cosine head trained from a random initialisation
-(``init: random``, N(0, 0.01²) rows; the cosine head ignores their scale) on class-balanced
-batches, with LIFT's head recipe otherwise. ``init: text`` (the CLIP text init) is an
-option, recorded as a deviation from the reference in docs/protocol.md.
+classifier-balancing's ``config/ImageNet_LT/cls_crt.yaml`` sets ``stage1_weights: false``
+for the classifier (stage 2 starts from a fresh classifier, not from the stage-1 CE one)
+and ``sampler: ClassAwareSampler, num_samples_cls: 4`` (``data/ClassAwareSampler.py``: an
+epoch of ``max_c n_c × K`` draws, 4 consecutive images of a class at a time). With frozen
+CLIP features the representation *is* the stage-1 result, so cRT here is a cosine head
+trained from LIFT's random initialisation (``init: random``: U(−1, 1) rows scaled to unit
+norm, LIFT ``models/classifiers.py``) with that sampler (``sampler: class_aware``), and
+LIFT's head recipe otherwise (lr 0.01, batch 128, cosine head, 10 epochs; the reference's
+lr 0.2 / batch 512 linear + bias classifier is listed in docs/protocol.md).
+
+The initial rows' norm is not irrelevant to a cosine head: its logits ignore it, but the
+gradient of ``w/‖w‖`` scales with ``1/‖w‖``, so rows of norm ≈ 0.28 (N(0, 0.01²) at
+D = 768) turn ≈ 13× further in one SGD step than unit-norm rows.
+``init: text`` (the CLIP text init) and ``sampler: class_balanced`` (i.i.d. class-balanced
+draws, N per epoch: our earlier recipe) are options, recorded as deviations.
 """
 
 from typing import Any, ClassVar
@@ -20,5 +28,5 @@ from lt_bench.methods._heads import HEAD_DEFAULTS, HeadMethod
 class ClassifierRetraining(HeadMethod):
     name = "crt"
     defaults: ClassVar[dict[str, Any]] = {**HEAD_DEFAULTS, "init": "random",
-                                          "sampler": "class_balanced"}
-    description = "classifier re-initialised, re-trained with class-balanced sampling"
+                                          "sampler": "class_aware", "num_samples_cls": 4}
+    description = "classifier re-initialised, re-trained with class-aware sampling"

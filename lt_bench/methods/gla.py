@@ -11,7 +11,7 @@ import numpy as np
 
 from lt_bench.methods._base import METHODS, FitContext, FitResult, Method
 from lt_bench.methods._predictor import LinearPredictor, LinearTerm
-from lt_bench.methods._reuse import base_linear
+from lt_bench.methods._reuse import base_linear, val_logits
 
 
 @METHODS.register("gla")
@@ -35,8 +35,8 @@ class GLA(Method):
         # head's T needs a val split disjoint from train (on iNat2018's default policy val
         # is a subset of train, where the head is over-confident): there T_la = 1, recorded
         if ctx.tune:
-            t_la = calibrate_temperature(la.logits(ctx.val.features).astype(np.float64),
-                                         ctx.val.labels)
+            t_la = calibrate_temperature(val_logits(la, ctx).astype(np.float64),
+                                         ctx.val.labels)  # crop-averaged under TTE
         else:
             t_la = 1.0
         la = LinearPredictor([LinearTerm(x.weight, x.scale / t_la, x.normalize_features,

@@ -10,7 +10,7 @@ import numpy as np
 
 from lt_bench.methods._base import METHODS, FitContext, FitResult, Method
 from lt_bench.methods._predictor import LinearPredictor
-from lt_bench.methods._reuse import base_linear, choose, float_grid, top1
+from lt_bench.methods._reuse import base_linear, choose, float_grid, top1, val_logits
 
 
 def adjusted(p: LinearPredictor, shift: np.ndarray) -> LinearPredictor:
@@ -29,7 +29,7 @@ class LogitAdjustedPostHoc(Method):
     def fit(self, ctx: FitContext) -> FitResult:
         hp = self.hparams
         ce = base_linear(ctx, self.name, "ce")
-        z_val = ce.logits(ctx.val.features).astype(np.float64)
+        z_val = val_logits(ce, ctx).astype(np.float64)  # crop-averaged under TTE
         grid = float_grid(hp["tau_min"], hp["tau_max"], hp["tau_step"])
         tau, info = choose("tau", grid, hp["tau"],
                            lambda t: top1(z_val - t * ctx.log_train_prior, ctx.val.labels), ctx)

@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 
 from lt_bench.methods._base import METHODS, FitContext, FitResult, Method
 from lt_bench.methods._predictor import LinearPredictor, LinearTerm
-from lt_bench.methods._reuse import base_linear, choose, float_grid, top1
+from lt_bench.methods._reuse import base_linear, choose, float_grid, top1, val_logits
 
 
 def tau_normalised(p: LinearPredictor, tau: float) -> LinearPredictor:
@@ -31,6 +31,6 @@ class TauNorm(Method):
         ce = base_linear(ctx, self.name, "ce")
         grid = float_grid(hp["tau_min"], hp["tau_max"], hp["tau_step"])
         tau, info = choose("tau", grid, hp["tau"],
-                           lambda t: top1(tau_normalised(ce, t).logits(ctx.val.features),
+                           lambda t: top1(val_logits(tau_normalised(ce, t), ctx),
                                           ctx.val.labels), ctx)
         return FitResult(tau_normalised(ce, tau), info=info)

@@ -13,7 +13,7 @@ def cmd_prior(args):
 
     meta = prior_from_features(Path(args.features_dir), Path(args.out),
                                Path(args.true_prior) if args.true_prior else None,
-                               split=args.split)
+                               split=args.split, solver=args.solver)
     keys = ("temperature", "zero_shot_top1", "spearman", "pearson", "kl_true_hat", "tv")
     print(json.dumps({k: meta[k] for k in keys if k in meta}))
 
@@ -181,6 +181,9 @@ def add_run_commands(sub) -> None:
     s.add_argument("--true-prior", help="known prior (toy backbones: prior.parquet, column prior)")
     s.add_argument("--split", default="val", choices=["val"],
                    help="class-balanced labelled split the prior is fitted on")
+    s.add_argument("--solver", default="argmin", choices=["argmin", "gla_sgd"],
+                   help="argmin: the argmin of GLA's objective (default); gla_sgd: GLA's "
+                   "shipped pp_solver, 1,000 Lagrangian SGD steps from uniform")
     s.set_defaults(func=cmd_prior)
 
     s = sub.add_parser("train", help="one run of a method: fit on features, or combine runs",

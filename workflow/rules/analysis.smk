@@ -16,6 +16,7 @@ rule estimate_prior:
         "results/prior/{dataset}/{backbone}.parquet",
     params:
         true_prior=opt_arg("--true-prior", "true_prior"),
+        solver=(config.get("prior") or {}).get("solver", "argmin"),
     log:
         "logs/estimate_prior/{dataset}/{backbone}.log",
     threads: 1
@@ -23,7 +24,7 @@ rule estimate_prior:
         "../envs/lt-bench.yaml"
     shell:
         "lt-bench prior --features-dir results/features/{wildcards.dataset}/{wildcards.backbone}"
-        " --out {output:q} {params.true_prior} 2> {log:q}"
+        " --out {output:q} {params.true_prior} --solver {params.solver} 2> {log:q}"
 
 
 # combine_runs: ONE job per (dataset, seed) makes every ensemble of feature runs (the
