@@ -458,7 +458,7 @@ def test_findings_use_the_table_numbers(runs_root, tables):
     ft["method"], ft["few_mean"] = "adaptformer_la", ft["many_mean"] - 0.5
     text2 = findings(pd.concat([main, ft]), dxp, regimes={"toy": "representation"})
     assert "**toyclip0**, fine-tuning: D-gap" in text2
-    assert "AdaptFormer + LA closes the D-gap" in text2, text2
+    assert "against CE (frozen head), AdaptFormer + LA closes the D-gap" in text2, text2
     assert "Toy-world regime **representation**" in text2
     d = dxp[(dxp["backbone"] == "toyclip0") & (dxp["method"] == "zero_shot")].iloc[0]
     assert f"zero-shot {d['dp_few_p_many_mean'] - d['dp_few_p_few_mean']:+.1f}" in text
@@ -466,7 +466,7 @@ def test_findings_use_the_table_numbers(runs_root, tables):
     best = main[main["method"] == "la"]["top1_mean"].max()
     assert f"{bd - best:+.1f} points top-1" in text
     sig = pd.DataFrame([{"dataset": "toy", "kind": "backdoor_vs_best_member",
-                         "b_label": "best member on val (toyclip1)", "diff": 3.25, "lo": 1.5,
+                         "a_method": "backdoor", "b_method": "la", "b_label": "best member on val (toyclip1)", "diff": 3.25, "lo": 1.5,
                          "hi": 5.0, "significant": True, "a_top1": 70.0, "b_top1": 66.75,
                          "n_seeds": 3}])
     text = findings(main, dxp, sig)
