@@ -15,7 +15,7 @@ DISPLAY_NAMES = {
     "zero_shot": "zero-shot",
     "ce": "CE",
     "focal": "focal",
-    "ldam": "LDAM-DRW",
+    "ldam": "LDAM",  # "LDAM-DRW" where DRW ran: label_of(method, hparams)
     "cb": "CB",
     "grw": "GRW",
     "la": "LA",
@@ -45,8 +45,23 @@ MIN_CELL_CLASSES = 10
 FOOTNOTE_MARKS = "abcdefghijklmnopqrstuvwxyz"
 
 
-def display_name(method: str) -> str:
+def display_name(method: str, label: str | None = None) -> str:
+    """The paper name of a method; ``label``: the one its runs' hyper-parameters give
+    (:func:`label_of`), which wins where there is one."""
+    if isinstance(label, str) and label:
+        return label
     return DISPLAY_NAMES.get(method, method)
+
+
+def label_of(method: str, hparams: dict | None) -> str:
+    """The display name of a run from the hyper-parameters that ran: the method's own
+    ``label(hparams)`` where it has one (LDAM vs LDAM-DRW), else :func:`display_name`."""
+    if hparams is not None:
+        from lt_bench.methods import METHODS
+
+        if method in METHODS and (label := getattr(METHODS.get(method), "label", None)):
+            return label(hparams)
+    return display_name(method)
 
 
 def tex_escape(s: object) -> str:

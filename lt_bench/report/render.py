@@ -26,7 +26,7 @@ KIND_TITLES = {"vs_la": "vs LA (same backbone)",
                "control_vs_backdoor": "ensemble control vs backdoor"}
 SIG_NOTE = (f"{fmt.SIG_UP}/{fmt.SIG_DOWN}: better/worse, the paired bootstrap 95 % interval "
             "of the top-1 difference over test images excludes 0 (each method vs LA on the "
-            "same backbone; the backdoor vs its best single member chosen on val; each "
+            "same backbone; each backdoor vs its own best single member chosen on val; each "
             "ensemble control vs the backdoor; intervals in the significance table).")
 DET_NOTE = (f"n = 1{fmt.DET_MARK}: every seed gave bit-identical metrics (deterministic, "
             "n = 1 distinct result).")
@@ -86,7 +86,9 @@ def _section(part: pd.DataFrame, best: pd.DataFrame, spec: TableSpec, style: str
     rows, groups = [], []
     for i, r in part.iterrows():
         key = (r["dataset"], r["backbone"], r["method"])
-        name = fmt.tex_name(r["method"]) if style == "tex" else esc(fmt.display_name(r["method"]))
+        label = r.get("label")
+        name = (fmt.tex_escape(label) if label else fmt.tex_name(r["method"])) \
+            if style == "tex" else esc(fmt.display_name(r["method"], label))
         if key in letters:
             name += {"tex": f"$^{{{letters[key]}}}$", "html": f"<sup>{letters[key]}</sup>"
                      }.get(style, f" [{letters[key]}]")
@@ -140,9 +142,11 @@ def render_all(view: pd.DataFrame, best: pd.DataFrame, spec: TableSpec) -> tuple
                                                       "% Needs \\usepackage{booktabs}"
                                                       + (", graphicx" if spec.wide else "")
                                                       + (", amssymb" if sig else "") + "."], []
-    ids = sorted(set(view["method"]))
+    labels = view["label"] if "label" in view.columns else [""] * len(view)
+    ids = sorted({(m, fmt.display_name(m, lab)) for m, lab in zip(view["method"], labels,
+                                                                   strict=True)})
     tex.append("% rows (display name = code id): " + "; ".join(
-        f"{fmt.tex_escape(fmt.display_name(m))} = {fmt.tex_escape(m)}" for m in ids))
+        f"{fmt.tex_escape(name)} = {fmt.tex_escape(m)}" for m, name in ids))
     for ds, part in view.groupby("dataset", sort=False):
         counts = spec.counts.get(ds, {})
         notes_df = part[["dataset", "backbone", "method", "identical_to"]].copy() \
