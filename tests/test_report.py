@@ -486,22 +486,49 @@ def test_new_figures(runs_root, tmp_path):
     assert w > 2 * h, (w, h)
 
 
-def test_dxp_summary_draws_shared_row_labels_once_and_no_negative_zero(runs_root, tmp_path,
-                                                                       monkeypatch):
+def test_dxp_summary_stacks_backbones_and_no_negative_zero(runs_root, tmp_path,
+                                                           monkeypatch):
     from lt_bench.report import figures_dxp
 
     drawn = []
     real_save = figures_dxp.save
     monkeypatch.setattr(figures_dxp, "save", lambda fig, stem: drawn.append(
         ([[t.get_text() for t in ax.get_yticklabels()] for ax in fig.axes],
-         [t.get_text() for ax in fig.axes for t in ax.texts], fig.get_size_inches()[0]))
+         [t.get_text() for ax in fig.axes for t in ax.texts], fig.get_size_inches(),
+         [ax.get_position().y0 for ax in fig.axes[:2]], fig._suptitle.get_text()))
         or real_save(fig, stem))
     dirs = sorted(p.parent for p in runs_root.rglob("metrics.json"))
     figures_dxp.dxp_summary_figure(dirs, tmp_path / "dxp_vs_la", "toy", ["zero_shot", "ce"])
-    (labels, texts, width), = drawn
+    (labels, texts, (width, height), (y_first, y_second), title), = drawn
     first, second, _colour_bar = labels  # two backbones' panels, then the colour bar
     assert "zero-shot" in first and "CE" in first
-    assert len(second) == len(first) and not any(second), labels  # same rows: drawn once
+    # stacked: the second panel below the first, each with its own row labels, so the
+    # figure is one panel wide (the report's pane fits its width) and grows downwards
+    assert second == first and y_second < y_first
     assert texts and "-0.0" not in texts and "+0.0" not in texts
-    # ~0.5 in per cell of every panel (9 D×P cells): the numbers stay inside their cells
-    assert width >= 2 * 9 * 0.5, width
+    # ~0.55 in per cell of the 9 D×P cells: the numbers stay inside their cells
+    assert 9 * 0.55 <= width <= 12, width
+    assert height > width / 2
+    assert all(len(line) <= 0.9 * width * 72 / (0.55 * 9) for line in title.splitlines())
+
+
+def test_one_panel_heat_map_title_is_wrapped_to_its_width(runs_root, tmp_path, monkeypatch):
+    """The ensemble's D×P heat map has one 3.6-in panel: its title is wrapped to fit
+    (it was one line, clipped on both sides)."""
+    from lt_bench.report import figures_dxp
+
+    drawn = []
+    real_save = figures_dxp.save
+
+    def save(fig, stem):
+        fig.canvas.draw()  # the layout as saved: the title's box in pixels
+        drawn.append((fig._suptitle.get_text(), fig._suptitle.get_window_extent(),
+                      fig.get_size_inches()[0] * fig.dpi))
+        return real_save(fig, stem)
+
+    monkeypatch.setattr(figures_dxp, "save", save)
+    dirs = sorted(p.parent for p in runs_root.rglob("metrics.json"))
+    figures_dxp.dxp_figure(dirs, "backdoor", tmp_path / "dxp_backdoor", "toy")
+    ((text, box, width_px),) = drawn
+    assert len(text.splitlines()) > 1
+    assert box.x0 >= 0 and box.x1 <= width_px, (box, width_px)  # inside the canvas

@@ -43,8 +43,9 @@ REGIMES = {
 
 def num(x: float, digits: int = 1, sign: bool = True) -> str:
     """``x`` at ``digits`` decimals, never ``-0.0`` (a value that rounds to zero is 0)."""
-    r = round(float(x), digits) + 0.0  # + 0.0 turns -0.0 into 0.0
-    return f"{r:+.{digits}f}" if sign else f"{r:.{digits}f}"
+    if sign:
+        return fmt.signed(x, digits)
+    return f"{round(float(x), digits) + 0.0:.{digits}f}"  # + 0.0 turns -0.0 into 0.0
 
 
 def _get(table: pd.DataFrame | None, ds, bb, method, col):

@@ -157,11 +157,14 @@ def render_all(view: pd.DataFrame, best: pd.DataFrame, spec: TableSpec) -> tuple
         caption = spec.caption + (f"; P-Many/P-Medium/P-Few: {p_counts} classes"
                                   if p_counts and spec.cell_classes else "")
         notes = _notes(part, spec, lines, sig)
+        head = headline(spec.significance, ds) if spec.name == "main" else []
         h, rows, _ = _section(part, best, spec, "md", counts, letters, sig)
-        md += [f"## {ds}", "", caption[0].upper() + caption[1:] + ".", "", _md_table(h, rows),
+        md += [f"## {ds}", ""] + [f"**Headline**: {x}  " for x in head] + ([""] if head else [])
+        md += [caption[0].upper() + caption[1:] + ".", "", _md_table(h, rows),
                ""] + [f"{n}  " for n in notes] + [""]
         h, rows, _ = _section(part, best, spec, "html", counts, letters, sig)
         body.append(f"<h3>{_html.escape(ds)}</h3>")
+        body += [f'<p class="headline"><b>Headline</b>: {_html.escape(x)}</p>' for x in head]
         body.append(fmt.html_table(h, rows, _html.escape(caption[0].upper() + caption[1:]),
                                    f"{spec.name}-{ds}"))
         body += [f'<p class="note">{_html.escape(n)}</p>' for n in notes]
@@ -172,6 +175,23 @@ def render_all(view: pd.DataFrame, best: pd.DataFrame, spec: TableSpec) -> tuple
         tex.append("% (no runs)")
     page = fmt.html_page(f"{spec.name} table", "\n".join(body))
     return "\n".join(md) + "\n", "\n".join(tex) + "\n", page
+
+
+def headline(sig: pd.DataFrame | None, ds: str) -> list[str]:
+    """One line per backdoor of ``ds``: its top-1 against its best member chosen on val,
+    with the paired bootstrap interval of the difference (the significance table's row)."""
+    if sig is None or sig.empty:
+        return []
+    rows = sig[(sig["dataset"] == ds) & (sig["kind"] == "backdoor_vs_best_member")]
+    out = []
+    for _, r in rows.iterrows():
+        mark = (" " + (fmt.SIG_UP if r["diff"] > 0 else fmt.SIG_DOWN)) if r["significant"] \
+            else " (interval includes 0)"
+        out.append(f"{fmt.display_name(r['a_method'])} {r['a_top1']:.1f} vs its "
+                   f"{r['b_label']} {fmt.display_name(r['b_method'])} {r['b_top1']:.1f}: "
+                   f"Δ {fmt.signed(r['diff'], 2)} [{fmt.signed(r['lo'], 2)}, "
+                   f"{fmt.signed(r['hi'], 2)}]{mark}")
+    return out
 
 
 def _tex_table(ds, header, rows, groups, spec: TableSpec, caption: str,
@@ -215,17 +235,22 @@ def write_significance_tables(sig: pd.DataFrame, out_dir: Path) -> pd.DataFrame:
         return fmt.display_name(m) if bb in ("ensemble", "best_member") else \
             f"{fmt.display_name(m)} ({bb})"
 
-    header = ["Dataset", "Comparison", "A", "B", "n", "A top-1", "B top-1",
-              "Δ top-1 [95 % CI]", ""]
+    # the interval right after the names (it was the last column, cut off in the report's
+    # pane); the headline comparisons (each backdoor vs its best member) first
+    header = ["Dataset", "Comparison", "A", "B", "Δ top-1 [95 % CI]", "", "A top-1",
+              "B top-1", "n"]
+    order = sorted(range(len(sig)), key=lambda i: (sig["kind"].iloc[i] != "backdoor_vs_best_member", i))
     rows = []
-    for _, r in sig.iterrows():
+    for _, r in sig.iloc[order].iterrows():
         mark = (fmt.SIG_UP if r["diff"] > 0 else fmt.SIG_DOWN) if r["significant"] else ""
         rows.append([r["dataset"], KIND_TITLES.get(r["kind"], r["kind"]),
                      who(r["a_backbone"], r["a_method"]),
-                     r["b_label"] if r["kind"] == "backdoor_vs_best_member"
+                     f"{r['b_label']} {fmt.display_name(r['b_method'])}"
+                     if r["kind"] == "backdoor_vs_best_member"
                      else who(r["b_backbone"], r["b_method"]),
-                     str(int(r["n_seeds"])), f"{r['a_top1']:.1f}", f"{r['b_top1']:.1f}",
-                     f"{r['diff']:+.2f} [{r['lo']:+.2f}, {r['hi']:+.2f}]", mark])
+                     f"{fmt.signed(r['diff'], 2)} [{fmt.signed(r['lo'], 2)}, "
+                     f"{fmt.signed(r['hi'], 2)}]", mark,
+                     f"{r['a_top1']:.1f}", f"{r['b_top1']:.1f}", str(int(r["n_seeds"]))])
     n_boot = int(sig["n_boot"].iloc[0]) if len(sig) else 0
     caption = (f"Paired bootstrap ({n_boot} replicates, test images resampled within "
                "classes, the same resample for both runs; seeds paired and averaged) 95 % "
@@ -236,11 +261,11 @@ def write_significance_tables(sig: pd.DataFrame, out_dir: Path) -> pd.DataFrame:
         md += "\n_No comparison: no LA runs, backdoor runs or controls._\n"
     esc_rows = [[_html.escape(str(c)) for c in r] for r in rows]
     page = fmt.html_page("significance", fmt.html_table(
-        header, esc_rows, _html.escape(caption), "significance"))
+        header, esc_rows, _html.escape(caption), "significance", text_cols=4))
     tex = [f"% {GENERATED}", "% Needs \\usepackage{booktabs}, amssymb.",
            r"\begin{table}[t]", r"\centering", rf"\caption{{{fmt.tex_escape(caption)}}}",
            r"\label{tab:significance}", r"\resizebox{\textwidth}{!}{%",
-           r"\begin{tabular}{llllrrrlc}", r"\toprule",
+           r"\begin{tabular}{lllllcrrr}", r"\toprule",
            " & ".join(fmt.tex_escape(h) for h in header) + r" \\", r"\midrule"]
     tex += [" & ".join(fmt.tex_escape(c) for c in r) + r" \\" for r in rows]
     tex += [r"\bottomrule", r"\end{tabular}}", r"\end{table}", ""]

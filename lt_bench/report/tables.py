@@ -28,6 +28,7 @@ from lt_bench.io import atomic_path
 from lt_bench.report import format as fmt
 from lt_bench.report import render
 from lt_bench.report.rows import group_class_counts, row_notes
+from lt_bench.report.significance import BACKDOORS
 
 KEYS = ["dataset", "backbone", "method"]
 MAIN_METRICS = ["top1", "many", "medium", "few"]
@@ -36,7 +37,8 @@ D_GROUPS = ("many", "medium", "few")
 P_GROUPS = ("p_many", "p_medium", "p_few")
 DXP_METRICS = [f"dp_{d}_{p}" for d in D_GROUPS for p in P_GROUPS]
 ABLATION_KEY = re.compile(r"^m(\d+)_(top1|many|medium|few)$")
-#: backbones that combine several models (backdoor runs) are listed after the single ones
+#: backbones that combine several models (backdoor runs): listed first, the backdoors (the
+#: headline) at the top
 ENSEMBLE_BACKBONES = ("ensemble",)
 GENERATED = render.GENERATED
 
@@ -58,13 +60,15 @@ def summarize(runs: pd.DataFrame, metrics: list[str], keys: list[str] = KEYS) ->
 
 def order_rows(table: pd.DataFrame, method_order: Sequence[str] | None = None,
                extra: Sequence[str] = ("M",)) -> pd.DataFrame:
-    """Sort by dataset, single backbones before ensembles, ``method_order``, then ``extra``."""
+    """Sort by dataset, the headline first (the backdoors, then the other ensembles over
+    backbones), then single backbones; within each, ``method_order``, then ``extra``."""
     if table.empty:
         return table
     rank = {m: i for i, m in enumerate(method_order or [])}
     sort = pd.DataFrame({
         "d": table["dataset"],
-        "e": table["backbone"].isin(ENSEMBLE_BACKBONES),
+        "h": ~table["method"].isin(BACKDOORS),
+        "e": ~table["backbone"].isin(ENSEMBLE_BACKBONES),
         "b": table["backbone"],
         "r": table["method"].map(lambda m: rank.get(m, len(rank))),
         "m": table["method"],
