@@ -267,6 +267,22 @@ def test_snakemake_report_lists_tables_and_figures(tmp_path):
         assert f"{r['top1_mean']:.1f}" in page
     assert any("Backdoor gain" in p for p in pages), "findings page missing"
 
+    # one click from the landing page opens the findings in the content pane: Chromium
+    # clicks the description's "Open the findings" link, and the pane's frame shows them
+    from browser import dump_dom
+
+    i = html.rindex("</body>")
+    click = ("<script>window.addEventListener('load', () => setTimeout(() => [...document"
+             ".querySelectorAll('a')].find(a => a.textContent.trim() === 'Open the findings')"
+             ".click(), 1000));</script>")
+    clicked = tmp_path / "report-click.html"
+    clicked.write_text(html[:i] + click + html[i:])
+    dom = dump_dom(clicked.as_uri(), wait_ms=6000, size=(1600, 1000))
+    frames = re.findall(r'<iframe[^>]*src="data:text/html;[^"]*base64,([A-Za-z0-9+/=]+)"', dom)
+    assert len(frames) == 1, "no result shown after one click"
+    shown = base64.b64decode(frames[0]).decode()
+    assert "<title>Findings</title>" in shown and "Backdoor gain" in shown
+
 
 # --- what the paper tables say beyond the numbers (issue 14 "Tables", issue 10 item 11) ---
 
