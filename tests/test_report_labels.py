@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import yaml
 from fakeruns import write_run
@@ -54,3 +55,25 @@ def test_paper_datasets_run_ldam_drw_at_four_fifths_of_training():
         assert hp["drw_epoch"] == hp["epochs"] * 4 // 5, (ds, hp)  # 160 of 200 in LDAM-DRW
         assert LDAM.label(hp) == "LDAM-DRW"
     assert LDAM.label(method_hparams(config, "ldam", "toy")) == "LDAM"
+
+
+def test_dxp_figures_name_the_variant_that_ran(tmp_path, monkeypatch):
+    from fakeruns import K
+
+    from lt_bench.report import figures_dxp
+
+    q = np.linspace(1, 2, K)
+    q = q / q.sum()
+    dirs = [write_run(tmp_path, "toy", "b0", m, 0, q, 0.1,
+                      config_extra={"hparams": {"drw_epoch": 8} if m == "ldam" else {}})
+            for m in ("la", "ldam")]
+    titles = []
+    real_save = figures_dxp.save
+    monkeypatch.setattr(figures_dxp, "save", lambda fig, stem: titles.append(
+        (fig._suptitle.get_text(), [t.get_text() for ax in fig.axes
+                                    for t in ax.get_yticklabels()])) or real_save(fig, stem))
+    figures_dxp.dxp_figure(dirs, "ldam", tmp_path / "dxp_ldam", "toy")
+    figures_dxp.dxp_summary_figure(dirs, tmp_path / "dxp_vs_la", "toy", ["ldam"])
+    (heat, _), (_, rows) = titles
+    assert "D×P accuracy of LDAM-DRW" in heat.replace("\n", " ")
+    assert "LDAM-DRW" in rows

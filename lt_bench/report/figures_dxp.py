@@ -40,7 +40,9 @@ def dxp_means(run_dirs: list[Path | str]) -> pd.DataFrame:
     runs = runs[runs[have].notna().any(axis=1)]
     rows = []
     for (bb, m), part in runs.groupby(["backbone", "method"], sort=True):
-        row = {"backbone": bb, "method": m, "n_seeds": part["seed"].nunique()}
+        row = {"backbone": bb, "method": m, "n_seeds": part["seed"].nunique(),
+               "label": " / ".join(sorted(set(part["label"].dropna().astype(str))))
+               if "label" in part.columns else ""}
         for k in keys:
             v = part[k].astype(float) * 100 if k in part.columns else pd.Series(dtype=float)
             row[k] = v.mean() if v.notna().any() else np.nan
@@ -72,8 +74,9 @@ def dxp_figure(run_dirs: list[Path | str], method: str, out_stem: Path | str,
     draws every method's figure from one read of the runs)."""
     plt = _plt()
     means = dxp_means(run_dirs) if means is None else means
-    title = f"{dataset}: D×P accuracy of {fmt.display_name(method)}"
     runs = means[means["method"] == method] if not means.empty else means
+    label = runs["label"].iloc[0] if len(runs) and "label" in runs.columns else None
+    title = f"{dataset}: D×P accuracy of {fmt.display_name(method, label)}"
     if runs.empty:
         return placeholder(out_stem, title, f"no {method} run with D×P metrics (they need the "
                            "backbone's estimated prior q̂)")
@@ -150,7 +153,8 @@ def dxp_summary_figure(run_dirs: list[Path | str], out_stem: Path | str, dataset
                     continue
                 r = hit.iloc[0]
                 rows.append([r[k] - ref[k] for k in keys])
-                labels.append(fmt.display_name(m) + (f" ({bb})" if bb != b else ""))
+                labels.append(fmt.display_name(m, r.get("label")) +
+                              (f" ({bb})" if bb != b else ""))
                 few.append([not pd.isna(r[f"n_{k}_classes"]) and
                             r[f"n_{k}_classes"] < fmt.MIN_CELL_CLASSES for k in keys])
         if rows:
