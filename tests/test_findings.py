@@ -83,6 +83,18 @@ def test_without_ce_both_gaps_are_judged_against_zero_shot_and_no_prior_says_so(
                     "D-Few (P-Many − P-Few) n/a (no estimated prior).")
 
 
+def test_a_missing_gap_is_said_and_the_other_still_judged_against_ce():
+    # a tiny world without a Many class: no D-gap anywhere; the P-gap is still judged
+    # against CE (not against zero-shot, whose P-gap is the only large one)
+    main, dxp = _tables({("b", "zero_shot"): (0.0, 50.0), ("b", "ce"): (0.0, 0.0),
+                         ("b", "la"): (0.0, 0.0)})
+    main["many_mean"] = float("nan")
+    (line,) = gap_lines(main, dxp, "toy")
+    assert line == ("**b**, frozen heads: D-gap (Many − Few) n/a (no class in the Many or the "
+                    "Few group); P-gap within D-Few (P-Many − P-Few) zero-shot +50.0, CE "
+                    "+0.0, LA +0.0 — neither CE nor LA has a P-gap (+0.0 → +0.0).")
+
+
 def test_no_negative_zero():
     assert num(-0.04) == "+0.0" and num(-0.004, 2) == "+0.00"
     assert num(-0.04, sign=False) == "0.0" and num(-0.06) == "-0.1"

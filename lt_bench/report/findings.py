@@ -106,16 +106,17 @@ def gap_lines(main: pd.DataFrame, dxp: pd.DataFrame | None, ds: str) -> list[str
             for m in methods:
                 d[m], p[m] = _gaps(main, dxp, ds, bb, m)
             by = fmt.display_name(after)
-            # the reference: the track's CE (same training, no re-balancing); zero-shot only
-            # where no CE ran, and then for both gaps alike
-            ref = ce if ce and d.get(ce) is not None else "zero_shot"
+            # the reference: the track's CE (same training, no re-balancing) for both gaps;
+            # zero-shot only where no CE ran. A gap the reference lacks gets no verdict.
+            ref = ce or "zero_shot"
             ref_name = fmt.display_name(ref) + (" (frozen head)" if ref == "ce" and
                                                 after != AFTER else "")
             parts_d = [f"{fmt.display_name(m)} {num(d[m])}" for m in methods
                        if d[m] is not None]
             parts_p = [f"{fmt.display_name(m)} {num(p[m])}" for m in methods
                        if p[m] is not None]
-            text = f"**{bb}**, {track}: D-gap (Many − Few) " + ", ".join(parts_d)
+            text = f"**{bb}**, {track}: D-gap (Many − Few) " + (
+                ", ".join(parts_d) or "n/a (no class in the Many or the Few group)")
             if (v := verdict(d.get(ref), d.get(after), "D-gap", by, ref_name)):
                 text += f" — {v}"
             text += "; P-gap within D-Few (P-Many − P-Few) " + (", ".join(parts_p) or
