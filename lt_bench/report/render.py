@@ -165,8 +165,9 @@ def render_all(view: pd.DataFrame, best: pd.DataFrame, spec: TableSpec) -> tuple
         h, rows, _ = _section(part, best, spec, "html", counts, letters, sig)
         body.append(f"<h3>{_html.escape(ds)}</h3>")
         body += [f'<p class="headline"><b>Headline</b>: {_html.escape(x)}</p>' for x in head]
+        # the names wrap (long ensemble names), so a wide table fits the report's pane
         body.append(fmt.html_table(h, rows, _html.escape(caption[0].upper() + caption[1:]),
-                                   f"{spec.name}-{ds}"))
+                                   f"{spec.name}-{ds}", text_cols=2))
         body += [f'<p class="note">{_html.escape(n)}</p>' for n in notes]
         h, rows, groups = _section(part, best, spec, "tex", counts, letters, sig)
         tex += _tex_table(ds, h, rows, groups, spec, caption,
