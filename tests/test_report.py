@@ -77,9 +77,9 @@ def test_main_table_cells_equal_recomputed_mean_std(runs_root, tables):
             mean, std = _mean_std([r[m] for r in runs])
             assert _close(row[f"{m}_mean"], mean), (row["method"], m)
             assert _close(row[f"{m}_std"], std), (row["method"], m)
-    # rows follow --method-order within a backbone, ensembles last
-    assert list(main["method"][:3]) == ["zero_shot", "ce", "la"]
-    assert main.iloc[-1]["backbone"] == "ensemble"
+    # the headline first (the backdoor), then rows follow --method-order within a backbone
+    assert main.iloc[0][["backbone", "method"]].tolist() == ["ensemble", "backdoor"]
+    assert list(main["method"][1:4]) == ["zero_shot", "ce", "la"]
 
 
 def test_main_markdown_and_latex_mark_the_best(runs_root, tables):
@@ -266,6 +266,22 @@ def test_snakemake_report_lists_tables_and_figures(tmp_path):
     for _, r in main.iterrows():
         assert f"{r['top1_mean']:.1f}" in page
     assert any("Backdoor gain" in p for p in pages), "findings page missing"
+
+    # one click from the landing page opens the findings in the content pane: Chromium
+    # clicks the description's "Open the findings" link, and the pane's frame shows them
+    from browser import dump_dom
+
+    i = html.rindex("</body>")
+    click = ("<script>window.addEventListener('load', () => setTimeout(() => [...document"
+             ".querySelectorAll('a')].find(a => a.textContent.trim() === 'Open the findings')"
+             ".click(), 1000));</script>")
+    clicked = tmp_path / "report-click.html"
+    clicked.write_text(html[:i] + click + html[i:])
+    dom = dump_dom(clicked.as_uri(), wait_ms=6000, size=(1600, 1000))
+    frames = re.findall(r'<iframe[^>]*src="data:text/html;[^"]*base64,([A-Za-z0-9+/=]+)"', dom)
+    assert len(frames) == 1, "no result shown after one click"
+    shown = base64.b64decode(frames[0]).decode()
+    assert "<title>Findings</title>" in shown and "Backdoor gain" in shown
 
 
 # --- what the paper tables say beyond the numbers (issue 14 "Tables", issue 10 item 11) ---
@@ -458,7 +474,7 @@ def test_findings_use_the_table_numbers(runs_root, tables):
     ft["method"], ft["few_mean"] = "adaptformer_la", ft["many_mean"] - 0.5
     text2 = findings(pd.concat([main, ft]), dxp, regimes={"toy": "representation"})
     assert "**toyclip0**, fine-tuning: D-gap" in text2
-    assert "AdaptFormer + LA closes the D-gap" in text2, text2
+    assert "against CE (frozen head), AdaptFormer + LA closes the D-gap" in text2, text2
     assert "Toy-world regime **representation**" in text2
     d = dxp[(dxp["backbone"] == "toyclip0") & (dxp["method"] == "zero_shot")].iloc[0]
     assert f"zero-shot {d['dp_few_p_many_mean'] - d['dp_few_p_few_mean']:+.1f}" in text
@@ -466,7 +482,7 @@ def test_findings_use_the_table_numbers(runs_root, tables):
     best = main[main["method"] == "la"]["top1_mean"].max()
     assert f"{bd - best:+.1f} points top-1" in text
     sig = pd.DataFrame([{"dataset": "toy", "kind": "backdoor_vs_best_member",
-                         "b_label": "best member on val (toyclip1)", "diff": 3.25, "lo": 1.5,
+                         "a_method": "backdoor", "b_method": "la", "b_label": "best member on val (toyclip1)", "diff": 3.25, "lo": 1.5,
                          "hi": 5.0, "significant": True, "a_top1": 70.0, "b_top1": 66.75,
                          "n_seeds": 3}])
     text = findings(main, dxp, sig)
@@ -486,22 +502,49 @@ def test_new_figures(runs_root, tmp_path):
     assert w > 2 * h, (w, h)
 
 
-def test_dxp_summary_draws_shared_row_labels_once_and_no_negative_zero(runs_root, tmp_path,
-                                                                       monkeypatch):
+def test_dxp_summary_stacks_backbones_and_no_negative_zero(runs_root, tmp_path,
+                                                           monkeypatch):
     from lt_bench.report import figures_dxp
 
     drawn = []
     real_save = figures_dxp.save
     monkeypatch.setattr(figures_dxp, "save", lambda fig, stem: drawn.append(
         ([[t.get_text() for t in ax.get_yticklabels()] for ax in fig.axes],
-         [t.get_text() for ax in fig.axes for t in ax.texts], fig.get_size_inches()[0]))
+         [t.get_text() for ax in fig.axes for t in ax.texts], fig.get_size_inches(),
+         [ax.get_position().y0 for ax in fig.axes[:2]], fig._suptitle.get_text()))
         or real_save(fig, stem))
     dirs = sorted(p.parent for p in runs_root.rglob("metrics.json"))
     figures_dxp.dxp_summary_figure(dirs, tmp_path / "dxp_vs_la", "toy", ["zero_shot", "ce"])
-    (labels, texts, width), = drawn
+    (labels, texts, (width, height), (y_first, y_second), title), = drawn
     first, second, _colour_bar = labels  # two backbones' panels, then the colour bar
     assert "zero-shot" in first and "CE" in first
-    assert len(second) == len(first) and not any(second), labels  # same rows: drawn once
+    # stacked: the second panel below the first, each with its own row labels, so the
+    # figure is one panel wide (the report's pane fits its width) and grows downwards
+    assert second == first and y_second < y_first
     assert texts and "-0.0" not in texts and "+0.0" not in texts
-    # ~0.5 in per cell of every panel (9 D×P cells): the numbers stay inside their cells
-    assert width >= 2 * 9 * 0.5, width
+    # ~0.55 in per cell of the 9 D×P cells: the numbers stay inside their cells
+    assert 9 * 0.55 <= width <= 12, width
+    assert height > width / 2
+    assert all(len(line) <= 0.9 * width * 72 / (0.55 * 9) for line in title.splitlines())
+
+
+def test_one_panel_heat_map_title_is_wrapped_to_its_width(runs_root, tmp_path, monkeypatch):
+    """The ensemble's D×P heat map has one 3.6-in panel: its title is wrapped to fit
+    (it was one line, clipped on both sides)."""
+    from lt_bench.report import figures_dxp
+
+    drawn = []
+    real_save = figures_dxp.save
+
+    def save(fig, stem):
+        fig.canvas.draw()  # the layout as saved: the title's box in pixels
+        drawn.append((fig._suptitle.get_text(), fig._suptitle.get_window_extent(),
+                      fig.get_size_inches()[0] * fig.dpi))
+        return real_save(fig, stem)
+
+    monkeypatch.setattr(figures_dxp, "save", save)
+    dirs = sorted(p.parent for p in runs_root.rglob("metrics.json"))
+    figures_dxp.dxp_figure(dirs, "backdoor", tmp_path / "dxp_backdoor", "toy")
+    ((text, box, width_px),) = drawn
+    assert len(text.splitlines()) > 1
+    assert box.x0 >= 0 and box.x1 <= width_px, (box, width_px)  # inside the canvas

@@ -152,29 +152,49 @@ def test_comparisons_pick_la_best_member_on_val_and_controls(tmp_path):
     rng = np.random.default_rng(0)
     n = 60
     c = {k: rng.random((2, n)) < p for k, p in
-         {"a_la": 0.6, "a_ce": 0.5, "b_la": 0.7, "bd": 0.8, "ctl": 0.75}.items()}
+         {"a_la": 0.6, "a_ce": 0.5, "b_la": 0.7, "bd": 0.8, "ctl": 0.75, "a_ft": 0.72,
+          "b_ft": 0.65, "bd_ft": 0.85}.items()}
     dirs = []
-    la = {}
+    la, ft = {}, {}
     for s in (0, 1):
         la[("a", s)] = _run(tmp_path, "toy", "a", "la", s, c["a_la"][s], val_top1=0.9)
         la[("b", s)] = _run(tmp_path, "toy", "b", "la", s, c["b_la"][s], val_top1=0.1)
-        dirs += [la[("a", s)], la[("b", s)],
+        # fine-tuned members: b is best on val (a is better on test)
+        ft[("a", s)] = _run(tmp_path, "toy", "a", "adaptformer_la", s, c["a_ft"][s],
+                            val_top1=0.2)
+        ft[("b", s)] = _run(tmp_path, "toy", "b", "adaptformer_la", s, c["b_ft"][s],
+                            val_top1=0.8)
+        dirs += [la[("a", s)], la[("b", s)], ft[("a", s)], ft[("b", s)],
                  _run(tmp_path, "toy", "a", "ce", s, c["a_ce"][s]),
                  _run(tmp_path, "toy", "ensemble", "backdoor", s, c["bd"][s],
                       members=[la[("a", s)], la[("b", s)]]),
                  _run(tmp_path, "toy", "ensemble", "backdoor_ce", s, c["ctl"][s],
-                      members=[la[("a", s)]])]
+                      members=[la[("a", s)]]),
+                 _run(tmp_path, "toy", "ensemble", "backdoor_finetuned", s, c["bd_ft"][s],
+                      members=[ft[("a", s)], ft[("b", s)]])]
     t = comparisons(dirs, n_boot=300, seed=0, loader=_load)
     kinds = sorted(zip(t["kind"], t["a_method"], t["b_method"], strict=True))
+    # each backdoor against its own best member; the fine-tuned backdoor is no control
     assert kinds == [("backdoor_vs_best_member", "backdoor", "la"),
+                     ("backdoor_vs_best_member", "backdoor_finetuned", "adaptformer_la"),
                      ("control_vs_backdoor", "backdoor_ce", "backdoor"),
+                     ("vs_la", "adaptformer_la", "la"), ("vs_la", "adaptformer_la", "la"),
                      ("vs_la", "ce", "la")]
-    best = t[t["kind"] == "backdoor_vs_best_member"].iloc[0]
+    rows = t[t["kind"] == "backdoor_vs_best_member"].set_index("a_method")
+    best = rows.loc["backdoor"]
     # the member best on val is backbone a (val 0.9), although b is better on test
     assert "(a)" in best["b_label"]
     assert best["b_top1"] == pytest.approx(100 * c["a_la"].mean())
     assert best["diff"] == pytest.approx(100 * (c["bd"].mean() - c["a_la"].mean()))
     assert best["n_seeds"] == 2 and best["n_images"] == n
+    ftb = rows.loc["backdoor_finetuned"]
+    assert "(b)" in ftb["b_label"]  # b: best fine-tuned member on val
+    assert ftb["b_top1"] == pytest.approx(100 * c["b_ft"].mean())
+    assert ftb["diff"] == pytest.approx(100 * (c["bd_ft"].mean() - c["b_ft"].mean()))
+    # its interval is the paired bootstrap of the same seed-paired arrays
+    labels = np.arange(n) % 2
+    ref = paired_bootstrap(labels, c["bd_ft"], c["b_ft"], n_boot=300, seed=0)
+    assert (ftb["lo"], ftb["hi"]) == pytest.approx((100 * ref["lo"], 100 * ref["hi"]))
     for _, r in t.iterrows():
         assert r["lo"] <= r["diff"] <= r["hi"]
         assert r["significant"] == (r["lo"] > 0 or r["hi"] < 0)

@@ -186,6 +186,32 @@ def _train(world, *extra, method="ce", fd="bb0", out="x"):
             "--params", json.dumps(FAST), *extra]
 
 
+def _runs_copy(w, name: str, edit) -> Path:
+    """A runs root holding a copy of bb0's ce run of seed 0, its files changed by ``edit``."""
+    import shutil
+
+    dst = w["root"] / name / "toy" / "bb0" / "ce" / "seed0"
+    if not dst.exists():
+        shutil.copytree(w["runs"][("bb0", "ce", 0)], dst)
+        edit(dst)
+    return w["root"] / name
+
+
+def _edit_json(path: Path, change) -> None:
+    obj = json.loads(path.read_text())
+    change(obj)
+    path.write_text(json.dumps(obj))
+
+
+def _renamed_method(d: Path) -> None:
+    for f in ("metrics.json", "config.json"):
+        _edit_json(d / f, lambda o: o.update(method="focal"))
+
+
+def _other_test_split(d: Path) -> None:
+    _edit_json(d / "config.json", lambda o: o["split_sha256"].update(test="0" * 64))
+
+
 CASES = {
     "prior with a zero": (
         lambda w: _train(w, "--prior", str(_bad_prior(w, "zero", [0.5, 0.5, 0, 0, 0, 0]))),
@@ -301,6 +327,16 @@ CASES = {
     "class-aware sampler on a head without num_samples_cls": (
         lambda w: _train(w, "--params", '{"sampler": "class_aware"}', method="la"),
         "sampler = 'class_aware' needs num_samples_cls"),
+    "compare with no setting in common": (
+        lambda w: ["compare", str(w["root"] / "runs"), str(_runs_copy(w, "cmp_other",
+                                                                     _renamed_method)),
+                   "--out-dir", str(w["root"] / "bad" / "cmp1")],
+        "have no (dataset, backbone, method) in common"),
+    "compare of runs on different test splits": (
+        lambda w: ["compare", str(w["root"] / "runs"), str(_runs_copy(w, "cmp_split",
+                                                                     _other_test_split)),
+                   "--out-dir", str(w["root"] / "bad" / "cmp2")],
+        "both sides need the same test split"),
 }
 
 

@@ -3,8 +3,13 @@ true class's cosine, i.e. ``z_y − s · m_y`` with the head scale s; optional D
 
 DRW (deferred re-weighting): from epoch ``drw_epoch`` on (0-based; ``null`` = off, the
 default) each sample's loss is weighted by its class-balanced weight
-``(1 − β)/(1 − β^{n_y})`` (β = ``drw_beta``, mean 1). LDAM-DRW defers to the last quarter
-of training, e.g. ``drw_epoch: 8`` for 10 epochs.
+``(1 − β)/(1 − β^{n_y})`` (β = ``drw_beta``, mean 1). The reference code switches at 4/5 of
+training: kaidic/LDAM-DRW ``cifar_train.py`` ``idx = epoch // 160`` of 200 epochs (betas
+``[0, 0.9999]``), i.e. ``drw_epoch: 8`` of LIFT's 10 epochs, 16 of iNat2018's 20
+(config.yaml ``method_overrides`` of the paper's datasets).
+
+A run is labelled by what ran (:meth:`LDAM.label`): "LDAM-DRW" with a DRW epoch, "LDAM"
+without.
 """
 
 from typing import Any, ClassVar
@@ -20,6 +25,12 @@ class LDAM(HeadMethod):
     defaults: ClassVar[dict[str, Any]] = {**HEAD_DEFAULTS, "max_margin": 0.5,
                                           "drw_epoch": None, "drw_beta": 0.9999}
     description = "label-distribution-aware margin z_y − s·m_y (optional DRW)"
+
+    @staticmethod
+    def label(hparams: dict[str, Any]) -> str:
+        """The display name of a run with these hyper-parameters: the paper's LDAM-DRW only
+        where DRW ran."""
+        return "LDAM" if hparams.get("drw_epoch") is None else "LDAM-DRW"
 
     def setup(self, ctx: FitContext) -> None:
         import torch

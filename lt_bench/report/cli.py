@@ -1,5 +1,5 @@
-"""``lt-bench tables``, ``significance``, ``prior-table``, ``findings`` and ``figures``: the
-results report from the run files."""
+"""``lt-bench tables``, ``significance``, ``compare``, ``prior-table``, ``findings`` and
+``figures``: the results report from the run files."""
 
 from __future__ import annotations
 
@@ -40,6 +40,16 @@ def cmd_significance(a) -> None:
     write_significance(table, Path(a.out))
     n_sig = int(table["significant"].sum()) if len(table) else 0
     print(f"{len(table)} comparisons ({n_sig} with an interval excluding 0) -> {a.out}")
+
+
+def cmd_compare(a) -> None:
+    from lt_bench.report.compare import compare, write_compare
+
+    table = compare(a.a, a.b, a.a_method, a.b_method, n_boot=a.n_boot, seed=a.seed)
+    out = write_compare(table, Path(a.out_dir), str(a.a), str(a.b))
+    n_sig = int(table["significant"].sum())
+    print(f"{len(table)} settings compared ({n_sig} with an interval excluding 0) -> "
+          + ", ".join(map(str, out)))
 
 
 def cmd_findings(a) -> None:
@@ -127,6 +137,20 @@ def add_report_commands(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--seed", type=int, default=0, help="seed of the resampling")
     s.add_argument("--out", default="results/tables/significance.csv")
     s.set_defaults(func=cmd_significance)
+
+    s = sub.add_parser("compare", help="paired bootstrap differences of top-1 between two "
+                       "settings (result folders, suites or two methods), table + figure")
+    s.add_argument("a", help="side A: a results folder, a runs root or a run index file "
+                   "(one metrics.json path per line)")
+    s.add_argument("b", help="side B: the same kinds as A")
+    s.add_argument("--a-method", help="compare only this method of A (pairs on dataset and "
+                   "backbone: two variants of one method)")
+    s.add_argument("--b-method", help="compare only this method of B")
+    s.add_argument("--n-boot", type=int, default=2000, help="bootstrap replicates")
+    s.add_argument("--seed", type=int, default=0, help="seed of the resampling")
+    s.add_argument("--out-dir", default="results/compare", help="writes compare.csv, "
+                   "compare.md and compare.png/.pdf there")
+    s.set_defaults(func=cmd_compare)
 
     s = sub.add_parser("findings", help="the findings section (Markdown + HTML) from the "
                                         "tables")

@@ -23,7 +23,10 @@ def _scalar(v):
 
 
 def collect_runs(runs_root: Path | str, metrics_files: list[Path | str] | None = None) -> pd.DataFrame:
-    """One row per finished run: identity columns, then every scalar metric (None → NaN)."""
+    """One row per finished run: identity columns, then every scalar metric (None → NaN),
+    ``run_dir`` and ``label`` (the display name from the hyper-parameters that ran, from
+    the run's ``config.json``)."""
+    from lt_bench.report.format import label_of
     from lt_bench.runs.folder import report_run_dirs  # the runs of the tables by hand
 
     files = ([Path(f) for f in metrics_files] if metrics_files is not None
@@ -34,6 +37,9 @@ def collect_runs(runs_root: Path | str, metrics_files: list[Path | str] | None =
         row = {k: (v if k in IDENTITY else _scalar(v)) for k, v in m.items()
                if not isinstance(v, dict | list)}
         row["run_dir"] = str(Path(f).parent)
+        cfg = Path(f).parent / "config.json"
+        hp = read_json(cfg).get("hparams") if cfg.is_file() else None
+        row["label"] = label_of(str(row.get("method")), hp)
         rows.append(row)
     if not rows:
         raise FileNotFoundError(f"no finished runs (metrics.json) under {runs_root}")

@@ -40,7 +40,9 @@ def dxp_means(run_dirs: list[Path | str]) -> pd.DataFrame:
     runs = runs[runs[have].notna().any(axis=1)]
     rows = []
     for (bb, m), part in runs.groupby(["backbone", "method"], sort=True):
-        row = {"backbone": bb, "method": m, "n_seeds": part["seed"].nunique()}
+        row = {"backbone": bb, "method": m, "n_seeds": part["seed"].nunique(),
+               "label": " / ".join(sorted(set(part["label"].dropna().astype(str))))
+               if "label" in part.columns else ""}
         for k in keys:
             v = part[k].astype(float) * 100 if k in part.columns else pd.Series(dtype=float)
             row[k] = v.mean() if v.notna().any() else np.nan
@@ -49,6 +51,15 @@ def dxp_means(run_dirs: list[Path | str]) -> pd.DataFrame:
             row[n] = part[n].max() if n in part.columns else np.nan
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def wrap_title(text: str, width_in: float, fontsize: float) -> str:
+    """``text`` broken into lines that fit ``width_in`` inches at ``fontsize`` points (an
+    average glyph of DejaVu Sans is ~0.55 em wide; 0.9 of the width for the margins)."""
+    import textwrap
+
+    per_line = max(20, int(0.9 * width_in * 72 / (0.55 * fontsize)))
+    return textwrap.fill(text, per_line)
 
 
 def _is_ensemble(b: str) -> bool:
@@ -63,8 +74,9 @@ def dxp_figure(run_dirs: list[Path | str], method: str, out_stem: Path | str,
     draws every method's figure from one read of the runs)."""
     plt = _plt()
     means = dxp_means(run_dirs) if means is None else means
-    title = f"{dataset}: D×P accuracy of {fmt.display_name(method)}"
     runs = means[means["method"] == method] if not means.empty else means
+    label = runs["label"].iloc[0] if len(runs) and "label" in runs.columns else None
+    title = f"{dataset}: D×P accuracy of {fmt.display_name(method, label)}"
     if runs.empty:
         return placeholder(out_stem, title, f"no {method} run with D×P metrics (they need the "
                            "backbone's estimated prior q̂)")
@@ -103,9 +115,12 @@ def dxp_figure(run_dirs: list[Path | str], method: str, out_stem: Path | str,
         ax.set_title(f"{b} [{int(r['n_seeds'])} seeds]")
         ax.spines[:].set_visible(False)
     axes[0].set_ylabel("data group (training count)")
-    fig.suptitle(title + f" (%; rows: D-groups, columns: P-groups by q̂; colour scale "
-                 f"{vmin:.0f}–{vmax:.0f}; {fmt.FEW_CLASSES_MARK}: < {fmt.MIN_CELL_CLASSES} "
-                 "classes)", fontsize=9)
+    # wrapped to the figure's width: a one-panel figure (an ensemble's) is 3.6 in wide and
+    # its one-line title was clipped on both sides
+    fig.suptitle(wrap_title(title + f" (%; rows: D-groups, columns: P-groups by q̂; colour "
+                            f"scale {vmin:.0f}–{vmax:.0f}; {fmt.FEW_CLASSES_MARK}: < "
+                            f"{fmt.MIN_CELL_CLASSES} classes)",
+                            fig.get_size_inches()[0], 9), fontsize=9)
     fig.colorbar(image, ax=axes, shrink=0.8, label="top-1 (%)")
     return save(fig, out_stem)
 
@@ -138,7 +153,8 @@ def dxp_summary_figure(run_dirs: list[Path | str], out_stem: Path | str, dataset
                     continue
                 r = hit.iloc[0]
                 rows.append([r[k] - ref[k] for k in keys])
-                labels.append(fmt.display_name(m) + (f" ({bb})" if bb != b else ""))
+                labels.append(fmt.display_name(m, r.get("label")) +
+                              (f" ({bb})" if bb != b else ""))
                 few.append([not pd.isna(r[f"n_{k}_classes"]) and
                             r[f"n_{k}_classes"] < fmt.MIN_CELL_CLASSES for k in keys])
         if rows:
@@ -147,18 +163,21 @@ def dxp_summary_figure(run_dirs: list[Path | str], out_stem: Path | str, dataset
         return placeholder(out_stem, title, f"no method besides {reference} has D×P metrics")
     lim = max(1.0, float(np.nanmax([np.nanmax(np.abs(p[1])) for p in panels])))
     norm = TwoSlopeNorm(vcenter=0.0, vmin=-lim, vmax=lim)
-    n_rows = max(len(p[2]) for p in panels)
-    # Width from the content: ~0.5 in per cell keeps "+12.3°" at 6.5 pt inside its cell,
-    # and the row labels (~0.06 in per character at 7 pt) are drawn once when every panel
-    # has the same rows (they overlapped the cells when the panels shared a fixed width).
-    shared_rows = all(p[2] == panels[0][2] for p in panels)
-    label_in = 0.06 * max(len(label) for p in panels for label in p[2])
-    panel_in = 0.5 * len(keys)
-    width = (label_in * (1 if shared_rows else len(panels)) + panel_in * len(panels) + 1.5)
-    fig, axes = plt.subplots(1, len(panels), figsize=(width, 1.6 + 0.3 * n_rows),
-                             squeeze=False, layout="constrained")
+    # One panel per backbone, stacked vertically: the report's pane fits an image to its
+    # width, so a row of three panels (17 in wide) was shrunk until its numbers were
+    # unreadable; stacked, the figure is one panel wide (~9 in) and scrolls down instead.
+    # ~0.55 in per cell keeps "+12.3°" at 7.5 pt inside its cell; the row labels take
+    # ~0.07 in per character at 8 pt.
+    label_in = 0.07 * max(len(label) for p in panels for label in p[2])
+    panel_in = 0.55 * len(keys)
+    width = label_in + panel_in + 1.6
+    heights = [1.0 + 0.3 * len(p[2]) for p in panels]
+    fig, axes = plt.subplots(len(panels), 1, figsize=(width, sum(heights) + 0.6),
+                             squeeze=False, layout="constrained",
+                             gridspec_kw={"height_ratios": heights})
+    axes = axes.T
     image = None
-    for col, (ax, (b, delta, labels, few)) in enumerate(zip(axes[0], panels, strict=True)):
+    for ax, (b, delta, labels, few) in zip(axes[0], panels, strict=True):
         image = ax.imshow(np.ma.masked_invalid(delta), cmap="RdBu", norm=norm, aspect="auto")
         ax.set_facecolor("0.85")
         for i in range(delta.shape[0]):
@@ -167,21 +186,21 @@ def dxp_summary_figure(run_dirs: list[Path | str], out_stem: Path | str, dataset
                 # a difference that rounds to zero prints as 0.0, not "-0.0"
                 txt = "–" if np.isnan(v) else (f"{v:+.1f}" if round(v, 1) else "0.0") + (
                     fmt.FEW_CLASSES_MARK if few[i, j] else "")
-                ax.text(j, i, txt, ha="center", va="center", fontsize=6.5,
+                ax.text(j, i, txt, ha="center", va="center", fontsize=7.5,
                         color="white" if not np.isnan(v) and abs(v) > 0.6 * lim else "black")
         ax.set_xticks(range(len(keys)), [P_SHORT[p] for _, p in CELLS], rotation=45,
-                      ha="right", fontsize=7)
+                      ha="right", fontsize=8)
         top = ax.secondary_xaxis("top")  # the D-group of each block of three columns
-        top.set_xticks([1, 4, 7], ["D-Many", "D-Medium", "D-Few"], fontsize=7)
+        top.set_xticks([1, 4, 7], ["D-Many", "D-Medium", "D-Few"], fontsize=8)
         top.tick_params(length=0)
-        ax.set_yticks(range(len(labels)), labels if col == 0 or not shared_rows else [],
-                      fontsize=7)
+        ax.set_yticks(range(len(labels)), labels, fontsize=8)
         for x in (2.5, 5.5):  # D-group borders
             ax.axvline(x, color="0.3", lw=0.8)
-        ax.set_title(f"{b}: minus {fmt.display_name(reference)}", pad=16)
+        ax.set_title(f"{b}: minus {fmt.display_name(reference)}", pad=16, fontsize=10)
         ax.spines[:].set_visible(False)
-    fig.suptitle(title + f" on the same backbone (points; blue: better, red: worse; "
-                 f"{fmt.FEW_CLASSES_MARK}: < {fmt.MIN_CELL_CLASSES} classes)", fontsize=9)
-    fig.colorbar(image, ax=list(axes[0]), shrink=0.8, label=f"Δ top-1 vs "
-                 f"{fmt.display_name(reference)} (points)")
+    fig.suptitle(wrap_title(title + f" on the same backbone (points; blue: better, red: "
+                            f"worse; {fmt.FEW_CLASSES_MARK}: < {fmt.MIN_CELL_CLASSES} "
+                            "classes)", width, 9), fontsize=9)
+    fig.colorbar(image, ax=list(axes[0]), shrink=min(0.8, 4 / sum(heights)),
+                 label=f"Δ top-1 vs {fmt.display_name(reference)} (points)")
     return save(fig, out_stem)

@@ -1,10 +1,13 @@
 """The findings section, generated from the tables (issue 13 §4), never written by hand.
 
-Per dataset and single backbone: the **D-gap** (Many − Few top-1) before re-balancing
-(zero-shot, CE) and after (LA), and the **P-gap** inside the Few data group
-(Few/P-Many − Few/P-Few of the D×P table) for the same rows; then the **backdoor gain**
-over its best single member chosen on val with its paired bootstrap interval, and what
-each ensemble control reaches of that gain. Every number is read from ``main.csv``,
+Per dataset, single backbone and track: the **D-gap** (Many − Few top-1) and the
+**P-gap** inside the Few data group (Few/P-Many − Few/P-Few of the D×P table) of
+zero-shot, CE and the re-balanced method (LA; AdaptFormer-LA when fine-tuned). Each verdict
+compares like with like: the re-balanced method against the track's CE, on the same gap,
+and says so. Then **each backdoor's gain** over its own best single member chosen on val
+with its paired bootstrap interval, and each ensemble control against the frozen-feature
+backdoor (with the share of the backdoor's gain it reaches, only where that gain is
+significantly positive). Every number is read from ``main.csv``,
 ``dxp.csv`` and ``significance.csv`` (the tables' means, points of top-1), so the text
 and the tables agree.
 """
@@ -18,11 +21,15 @@ import pandas as pd
 
 from lt_bench.io import atomic_path
 from lt_bench.report import format as fmt
+from lt_bench.report.significance import BACKDOORS, CONTROLLED
 
-BEFORE, AFTER = ("zero_shot", "ce"), "la"
-#: the re-balanced method of each track (issue 13 §3: per regime and per track)
-TRACKS = (("frozen heads", "la"), ("fine-tuning", "adaptformer_la"))
-CLOSE_TOL = 1.0  # points: a gap this small after re-balancing counts as closed
+AFTER = "la"
+#: per track: (name, its CE reference runs in order of preference, its re-balanced method).
+#: The fine-tuning track is judged against fine-tuned CE where it ran (AdaptFormer-CE),
+#: else against the frozen CE head, and the sentence says which.
+TRACKS = (("frozen heads", ("ce",), "la"),
+          ("fine-tuning", ("adaptformer_ce", "ce"), "adaptformer_la"))
+CLOSE_TOL = 1.0  # points: a gap this small counts as closed; changes this small as none
 #: what each toy-world regime means (lt_bench/data/toy.py), for the findings' first line
 REGIMES = {
     "compositional": "classes are compositions of shared attributes, so a class rare in "
@@ -34,6 +41,13 @@ REGIMES = {
 }
 
 
+def num(x: float, digits: int = 1, sign: bool = True) -> str:
+    """``x`` at ``digits`` decimals, never ``-0.0`` (a value that rounds to zero is 0)."""
+    if sign:
+        return fmt.signed(x, digits)
+    return f"{round(float(x), digits) + 0.0:.{digits}f}"  # + 0.0 turns -0.0 into 0.0
+
+
 def _get(table: pd.DataFrame | None, ds, bb, method, col):
     if table is None or table.empty or col not in table.columns:
         return None
@@ -43,17 +57,26 @@ def _get(table: pd.DataFrame | None, ds, bb, method, col):
     return float(hit.iloc[0][col])
 
 
-def _verdict(before: float | None, after: float | None, what: str, by: str = "LA") -> str:
+def verdict(before: float | None, after: float | None, what: str, by: str, ref: str) -> str:
+    """How ``by`` changes the gap ``what`` of ``ref`` (the same gap, the same backbone):
+    the sentence names the reference and gives both values."""
     if before is None or after is None:
         return ""
+    values = f"{num(before)} → {num(after)}"
     small_before, small_after = abs(before) < CLOSE_TOL, abs(after) < CLOSE_TOL
+    if small_before and small_after:
+        return f"neither {ref} nor {by} has a {what} ({values})"
     if small_after:
-        return f"no {what} before or after {by}" if small_before else f"{by} closes the {what}"
+        return f"against {ref}, {by} closes the {what} ({values})"
     if small_before:
-        return f"{by} opens a {what}"
+        return f"against {ref}, {by} opens a {what} ({values})"
+    if (before > 0) != (after > 0):
+        return f"against {ref}, {by} reverses the {what} ({values})"
+    if abs(abs(after) - abs(before)) < CLOSE_TOL:
+        return f"against {ref}, {by} leaves the {what} about unchanged ({values})"
     if abs(after) < abs(before):
-        return f"{by} narrows the {what} but it persists"
-    return f"the {what} persists ({by} does not narrow it)"
+        return f"against {ref}, {by} narrows the {what} but it persists ({values})"
+    return f"against {ref}, {by} widens the {what} ({values})"
 
 
 def _gaps(main, dxp, ds, bb, m):
@@ -66,68 +89,99 @@ def _gaps(main, dxp, ds, bb, m):
 
 
 def gap_lines(main: pd.DataFrame, dxp: pd.DataFrame | None, ds: str) -> list[str]:
-    """Per backbone and track: the D-gap and the P-gap before re-balancing (zero-shot, CE)
-    and after it (LA on frozen features; AdaptFormer-LA fine-tuned), with a verdict."""
+    """Per backbone and track: the D-gap and the P-gap of zero-shot, the track's CE and its
+    re-balanced method (LA on frozen features; AdaptFormer-LA fine-tuned); each verdict
+    compares the re-balanced method with the same CE row on the same gap."""
     lines = []
     singles = [b for b in dict.fromkeys(main.loc[main["dataset"] == ds, "backbone"])
                if b != "ensemble"]
-    for track, after in TRACKS:
+    for track, ces, after in TRACKS:
         for bb in singles:
             if _get(main, ds, bb, after, "top1_mean") is None:
                 continue
-            methods = (*BEFORE, after)
+            ce = next((c for c in ces if _get(main, ds, bb, c, "top1_mean") is not None),
+                      None)
+            methods = [m for m in dict.fromkeys(("zero_shot", ce, after)) if m]
             d, p = {}, {}
             for m in methods:
                 d[m], p[m] = _gaps(main, dxp, ds, bb, m)
-            parts_d = [f"{fmt.display_name(m)} {d[m]:+.1f}" for m in methods if d[m] is not None]
-            parts_p = [f"{fmt.display_name(m)} {p[m]:+.1f}" for m in methods if p[m] is not None]
             by = fmt.display_name(after)
-            ref = "ce" if d.get("ce") is not None else "zero_shot"
-            text = f"**{bb}**, {track}: D-gap (Many − Few) " + ", ".join(parts_d)
-            if (v := _verdict(d.get(ref), d.get(after), "D-gap", by)):
+            # the reference: the track's CE (same training, no re-balancing) for both gaps;
+            # zero-shot only where no CE ran. A gap the reference lacks gets no verdict.
+            ref = ce or "zero_shot"
+            ref_name = fmt.display_name(ref) + (" (frozen head)" if ref == "ce" and
+                                                after != AFTER else "")
+            parts_d = [f"{fmt.display_name(m)} {num(d[m])}" for m in methods
+                       if d[m] is not None]
+            parts_p = [f"{fmt.display_name(m)} {num(p[m])}" for m in methods
+                       if p[m] is not None]
+            text = f"**{bb}**, {track}: D-gap (Many − Few) " + (
+                ", ".join(parts_d) or "n/a (no class in the Many or the Few group)")
+            if (v := verdict(d.get(ref), d.get(after), "D-gap", by, ref_name)):
                 text += f" — {v}"
             text += "; P-gap within D-Few (P-Many − P-Few) " + (", ".join(parts_p) or
                                                                  "n/a (no estimated prior)")
-            pref = "zero_shot" if p.get("zero_shot") is not None else "ce"
-            if (v := _verdict(p.get(pref), p.get(after), "P-gap", by)):
+            if (v := verdict(p.get(ref), p.get(after), "P-gap", by, ref_name)):
                 text += f" — {v}"
             lines.append(text + ".")
     return lines
 
 
+def _share_text(control_top1: float, best_top1: float, gain: float, gain_sig: bool) -> str:
+    """Where a control lands between the backdoor's best member and the backdoor: only
+    where the backdoor's gain is positive and its interval excludes 0 (a share of a gain
+    that may be zero or negative means nothing)."""
+    if not gain_sig or gain <= 0:
+        return ""
+    over = control_top1 - best_top1
+    if over <= 0:
+        return (f"; it does not beat the backdoor's best member "
+                f"({num(control_top1, sign=False)} vs {num(best_top1, sign=False)})")
+    share = over / gain
+    if share >= 1:
+        return "; it matches or exceeds the backdoor's gain over its best member"
+    return f"; it reaches {100 * share:.0f} % of the backdoor's gain over its best member"
+
+
 def backdoor_lines(sig: pd.DataFrame | None, main: pd.DataFrame, ds: str) -> list[str]:
+    """Each backdoor's gain over its own best member (chosen on val, per track) with its
+    interval; each control against the frozen-feature backdoor."""
     lines = []
     if sig is not None and not sig.empty:
         s = sig[sig["dataset"] == ds]
         best = s[s["kind"] == "backdoor_vs_best_member"]
-        gain = None
-        if len(best):
-            r = best.iloc[0]
-            gain = r["diff"]
+        for _, r in best.iterrows():
             sig_txt = "significant" if r["significant"] else "not significant"
-            lines.append(f"**Backdoor gain** over its {r['b_label']}: {r['diff']:+.2f} points "
-                         f"top-1 (95 % paired bootstrap interval [{r['lo']:+.2f}, "
-                         f"{r['hi']:+.2f}], {sig_txt}; backdoor {r['a_top1']:.1f} vs "
-                         f"{r['b_top1']:.1f}, {int(r['n_seeds'])} seed(s)).")
+            track = BACKDOORS.get(r["a_method"], "")
+            lines.append(f"**Backdoor gain**{f' ({track})' if track else ''}: "
+                         f"{fmt.display_name(r['a_method'])} over its "
+                         f"{r['b_label']}: {num(r['diff'], 2)} points top-1 (95 % paired "
+                         f"bootstrap interval [{num(r['lo'], 2)}, {num(r['hi'], 2)}], "
+                         f"{sig_txt}; backdoor {num(r['a_top1'], sign=False)} vs "
+                         f"{num(r['b_top1'], sign=False)}, {int(r['n_seeds'])} seed(s)).")
+        ref = best[best["a_method"] == CONTROLLED]
         for _, r in s[s["kind"] == "control_vs_backdoor"].iterrows():
             on = f" on {r['a_backbone']}" if r.get("a_backbone") not in (None, "ensemble") else ""
-            text = (f"Control **{fmt.display_name(r['a_method'])}**{on} vs backdoor: "
-                    f"{r['diff']:+.2f} [{r['lo']:+.2f}, {r['hi']:+.2f}]")
-            if gain is not None and len(best) and abs(gain) > 1e-9:
-                share = (r["a_top1"] - best.iloc[0]["b_top1"]) / gain
-                text += f"; it reaches {100 * share:.0f} % of the backdoor's gain"
+            sig_txt = "significant" if r["significant"] else "not significant"
+            text = (f"Control **{fmt.display_name(r['a_method'])}**{on} vs "
+                    f"{fmt.display_name(r['b_method'])}: {num(r['diff'], 2)} points top-1 "
+                    f"[{num(r['lo'], 2)}, {num(r['hi'], 2)}], {sig_txt}")
+            if len(ref):
+                g = ref.iloc[0]
+                text += _share_text(r["a_top1"], g["b_top1"], g["diff"], bool(g["significant"]))
             lines.append(text + ".")
         if lines:
             return lines
-    bd = _get(main, ds, "ensemble", "backdoor", "top1_mean")
     la = main[(main["dataset"] == ds) & (main["method"] == AFTER) &
               (main["backbone"] != "ensemble")]
+    bd = _get(main, ds, "ensemble", "backdoor", "top1_mean")
     if bd is not None and len(la):
         i = la["top1_mean"].idxmax()
         lines.append(f"**Backdoor gain** over the best single LA run (chosen on test, no "
-                     f"interval: significance not computed): {bd - la.loc[i, 'top1_mean']:+.1f} "
-                     f"points top-1 (backdoor {bd:.1f} vs {la.loc[i, 'backbone']} "
-                     f"{la.loc[i, 'top1_mean']:.1f}).")
+                     f"interval: significance not computed): "
+                     f"{num(bd - la.loc[i, 'top1_mean'])} points top-1 (backdoor "
+                     f"{num(bd, sign=False)} vs {la.loc[i, 'backbone']} "
+                     f"{num(la.loc[i, 'top1_mean'], sign=False)}).")
     return lines
 
 
@@ -136,8 +190,9 @@ def findings(main: pd.DataFrame, dxp: pd.DataFrame | None = None,
     """The findings section as Markdown; ``regimes``: the toy world's regime by dataset."""
     out = ["# Findings", "",
            "Generated from main.csv, dxp.csv and significance.csv (points of top-1, means "
-           f"over seeds). A gap below {CLOSE_TOL:g} point after re-balancing counts as "
-           "closed.", ""]
+           f"over seeds). Verdicts compare the re-balanced method with the same track's CE on "
+           f"the same gap; a gap below {CLOSE_TOL:g} point counts as closed and a change "
+           f"below {CLOSE_TOL:g} point as none.", ""]
     for ds in dict.fromkeys(main["dataset"]):
         out += [f"## {ds}", ""]
         if (regime := (regimes or {}).get(ds)):

@@ -15,7 +15,7 @@ DISPLAY_NAMES = {
     "zero_shot": "zero-shot",
     "ce": "CE",
     "focal": "focal",
-    "ldam": "LDAM-DRW",
+    "ldam": "LDAM",  # "LDAM-DRW" where DRW ran: label_of(method, hparams)
     "cb": "CB",
     "grw": "GRW",
     "la": "LA",
@@ -45,8 +45,23 @@ MIN_CELL_CLASSES = 10
 FOOTNOTE_MARKS = "abcdefghijklmnopqrstuvwxyz"
 
 
-def display_name(method: str) -> str:
+def display_name(method: str, label: str | None = None) -> str:
+    """The paper name of a method; ``label``: the one its runs' hyper-parameters give
+    (:func:`label_of`), which wins where there is one."""
+    if isinstance(label, str) and label:
+        return label
     return DISPLAY_NAMES.get(method, method)
+
+
+def label_of(method: str, hparams: dict | None) -> str:
+    """The display name of a run from the hyper-parameters that ran: the method's own
+    ``label(hparams)`` where it has one (LDAM vs LDAM-DRW), else :func:`display_name`."""
+    if hparams is not None:
+        from lt_bench.methods import METHODS
+
+        if method in METHODS and (label := getattr(METHODS.get(method), "label", None)):
+            return label(hparams)
+    return display_name(method)
 
 
 def tex_escape(s: object) -> str:
@@ -106,6 +121,11 @@ def cell(mean: float, std: float, bold: bool = False, style: str = "md", mark: s
     return a if s is None else f"{a} ± {s}"
 
 
+def signed(x: float, digits: int = 1) -> str:
+    """``x`` with its sign at ``digits`` decimals, never ``-0.0`` (rounds to zero: ``+0.0``)."""
+    return f"{round(float(x), digits) + 0.0:+.{digits}f}"
+
+
 def seeds_text(n_seeds: int, deterministic: bool) -> str:
     """The ``n`` column: seeds averaged, or ``1†`` where they all gave one result."""
     return f"1{DET_MARK}" if deterministic else str(int(n_seeds))
@@ -126,15 +146,22 @@ def compute_text(key: str, value) -> str:
 
 
 def html_table(header: list[str], rows: list[list[str]], caption: str = "",
-               table_id: str = "") -> str:
-    """An HTML ``<table>`` whose cells are already HTML (escaped by the caller)."""
+               table_id: str = "", text_cols: int = 0) -> str:
+    """An HTML ``<table>`` whose cells are already HTML (escaped by the caller); the first
+    ``text_cols`` columns are left-aligned text that may wrap (class ``t``), so a table of
+    long names still fits its pane."""
+    def cls(i: int) -> str:
+        return ' class="t"' if i < text_cols else ""
+
     out = [f'<table id="{html.escape(table_id)}">' if table_id else "<table>"]
     if caption:
         out.append(f"<caption>{caption}</caption>")
-    out.append("<thead><tr>" + "".join(f"<th>{h}</th>" for h in header) + "</tr></thead>")
+    out.append("<thead><tr>" + "".join(f"<th{cls(i)}>{h}</th>" for i, h in enumerate(header))
+               + "</tr></thead>")
     out.append("<tbody>")
     for r in rows:
-        out.append("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>")
+        out.append("<tr>" + "".join(f"<td{cls(i)}>{c}</td>" for i, c in enumerate(r))
+                   + "</tr>")
     out.append("</tbody></table>")
     return "\n".join(out)
 
@@ -147,7 +174,11 @@ th, td { border-bottom: 1px solid #ccc; padding: 2px 8px; text-align: right;
          white-space: nowrap; }
 th:nth-child(-n+2), td:nth-child(-n+2) { text-align: left; }
 thead th { border-bottom: 2px solid #444; }
+th.t, td.t { text-align: left; white-space: normal; min-width: 4em; max-width: 16em; }
+caption { max-width: 70em; }
 p.note { font-size: 12px; color: #444; max-width: 60em; }
+p.headline { font-size: 14px; margin: 0.3em 0; padding: 0.3em 0.6em; max-width: 60em;
+             background: #eef4fb; border-left: 3px solid #3b6ea8; }
 """
 
 

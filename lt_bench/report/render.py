@@ -26,7 +26,7 @@ KIND_TITLES = {"vs_la": "vs LA (same backbone)",
                "control_vs_backdoor": "ensemble control vs backdoor"}
 SIG_NOTE = (f"{fmt.SIG_UP}/{fmt.SIG_DOWN}: better/worse, the paired bootstrap 95 % interval "
             "of the top-1 difference over test images excludes 0 (each method vs LA on the "
-            "same backbone; the backdoor vs its best single member chosen on val; each "
+            "same backbone; each backdoor vs its own best single member chosen on val; each "
             "ensemble control vs the backdoor; intervals in the significance table).")
 DET_NOTE = (f"n = 1{fmt.DET_MARK}: every seed gave bit-identical metrics (deterministic, "
             "n = 1 distinct result).")
@@ -86,7 +86,9 @@ def _section(part: pd.DataFrame, best: pd.DataFrame, spec: TableSpec, style: str
     rows, groups = [], []
     for i, r in part.iterrows():
         key = (r["dataset"], r["backbone"], r["method"])
-        name = fmt.tex_name(r["method"]) if style == "tex" else esc(fmt.display_name(r["method"]))
+        label = r.get("label")
+        name = (fmt.tex_escape(label) if label else fmt.tex_name(r["method"])) \
+            if style == "tex" else esc(fmt.display_name(r["method"], label))
         if key in letters:
             name += {"tex": f"$^{{{letters[key]}}}$", "html": f"<sup>{letters[key]}</sup>"
                      }.get(style, f" [{letters[key]}]")
@@ -140,9 +142,11 @@ def render_all(view: pd.DataFrame, best: pd.DataFrame, spec: TableSpec) -> tuple
                                                       "% Needs \\usepackage{booktabs}"
                                                       + (", graphicx" if spec.wide else "")
                                                       + (", amssymb" if sig else "") + "."], []
-    ids = sorted(set(view["method"]))
+    labels = view["label"] if "label" in view.columns else [""] * len(view)
+    ids = sorted({(m, fmt.display_name(m, lab)) for m, lab in zip(view["method"], labels,
+                                                                   strict=True)})
     tex.append("% rows (display name = code id): " + "; ".join(
-        f"{fmt.tex_escape(fmt.display_name(m))} = {fmt.tex_escape(m)}" for m in ids))
+        f"{fmt.tex_escape(name)} = {fmt.tex_escape(m)}" for m, name in ids))
     for ds, part in view.groupby("dataset", sort=False):
         counts = spec.counts.get(ds, {})
         notes_df = part[["dataset", "backbone", "method", "identical_to"]].copy() \
@@ -153,13 +157,17 @@ def render_all(view: pd.DataFrame, best: pd.DataFrame, spec: TableSpec) -> tuple
         caption = spec.caption + (f"; P-Many/P-Medium/P-Few: {p_counts} classes"
                                   if p_counts and spec.cell_classes else "")
         notes = _notes(part, spec, lines, sig)
+        head = headline(spec.significance, ds) if spec.name == "main" else []
         h, rows, _ = _section(part, best, spec, "md", counts, letters, sig)
-        md += [f"## {ds}", "", caption[0].upper() + caption[1:] + ".", "", _md_table(h, rows),
+        md += [f"## {ds}", ""] + [f"**Headline**: {x}  " for x in head] + ([""] if head else [])
+        md += [caption[0].upper() + caption[1:] + ".", "", _md_table(h, rows),
                ""] + [f"{n}  " for n in notes] + [""]
         h, rows, _ = _section(part, best, spec, "html", counts, letters, sig)
         body.append(f"<h3>{_html.escape(ds)}</h3>")
+        body += [f'<p class="headline"><b>Headline</b>: {_html.escape(x)}</p>' for x in head]
+        # the names wrap (long ensemble names), so a wide table fits the report's pane
         body.append(fmt.html_table(h, rows, _html.escape(caption[0].upper() + caption[1:]),
-                                   f"{spec.name}-{ds}"))
+                                   f"{spec.name}-{ds}", text_cols=2))
         body += [f'<p class="note">{_html.escape(n)}</p>' for n in notes]
         h, rows, groups = _section(part, best, spec, "tex", counts, letters, sig)
         tex += _tex_table(ds, h, rows, groups, spec, caption,
@@ -168,6 +176,23 @@ def render_all(view: pd.DataFrame, best: pd.DataFrame, spec: TableSpec) -> tuple
         tex.append("% (no runs)")
     page = fmt.html_page(f"{spec.name} table", "\n".join(body))
     return "\n".join(md) + "\n", "\n".join(tex) + "\n", page
+
+
+def headline(sig: pd.DataFrame | None, ds: str) -> list[str]:
+    """One line per backdoor of ``ds``: its top-1 against its best member chosen on val,
+    with the paired bootstrap interval of the difference (the significance table's row)."""
+    if sig is None or sig.empty:
+        return []
+    rows = sig[(sig["dataset"] == ds) & (sig["kind"] == "backdoor_vs_best_member")]
+    out = []
+    for _, r in rows.iterrows():
+        mark = (" " + (fmt.SIG_UP if r["diff"] > 0 else fmt.SIG_DOWN)) if r["significant"] \
+            else " (interval includes 0)"
+        out.append(f"{fmt.display_name(r['a_method'])} {r['a_top1']:.1f} vs its "
+                   f"{r['b_label']} {fmt.display_name(r['b_method'])} {r['b_top1']:.1f}: "
+                   f"Δ {fmt.signed(r['diff'], 2)} [{fmt.signed(r['lo'], 2)}, "
+                   f"{fmt.signed(r['hi'], 2)}]{mark}")
+    return out
 
 
 def _tex_table(ds, header, rows, groups, spec: TableSpec, caption: str,
@@ -211,17 +236,22 @@ def write_significance_tables(sig: pd.DataFrame, out_dir: Path) -> pd.DataFrame:
         return fmt.display_name(m) if bb in ("ensemble", "best_member") else \
             f"{fmt.display_name(m)} ({bb})"
 
-    header = ["Dataset", "Comparison", "A", "B", "n", "A top-1", "B top-1",
-              "Δ top-1 [95 % CI]", ""]
+    # the interval right after the names (it was the last column, cut off in the report's
+    # pane); the headline comparisons (each backdoor vs its best member) first
+    header = ["Dataset", "Comparison", "A", "B", "Δ top-1 [95 % CI]", "", "A top-1",
+              "B top-1", "n"]
+    order = sorted(range(len(sig)), key=lambda i: (sig["kind"].iloc[i] != "backdoor_vs_best_member", i))
     rows = []
-    for _, r in sig.iterrows():
+    for _, r in sig.iloc[order].iterrows():
         mark = (fmt.SIG_UP if r["diff"] > 0 else fmt.SIG_DOWN) if r["significant"] else ""
         rows.append([r["dataset"], KIND_TITLES.get(r["kind"], r["kind"]),
                      who(r["a_backbone"], r["a_method"]),
-                     r["b_label"] if r["kind"] == "backdoor_vs_best_member"
+                     f"{r['b_label']} {fmt.display_name(r['b_method'])}"
+                     if r["kind"] == "backdoor_vs_best_member"
                      else who(r["b_backbone"], r["b_method"]),
-                     str(int(r["n_seeds"])), f"{r['a_top1']:.1f}", f"{r['b_top1']:.1f}",
-                     f"{r['diff']:+.2f} [{r['lo']:+.2f}, {r['hi']:+.2f}]", mark])
+                     f"{fmt.signed(r['diff'], 2)} [{fmt.signed(r['lo'], 2)}, "
+                     f"{fmt.signed(r['hi'], 2)}]", mark,
+                     f"{r['a_top1']:.1f}", f"{r['b_top1']:.1f}", str(int(r["n_seeds"]))])
     n_boot = int(sig["n_boot"].iloc[0]) if len(sig) else 0
     caption = (f"Paired bootstrap ({n_boot} replicates, test images resampled within "
                "classes, the same resample for both runs; seeds paired and averaged) 95 % "
@@ -232,11 +262,11 @@ def write_significance_tables(sig: pd.DataFrame, out_dir: Path) -> pd.DataFrame:
         md += "\n_No comparison: no LA runs, backdoor runs or controls._\n"
     esc_rows = [[_html.escape(str(c)) for c in r] for r in rows]
     page = fmt.html_page("significance", fmt.html_table(
-        header, esc_rows, _html.escape(caption), "significance"))
+        header, esc_rows, _html.escape(caption), "significance", text_cols=4))
     tex = [f"% {GENERATED}", "% Needs \\usepackage{booktabs}, amssymb.",
            r"\begin{table}[t]", r"\centering", rf"\caption{{{fmt.tex_escape(caption)}}}",
            r"\label{tab:significance}", r"\resizebox{\textwidth}{!}{%",
-           r"\begin{tabular}{llllrrrlc}", r"\toprule",
+           r"\begin{tabular}{lllllcrrr}", r"\toprule",
            " & ".join(fmt.tex_escape(h) for h in header) + r" \\", r"\midrule"]
     tex += [" & ".join(fmt.tex_escape(c) for c in r) + r" \\" for r in rows]
     tex += [r"\bottomrule", r"\end{tabular}}", r"\end{table}", ""]

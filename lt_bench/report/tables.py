@@ -28,6 +28,7 @@ from lt_bench.io import atomic_path
 from lt_bench.report import format as fmt
 from lt_bench.report import render
 from lt_bench.report.rows import group_class_counts, row_notes
+from lt_bench.report.significance import BACKDOORS
 
 KEYS = ["dataset", "backbone", "method"]
 MAIN_METRICS = ["top1", "many", "medium", "few"]
@@ -36,7 +37,8 @@ D_GROUPS = ("many", "medium", "few")
 P_GROUPS = ("p_many", "p_medium", "p_few")
 DXP_METRICS = [f"dp_{d}_{p}" for d in D_GROUPS for p in P_GROUPS]
 ABLATION_KEY = re.compile(r"^m(\d+)_(top1|many|medium|few)$")
-#: backbones that combine several models (backdoor runs) are listed after the single ones
+#: backbones that combine several models (backdoor runs): listed first, the backdoors (the
+#: headline) at the top
 ENSEMBLE_BACKBONES = ("ensemble",)
 GENERATED = render.GENERATED
 
@@ -58,13 +60,15 @@ def summarize(runs: pd.DataFrame, metrics: list[str], keys: list[str] = KEYS) ->
 
 def order_rows(table: pd.DataFrame, method_order: Sequence[str] | None = None,
                extra: Sequence[str] = ("M",)) -> pd.DataFrame:
-    """Sort by dataset, single backbones before ensembles, ``method_order``, then ``extra``."""
+    """Sort by dataset, the headline first (the backdoors, then the other ensembles over
+    backbones), then single backbones; within each, ``method_order``, then ``extra``."""
     if table.empty:
         return table
     rank = {m: i for i, m in enumerate(method_order or [])}
     sort = pd.DataFrame({
         "d": table["dataset"],
-        "e": table["backbone"].isin(ENSEMBLE_BACKBONES),
+        "h": ~table["method"].isin(BACKDOORS),
+        "e": ~table["backbone"].isin(ENSEMBLE_BACKBONES),
         "b": table["backbone"],
         "r": table["method"].map(lambda m: rank.get(m, len(rank))),
         "m": table["method"],
@@ -117,12 +121,27 @@ def _runs_with(runs: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
     return runs[runs[present].notna().any(axis=1)]
 
 
-def _with_notes(table: pd.DataFrame, notes: pd.DataFrame) -> pd.DataFrame:
+def row_labels(runs: pd.DataFrame) -> pd.DataFrame:
+    """Per (dataset, backbone, method): the display name its runs' hyper-parameters give
+    (collect_runs' ``label``; runs that disagree are joined with " / ")."""
+    if "label" not in runs.columns or runs.empty:
+        return pd.DataFrame(columns=KEYS + ["label"])
+    return (runs.groupby(KEYS, sort=False)["label"]
+            .agg(lambda x: " / ".join(sorted({str(v) for v in x if isinstance(v, str)})))
+            .reset_index())
+
+
+def _with_notes(table: pd.DataFrame, notes: pd.DataFrame,
+                runs: pd.DataFrame | None = None) -> pd.DataFrame:
     if table.empty:
-        return table.assign(deterministic=False, identical_to="")
+        return table.assign(deterministic=False, identical_to="", label="")
     cols = [c for c in notes.columns if c not in ("n_seeds",)]
-    return table.merge(notes[cols], on=KEYS, how="left").fillna(
-        {"deterministic": False, "identical_to": ""})
+    out = table.merge(notes[cols], on=KEYS, how="left")
+    if runs is not None:
+        out = out.merge(row_labels(runs), on=KEYS, how="left")
+    if "label" not in out.columns:
+        out["label"] = ""
+    return out.fillna({"deterministic": False, "identical_to": "", "label": ""})
 
 
 # --- main ---------------------------------------------------------------------------------
@@ -141,7 +160,7 @@ def write_main_table(runs: pd.DataFrame, out_dir: Path,
     """``main.csv`` (columns unchanged), ``main.md``/``.tex``/``.html``; best per dataset bold."""
     table = main_table(runs, method_order)
     notes = row_notes(runs, method_order)
-    view = _with_notes(table, notes)
+    view = _with_notes(table, notes, runs)
     best = best_mask(table, MAIN_METRICS, ["dataset"], view["identical_to"] != "")
     counts = group_class_counts(runs)
     spec = render.TableSpec(
@@ -186,7 +205,7 @@ def write_dxp_table(runs: pd.DataFrame, out_dir: Path,
         _write(out_dir, "dxp", table, md, tex, html)
         return table
     notes = row_notes(runs, method_order)
-    view = _with_notes(table, notes)
+    view = _with_notes(table, notes, runs)
     best = best_mask(table, DXP_METRICS, ["dataset"], view["identical_to"] != "")
     titles = {f"dp_{d}_{p}": f"{d.capitalize()}/P-{p[2:].capitalize()}"
               for d in D_GROUPS for p in P_GROUPS}
@@ -280,7 +299,9 @@ def write_notes_table(runs: pd.DataFrame, out_dir: Path,
                       method_order: Sequence[str] | None = None) -> pd.DataFrame:
     """``notes.csv``: per row, n distinct results, deterministic, identical_to, compute."""
     notes = order_rows(row_notes(runs, method_order), method_order)
-    notes.insert(3, "display_name", notes["method"].map(fmt.display_name))
+    labels = notes.merge(row_labels(runs), on=KEYS, how="left")["label"]
+    notes.insert(3, "display_name", [fmt.display_name(m, lab) for m, lab in
+                                     zip(notes["method"], labels, strict=True)])
     with atomic_path(Path(out_dir) / "notes.csv") as tmp:
         notes.to_csv(tmp, index=False, float_format="%.6g")
     return notes
