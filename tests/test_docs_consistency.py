@@ -91,8 +91,14 @@ def _config_key_exists(path: list[str], schema: dict) -> bool:
     return True
 
 
+FILE_SUFFIXES = ("parquet", "json", "txt", "csv", "md", "png", "pdf", "pt", "yaml", "lock")
+
+
 def _is_code(path: list[str]) -> bool:
-    """``prompts.text_classname``: a function of an lt_bench module, not a config key."""
+    """``prompts.text_classname``: a function of an lt_bench module, not a config key;
+    ``prior.parquet``: a file name, not a config key."""
+    if len(path) == 2 and path[1] in FILE_SUFFIXES:
+        return True
     for f in (REPO / "lt_bench").rglob(f"{path[0]}.py"):
         if re.search(rf"^(def|class) {re.escape(path[1])}\b|^{re.escape(path[1])}\s*[:=]",
                      f.read_text(), re.M):
