@@ -368,7 +368,12 @@ def extract_all(dataset: str, split_dir: Path, image_root: Path, backbone_name: 
                  "weights": weights, "model": bb.spec.model, "library": bb.spec.library,
                  "dataset": dataset, "preprocessing": _describe(tf), "transform": tf_info["test"],
                  "versions": library_versions(), "amp": amp, "device": dev.type,
-                 "feature": bb.feature_kind(feature), "decode": decode}
+                 "feature": bb.feature_kind(feature), "decode": decode,
+                 # every file of the folder names all the lists it was extracted with, so a
+                 # reader can tell a val/test file of another extraction (store.check_folder)
+                 "inputs_sha256": {**{s: sha256_file(split_dir / f"{s}.txt") for s in splits},
+                                   "classnames": sha256_file(split_dir / "classnames.txt")
+                                   if (split_dir / "classnames.txt").is_file() else None}}
     stats: dict[str, Any] = {}
     for split in splits:
         split_file = split_dir / f"{split}.txt"

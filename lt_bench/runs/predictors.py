@@ -41,12 +41,36 @@ def split_logits_of(predictor, split) -> np.ndarray:
     return split_features_logits(predictor, split)
 
 
+class StaleRunError(InputValidationError):
+    """A finished run whose recorded inputs changed since: its logits would now be other
+    numbers than its metrics.json's. Reported, never silently recomputed."""
+
+
+def check_features_fresh(run_path: Path, cfg: dict, features_dir: Path) -> None:
+    """Every feature file the run recorded (``feature_sha256``) still has that sha256
+    (hashed once per file per process, ``io.sha256_cached``); a :class:`StaleRunError`
+    naming the file and both hashes otherwise. Runs made before the hashes were recorded
+    pass."""
+    from lt_bench.io import sha256_cached
+
+    for split, recorded in (cfg.get("feature_sha256") or {}).items():
+        path = Path(features_dir) / f"{split}.parquet"
+        now = sha256_cached(path) if path.is_file() else None
+        if now != recorded:
+            raise StaleRunError(
+                f"{run_path}: stale run: its {split} features {path} "
+                + ("are gone" if now is None else f"changed (sha256 {now[:12]}… now)")
+                + f" since it was made (sha256 {str(recorded)[:12]}… in its config.json); "
+                "rerun it (snakemake reruns it) or restore those features")
+
+
 class FeatureRun:
     """A run over cached features: predictor + the features folder it was fitted on."""
 
     def __init__(self, run_path: Path, cfg: dict):
         self.run_path = Path(run_path)
         self.features_dir = resolve_recorded(cfg["features_dir"], self.run_path)
+        check_features_fresh(self.run_path, cfg, self.features_dir)
         self.predictor = load_run_predictor(self.run_path)
 
     def split_logits(self, split: str) -> tuple[np.ndarray, np.ndarray]:
