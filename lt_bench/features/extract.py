@@ -47,6 +47,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from lt_bench.backbones.base import LoadedBackbone
+from lt_bench.data.images import to_rgb
 from lt_bench.data.splits import read_split
 from lt_bench.errors import UserError
 from lt_bench.features._util import (  # noqa: F401  (re-exported: the CLI imports them)
@@ -100,7 +101,7 @@ class ImageListDataset(Dataset):
         path = self.root / self.paths[i]
         try:
             with Image.open(path) as im:
-                img = im.convert("RGB")  # forces a full decode: truncated files fail here
+                img = to_rgb(im)  # forces a full decode: truncated files fail here
         except (OSError, ValueError, Image.DecompressionBombError) as e:
             where = f"line {i + 1} of {self.split_file}" if self.split_file else f"row {i}"
             what = "missing" if isinstance(e, FileNotFoundError) else "unreadable"

@@ -20,8 +20,11 @@ def cmd_tables(a) -> None:
     from lt_bench.report.published import write_published_table
     from lt_bench.report.significance import read_significance
     from lt_bench.report.tables import write_all_tables
+    from lt_bench.runs.predictors import check_fresh
 
     runs = collect_runs(a.runs_root, a.metrics)
+    for d in runs["run_dir"]:  # a stale run's numbers are no longer its files': refuse
+        check_fresh(Path(d))
     sig = read_significance(a.significance) if a.significance else None
     if a.significance and sig is None:
         raise FileNotFoundError(f"--significance {a.significance}: no such file (made by "
@@ -35,8 +38,12 @@ def cmd_tables(a) -> None:
 
 def cmd_significance(a) -> None:
     from lt_bench.report.significance import comparisons, write_significance
+    from lt_bench.runs.predictors import check_fresh
 
-    table = comparisons(_run_dirs(a), n_boot=a.n_boot, seed=a.seed)
+    dirs = _run_dirs(a)
+    for d in dirs:  # every listed run, compared or not: a stale one is refused
+        check_fresh(d)
+    table = comparisons(dirs, n_boot=a.n_boot, seed=a.seed)
     write_significance(table, Path(a.out))
     n_sig = int(table["significant"].sum()) if len(table) else 0
     print(f"{len(table)} comparisons ({n_sig} with an interval excluding 0) -> {a.out}")

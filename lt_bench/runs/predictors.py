@@ -94,6 +94,26 @@ class StoredRun:
         return read_logits(path)
 
 
+def check_fresh(run_path: Path) -> None:
+    """A :class:`StaleRunError` where a finished run's recorded inputs changed since it
+    was made: its features (feature runs), its members (ensembles: each finished, unchanged
+    and itself fresh). For readers of ``metrics.json`` (the tables), which must refuse a
+    run whose files no longer give its numbers; readers of logits check in ``open_run``."""
+    from lt_bench.io import read_json
+
+    run_path = Path(run_path)
+    spec, cfg = (run_path / "predictor.json", run_path / "config.json")
+    kind = read_json(spec).get("kind") if spec.is_file() else None
+    cfg = read_json(cfg) if cfg.is_file() else {}  # a run of an older layout: nothing to check
+    if kind == "ensemble":
+        from lt_bench.runs.ensemble import EnsembleRun
+
+        for m in EnsembleRun.from_folder(run_path).members:  # from_folder checks them
+            check_fresh(m)
+    elif cfg.get("features_dir") and cfg.get("feature_sha256"):
+        check_features_fresh(run_path, cfg, resolve_recorded(cfg["features_dir"], run_path))
+
+
 def open_run(run_path: Path):
     """The run at ``run_path`` behind the seam (an object with ``split_logits``)."""
     from lt_bench.methods._predictor import read_predictor_spec
