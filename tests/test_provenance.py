@@ -245,3 +245,27 @@ def test_extraction_records_every_list_it_read(small_toy_world):
         assert meta["inputs_sha256"] == want, f
         if f != "text":
             assert meta["split_sha256"] == want[f]
+
+
+@pytest.mark.slow
+def test_duplicate_seeds_are_refused_by_snakemake_in_one_line(tmp_path):
+    """seeds: [0, 0] would report n = 2 with std 0 from one seed: the schema refuses it
+    before any job runs, in one line naming the key."""
+    import subprocess
+    import sys
+
+    import yaml
+    from conftest import REPO, copy_workflow
+
+    cfg = yaml.safe_load((REPO / "tests/data/tiny_config.yaml").read_text())
+    cfg["suites"]["tiny"]["seeds"] = [0, 0]
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    wf = copy_workflow(tmp_path / "wf")
+    r = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--cores", "1",
+                        "--configfile", str(config)], cwd=wf, capture_output=True, text=True)
+    out = r.stdout + r.stderr
+    assert r.returncode != 0
+    assert "config.yaml suites.tiny.seeds: [0, 0] has non-unique elements" in out.splitlines()
+    assert "Failed validating" not in out  # not the schema's dump
+    assert not (wf / "results").exists()
