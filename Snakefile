@@ -24,5 +24,5 @@ include: "workflow/rules/tracking.smk"
 
 rule all:
     input:
-        PLAN.final_targets(),
+        PLAN.final_targets(run_markers()),  # common.smk: a deleted run is rerun
     default_target: True

@@ -128,6 +128,13 @@ def _ensemble_member_rerun(w):
     return ens
 
 
+def _deleted_run(w):
+    run = _copy(w["runs"]["bb0"], w["root"] / "cases" / "deleted" / "toy" / "bb0" / "la" /
+                "seed0")
+    shutil.rmtree(run)
+    return run
+
+
 def _train(fd_of, method="la", *extra):
     return lambda w: ["train", "--method", method, "--features-dir", str(fd_of(w)), "--out",
                       str(w["root"] / "bad" / method / "x"), "--seed", "0", "--params",
@@ -179,6 +186,11 @@ CASES = {
                    str(w["runs"]["bb1"] / "metrics.json"),
                    "--out-dir", str(w["root"] / "bad" / "tables")],
         ["stale run: its test features"]),
+    "tables over a runs index listing a deleted run": (
+        lambda w: ["tables", "--metrics", str(_deleted_run(w) / "metrics.json"),
+                   str(w["runs"]["bb1"] / "metrics.json"),
+                   "--out-dir", str(w["root"] / "bad" / "tables2")],
+        ["la/seed0 is no longer a finished run (no metrics.json"]),
 }
 
 

@@ -20,11 +20,14 @@ def cmd_tables(a) -> None:
     from lt_bench.report.published import write_published_table
     from lt_bench.report.significance import read_significance
     from lt_bench.report.tables import write_all_tables
+    from lt_bench.runs.folder import find_run_dirs
     from lt_bench.runs.predictors import check_fresh
 
+    # a listed run no longer finished, or stale (its numbers are no longer its files'):
+    # refuse rather than tabulate it
+    for d in [Path(m).parent for m in a.metrics] if a.metrics else find_run_dirs(a.runs_root):
+        check_fresh(d)
     runs = collect_runs(a.runs_root, a.metrics)
-    for d in runs["run_dir"]:  # a stale run's numbers are no longer its files': refuse
-        check_fresh(Path(d))
     sig = read_significance(a.significance) if a.significance else None
     if a.significance and sig is None:
         raise FileNotFoundError(f"--significance {a.significance}: no such file (made by "

@@ -95,13 +95,17 @@ class StoredRun:
 
 
 def check_fresh(run_path: Path) -> None:
-    """A :class:`StaleRunError` where a finished run's recorded inputs changed since it
-    was made: its features (feature runs), its members (ensembles: each finished, unchanged
+    """A :class:`StaleRunError` where a run is no longer finished, or its recorded inputs
+    changed since it was made: its features (feature runs), its members (ensembles: each finished, unchanged
     and itself fresh). For readers of ``metrics.json`` (the tables), which must refuse a
     run whose files no longer give its numbers; readers of logits check in ``open_run``."""
     from lt_bench.io import read_json
 
     run_path = Path(run_path)
+    if not (run_path / "metrics.json").is_file():
+        raise StaleRunError(f"{run_path} is no longer a finished run (no metrics.json: "
+                            "deleted or unfinished); rerun it (snakemake reruns it and "
+                            "rewrites the runs index)")
     spec, cfg = (run_path / "predictor.json", run_path / "config.json")
     kind = read_json(spec).get("kind") if spec.is_file() else None
     cfg = read_json(cfg) if cfg.is_file() else {}  # a run of an older layout: nothing to check

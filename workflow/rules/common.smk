@@ -117,6 +117,17 @@ def dataset_runs(wc):
     return PLAN.dataset_runs(wc.dataset)
 
 
+def run_markers():
+    """Every run's finished marker (metrics.json), ensemble members included: inputs of
+    rule all. Snakemake rebuilds a missing file only for a job that runs anyway, and an
+    up-to-date ensemble or runs index does not: a deleted run folder went unnoticed
+    ("Nothing to be done"). Named by the target rule, a missing marker reruns its job and
+    then every consumer after it (the ensemble, the index, the tables)."""
+    members = [f"{d}/metrics.json" for r in PLAN.ensemble_runs()
+               for d in PLAN.ensemble_members(*r)]
+    return list(dict.fromkeys(PLAN.suite_runs() + members))
+
+
 
 
 
