@@ -52,6 +52,7 @@ from lt_bench.runs.folder import (
     unfinish,
     write_run,
 )
+from lt_bench.runs.predictors import check_members_fresh
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +159,7 @@ class EnsembleRun:
     def from_folder(cls, run_path: Path) -> EnsembleRun:
         spec = read_json(Path(run_path) / "predictor.json")
         members = [resolve_recorded(m, Path(run_path)) for m in spec["members"]]
-        check_members_fresh(Path(run_path), members)
+        check_members_fresh(Path(run_path), members)  # runs/predictors.py
         return cls(members, spec.get("rule", "sum"), Path(run_path), spec.get("weights"))
 
     def member_logits(self, split: str) -> tuple[np.ndarray, list[np.ndarray]]:
@@ -184,29 +185,6 @@ class EnsembleRun:
         if self.weights is not None:
             spec["weights"] = self.weights
         write_json(Path(run_path) / "predictor.json", spec)
-
-
-def check_members_fresh(run_path: Path, members: list[Path]) -> None:
-    """Each member of the finished ensemble at ``run_path`` is still the finished run it
-    was made from: its metrics.json exists and, where the ensemble recorded it, has the
-    same sha256 (a member rerun since gives other logits). A StaleRunError naming the
-    member otherwise; ``snakemake`` reruns the member and then the ensemble."""
-    from lt_bench.runs.predictors import StaleRunError
-
-    cfg_path = Path(run_path) / "config.json"
-    recorded = (read_json(cfg_path).get("members") or []) if cfg_path.is_file() else []
-    for i, m in enumerate(members):
-        metrics = Path(m) / "metrics.json"
-        if not metrics.is_file():
-            raise StaleRunError(
-                f"ensemble {run_path}: member {m} is missing (no metrics.json: deleted or "
-                "unfinished); rerun it (snakemake reruns the member, then the ensemble)")
-        rec = recorded[i].get("metrics_sha256") if i < len(recorded) else None
-        if rec is not None and sha256_cached(metrics) != rec:
-            raise StaleRunError(
-                f"ensemble {run_path}: stale: member {m} was rerun since the ensemble was "
-                f"made (metrics.json sha256 {sha256_cached(metrics)[:12]}… now, {rec[:12]}… "
-                "recorded); rerun the ensemble (snakemake does)")
 
 
 def check_members(run_dirs: list[Path], vary: str = "backbone",
