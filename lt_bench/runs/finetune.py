@@ -74,7 +74,7 @@ def finetune_run(method: str, split_dir: Path, image_root: Path, backbone: str,
     train = _items(split_dir, "train", k)
     counts = train_counts_of([y for _, y in train], names, f"{split_dir}/train.txt")
     pf = read_prior(prior, k, dataset=text.meta.get("dataset"), backbone=backbone,
-                    used_with=f"backbone {backbone}") if prior is not None else None
+                    used_with="this fine-tuning") if prior is not None else None
     loss_method = m.loss_method()
     lctx = FitContext(train=None, val=None, text=text, train_counts=counts, seed=seed,
                       pretrain_prior=pf.q_hat if pf else None, device=device)

@@ -50,18 +50,20 @@ def check_features_fresh(run_path: Path, cfg: dict, features_dir: Path) -> None:
     """Every feature file the run recorded (``feature_sha256``) still has that sha256
     (hashed once per file per process, ``io.sha256_cached``); a :class:`StaleRunError`
     naming the file and both hashes otherwise. Runs made before the hashes were recorded
-    pass."""
+    pass, and so do files that are gone (runs copied without their features still
+    tabulate; a reader that needs the file says it is not found)."""
     from lt_bench.io import sha256_cached
 
     for split, recorded in (cfg.get("feature_sha256") or {}).items():
         path = Path(features_dir) / f"{split}.parquet"
-        now = sha256_cached(path) if path.is_file() else None
+        if not path.is_file():
+            continue
+        now = sha256_cached(path)
         if now != recorded:
             raise StaleRunError(
-                f"{run_path}: stale run: its {split} features {path} "
-                + ("are gone" if now is None else f"changed (sha256 {now[:12]}… now)")
-                + f" since it was made (sha256 {str(recorded)[:12]}… in its config.json); "
-                "rerun it (snakemake reruns it) or restore those features")
+                f"{run_path}: stale run: its {split} features {path} changed (sha256 "
+                f"{now[:12]}… now) since it was made (sha256 {str(recorded)[:12]}… in its "
+                "config.json); rerun it (snakemake reruns it) or restore those features")
 
 
 def check_members_fresh(run_path: Path, members: list[Path]) -> None:
