@@ -156,7 +156,7 @@ CASES = {
         ["text.parquet was extracted with backbone 'bb1'", "train.parquet with backbone 'bb0'"]),
     "--prior of another backbone": (
         lambda w: _train(lambda w: w["fd"]["bb0"], "gla", "--prior",
-                         str(w["priors"]["bb1"]))(w),
+                         str(w["priors"]["bb1"]), "--base", f"la={w['runs']['bb0']}")(w),
         ["bb1.parquet was estimated for backbone 'bb1'", "is of backbone 'bb0'"]),
     "val features of another extraction": (
         _train(_val_of_another_extraction),
