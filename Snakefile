@@ -16,7 +16,7 @@ config["smoke"] = wants_smoke(config)  # `smoke=true` arrives as a string
 if config["smoke"]:
     import os
 
-    from snakemake.exceptions import WorkflowError
+    import sys
 
     from lt_bench.errors import UserError
     from lt_bench.smoke import DEFAULT_DIR, check_smoke_dir, smoke_config
@@ -26,8 +26,9 @@ if config["smoke"]:
     os.environ.setdefault("LT_BENCH_WEIGHTS_LOCK", os.path.abspath("resources/weights.lock"))
     try:
         SMOKE_DIR = check_smoke_dir(config.get("smoke_dir") or DEFAULT_DIR).resolve()
-    except UserError as e:
-        raise WorkflowError(str(e))
+    except UserError as e:  # one line and exit 2, as for every config error (common.smk)
+        print(f"config error: {e}", file=sys.stderr)
+        sys.exit(2)
 
     workdir: SMOKE_DIR
 
@@ -48,5 +49,5 @@ include: "workflow/rules/tracking.smk"
 
 rule all:
     input:
-        PLAN.final_targets(),
+        PLAN.final_targets(run_markers()),  # common.smk: a deleted run is rerun
     default_target: True

@@ -197,6 +197,29 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+#: sha256_cached's memo: (path, inode, size, mtime_ns, ctime_ns) -> hex digest; and the
+#: bytes it has hashed in this process (what the provenance checks cost,
+#: benchmarks/provenance_checks.py)
+_SHA_MEMO: dict[tuple[str, int, int, int, int], str] = {}
+HASH_STATS = {"files": 0, "bytes": 0}
+
+
+def sha256_cached(path: str | os.PathLike) -> str:
+    """:func:`sha256_file`, hashed once per file per process: keyed by the file's inode,
+    size and times, so a file rewritten (every writer renames onto it: a new inode) or
+    touched is hashed again. The provenance checks of the readers (a run's recorded
+    feature sha256, an ensemble's members) use it: the report reads the same few feature
+    files for hundreds of runs."""
+    st = os.stat(path)
+    key = (str(Path(path).resolve()), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    hit = _SHA_MEMO.get(key)
+    if hit is None:
+        hit = _SHA_MEMO[key] = sha256_file(path)
+        HASH_STATS["files"] += 1
+        HASH_STATS["bytes"] += st.st_size
+    return hit
+
+
 def git_blob_id(path: str | os.PathLike) -> str:
     """``git hash-object`` of a file: sha1 over ``b"blob <size>\\0" + content``."""
     data = Path(path).read_bytes()

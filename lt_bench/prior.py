@@ -236,10 +236,15 @@ class PriorFile:
 SUM_TOLERANCE = 1e-6
 
 
-def read_prior(path: Path | str, num_classes: int | None = None) -> PriorFile:
+def read_prior(path: Path | str, num_classes: int | None = None, *,
+               dataset: str | None = None, backbone: str | None = None,
+               used_with: str | Path | None = None) -> PriorFile:
     """Read and check a prior file (``results/prior/{dataset}/{backbone}.parquet``): one
     entry per class with labels 0..K−1, every q̂ finite and > 0, summing to 1. A prior that
-    fails any of these would give a "finished" run at chance (log 0) — refuse it here."""
+    fails any of these would give a "finished" run at chance (log 0) — refuse it here.
+    ``dataset``/``backbone`` (of the features ``used_with``) must be the ones the file
+    records (``prior_from_features`` writes them; a file without them is read as before):
+    another backbone's q̂ gives a finished run with its P-groups inverted."""
     import pyarrow.parquet as pq
 
     from lt_bench.features.store import column_numpy
@@ -273,6 +278,13 @@ def read_prior(path: Path | str, num_classes: int | None = None) -> PriorFile:
         raise InputValidationError(f"prior file {path}: q_hat sums to {q.sum():.9g}, "
                                    f"expected 1 (within {SUM_TOLERANCE:g})")
     meta = read_prior_meta(path)
+    for key, want in (("dataset", dataset), ("backbone", backbone)):
+        got = meta.get(key)
+        if want is not None and got is not None and got != want:
+            raise InputValidationError(
+                f"prior file {path} was estimated for {key} {got!r}, but "
+                f"{used_with or 'the run'} is of {key} {want!r}; use that {key}'s prior "
+                f"(results/prior/{dataset or '{dataset}'}/{backbone or '{backbone}'}.parquet)")
     q_true = (column_numpy(t.column("q_true")).astype(np.float64)[order]
               if "q_true" in t.column_names else None)
     return PriorFile(path, q, meta.get("temperature"), q_true, meta)

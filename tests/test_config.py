@@ -42,6 +42,9 @@ def test_schema_fills_defaults():
     (lambda c: c["methods"].update(ce={"lrr": 0.1}), "'lrr' was unexpected"),
     (lambda c: c["methods"].update(ce={"lr": -1}), "-1 is less than or equal to"),
     (lambda c: c["suites"]["demo"].update(seeds=["zero"]), "'zero' is not of type 'integer'"),
+    (lambda c: c["suites"]["demo"].update(seeds=[0, 0]), r"\[0, 0\] has non-unique elements"),
+    (lambda c: c["suites"]["demo"].update(finetune_seeds=[1, 1]),
+     r"\[1, 1\] has non-unique elements"),
 ])
 def test_schema_violations_name_the_key(config, mutate, needle):
     bad = copy.deepcopy(config)

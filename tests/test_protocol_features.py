@@ -340,8 +340,8 @@ def test_protocol_options_reach_the_command_only_when_not_default():
     from lt_bench.features.options import cli_flags
 
     assert cli_flags({"batch_size": 8, "tte": "none", "train_views": 0}, {"zero_shot": "auto"}) \
-        == ""
+        == []
     assert cli_flags({"tte": "fivecrop", "train_views": 3, "decode": "gpu"},
                      {"head_init": "imagenet80"}) == (
-        "--tte fivecrop --train-views 3 --decode gpu --head-init-prompts imagenet80")
+        "--tte fivecrop --train-views 3 --decode gpu --head-init-prompts imagenet80".split())
     assert CLASSNAMES  # the toy world's names have no "_": nothing to clean there

@@ -337,6 +337,9 @@ CASES = {
                                                                      _other_test_split)),
                    "--out-dir", str(w["root"] / "bad" / "cmp2")],
         "both sides need the same test split"),
+    "32-bit float image in a split list": (  # _float_image: below, with the 16-bit test
+        lambda w: _float_image(w),
+        "32-bit float image (mode F); expected 8- or 16-bit integer pixels"),
 }
 
 
@@ -502,3 +505,65 @@ def test_tables_by_hand_and_by_the_workflow_agree(world, tmp_path, capsys):
     assert main(["tables", "--runs-root", str(runs), "--out-dir", str(tmp_path / "all")]) == 0
     assert pd.read_csv(tmp_path / "all" / "main.csv").set_index("method").loc[
         "la", "n_seeds"] == 3
+# --- images wider than 8 bits (appended rows: 16-bit PNGs were read as white) ------------
+
+def _places_layout(root: Path, image: Path) -> tuple[Path, Path]:
+    """A Places-LT split dir and data_root listing one image (``val/c/<name>``) three times."""
+    import shutil
+
+    data = root / "data"
+    (data / "train" / "c").mkdir(parents=True)
+    (data / "val" / "c").mkdir(parents=True)
+    shutil.copyfile(image, data / "val" / "c" / image.name)
+    shutil.copyfile(image, data / "train" / "c" / image.name)
+    splits = root / "splits"
+    splits.mkdir()
+    for s, rel in (("train", f"train/c/{image.name}"), ("val", f"val/c/{image.name}"),
+                   ("test", f"val/c/{image.name}")):
+        (splits / f"{s}.txt").write_text(f"{rel} 0\n")
+    return splits, data
+
+
+def _float_image(world):
+    from PIL import Image
+
+    path = world["root"] / "float_img" / "f.png"  # a TIFF in disguise: PNG has no floats
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((8, 8), 0.5, np.float32)).save(path, format="TIFF")
+    splits, data = _places_layout(path.parent / "w", path)
+    return ["verify-images", "places_lt", "--split-dir", str(splits), "--data-root",
+            str(data), "--out", str(path.parent / "verified.json")]
+
+
+def test_16_bit_png_is_scaled_to_8_bits_by_every_reader(tmp_path, capsys):
+    """A 16-bit grayscale PNG (PIL mode I;16) reaches extraction, the GPU-decode fallback,
+    fine-tuning and verify-images as 8-bit RGB v >> 8 (torchvision's uint16 -> uint8), not
+    as PIL's convert("RGB"), which clips at 255: a white image."""
+    from PIL import Image
+
+    from lt_bench.features.decode import _pil_tensor
+    from lt_bench.features.extract import ImageListDataset
+    from lt_bench.finetune.images import ImageItems
+
+    raw = np.array([[0, 255, 256, 1000], [32768, 40000, 65280, 65535]], dtype=np.uint16)
+    png = tmp_path / "g16.png"
+    Image.fromarray(raw).save(png)
+    with Image.open(png) as im:
+        assert im.mode == "I;16"
+        assert np.asarray(im.convert("RGB")).max(initial=0) == 255  # what PIL alone gives
+    want = np.repeat((raw >> 8).astype(np.uint8)[..., None], 3, axis=2)
+    assert want[1].tolist() == [[128] * 3, [156] * 3, [255] * 3, [255] * 3]
+    assert want[0].tolist() == [[0] * 3, [0] * 3, [1] * 3, [3] * 3]
+
+    ds = ImageListDataset(tmp_path, [png.name], np.zeros(1, np.int64), transform=np.asarray)
+    assert np.array_equal(ds[0][0], want)
+    assert np.array_equal(_pil_tensor(png.read_bytes()).permute(1, 2, 0).numpy(), want)
+    items = ImageItems(tmp_path, [(png.name, 0)], transform=np.asarray, split="train")
+    assert np.array_equal(np.asarray(items._load(0)), want)
+
+    splits, data = _places_layout(tmp_path / "w", png)
+    out = tmp_path / "verified.json"
+    assert main(["verify-images", "places_lt", "--split-dir", str(splits), "--data-root",
+                 str(data), "--out", str(out)]) == 0, capsys.readouterr().err
+    report = json.loads(out.read_text())
+    assert report["ok"] and report["n_corrupt"] == 0 and report["n_sampled"] == 2

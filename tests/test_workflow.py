@@ -86,6 +86,42 @@ def test_rerun_has_nothing_to_do(finished_workflow):
     assert "Nothing to be done" in r.stdout + r.stderr, r.stdout[-2000:]
 
 
+def test_a_deleted_ensemble_member_reruns_with_the_ensemble(finished_workflow, tmp_path,
+                                                            capsys):
+    """Snakemake rebuilds a missing file only for a job that runs anyway, so a deleted
+    member run went unnoticed ("Nothing to be done"). The run markers are inputs of rule
+    all (common.smk run_markers): the member's job, the ensemble and the index rerun; until
+    then `lt-bench logits` and `lt-bench tables` refuse the ensemble in one line."""
+    import shutil
+
+    from lt_bench.cli import main
+
+    wf = finished_workflow
+    member = wf / "results/runs/toy/toyclip1/la/seed0"
+    ens = wf / "results/runs/toy/ensemble/backdoor/seed0"
+    keep = tmp_path / "member"
+    shutil.copytree(member, keep)  # copy2: mtimes kept, restored below as they were
+    shutil.rmtree(member)
+    try:
+        counts = job_counts(snakemake(wf, "-n").stdout)
+        assert counts.get("fit_heads") == 1 and counts.get("combine_runs") == 1, counts
+        assert counts.get("runs_index") == 1 and counts.get("aggregate") == 1, counts
+        capsys.readouterr()
+        assert main(["logits", str(ens), "--out", str(tmp_path / "l.parquet")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and f"member {member.relative_to(wf)} is missing" \
+            in err, err
+        index = (wf / "results/runs/toy/index.txt").read_text().split()
+        assert main(["tables", "--metrics", *[str(wf / f) for f in index],
+                     "--out-dir", str(tmp_path / "tables")]) == 2
+        err = capsys.readouterr().err
+        assert "toyclip1/la/seed0 is no longer a finished run" in err, err
+        assert not (tmp_path / "tables" / "main.csv").exists()
+    finally:
+        shutil.copytree(keep, member)
+    assert "Nothing to be done" in snakemake(wf, "-n").stdout
+
+
 def test_changing_one_method_refits_only_its_runs(finished_workflow, tmp_path):
     """All heads of a (dataset, backbone, seed) are one job, so Snakemake reruns the head
     jobs; inside them only la and the runs built on it are refitted, the others are copied

@@ -87,12 +87,39 @@ class _DirListing:
         return name in self._names(rel_dir)
 
 
+#: integer modes wider than 8 bits (a 16-bit grayscale PNG opens as "I;16", or "I" in
+#: older Pillow): PIL's convert("RGB") clips them at 255, a white image
+WIDE_INT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+def to_rgb(im):
+    """An opened PIL image as 8-bit RGB, the one conversion every image reader uses
+    (extraction, GPU-decode fallback, fine-tuning, ``verify-images``). 16-bit pixels are
+    scaled to 8 bits by ``>> 8``, as torchvision's ``convert_image_dtype`` does for
+    uint16 -> uint8 (PIL's own ``convert("RGB")`` clips them: a white image); float
+    images (mode "F") and integers beyond 16 bits are refused (ValueError, one line)."""
+    from PIL import Image
+
+    if im.mode in WIDE_INT_MODES:
+        import numpy as np
+
+        a = np.asarray(im).astype(np.int64)
+        if a.size and (a.min() < 0 or a.max() > 0xFFFF):
+            raise ValueError(f"{im.mode} image with pixel values {a.min()}..{a.max()}; "
+                             "expected 8- or 16-bit unsigned pixels")
+        im = Image.fromarray((a >> 8).astype(np.uint8), "L")
+    elif im.mode == "F":
+        raise ValueError("32-bit float image (mode F); expected 8- or 16-bit integer pixels")
+    return im.convert("RGB")  # a loaded copy even where im is RGB already
+
+
 def _decode_error(path: Path) -> str | None:
     from PIL import Image
 
     try:
         with Image.open(path) as im:
             im.load()  # full decode: catches truncated files, which verify() does not
+            to_rgb(im)  # what the readers will do with it (16-bit: scaled, float: refused)
     except Exception as err:  # noqa: BLE001 - any decoder failure means "unreadable"
         return f"{type(err).__name__}: {err}"
     return None

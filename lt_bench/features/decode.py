@@ -67,8 +67,10 @@ def nvjpeg_refusal(data: bytes) -> str | None:
 def _pil_tensor(data: bytes) -> torch.Tensor:
     from PIL import Image
 
+    from lt_bench.data.images import to_rgb
+
     with Image.open(io.BytesIO(data)) as im:
-        arr = np.asarray(im.convert("RGB"))
+        arr = np.asarray(to_rgb(im))
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
 
 

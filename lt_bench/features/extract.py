@@ -48,6 +48,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from lt_bench.backbones.base import LoadedBackbone
 from lt_bench.backbones.weights import weights_id
+from lt_bench.data.images import to_rgb
 from lt_bench.data.splits import read_split
 from lt_bench.errors import UserError
 from lt_bench.features._util import (  # noqa: F401  (re-exported: the CLI imports them)
@@ -100,7 +101,7 @@ class ImageListDataset(Dataset):
         path = self.root / self.paths[i]
         try:
             with Image.open(path) as im:
-                img = im.convert("RGB")  # forces a full decode: truncated files fail here
+                img = to_rgb(im)  # forces a full decode: truncated files fail here
         except (OSError, ValueError, Image.DecompressionBombError) as e:
             where = f"line {i + 1} of {self.split_file}" if self.split_file else f"row {i}"
             what = "missing" if isinstance(e, FileNotFoundError) else "unreadable"
@@ -368,7 +369,12 @@ def extract_all(dataset: str, split_dir: Path, image_root: Path, backbone_name: 
                  "weights": weights, "model": bb.spec.model, "library": bb.spec.library,
                  "dataset": dataset, "preprocessing": _describe(tf), "transform": tf_info["test"],
                  "versions": library_versions(), "amp": amp, "device": dev.type,
-                 "feature": bb.feature_kind(feature), "decode": decode}
+                 "feature": bb.feature_kind(feature), "decode": decode,
+                 # every file of the folder names all the lists it was extracted with, so a
+                 # reader can tell a val/test file of another extraction (store.check_folder)
+                 "inputs_sha256": {**{s: sha256_file(split_dir / f"{s}.txt") for s in splits},
+                                   "classnames": sha256_file(split_dir / "classnames.txt")
+                                   if (split_dir / "classnames.txt").is_file() else None}}
     stats: dict[str, Any] = {}
     for split in splits:
         split_file = split_dir / f"{split}.txt"

@@ -19,8 +19,6 @@ decode             ``--decode``            cpu         gpu: batched nvJPEG (CPU 
 
 from __future__ import annotations
 
-import shlex
-
 EXTRACT_OPTIONS = {
     "feature": ("--feature", "auto", str),
     "test_transform": ("--test-transform", "auto", str),
@@ -38,14 +36,15 @@ CHOICES = {"feature": ("auto", "pre_projection", "encode_image"),
            "decode": ("cpu", "gpu")}
 
 
-def cli_flags(extract_cfg: dict | None, prompts_cfg: dict | None = None) -> str:
-    """The shell flags for the non-default options (so a default config yields ``""``)."""
+def cli_flags(extract_cfg: dict | None, prompts_cfg: dict | None = None) -> list[str]:
+    """The flags (argv) for the non-default options (so a default config yields ``[]``);
+    the rule quotes them with ``{params.protocol:q}`` like every other value."""
     out = []
     for table, cfg in ((EXTRACT_OPTIONS, extract_cfg or {}), (PROMPT_OPTIONS, prompts_cfg or {})):
         for key, (flag, default, _) in table.items():
             if key in cfg and cfg[key] != default:
-                out += [flag, shlex.quote(str(cfg[key]))]
-    return " ".join(out)
+                out += [flag, str(cfg[key])]
+    return out
 
 
 def add_extract_arguments(parser) -> None:

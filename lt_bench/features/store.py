@@ -53,6 +53,60 @@ class NoTextTowerError(UserError):
     """Zero-shot logits were asked of a backbone without a text tower."""
 
 
+class ProvenanceError(InputValidationError):
+    """A file's recorded origin differs from what it is read with; names both sides."""
+
+
+#: what every file of one features folder (one `lt-bench extract`) records alike: a file
+#: whose value differs comes from another extraction (checked where both record it, so
+#: files written before a key existed are still read)
+FOLDER_IDENTITY = ("dataset", "backbone", "weights")
+
+
+def _short(v) -> str:
+    return f"{v[:12]}…" if isinstance(v, str) and len(v) > 16 else repr(v)
+
+
+def check_folder(files: dict[str, tuple[Path, dict[str, Any]]], ref: str = "train") -> None:
+    """The files of one features folder (``name -> (path, metadata)``) come from one
+    extraction: the same dataset, backbone and weights as ``ref`` (the train split), the
+    same split lists (``inputs_sha256``, recorded since extraction names them all), and a
+    split file's own ``split_sha256`` equal to what ``ref``'s extraction recorded for that
+    split. A :class:`ProvenanceError` naming both files otherwise (a val/test file or a
+    ``text.parquet`` copied from another extraction gives a "finished" run at chance)."""
+    ref_path, ref_meta = files[ref]
+    fix = "re-extract the folder (one `lt-bench extract` writes all its files)"
+    for name, (path, meta) in files.items():
+        if name == ref:
+            continue
+        for key in FOLDER_IDENTITY:
+            a, b = ref_meta.get(key), meta.get(key)
+            if a is not None and b is not None and a != b:
+                raise ProvenanceError(f"{path} was extracted with {key} {_short(b)} but "
+                                      f"{ref_path} with {key} {_short(a)}; {fix}")
+        a, b = ref_meta.get("inputs_sha256") or {}, meta.get("inputs_sha256") or {}
+        differ = sorted(k for k in set(a) & set(b) if a[k] != b[k])
+        own, rec = meta.get("split_sha256"), a.get(meta.get("split"))
+        if not differ and own and rec and own != rec:
+            differ, b = [meta.get("split")], {meta.get("split"): own}
+        if differ:
+            k = differ[0]
+            raise ProvenanceError(
+                f"{path} and {ref_path} come from different extractions: {k} list sha256 "
+                f"{_short(b[k])} vs {_short(a[k])}; {fix}")
+
+
+def check_origin(path: str | Path, meta: dict[str, Any], **expected: Any) -> None:
+    """``meta`` (of the file at ``path``) records the expected dataset/backbone/...; a
+    :class:`ProvenanceError` naming both values otherwise (keys it does not record pass)."""
+    for key, want in expected.items():
+        got = meta.get(key)
+        if want is not None and got is not None and got != want:
+            raise ProvenanceError(f"{path} was made for {key} {_short(got)}, but it is used "
+                                  f"with {key} {_short(want)}; use the file of {key} "
+                                  f"{_short(want)} (or remake it)")
+
+
 def _l2n(x: np.ndarray) -> np.ndarray:
     n = np.linalg.norm(x, axis=-1, keepdims=True)
     return x / np.maximum(n, 1e-12)

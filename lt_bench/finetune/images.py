@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, Sampler
 
+from lt_bench.data.images import to_rgb
 from lt_bench.errors import InputValidationError
 
 
@@ -66,7 +67,7 @@ class ImageItems(Dataset):
         path = self.root / self.paths[i]
         try:
             with Image.open(path) as im:
-                return im.convert("RGB")  # forces a full decode: truncated files fail here
+                return to_rgb(im)  # forces a full decode: truncated files fail here
         except (OSError, ValueError, Image.DecompressionBombError) as e:
             what = "missing" if isinstance(e, FileNotFoundError) else "unreadable"
             raise FinetuneImageError(

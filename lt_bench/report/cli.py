@@ -20,7 +20,13 @@ def cmd_tables(a) -> None:
     from lt_bench.report.published import write_published_table
     from lt_bench.report.significance import read_significance
     from lt_bench.report.tables import write_all_tables
+    from lt_bench.runs.folder import find_run_dirs
+    from lt_bench.runs.predictors import check_fresh
 
+    # a listed run no longer finished, or stale (its numbers are no longer its files'):
+    # refuse rather than tabulate it
+    for d in [Path(m).parent for m in a.metrics] if a.metrics else find_run_dirs(a.runs_root):
+        check_fresh(d)
     runs = collect_runs(a.runs_root, a.metrics)
     sig = read_significance(a.significance) if a.significance else None
     if a.significance and sig is None:
@@ -35,8 +41,12 @@ def cmd_tables(a) -> None:
 
 def cmd_significance(a) -> None:
     from lt_bench.report.significance import comparisons, write_significance
+    from lt_bench.runs.predictors import check_fresh
 
-    table = comparisons(_run_dirs(a), n_boot=a.n_boot, seed=a.seed)
+    dirs = _run_dirs(a)
+    for d in dirs:  # every listed run, compared or not: a stale one is refused
+        check_fresh(d)
+    table = comparisons(dirs, n_boot=a.n_boot, seed=a.seed)
     write_significance(table, Path(a.out))
     n_sig = int(table["significant"].sum()) if len(table) else 0
     print(f"{len(table)} comparisons ({n_sig} with an interval excluding 0) -> {a.out}")

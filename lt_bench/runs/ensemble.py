@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 
 from lt_bench.errors import InputValidationError
-from lt_bench.io import read_json, write_json
+from lt_bench.io import read_json, sha256_cached, write_json
 from lt_bench.metrics import D_GROUPS
 from lt_bench.runs.folder import (
     EVAL_SPLITS,
@@ -52,6 +52,7 @@ from lt_bench.runs.folder import (
     unfinish,
     write_run,
 )
+from lt_bench.runs.predictors import check_members_fresh
 
 log = logging.getLogger(__name__)
 
@@ -158,6 +159,7 @@ class EnsembleRun:
     def from_folder(cls, run_path: Path) -> EnsembleRun:
         spec = read_json(Path(run_path) / "predictor.json")
         members = [resolve_recorded(m, Path(run_path)) for m in spec["members"]]
+        check_members_fresh(Path(run_path), members)  # runs/predictors.py
         return cls(members, spec.get("rule", "sum"), Path(run_path), spec.get("weights"))
 
     def member_logits(self, split: str) -> tuple[np.ndarray, list[np.ndarray]]:
@@ -374,7 +376,9 @@ def ensemble_run(members: list[Path | str], out_dir: Path | str, rule: str = "su
         "vary": vary, "seed": seed, "dataset": cfgs[0].get("dataset"),
         "backbone": "ensemble" if vary == "backbone" else cfgs[0].get("backbone"),
         "members": [{"run_dir": str(r), "backbone": c.get("backbone"),
-                     "method": c.get("method"), "seed": c.get("seed")}
+                     "method": c.get("method"), "seed": c.get("seed"),
+                     # what it was made from, checked where it is read (check_members_fresh)
+                     "metrics_sha256": sha256_cached(Path(r) / "metrics.json")}
                     for r, c in zip(run_dirs, cfgs, strict=True)],
         "features_dir": None, "num_classes": cfgs[0].get("num_classes"),
         "split_sha256": cfgs[0].get("split_sha256"),

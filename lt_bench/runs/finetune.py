@@ -48,7 +48,7 @@ def finetune_run(method: str, split_dir: Path, image_root: Path, backbone: str,
     from lt_bench.backbones import load_backbone
     from lt_bench.backbones.weights import weights_id
     from lt_bench.data.splits import read_classnames, split_hash
-    from lt_bench.features.store import read_text_embeddings
+    from lt_bench.features.store import check_origin, read_text_embeddings
     from lt_bench.finetune.loop import finetune
     from lt_bench.methods import METHODS, FitContext
     from lt_bench.prior import read_prior
@@ -63,6 +63,8 @@ def finetune_run(method: str, split_dir: Path, image_root: Path, backbone: str,
     names = read_classnames(split_dir / "classnames.txt")
     k = len(names)
     text = read_text_embeddings(Path(features_dir) / "text.parquet")
+    # the head starts from this file's text init: it must be this backbone's
+    check_origin(Path(features_dir) / "text.parquet", text.meta, backbone=backbone)
     if text.classnames != names:
         raise InputValidationError(f"{features_dir}/text.parquet has other classes than "
                                    f"{split_dir}/classnames.txt; re-extract the features")
@@ -72,7 +74,8 @@ def finetune_run(method: str, split_dir: Path, image_root: Path, backbone: str,
                                    "track starts its head from the text init (LIFT)")
     train = _items(split_dir, "train", k)
     counts = train_counts_of([y for _, y in train], names, f"{split_dir}/train.txt")
-    pf = read_prior(prior, k) if prior is not None else None
+    pf = read_prior(prior, k, dataset=text.meta.get("dataset"), backbone=backbone,
+                    used_with="this fine-tuning") if prior is not None else None
     loss_method = m.loss_method()
     lctx = FitContext(train=None, val=None, text=text, train_counts=counts, seed=seed,
                       pretrain_prior=pf.q_hat if pf else None, device=device)

@@ -41,12 +41,61 @@ def split_logits_of(predictor, split) -> np.ndarray:
     return split_features_logits(predictor, split)
 
 
+class StaleRunError(InputValidationError):
+    """A finished run whose recorded inputs changed since: its logits would now be other
+    numbers than its metrics.json's. Reported, never silently recomputed."""
+
+
+def check_features_fresh(run_path: Path, cfg: dict, features_dir: Path) -> None:
+    """Every feature file the run recorded (``feature_sha256``) still has that sha256
+    (hashed once per file per process, ``io.sha256_cached``); a :class:`StaleRunError`
+    naming the file and both hashes otherwise. Runs made before the hashes were recorded
+    pass, and so do files that are gone (runs copied without their features still
+    tabulate; a reader that needs the file says it is not found)."""
+    from lt_bench.io import sha256_cached
+
+    for split, recorded in (cfg.get("feature_sha256") or {}).items():
+        path = Path(features_dir) / f"{split}.parquet"
+        if not path.is_file():
+            continue
+        now = sha256_cached(path)
+        if now != recorded:
+            raise StaleRunError(
+                f"{run_path}: stale run: its {split} features {path} changed (sha256 "
+                f"{now[:12]}… now) since it was made (sha256 {str(recorded)[:12]}… in its "
+                "config.json); rerun it (snakemake reruns it) or restore those features")
+
+
+def check_members_fresh(run_path: Path, members: list[Path]) -> None:
+    """Each member of the finished ensemble at ``run_path`` is still the finished run it
+    was made from: its metrics.json exists and, where the ensemble recorded it, has the
+    same sha256 (a member rerun since gives other logits). A StaleRunError naming the
+    member otherwise; ``snakemake`` reruns the member and then the ensemble."""
+    from lt_bench.io import read_json, sha256_cached
+
+    cfg_path = Path(run_path) / "config.json"
+    recorded = (read_json(cfg_path).get("members") or []) if cfg_path.is_file() else []
+    for i, m in enumerate(members):
+        metrics = Path(m) / "metrics.json"
+        if not metrics.is_file():
+            raise StaleRunError(
+                f"ensemble {run_path}: member {m} is missing (no metrics.json: deleted or "
+                "unfinished); rerun it (snakemake reruns the member, then the ensemble)")
+        rec = recorded[i].get("metrics_sha256") if i < len(recorded) else None
+        if rec is not None and sha256_cached(metrics) != rec:
+            raise StaleRunError(
+                f"ensemble {run_path}: stale: member {m} was rerun since the ensemble was "
+                f"made (metrics.json sha256 {sha256_cached(metrics)[:12]}… now, {rec[:12]}… "
+                "recorded); rerun the ensemble (snakemake does)")
+
+
 class FeatureRun:
     """A run over cached features: predictor + the features folder it was fitted on."""
 
     def __init__(self, run_path: Path, cfg: dict):
         self.run_path = Path(run_path)
         self.features_dir = resolve_recorded(cfg["features_dir"], self.run_path)
+        check_features_fresh(self.run_path, cfg, self.features_dir)
         self.predictor = load_run_predictor(self.run_path)
 
     def split_logits(self, split: str) -> tuple[np.ndarray, np.ndarray]:
@@ -68,6 +117,30 @@ class StoredRun:
             raise FileNotFoundError(f"{self.run_path}: no stored {split} logits ({path.name}); "
                                     "a fine-tuning run stores val and test logits only")
         return read_logits(path)
+
+
+def check_fresh(run_path: Path) -> None:
+    """A :class:`StaleRunError` where a run is no longer finished, or its recorded inputs
+    changed since it was made: its features (feature runs), its members (ensembles: each finished, unchanged
+    and itself fresh). For readers of ``metrics.json`` (the tables), which must refuse a
+    run whose files no longer give its numbers; readers of logits check in ``open_run``."""
+    from lt_bench.io import read_json
+
+    run_path = Path(run_path)
+    if not (run_path / "metrics.json").is_file():
+        raise StaleRunError(f"{run_path} is no longer a finished run (no metrics.json: "
+                            "deleted or unfinished); rerun it (snakemake reruns it and "
+                            "rewrites the runs index)")
+    spec, cfg = (run_path / "predictor.json", run_path / "config.json")
+    kind = read_json(spec).get("kind") if spec.is_file() else None
+    cfg = read_json(cfg) if cfg.is_file() else {}  # a run of an older layout: nothing to check
+    if kind == "ensemble":  # not EnsembleRun: its module imports scipy (~0.7 s)
+        members = [resolve_recorded(m, run_path) for m in read_json(spec)["members"]]
+        check_members_fresh(run_path, members)
+        for m in members:
+            check_fresh(m)
+    elif cfg.get("features_dir") and cfg.get("feature_sha256"):
+        check_features_fresh(run_path, cfg, resolve_recorded(cfg["features_dir"], run_path))
 
 
 def open_run(run_path: Path):

@@ -26,15 +26,14 @@ log = logging.getLogger(__name__)
 
 def load_features_dir(features_dir: Path):
     """(splits by name, text embeddings) of one (dataset, backbone) features folder."""
-    from lt_bench.features.store import read_features, read_text_embeddings
+    from lt_bench.features.store import check_folder, read_features, read_text_embeddings
 
     features_dir = Path(features_dir)
     splits = {s: read_features(features_dir / f"{s}.parquet") for s in SPLITS}
     text = read_text_embeddings(features_dir / "text.parquet")
-    ids = {(s, f.meta.get("dataset"), f.meta.get("backbone")) for s, f in splits.items()}
-    if len({(d, b) for _, d, b in ids}) != 1:  # features from different stages mixed up
-        raise InputValidationError(
-            f"{features_dir}: splits disagree on dataset/backbone: {sorted(ids)}")
+    # one extraction's files: val/test/text of another one give a "finished" run at chance
+    check_folder({**{s: (features_dir / f"{s}.parquet", f.meta) for s, f in splits.items()},
+                  "text": (features_dir / "text.parquet", text.meta)})
     return splits, text
 
 
@@ -131,7 +130,9 @@ class _Features:
         self.counts = train_counts_of(self.splits["train"].labels, self.text.classnames,
                                       f"{self.dir}/train.parquet")
         self.prior_path = prior
-        self.prior = read_prior(prior, len(self.text.classnames)) if prior is not None else None
+        self.prior = read_prior(prior, len(self.text.classnames), dataset=self.meta.get(
+            "dataset"), backbone=self.meta.get("backbone"), used_with=self.dir / "train.parquet"
+        ) if prior is not None else None
         self.prior_sha = sha256_file(prior) if prior is not None else None
         self.views = _train_views(self.dir, self.splits["train"])
         self.group_counts = group_counts

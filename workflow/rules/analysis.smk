@@ -23,8 +23,8 @@ rule estimate_prior:
     conda:
         "../envs/lt-bench.yaml"
     shell:
-        "lt-bench prior --features-dir results/features/{wildcards.dataset}/{wildcards.backbone}"
-        " --out {output:q} {params.true_prior} --solver {params.solver} 2> {log:q}"
+        "lt-bench prior --features-dir results/features/{wildcards.dataset:q}/{wildcards.backbone:q}"
+        " --out {output:q} {params.true_prior:q} --solver {params.solver:q} 2> {log:q}"
 
 
 # combine_runs: ONE job per (dataset, seed) makes every ensemble of feature runs (the
@@ -62,7 +62,7 @@ rule ensemble_of_runs:
     wildcard_constraints:
         method=methods_regex("runs", exclude=COMBINED_METHODS),
     params:
-        members=lambda wc, input: " ".join(q(os.path.dirname(f)) for f in input.members),
+        members=lambda wc, input: [os.path.dirname(f) for f in input.members],
         hparams=hparams_json,
         out=lambda wc: run_dir(wc.dataset, wc.backbone, wc.method, wc.seed),
     log:
@@ -71,7 +71,7 @@ rule ensemble_of_runs:
     conda:
         "../envs/lt-bench.yaml"
     shell:
-        "lt-bench train --method {wildcards.method} --members {params.members}"
+        "lt-bench train --method {wildcards.method:q} --members {params.members:q}"
         " --out {params.out:q} --params {params.hparams:q} 2> {log:q}"
 
 

@@ -32,8 +32,8 @@ rule pretrain_toy_clip:
     # The log gets a progress line every 10 % of the steps (`tail -f` it) and ends with a
     # one-line summary: time, files written, zero-shot top-1 and the three rho's.
     shell:
-        "echo \"host=$(hostname) slurm_job=${{SLURM_JOB_ID:-none}} gpus=${{CUDA_VISIBLE_DEVICES:-none}}"
-        " {params.world}\" > {log};"
-        " lt-bench pretrain {wildcards.backbone} --dataset-dir resources/data/toy"
-        " --out results/backbones/{wildcards.backbone} --params '{params.pretrain}'"
-        " --seed {params.seed} --threads {threads} 2>> {log}"
+        "echo \"host=$(hostname) slurm_job=${{SLURM_JOB_ID:-none}} gpus=${{CUDA_VISIBLE_DEVICES:-none}}\""
+        " {params.world:q} > {log:q};"
+        " lt-bench pretrain {wildcards.backbone:q} --dataset-dir resources/data/toy"
+        " --out results/backbones/{wildcards.backbone:q} --params {params.pretrain:q}"
+        " --seed {params.seed:q} --threads {threads:q} 2>> {log:q}"

@@ -23,7 +23,14 @@ if os.path.realpath(os.getcwd()) != os.path.realpath(_WORKDIR):
         f"run lt-bench's workflow from its project folder: cd {workflow.basedir} (the "
         f"working directory is {os.getcwd()}; results, resources and logs would land there)"
     )
-validate(config, "../schemas/config.schema.yaml")
+try:
+    validate(config, "../schemas/config.schema.yaml")
+except WorkflowError as e:  # one line naming the key, not the schema's dump
+    err = e.__cause__ or e.__context__  # snakemake.utils.validate raises inside its except
+    if not hasattr(err, "absolute_path"):
+        raise
+    where = ".".join(map(str, err.absolute_path)) or "(top level)"
+    raise WorkflowError(f"config.yaml {where}: {err.message}") from None
 PLAN = Plan(config)
 try:
     SUITE = PLAN.suite
@@ -41,12 +48,18 @@ wildcard_constraints:
     seed=r"\d+",
 
 
-q = lambda s: shlex.quote(str(s))
+# Shell safety: every value reaches a job's shell through ONE quoting mechanism, Snakemake's
+# `{x:q}` format spec (shlex.quote of each element; a list becomes its quoted elements
+# joined by spaces, an empty list nothing). So every `{...}` in a rule's `shell:` ends in
+# `:q`, and params that are optional flags are argv LISTS (`["--flag", value]` or `[]`),
+# never pre-joined strings; tests/test_shell_safety.py checks every printed command parses
+# into the intended argv. Names that also become paths (suite, dataset, backbone, method)
+# are restricted to a safe pattern by the schema (workflow/schemas/config.schema.yaml).
 
 
 def opt_arg(flag, key):
-    """`--flag <input.key>` where the input function gave that key, else nothing."""
-    return lambda wc, input: f"{flag} {q(input[key])}" if key in input.keys() and input[key] else ""
+    """`--flag <input.key>` (an argv list) where the input function gave that key, else []."""
+    return lambda wc, input: [flag, str(input[key])] if key in input.keys() and input[key] else []
 
 
 
@@ -75,7 +88,7 @@ def tune_arg(wc):
 
 def group_counts_arg(wc):
     path = PLAN.group_counts_file(wc.dataset)
-    return f"--group-counts {q(path)}" if path else ""
+    return ["--group-counts", str(path)] if path else []
 
 
 def ensemble_members(wc):
@@ -83,9 +96,10 @@ def ensemble_members(wc):
 
 
 def head_job_args(wc, input):
-    """The options every head job passes: prior, tune, D-group counts, device, reuse."""
-    prior = f"--prior {q(input.prior)}" if "prior" in input.keys() else ""
-    return f"{prior} {tune_arg(wc)} {group_counts_arg(wc)} --device auto --reuse-dir results/cache/fits"
+    """The options every head job passes (argv): prior, tune, D-group counts, device, reuse."""
+    prior = ["--prior", str(input.prior)] if "prior" in input.keys() else []
+    return [*prior, tune_arg(wc), *group_counts_arg(wc), "--device", "auto",
+            "--reuse-dir", "results/cache/fits"]
 
 
 def write_runs_index(runs, out, log):
@@ -115,12 +129,23 @@ def dataset_runs(wc):
     return PLAN.dataset_runs(wc.dataset)
 
 
+def run_markers():
+    """Every run's finished marker (metrics.json), ensemble members included: inputs of
+    rule all. Snakemake rebuilds a missing file only for a job that runs anyway, and an
+    up-to-date ensemble or runs index does not: a deleted run folder went unnoticed
+    ("Nothing to be done"). Named by the target rule, a missing marker reruns its job and
+    then every consumer after it (the ensemble, the index, the tables)."""
+    members = [f"{d}/metrics.json" for r in PLAN.ensemble_runs()
+               for d in PLAN.ensemble_members(*r)]
+    return list(dict.fromkeys(PLAN.suite_runs() + members))
+
+
 
 
 
 def image_dir_arg(wc):
     d = PLAN.image_dir(wc.dataset)
-    return f"--data-root {q(d)}" if d else ""
+    return ["--data-root", str(d)] if d else []
 
 
 def image_dir_note(wc):
@@ -139,4 +164,4 @@ def prior_files(wc):
 
 
 def prior_args(wc, input):
-    return " ".join(f"--prior {b}={q(input[b])}" for b in prior_files(wc))
+    return [a for b in prior_files(wc) for a in ("--prior", f"{b}={input[b]}")]

@@ -19,19 +19,19 @@ rule prepare_dataset:
         test="resources/data/{dataset}/test.txt",
         classnames="resources/data/{dataset}/classnames.txt",
     params:
-        # shlex.quote, not '...': a parameter value (a path) may hold an apostrophe
-        dataset_params=lambda wc: shlex.quote(json.dumps(PLAN.dataset_params(wc.dataset), sort_keys=True)),
-        split_dir=lambda wc: shlex.quote(f"resources/data/{wc.dataset}"),
+        # a parameter value may hold anything a path may (an apostrophe): quoted by :q
+        dataset_params=lambda wc: json.dumps(PLAN.dataset_params(wc.dataset), sort_keys=True),
+        split_dir=lambda wc: f"resources/data/{wc.dataset}",
         # a smoke run keeps a few images of every class (lt_bench/smoke.py)
-        smoke=lambda wc: f"--smoke-limits {shlex.quote(json.dumps(smoke_limits(config)))}"
-        if config.get("smoke") else "",
+        smoke=lambda wc: ["--smoke-limits", json.dumps(smoke_limits(config))]
+        if config.get("smoke") else [],
     log:
         "logs/prepare_dataset/{dataset}.log",
     conda:
         "../envs/lt-bench.yaml"
     shell:
-        "lt-bench prepare {wildcards.dataset} --out {params.split_dir}"
-        " --params {params.dataset_params} {params.smoke} 2> {log:q}"
+        "lt-bench prepare {wildcards.dataset:q} --out {params.split_dir:q}"
+        " --params {params.dataset_params:q} {params.smoke:q} 2> {log:q}"
 
 
 # Local: the (opt-in) download needs the network, which cluster nodes may lack. The
@@ -43,10 +43,10 @@ rule verify_images:
         "resources/data/{dataset}/images_verified.json",
     params:
         data_root=image_dir_arg,
-        where=lambda wc: shlex.quote(f"images of {wc.dataset}: {image_dir_note(wc)}"),
-        download="--download" if config.get("download_images") else "",
-        dataset_params=lambda wc: shlex.quote(json.dumps(PLAN.dataset_params(wc.dataset), sort_keys=True)),
-        split_dir=lambda wc: shlex.quote(f"resources/data/{wc.dataset}"),
+        where=lambda wc: f"images of {wc.dataset}: {image_dir_note(wc)}",
+        download=["--download"] if config.get("download_images") else [],
+        dataset_params=lambda wc: json.dumps(PLAN.dataset_params(wc.dataset), sort_keys=True),
+        split_dir=lambda wc: f"resources/data/{wc.dataset}",
     wildcard_constraints:
         dataset="(?:" + "|".join(PLAN.real_image_datasets()) + ")",
     log:
@@ -54,7 +54,7 @@ rule verify_images:
     conda:
         "../envs/lt-bench.yaml"
     shell:
-        "echo {params.where} > {log:q};"
-        " lt-bench verify-images {wildcards.dataset}"
-        " --split-dir {params.split_dir} {params.data_root}"
-        " --params {params.dataset_params} {params.download} --out {output:q} >> {log:q} 2>&1"
+        "echo {params.where:q} > {log:q};"
+        " lt-bench verify-images {wildcards.dataset:q}"
+        " --split-dir {params.split_dir:q} {params.data_root:q}"
+        " --params {params.dataset_params:q} {params.download:q} --out {output:q} >> {log:q} 2>&1"

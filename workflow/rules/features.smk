@@ -31,12 +31,8 @@ rule extract_features:
         dataset_params=lambda wc: json.dumps(PLAN.dataset_params(wc.dataset), sort_keys=True),
         # the verified image root is read from the check's report at run time, so moving
         # data_root re-runs the (cheap) check but not the extraction
-        image_root=lambda wc, input: (
-            f"--image-root-from {input.images}" if input.images else ""
-        ),
-        checkpoint=lambda wc, input: (
-            f"--checkpoint {input.checkpoint}" if input.checkpoint else ""
-        ),
+        image_root=opt_arg("--image-root-from", "images"),
+        checkpoint=opt_arg("--checkpoint", "checkpoint"),
         batch_size=config["extract"]["batch_size"],
         num_workers=config["extract"]["num_workers"],
         shard_size=config["extract"]["shard_size"],
@@ -53,10 +49,10 @@ rule extract_features:
     conda:
         "../envs/lt-bench.yaml"
     shell:
-        "echo \"host=$(hostname) slurm_job=${{SLURM_JOB_ID:-none}} gpus=${{CUDA_VISIBLE_DEVICES:-none}}\" > {log};"
-        " lt-bench extract --dataset {wildcards.dataset} --dataset-params '{params.dataset_params}'"
-        " --split-dir resources/data/{wildcards.dataset} {params.image_root}"
-        " --backbone {wildcards.backbone} {params.checkpoint}"
-        " --out-dir results/features/{wildcards.dataset}/{wildcards.backbone}"
-        " --batch-size {params.batch_size} --num-workers {params.num_workers}"
-        " --shard-size {params.shard_size} {params.protocol} --threads {threads} 2>> {log}"
+        "echo \"host=$(hostname) slurm_job=${{SLURM_JOB_ID:-none}} gpus=${{CUDA_VISIBLE_DEVICES:-none}}\" > {log:q};"
+        " lt-bench extract --dataset {wildcards.dataset:q} --dataset-params {params.dataset_params:q}"
+        " --split-dir resources/data/{wildcards.dataset:q} {params.image_root:q}"
+        " --backbone {wildcards.backbone:q} {params.checkpoint:q}"
+        " --out-dir results/features/{wildcards.dataset:q}/{wildcards.backbone:q}"
+        " --batch-size {params.batch_size:q} --num-workers {params.num_workers:q}"
+        " --shard-size {params.shard_size:q} {params.protocol:q} --threads {threads:q} 2>> {log:q}"

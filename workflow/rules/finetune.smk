@@ -39,9 +39,9 @@ rule finetune:
     conda:
         "../envs/lt-bench.yaml"
     shell:
-        "lt-bench finetune --method {wildcards.method} --dataset {wildcards.dataset}"
-        " --dataset-params {params.dataset_params:q} --split-dir resources/data/{wildcards.dataset}"
-        " {params.image_root} --backbone {wildcards.backbone} {params.checkpoint}"
-        " --features-dir results/features/{wildcards.dataset}/{wildcards.backbone}"
-        " --out {params.out:q} --seed {wildcards.seed} --params {params.hparams:q}"
-        " {params.prior} {params.groups} --threads {threads} 2> {log:q}"
+        "lt-bench finetune --method {wildcards.method:q} --dataset {wildcards.dataset:q}"
+        " --dataset-params {params.dataset_params:q} --split-dir resources/data/{wildcards.dataset:q}"
+        " {params.image_root:q} --backbone {wildcards.backbone:q} {params.checkpoint:q}"
+        " --features-dir results/features/{wildcards.dataset:q}/{wildcards.backbone:q}"
+        " --out {params.out:q} --seed {wildcards.seed:q} --params {params.hparams:q}"
+        " {params.prior:q} {params.groups:q} --threads {threads:q} 2> {log:q}"

@@ -51,7 +51,7 @@ rule significance:
     conda:
         "../envs/lt-bench.yaml"
     shell:
-        "lt-bench significance --metrics $(cat {input:q}) --n-boot {params.n_boot}"
+        "lt-bench significance --metrics $(cat {input:q}) --n-boot {params.n_boot:q}"
         " --out {output:q} > {log:q} 2>&1"
 
 
@@ -81,13 +81,13 @@ rule aggregate:
         notes="results/tables/notes.csv",
         runs=report_table("runs", "all runs", "csv", "runs_table"),
     params:
-        methods=" ".join(SUITE.methods),
+        methods=SUITE.methods,
     log:
         "logs/report/aggregate.log",
     conda:
         "../envs/lt-bench.yaml"
     shell:
-        "lt-bench tables --metrics $(cat {input.runs:q}) --method-order {params.methods}"
+        "lt-bench tables --metrics $(cat {input.runs:q}) --method-order {params.methods:q}"
         " --significance {input.significance:q} --out-dir results/tables > {log:q} 2>&1"
 
 
@@ -134,14 +134,14 @@ rule figure_accuracy:
         ),
         by_qhat_pdf="results/figures/{dataset}/acc_vs_qhat.pdf",
     params:
-        methods=" ".join(FIGURE_METHODS),
+        methods=FIGURE_METHODS,
     log:
         "logs/report/figure_accuracy/{dataset}.log",
     conda:
         "../envs/lt-bench.yaml"
     shell:
-        "lt-bench figures accuracy --metrics $(cat {input:q}) --methods {params.methods}"
-        " --out-dir results/figures/{wildcards.dataset} > {log:q} 2>&1"
+        "lt-bench figures accuracy --metrics $(cat {input:q}) --methods {params.methods:q}"
+        " --out-dir results/figures/{wildcards.dataset:q} > {log:q} 2>&1"
 
 
 rule figure_prior:
@@ -163,8 +163,8 @@ rule figure_prior:
     conda:
         "../envs/lt-bench.yaml"
     shell:
-        "lt-bench figures prior --dataset {wildcards.dataset} {params.priors}"
-        " --out results/figures/{wildcards.dataset}/prior_vs_true > {log:q} 2>&1"
+        "lt-bench figures prior --dataset {wildcards.dataset:q} {params.priors:q}"
+        " --out results/figures/{wildcards.dataset:q}/prior_vs_true > {log:q} 2>&1"
 
 
 rule figure_dxp:
@@ -191,12 +191,12 @@ rule figure_dxp:
         ),
         summary_pdf="results/figures/{dataset}/dxp_vs_la.pdf",
     params:
-        methods=" ".join(SUITE.methods),
+        methods=SUITE.methods,
     log:
         "logs/report/figure_dxp/{dataset}.log",
     conda:
         "../envs/lt-bench.yaml"
     shell:
-        "lt-bench figures dxp --metrics $(cat {input:q}) --dataset {wildcards.dataset}"
-        " --methods {params.methods} --out-dir results/figures/{wildcards.dataset}"
+        "lt-bench figures dxp --metrics $(cat {input:q}) --dataset {wildcards.dataset:q}"
+        " --methods {params.methods:q} --out-dir results/figures/{wildcards.dataset:q}"
         " > {log:q} 2>&1"

@@ -32,5 +32,7 @@ rule ingest_mlflow:
     conda:
         "../envs/lt-bench.yaml"
     shell:
-        "lt-bench ingest --suite {params.suite} --metrics $(cat {input.runs:q})"
+        # $(cat index.txt): each line a relative metrics.json path built from schema-checked
+        # names (safe pattern), so word splitting cannot cut or inject
+        "lt-bench ingest --suite {params.suite:q} --metrics $(cat {input.runs:q})"
         " --figures-root results/figures --out {output:q} 2> {log:q}"

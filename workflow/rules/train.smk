@@ -42,8 +42,8 @@ if HEAD_METHODS:
         shell:
             "echo \"host=$(hostname) slurm_job=${{SLURM_JOB_ID:-none}} gpus=${{CUDA_VISIBLE_DEVICES:-none}}\" > {log:q};"
             " lt-bench train --runs {params.runs:q}"
-            " --features-dir results/features/{wildcards.dataset}/{wildcards.backbone}"
-            " {params.args} --threads {threads} 2>> {log:q}"
+            " --features-dir results/features/{wildcards.dataset:q}/{wildcards.backbone:q}"
+            " {params.args:q} --threads {threads:q} 2>> {log:q}"
 
 
 
