@@ -22,34 +22,18 @@ Exit 0 when nothing failed, 2 otherwise (warnings do not fail).
 
 from __future__ import annotations
 
-import os
 import shutil
-import sqlite3
 import subprocess
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-OK, FAIL, WARN = "✓", "✗", "!"
+from lt_bench.doctor.check import FAIL, OK, WARN, Check
+from lt_bench.doctor.check import read_yaml as _yaml
+from lt_bench.doctor.disk import check_disk, estimate_bytes, run_bytes  # noqa: F401
+from lt_bench.doctor.services import check_slurm, check_tracking
+
 #: images decoded per split (spread over classes)
 DEFAULT_SAMPLE = 50
-#: headroom over the estimated results size
-DISK_MARGIN = 1.2
-
-
-@dataclass
-class Check:
-    area: str
-    name: str
-    status: str
-    detail: str
-    fix: str = ""
-
-
-def _yaml(path: Path) -> dict:
-    import yaml
-
-    return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
 
 
 # --- data -----------------------------------------------------------------------------------
@@ -248,209 +232,6 @@ def check_gpu(needs_gpu: bool, on_slurm: bool, batch: int) -> list[Check]:
                          f"batch {batch} needs ~{need:.0f} GiB (estimate) > {min(mems):.0f} GiB",
                          "lower methods.<fine-tuned method>.batch_size or use a larger GPU"))
     return out
-
-
-# --- disk -----------------------------------------------------------------------------------
-
-def dataset_shape(plan, dataset: str) -> tuple[int, dict[str, int]] | None:
-    """(K, rows per split): from the prepared lists, else the dataset's known statistics,
-    else the toy world's parameters; None where unknown before ``prepare``."""
-    from lt_bench.data import DATASETS
-
-    split_dir = Path("resources/data") / dataset
-    cls = DATASETS.get(dataset)
-    names = split_dir / "classnames.txt"
-    if names.is_file() and all((split_dir / f"{s}.txt").is_file() for s in cls.splits):
-        k = sum(1 for line in names.read_text(encoding="utf-8").splitlines() if line.strip())
-        return k, {s: sum(1 for _ in open(split_dir / f"{s}.txt", encoding="utf-8"))
-                   for s in cls.splits}
-    stats = getattr(cls, "expected_stats", None)
-    if stats:
-        return cls.num_classes, {s: v["n_images"] for s, v in stats.items()}
-    if dataset == "toy":
-        p = plan.dataset(dataset).params
-        k = int(p["num_classes"])
-        train = sum(max(1, round(p["max_per_class"] * p["imbalance"] ** (-i / max(k - 1, 1))))
-                    for i in range(k))
-        return k, {"train": train, "val": p["val_per_class"] * k,
-                   "test": p["test_per_class"] * k}
-    return None
-
-
-def run_bytes(consumes: str, n_eval: int, k: int, d: int) -> int:
-    """Bytes of one run folder (docs: README "Disk"): a head run keeps its predictor
-    (K × D float32) and per-class rows; a fine-tuned run its val/test logits
-    (n_eval × K float32) and trainable weights; an ensemble only its per-class rows."""
-    small = 16_384 + 48 * k  # JSON files + per_class.parquet
-    if consumes == "images":
-        return small + n_eval * k * 4 + 2_500_000
-    if consumes == "runs":
-        return small
-    return small + k * d * 4
-
-
-def estimate_bytes(plan) -> tuple[int, list[str]]:
-    """Bytes the suite writes under results/ (features + runs + MLflow), and what is unknown."""
-    from lt_bench.backbones.base import resolve_spec
-
-    cfg = plan.config.get("extract") or {}
-    crops = 6 if cfg.get("tte") == "fivecrop" else 1
-    views = int(cfg.get("train_views") or 0)
-    total, unknown, shapes = 0, [], {}
-    for d in plan.suite.datasets:
-        shape = dataset_shape(plan, d)
-        if shape is None:
-            unknown.append(d)
-            continue
-        shapes[d] = shape
-        k, rows = shape
-        for b in plan.suite.backbones:
-            dim = resolve_spec(b).feature_dim or 768
-            per_row = dim * 2 + 64  # float16 feature + path and label
-            total += rows.get("train", 0) * per_row * (1 + views)
-            total += sum(n * per_row * crops for s, n in rows.items() if s != "train")
-            total += k * 512 * 4 * 2  # text.parquet
-    for d, b, m, _seed in plan.per_backbone_runs() + plan.ensemble_runs():
-        if d not in shapes:
-            continue
-        k, rows = shapes[d]
-        dim = 768 if b == "ensemble" else (resolve_spec(b).feature_dim or 768)
-        total += run_bytes(plan.consumes(m), rows.get("val", 0) + rows.get("test", 0), k, dim)
-        total += 48 * k + 8_192  # MLflow: per-class artifact, params and metrics
-    return total, unknown
-
-
-def _free_bytes(path: Path) -> int:
-    p = path.resolve()
-    while not p.exists():
-        p = p.parent
-    return shutil.disk_usage(p).free
-
-
-def check_disk(plan, results: Path) -> list[Check]:
-    need, unknown = estimate_bytes(plan)
-    need = int(need * DISK_MARGIN)
-    free = _free_bytes(results)
-    gib = 2**30
-    detail = (f"~{need / gib:.1f} GiB needed (estimate +{round((DISK_MARGIN - 1) * 100)} %), "
-              f"{free / gib:.1f} GiB free under {results}")
-    if unknown:
-        detail += f"; not counted until prepared: {', '.join(unknown)}"
-    if free < need:
-        return [Check("disk", "results/", FAIL, detail,
-                      "free space, or make results/ a link to a larger disk")]
-    return [Check("disk", "results/", OK, detail)]
-
-
-# --- SLURM ----------------------------------------------------------------------------------
-
-def _profile_resources(profile: Path) -> tuple[set[str], set[str], bool]:
-    cfg = _yaml(profile / "config.yaml")
-    blocks = [cfg.get("default-resources") or {}, *(cfg.get("set-resources") or {}).values()]
-    parts, accounts, gpus = set(), set(), False
-    for b in blocks:
-        if isinstance(b, list):  # `- key=value` form
-            b = dict(str(x).split("=", 1) for x in b if "=" in str(x))
-        parts |= {str(b["slurm_partition"]).strip("'\"")} if b.get("slurm_partition") else set()
-        accounts |= {str(b["slurm_account"]).strip("'\"")} if b.get("slurm_account") else set()
-        gpus = gpus or bool(b.get("gpu")) or "gpu" in str(b.get("gres", ""))
-    return {os.path.expandvars(p) for p in parts}, {os.path.expandvars(a) for a in accounts}, gpus
-
-
-def _run(cmd: list[str]) -> str | None:
-    try:
-        r = subprocess.run(cmd, capture_output=True, text=True, timeout=30, check=False)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return r.stdout if r.returncode == 0 else None
-
-
-def check_slurm(profile: Path) -> list[Check]:
-    cfg_file = profile / "config.yaml"
-    if not cfg_file.is_file():
-        return [Check("slurm", str(profile), FAIL, f"{cfg_file} not found",
-                      "--profile names a folder with a Snakemake profile config.yaml")]
-    if _yaml(cfg_file).get("executor") != "slurm":
-        return []
-    if shutil.which("sinfo") is None:
-        return [Check("slurm", "sinfo", FAIL, "the profile uses SLURM but sinfo is not on PATH",
-                      "run doctor on the cluster's login node")]
-    parts, accounts, gpus = _profile_resources(profile)
-    out: list[Check] = []
-    listed = _run(["sinfo", "-h", "-o", "%R"])
-    if listed is None:
-        return [Check("slurm", "sinfo", FAIL, "sinfo failed (is slurmctld reachable?)",
-                      "check `sinfo` by hand")]
-    have = set(listed.split())
-    for p in sorted(parts):
-        if "$" in p:
-            out.append(Check("slurm", f"partition {p}", FAIL, "an unset environment variable",
-                             f"export {p.strip('${}')} or edit {cfg_file}"))
-        elif p not in have:
-            out.append(Check("slurm", f"partition {p}", FAIL,
-                             f"not a partition here (have: {', '.join(sorted(have))})",
-                             f"set slurm_partition in {cfg_file}"))
-        else:
-            out.append(Check("slurm", f"partition {p}", OK, "exists"))
-    if not parts:
-        out.append(Check("slurm", "partition", OK,
-                         f"the cluster's default ({', '.join(sorted(have))})"))
-    if accounts and shutil.which("sacctmgr"):
-        assoc = _run(["sacctmgr", "-n", "-P", "show", "assoc", "format=account"]) or ""
-        known = {a.strip() for a in assoc.split()}
-        for a in sorted(accounts):
-            status = OK if a in known else FAIL
-            out.append(Check("slurm", f"account {a}", status,
-                             "exists" if status == OK else "not an account of the cluster",
-                             "" if status == OK else f"set slurm_account in {cfg_file}"))
-    if gpus:
-        gres = _run(["sinfo", "-h", "-o", "%G"]) or ""
-        status = OK if "gpu" in gres else FAIL
-        out.append(Check("slurm", "GPU gres", status,
-                         f"nodes offer {gres.split()[0] if gres.split() else 'no gres'}",
-                         "" if status == OK else "the profile asks for GPUs the cluster does "
-                         "not offer: set a GPU partition"))
-    return out
-
-
-# --- tracking -------------------------------------------------------------------------------
-
-def check_tracking(uri: str) -> list[Check]:
-    from lt_bench.tracking.records import sqlite_path
-
-    db = sqlite_path(uri)
-    if db is not None:
-        folder = db.parent
-        probe = folder
-        while not probe.exists():
-            probe = probe.parent
-        if not os.access(probe, os.W_OK):
-            return [Check("tracking", uri, FAIL, f"{probe} is not writable",
-                          "make results/mlflow writable or set MLFLOW_TRACKING_URI")]
-        if db.exists():
-            try:
-                con = sqlite3.connect(db, timeout=5)
-                con.execute("BEGIN IMMEDIATE")  # takes the write lock, then gives it back
-                con.rollback()
-                con.close()
-            except sqlite3.Error as e:
-                return [Check("tracking", uri, FAIL, f"{db}: {e}",
-                              "another process holds the store, or the file is damaged")]
-        return [Check("tracking", uri, OK, "writable" + ("" if db.exists() else
-                                                         " (created by the first ingest)"))]
-    if uri.startswith(("http://", "https://")):
-        import urllib.error
-        import urllib.request
-
-        try:
-            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5) as r:
-                ok = r.status == 200
-        except (urllib.error.URLError, OSError) as e:
-            return [Check("tracking", uri, FAIL, f"not reachable ({e})",
-                          "start the server or fix MLFLOW_TRACKING_URI; runs are kept in "
-                          "results/ and can be ingested later")]
-        return [Check("tracking", uri, OK if ok else FAIL, "server answers /health")]
-    return [Check("tracking", uri, WARN, "not checked (neither sqlite:/// nor http(s)://)")]
 
 
 # --- the whole check ------------------------------------------------------------------------
