@@ -34,23 +34,38 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 from lt_bench.errors import UserError
+from lt_bench.io import sha256_file, stable_hash
 from lt_bench.tracking.records import (
-    HEADLINE_VIEW,
+    EXPERIMENT_KIND_TAG,
+    HEADLINE,
     HEADLINE_VIEW_KEY,
+    KIND_SEED,
+    KIND_SETTING,
+    KIND_SUMMARY,
+    SD_SUFFIX,
+    SETTINGS_VIEW_KEY,
+    STATE_CURRENT,
+    STATE_SUPERSEDED,
     TAG_FINGERPRINT,
     TAG_HISTORY,
     TAG_PARAMS,
+    TAG_SUPERSEDED_BY,
     TAG_TIMES,
+    VIEWS,
     RunRecord,
     default_tracking_uri,
     experiment_name,
     read_run_folder,
     redact_uri,
+    setting_stats,
     sqlite_path,
+    suite_figures,
+    view_url,
 )
 
 log = logging.getLogger(__name__)
@@ -175,6 +190,48 @@ def relocate_sqlite_store(db: Path, artifact_root: Path) -> int:
 
 # --- writing ---------------------------------------------------------------------------------
 
+def fast_sqlite_commits() -> None:
+    """WAL journal with ``synchronous=NORMAL`` on every SQLite connection of this process.
+
+    MLflow commits each call (a run's create, its batch, its end: ~8 commits a run), and in
+    SQLite's default rollback-journal mode every commit waits for fsync: on this machine's
+    disk 22 ms each, 29 of the 139 s that 160 runs took (cProfile, benchmarks/ingest.py).
+    WAL + NORMAL does not fsync per commit and still never corrupts the database on a crash
+    (the last commits may be lost; the run folders are the truth and re-ingestion restores
+    them). WAL persists in the file; readers such as ``mlflow ui`` work unchanged.
+    """
+    from sqlalchemy import event
+    from sqlalchemy.pool import Pool
+
+    if getattr(fast_sqlite_commits, "done", False):
+        return
+
+    def _on_connect(dbapi_con, _record):
+        if isinstance(dbapi_con, sqlite3.Connection):
+            cur = dbapi_con.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.close()
+
+    event.listen(Pool, "connect", _on_connect)
+    fast_sqlite_commits.done = True
+
+
+def _experiment_note(suite: str, counts: dict[str, int]) -> str:
+    n_seed, n_set = counts.get(KIND_SEED, 0), counts.get(KIND_SETTING, 0)
+    more = (" The runs table loads 100 rows at a time: press **Load more** at its foot for "
+            "the rest." if max(n_seed, n_set) > 100 else "")
+    return (f"lt-bench suite `{suite}`: **{n_seed}** runs (one per run folder "
+            f"dataset/backbone/method/seed), **{n_set}** settings (each the mean ± sample sd "
+            f"of its seeds, the seed runs nested under it), and the run `summary · {suite}` "
+            "with the suite-wide figures and the settings table. Saved views: "
+            f"`?viewStateShareKey={HEADLINE_VIEW_KEY}` (every run, headline columns `0_top1` … "
+            f"`4_p_few` in %, best top-1 first) and `?viewStateShareKey={SETTINGS_VIEW_KEY}` "
+            f"(one row per setting: mean and `_sd` columns).{more} Ingested by "
+            "`lt-bench ingest`; superseded runs (retrained or re-configured) keep the tag "
+            f"`state = {STATE_SUPERSEDED}`.")
+
+
 def _get_experiment(client, suite: str, artifact_root: Path | str | None) -> str:
     from mlflow.exceptions import MlflowException
 
@@ -188,14 +245,9 @@ def _get_experiment(client, suite: str, artifact_root: Path | str | None) -> str
     if artifact_root is not None:
         location = (Path(artifact_root) / suite).resolve().as_uri()
     try:
-        return client.create_experiment(
-            name, artifact_location=location,
-            tags={"lt_bench.suite": suite,
-                  "mlflow.note.content": f"lt-bench suite `{suite}`: one run per "
-                                         "(dataset, backbone, method, seed) run folder; "
-                                         "ingested by `lt-bench ingest`. Columns `0_top1` "
-                                         "… `4_p_few` are the headline numbers; group by "
-                                         "the tag `group` for mean ± spread over seeds."})
+        return client.create_experiment(name, artifact_location=location,
+                                        tags={"lt_bench.suite": suite,
+                                              EXPERIMENT_KIND_TAG[0]: EXPERIMENT_KIND_TAG[1]})
     except MlflowException:  # created meanwhile by another writer
         exp = client.get_experiment_by_name(name)
         if exp is None:
@@ -203,78 +255,273 @@ def _get_experiment(client, suite: str, artifact_root: Path | str | None) -> str
         return exp.experiment_id
 
 
-def view_url(tracking_ui: str, experiment_id: str) -> str:
-    """The runs table of the experiment in its headline view."""
-    return (f"{tracking_ui.rstrip('/')}/#/experiments/{experiment_id}/runs"
-            f"?viewStateShareKey={HEADLINE_VIEW_KEY}")
-
-
-def _active_runs_by_key(client, experiment_id: str) -> dict[str, list]:
+def _search_all(client, experiment_id: str, filter_string: str) -> list:
     from mlflow.entities import ViewType
 
-    by_key: dict[str, list] = {}
-    token = None
+    out, token = [], None
     while True:
-        page = client.search_runs([experiment_id], filter_string="tags.run_key != ''",
+        page = client.search_runs([experiment_id], filter_string=filter_string,
                                   run_view_type=ViewType.ACTIVE_ONLY, max_results=1000,
                                   order_by=["attributes.start_time ASC"], page_token=token)
-        for r in page:
-            by_key.setdefault(r.data.tags.get("run_key"), []).append(r)
+        out += list(page)
         token = page.token
         if not token:
-            return by_key
+            return out
 
 
-def _log_contents(client, run_id: str, rec: RunRecord, with_params: bool,
-                  with_history: bool) -> None:
-    from mlflow.entities import Metric, Param, RunTag
-
-    # metric timestamps: the end of the training (the history has no per-epoch times)
-    stamp = rec.end_ms if rec.end_ms is not None else int(time.time() * 1000)
-    last = max((s for _, _, s in rec.metrics), default=0)
-    metrics = rec.metrics if with_history else [m for m in rec.metrics if m[2] == last]
-    client.log_batch(
-        run_id,
-        metrics=[Metric(k, v, stamp, step) for k, v, step in metrics],
-        params=[Param(k, v) for k, v in rec.params.items()] if with_params else [],
-        tags=[RunTag(k, v) for k, v in rec.tags.items()])
-    for f in rec.artifacts:
-        client.log_artifact(run_id, str(f))
-    for f in rec.figures:
-        client.log_artifact(run_id, str(f), artifact_path="figures")
-    for f, folder in rec.report_figures:
-        client.log_artifact(run_id, str(f), artifact_path=folder)
+def _current_by_tag(runs: list, tag: str) -> dict[str, list]:
+    """Active, not superseded runs by the value of ``tag`` (oldest first)."""
+    by: dict[str, list] = {}
+    for r in runs:
+        t = r.data.tags
+        if t.get(tag) and TAG_SUPERSEDED_BY not in t and t.get("state") != STATE_SUPERSEDED:
+            by.setdefault(t[tag], []).append(r)
+    return by
 
 
-def _ingest_one(client, experiment_id: str, rec: RunRecord, existing: list) -> tuple[str, str]:
-    """Create or update the MLflow run of ``rec``; returns (status, run_id)."""
-    status = "created"
-    for dup in existing[1:]:  # should not happen (lock); heal a race on a shared server
-        client.delete_run(dup.info.run_id)
-        log.warning("%s: deleted duplicate MLflow run %s", rec.run_dir, dup.info.run_id)
-    if existing:
-        old = existing[0]
-        tags = old.data.tags
-        if tags.get(TAG_FINGERPRINT) == rec.fingerprint and old.info.status == "FINISHED":
-            return "unchanged", old.info.run_id
-        if all(tags.get(t) == rec.tags[t] for t in (TAG_PARAMS, TAG_HISTORY, TAG_TIMES)):
-            _log_contents(client, old.info.run_id, rec, with_params=False,
-                          with_history=False)
-            client.update_run(old.info.run_id, name=rec.run_name)
-            client.set_terminated(old.info.run_id, "FINISHED", end_time=rec.end_ms)
-            return "updated", old.info.run_id
-        client.delete_run(old.info.run_id)
-        status = "replaced"
+def _log_files(client, run_id: str, files: list[tuple[Path, str]]) -> None:
+    """All of a run's files in one ``log_artifacts`` call per folder (one run look-up and,
+    on a server, one listing instead of one per file): a staging folder of symlinks."""
+    by_folder: dict[str, list[Path]] = {}
+    for f, folder in files:
+        by_folder.setdefault(folder, []).append(f)
+    for folder, paths in by_folder.items():
+        with tempfile.TemporaryDirectory(prefix="lt-bench-ingest-") as tmp:
+            for f in paths:
+                os.symlink(Path(f).resolve(), Path(tmp) / Path(f).name)
+            client.log_artifacts(run_id, tmp, artifact_path=folder or None)
+
+
+def _metric_objs(items, stamp: int):
+    from mlflow.entities import Metric
+
+    return [Metric(k, v, stamp, step) for k, v, step in items]
+
+
+def _create_seed_run(client, experiment_id: str, rec: RunRecord) -> str:
+    from mlflow.entities import Param
+
+    tags = {**rec.tags, "mlflow.runName": rec.run_name}
     run = client.create_run(experiment_id, run_name=rec.run_name, start_time=rec.start_ms,
-                            tags={"run_key": rec.run_key})
+                            tags=tags)
     run_id = run.info.run_id
+    stamp = rec.end_ms if rec.end_ms is not None else int(time.time() * 1000)
     try:
-        _log_contents(client, run_id, rec, with_params=True, with_history=True)
+        client.log_batch(run_id, metrics=_metric_objs(rec.metrics, stamp),
+                         params=[Param(k, v) for k, v in rec.params.items()])
+        _log_files(client, run_id, [(f, "") for f in rec.artifacts]
+                   + [(f, "figures") for f in rec.figures])
     except BaseException:
         client.set_terminated(run_id, "FAILED")  # the next ingestion replaces it
         raise
     client.set_terminated(run_id, "FINISHED", end_time=rec.end_ms)
-    return status, run_id
+    return run_id
+
+
+def _update_seed_run(client, old, rec: RunRecord) -> None:
+    """New metric values, tags or files, same params, history and times: in place."""
+    from mlflow.entities import RunTag
+
+    last = max((s for _, _, s in rec.metrics), default=0)
+    # logged now: MLflow keeps, per key and step, the value with the latest timestamp
+    finals = [m for m in rec.metrics if m[2] == last]
+    client.log_batch(old.info.run_id, metrics=_metric_objs(finals, int(time.time() * 1000)),
+                     tags=[RunTag(k, v) for k, v in rec.tags.items()])
+    _log_files(client, old.info.run_id, [(f, "") for f in rec.artifacts]
+               + [(f, "figures") for f in rec.figures])
+    if old.info.run_name != rec.run_name:
+        client.update_run(old.info.run_id, name=rec.run_name)
+    client.set_terminated(old.info.run_id, "FINISHED", end_time=rec.end_ms)
+
+
+def _supersede(client, old, new_id: str) -> None:
+    """Keep a retrained or re-configured setting's previous run, marked as such."""
+    from mlflow.entities import RunTag
+
+    rid = old.info.run_id
+    client.log_batch(rid, tags=[RunTag(TAG_SUPERSEDED_BY, new_id),
+                                RunTag("state", STATE_SUPERSEDED)])
+    if "mlflow.parentRunId" in old.data.tags:  # not among its setting's current seeds
+        client.delete_tag(rid, "mlflow.parentRunId")
+    if not old.info.run_name.endswith("(superseded)"):
+        client.update_run(rid, name=f"{old.info.run_name} (superseded)")
+
+
+def _ingest_one(client, experiment_id: str, rec: RunRecord, existing: list) -> tuple[str, str]:
+    """Create, update or supersede the MLflow run of ``rec``; returns (status, run_id)."""
+    for dup in existing[1:]:  # two writers raced on a shared server: keep the oldest
+        client.delete_run(dup.info.run_id)
+        log.warning("%s: deleted duplicate MLflow run %s", rec.run_dir, dup.info.run_id)
+    if not existing:
+        return "created", _create_seed_run(client, experiment_id, rec)
+    old = existing[0]
+    tags = old.data.tags
+    if tags.get(TAG_FINGERPRINT) == rec.fingerprint and old.info.status == "FINISHED":
+        return "unchanged", old.info.run_id
+    if old.info.status == "FINISHED" and \
+            all(tags.get(t) == rec.tags[t] for t in (TAG_PARAMS, TAG_HISTORY, TAG_TIMES)):
+        _update_seed_run(client, old, rec)
+        return "updated", old.info.run_id
+    new_id = _create_seed_run(client, experiment_id, rec)
+    if old.info.status == "FINISHED":
+        _supersede(client, old, new_id)
+        return "superseded", new_id
+    client.delete_run(old.info.run_id)  # a failed half-written ingestion: nothing to keep
+    return "replaced", new_id
+
+
+def _setting_content(key: str, seeds: list, suite: str) -> dict[str, Any]:
+    """What the setting run of ``seeds`` (current seed runs of one group) shows."""
+    t0 = seeds[0].data.tags
+    metrics: dict[str, float] = {"n_seeds": float(len(seeds))}
+    parts = []
+    for _, alias, label in HEADLINE:
+        vals = [r.data.metrics[alias] for r in seeds if alias in r.data.metrics]
+        if not vals:
+            continue
+        mean, sd = setting_stats(vals)
+        metrics[alias] = round(mean, 1)
+        if sd is not None:
+            metrics[alias + SD_SUFFIX] = round(sd, 1)
+        parts.append(f"{label} {mean:.1f}" + (f" ± {sd:.1f}" if sd is not None else ""))
+    names = ", ".join(sorted(f"s{r.data.tags.get('seed')}" for r in seeds))
+    desc = (f"**{' · '.join(parts)}** (% accuracy, mean ± sample sd over {len(seeds)} "
+            f"seed{'s' if len(seeds) != 1 else ''}: {names})\n\n{t0.get('group')}.")
+    name = t0.get("setting_name") or t0.get("group", key)
+    tags = {"kind": KIND_SETTING, "state": STATE_CURRENT, "setting_key": key,
+            "group": t0.get("group", ""), "group_key": t0.get("group_key", ""), "suite": suite,
+            **{k: t0.get(k, "") for k in ("dataset", "backbone", "method")},
+            "mlflow.note.content": desc}
+    name = f"{name} ×{len(seeds)}"
+    fp = stable_hash({"m": metrics, "t": tags, "n": name}, n=16)
+    return {"name": name, "metrics": metrics, "tags": {**tags, TAG_FINGERPRINT: fp},
+            "start": min(r.info.start_time for r in seeds),
+            "end": max((r.info.end_time or r.info.start_time) for r in seeds),
+            "rows": (t0.get("group", ""), len(seeds), parts)}
+
+
+def _write_settings(client, exp_id: str, suite: str, seed_runs: list, all_runs: list) -> dict:
+    """One setting run per group of current seed runs: mean ± sd, the seeds nested under it."""
+    from mlflow.entities import Metric, RunTag
+
+    groups: dict[str, list] = {}
+    for r in seed_runs:
+        groups.setdefault(stable_hash({"suite": suite, "group": r.data.tags.get("group_key")},
+                                      n=16), []).append(r)
+    existing = _current_by_tag([r for r in all_runs if r.data.tags.get("kind") == KIND_SETTING],
+                               "setting_key")
+    counts = {"settings_written": 0}
+    rows = []
+    now = int(time.time() * 1000)
+    for key, seeds in sorted(groups.items()):
+        c = _setting_content(key, seeds, suite)
+        rows.append(c["rows"])
+        old = existing.pop(key, [])
+        for dup in old[1:]:
+            client.delete_run(dup.info.run_id)  # derived from the seeds: safe to drop
+        if old and old[0].data.tags.get(TAG_FINGERPRINT) == c["tags"][TAG_FINGERPRINT]:
+            sid = old[0].info.run_id
+        else:
+            if old and (set(old[0].data.metrics) - set(c["metrics"])
+                        or old[0].info.start_time != c["start"]):
+                # a metric that no longer applies (an sd of one seed) cannot be removed from
+                # an MLflow run: the setting run, derived from its seeds, is made afresh
+                client.delete_run(old[0].info.run_id)
+                old = []
+            if old:
+                sid = old[0].info.run_id
+                if old[0].info.run_name != c["name"]:
+                    client.update_run(sid, name=c["name"])
+            else:
+                sid = client.create_run(exp_id, run_name=c["name"], start_time=c["start"],
+                                        tags={"mlflow.runName": c["name"]}).info.run_id
+            client.log_batch(sid, metrics=[Metric(k, v, now, 0) for k, v in
+                                           c["metrics"].items()],
+                             tags=[RunTag(k, v) for k, v in c["tags"].items()])
+            client.set_terminated(sid, "FINISHED", end_time=c["end"])
+            counts["settings_written"] += 1
+        for r in seeds:
+            if r.data.tags.get("mlflow.parentRunId") != sid:
+                client.set_tag(r.info.run_id, "mlflow.parentRunId", sid)
+    for gone in existing.values():  # no current seed left (re-configured): keep, marked
+        for r in gone:
+            client.log_batch(r.info.run_id, tags=[RunTag("state", STATE_SUPERSEDED)])
+    counts["settings"] = len(groups)
+    return {"counts": counts, "rows": rows}
+
+
+def _settings_csv(rows) -> str:
+    lines = ["setting,n_seeds," + ",".join(f"{lab} mean,{lab} sd" for _, _, lab in HEADLINE)]
+    for group, n, parts in sorted(rows):
+        cells = []
+        by = {p.split(" ", 1)[0]: p.split(" ", 1)[1] for p in parts}
+        for _, _, lab in HEADLINE:
+            v = by.get(lab, "")
+            mean, _, sd = v.partition(" ± ")
+            cells += [mean, sd]
+        lines.append(f"\"{group}\",{n}," + ",".join(cells))
+    return "\n".join(lines) + "\n"
+
+
+def _write_summary(client, exp_id: str, suite: str, all_runs: list, figures: list,
+                   rows) -> str:
+    """The suite's summary run: the suite-wide figures and the settings table, once."""
+    from mlflow.entities import RunTag
+
+    key = f"summary:{suite}"
+    table = _settings_csv(rows)
+    fp = stable_hash({"figs": [(str(f), sha256_file(f)) for f, _ in figures], "table": table},
+                     n=16)
+    old = _current_by_tag([r for r in all_runs if r.data.tags.get("kind") == KIND_SUMMARY],
+                          "summary_key").get(key, [])
+    if old and old[0].data.tags.get(TAG_FINGERPRINT) == fp:
+        return old[0].info.run_id
+    name = f"summary · {suite}"
+    desc = (f"Suite `{suite}`: {len(rows)} settings (mean ± sd over seeds in "
+            "`settings.csv`; the same numbers are the setting runs' metrics) and the "
+            f"report's suite-wide figures ({len(figures)} files under `figures/`).")
+    tags = {"kind": KIND_SUMMARY, "state": STATE_CURRENT, "summary_key": key, "suite": suite,
+            "mlflow.note.content": desc, TAG_FINGERPRINT: fp}
+    if old:
+        sid = old[0].info.run_id
+    else:
+        sid = client.create_run(exp_id, run_name=name, tags={"mlflow.runName": name}).info.run_id
+    with tempfile.TemporaryDirectory(prefix="lt-bench-summary-") as tmp:
+        (Path(tmp) / "settings.csv").write_text(table)
+        client.log_artifact(sid, str(Path(tmp) / "settings.csv"))
+    _log_files(client, sid, figures)
+    client.log_batch(sid, tags=[RunTag(k, v) for k, v in tags.items()])
+    client.set_terminated(sid, "FINISHED")
+    return sid
+
+
+def _write_all(client, suite, artifact_root, records, figures):
+    from mlflow.entities import ViewType  # noqa: F401  (fail early if mlflow is broken)
+
+    exp_id = _get_experiment(client, suite, artifact_root)
+    client.set_experiment_tag(exp_id, *EXPERIMENT_KIND_TAG)
+    for key, view in VIEWS.items():
+        client.set_experiment_tag(exp_id, f"mlflow.sharedViewState.{key}", json.dumps(view))
+    runs_before = _search_all(client, exp_id, "tags.run_key != ''")
+    existing = _current_by_tag(runs_before, "run_key")
+    runs, counts = [], {"created": 0, "updated": 0, "superseded": 0, "replaced": 0,
+                        "unchanged": 0}
+    for rec in records:
+        t = time.time()
+        status, run_id = _ingest_one(client, exp_id, rec, existing.get(rec.run_key, []))
+        counts[status] += 1
+        runs.append({"run_key": rec.run_key, "run_id": run_id, "run_name": rec.run_name,
+                     "run_dir": rec.tags["run_dir"], "status": status,
+                     "seconds": round(time.time() - t, 4)})
+        log.info("%s %s -> %s (%.2f s)", status, rec.run_name, run_id, runs[-1]["seconds"])
+    all_runs = _search_all(client, exp_id, "")
+    seed_runs = [r for rs in _current_by_tag(all_runs, "run_key").values() for r in rs[:1]]
+    settings = _write_settings(client, exp_id, suite, seed_runs, all_runs)
+    summary_id = _write_summary(client, exp_id, suite, all_runs, figures, settings["rows"])
+    kinds = {KIND_SEED: len(seed_runs), KIND_SETTING: settings["counts"]["settings"]}
+    client.set_experiment_tag(exp_id, "mlflow.note.content", _experiment_note(suite, kinds))
+    counts.update(settings["counts"])
+    return runs, counts, exp_id, len(seed_runs), summary_id
 
 
 def method_defaults(methods: set[str]) -> dict[str, dict[str, Any] | None]:
@@ -298,7 +545,8 @@ def ingest(run_dirs: list[Path | str], suite: str, tracking_uri: str | None = No
     ``artifact_root`` (default: ``artifacts/`` beside a SQLite store; the server's choice
     otherwise) is where a newly created experiment keeps its runs' artifacts. ``commit`` is
     recorded only for runs whose ``config.json`` has no ``git_commit``. ``figures_root``
-    (e.g. ``results/figures``): the report's figures to log with each run. ``defaults``:
+    (e.g. ``results/figures``): the report's figures, logged once, with the suite's summary
+    run. ``defaults``:
     method → default hyper-parameters (default: from the method registry).
     """
     from filelock import FileLock, Timeout
@@ -308,8 +556,9 @@ def ingest(run_dirs: list[Path | str], suite: str, tracking_uri: str | None = No
     run_dirs = [Path(d) for d in run_dirs]
     if defaults is None:
         defaults = method_defaults(_methods_of(run_dirs))
-    records = [read_run_folder(d, suite, commit, defaults.get(d.parent.name), figures_root)
+    records = [read_run_folder(d, suite, commit, defaults.get(d.parent.name))
                for d in run_dirs]
+    figures = suite_figures(figures_root)
     keys: dict[str, Path] = {}
     for r in records:
         if r.run_key in keys:
@@ -327,11 +576,15 @@ def ingest(run_dirs: list[Path | str], suite: str, tracking_uri: str | None = No
     for k, v in HTTP_ENV.items():
         os.environ.setdefault(k, v)
 
+    # SQLite breaks under parallel writers: one ingestion at a time per store file. A server
+    # (PostgreSQL, MySQL behind `mlflow server`) takes concurrent writers itself, and a lock
+    # on this machine would not stop a colleague's ingestion on another one anyway.
     lock = lock_path_for(uri)
     lock.parent.mkdir(parents=True, exist_ok=True)
     t_lock = time.time()
+    guard = FileLock(str(lock), timeout=lock_timeout) if db is not None else nullcontext()
     try:
-        with FileLock(str(lock), timeout=lock_timeout):
+        with guard:
             waited = time.time() - t_lock
             relocated = relocate_sqlite_store(db, Path(artifact_root)) if db else 0
             t0 = time.time()
@@ -339,9 +592,12 @@ def ingest(run_dirs: list[Path | str], suite: str, tracking_uri: str | None = No
             from mlflow.tracking import MlflowClient
 
             _quiet_mlflow_logs()
+            if db is not None:
+                fast_sqlite_commits()
             import_s = time.time() - t0
             client = MlflowClient(tracking_uri=uri)
-            runs, counts, exp_id, active = _write_all(client, suite, artifact_root, records)
+            runs, counts, exp_id, active, summary_id = _write_all(
+                client, suite, artifact_root, records, figures)
     except Timeout as e:
         raise TrackingError(f"another ingestion holds {lock} for more than {lock_timeout:g} s; "
                             "wait for it or raise --lock-timeout") from e
@@ -357,6 +613,8 @@ def ingest(run_dirs: list[Path | str], suite: str, tracking_uri: str | None = No
         "experiment_id": exp_id,
         "tracking_uri": redact_uri(uri),
         "headline_view": view_url("<ui>", exp_id),
+        "settings_view": view_url("<ui>", exp_id, SETTINGS_VIEW_KEY),
+        "summary_run_id": summary_id,
         "run_ids": {r["run_key"]: r["run_id"] for r in runs},
         "runs": runs,
         "counts": {**counts, "run_folders": len(records), "active_runs_in_experiment": active,
@@ -369,24 +627,6 @@ def ingest(run_dirs: list[Path | str], suite: str, tracking_uri: str | None = No
             "per_written_run_mean": round(sum(written) / len(written), 4) if written else None,
         },
     }
-
-
-def _write_all(client, suite, artifact_root, records):
-    exp_id = _get_experiment(client, suite, artifact_root)
-    client.set_experiment_tag(exp_id, f"mlflow.sharedViewState.{HEADLINE_VIEW_KEY}",
-                              json.dumps(HEADLINE_VIEW))
-    existing = _active_runs_by_key(client, exp_id)
-    runs, counts = [], {"created": 0, "updated": 0, "replaced": 0, "unchanged": 0}
-    for rec in records:
-        t = time.time()
-        status, run_id = _ingest_one(client, exp_id, rec, existing.get(rec.run_key, []))
-        counts[status] += 1
-        runs.append({"run_key": rec.run_key, "run_id": run_id, "run_name": rec.run_name,
-                     "run_dir": rec.tags["run_dir"], "status": status,
-                     "seconds": round(time.time() - t, 4)})
-        log.info("%s %s -> %s (%.2f s)", status, rec.run_name, run_id, runs[-1]["seconds"])
-    active = sum(len(v) for v in _active_runs_by_key(client, exp_id).values())
-    return runs, counts, exp_id, active
 
 
 def _raise_store_error(e: Exception, uri: str) -> None:
