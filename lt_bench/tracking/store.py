@@ -279,9 +279,13 @@ def _current_by_tag(runs: list, tag: str) -> dict[str, list]:
     return by
 
 
-def _log_files(client, run_id: str, files: list[tuple[Path, str]]) -> None:
-    """All of a run's files in one ``log_artifacts`` call per folder (one run look-up and,
-    on a server, one listing instead of one per file): a staging folder of symlinks."""
+def _log_files(client, run, files: list[tuple[Path, str]]) -> None:
+    """A run's files, one ``log_artifacts`` per folder from a staging folder of symlinks,
+    into the repository of the run's own ``artifact_uri``: ``client.log_artifact`` looks the
+    run up again (a full ``get_run``, ~0.1 s of SQLAlchemy per call) for every file."""
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    repo = get_artifact_repository(run.info.artifact_uri, tracking_uri=client.tracking_uri)
     by_folder: dict[str, list[Path]] = {}
     for f, folder in files:
         by_folder.setdefault(folder, []).append(f)
@@ -289,7 +293,7 @@ def _log_files(client, run_id: str, files: list[tuple[Path, str]]) -> None:
         with tempfile.TemporaryDirectory(prefix="lt-bench-ingest-") as tmp:
             for f in paths:
                 os.symlink(Path(f).resolve(), Path(tmp) / Path(f).name)
-            client.log_artifacts(run_id, tmp, artifact_path=folder or None)
+            repo.log_artifacts(tmp, artifact_path=folder or None)
 
 
 def _metric_objs(items, stamp: int):
@@ -309,7 +313,7 @@ def _create_seed_run(client, experiment_id: str, rec: RunRecord) -> str:
     try:
         client.log_batch(run_id, metrics=_metric_objs(rec.metrics, stamp),
                          params=[Param(k, v) for k, v in rec.params.items()])
-        _log_files(client, run_id, [(f, "") for f in rec.artifacts]
+        _log_files(client, run, [(f, "") for f in rec.artifacts]
                    + [(f, "figures") for f in rec.figures])
     except BaseException:
         client.set_terminated(run_id, "FAILED")  # the next ingestion replaces it
@@ -327,7 +331,7 @@ def _update_seed_run(client, old, rec: RunRecord) -> None:
     finals = [m for m in rec.metrics if m[2] == last]
     client.log_batch(old.info.run_id, metrics=_metric_objs(finals, int(time.time() * 1000)),
                      tags=[RunTag(k, v) for k, v in rec.tags.items()])
-    _log_files(client, old.info.run_id, [(f, "") for f in rec.artifacts]
+    _log_files(client, old, [(f, "") for f in rec.artifacts]
                + [(f, "figures") for f in rec.figures])
     if old.info.run_name != rec.run_name:
         client.update_run(old.info.run_id, name=rec.run_name)
@@ -374,12 +378,13 @@ def _setting_content(key: str, seeds: list, suite: str) -> dict[str, Any]:
     """What the setting run of ``seeds`` (current seed runs of one group) shows."""
     t0 = seeds[0].data.tags
     metrics: dict[str, float] = {"n_seeds": float(len(seeds))}
-    parts = []
-    for _, alias, label in HEADLINE:
-        vals = [r.data.metrics[alias] for r in seeds if alias in r.data.metrics]
+    parts, stats = [], {}
+    for exact, alias, label in HEADLINE:  # from the exact fractions, not the rounded copies
+        vals = [100 * r.data.metrics[exact] for r in seeds if exact in r.data.metrics]
         if not vals:
             continue
         mean, sd = setting_stats(vals)
+        stats[label] = (mean, sd)
         metrics[alias] = round(mean, 1)
         if sd is not None:
             metrics[alias + SD_SUFFIX] = round(sd, 1)
@@ -397,7 +402,7 @@ def _setting_content(key: str, seeds: list, suite: str) -> dict[str, Any]:
     return {"name": name, "metrics": metrics, "tags": {**tags, TAG_FINGERPRINT: fp},
             "start": min(r.info.start_time for r in seeds),
             "end": max((r.info.end_time or r.info.start_time) for r in seeds),
-            "rows": (t0.get("group", ""), len(seeds), parts)}
+            "rows": (t0.get("group", ""), len(seeds), stats)}
 
 
 def _write_settings(client, exp_id: str, suite: str, seed_runs: list, all_runs: list) -> dict:
@@ -451,16 +456,21 @@ def _write_settings(client, exp_id: str, suite: str, seed_runs: list, all_runs: 
 
 
 def _settings_csv(rows) -> str:
-    lines = ["setting,n_seeds," + ",".join(f"{lab} mean,{lab} sd" for _, _, lab in HEADLINE)]
-    for group, n, parts in sorted(rows):
+    """The settings table: one row per setting, mean and sample sd (in %) per headline metric."""
+    import csv
+    import io
+
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["setting", "n_seeds"] + [f"{lab} {s}" for _, _, lab in HEADLINE
+                                         for s in ("mean", "sd")])
+    for group, n, stats in sorted(rows, key=lambda r: r[0]):
         cells = []
-        by = {p.split(" ", 1)[0]: p.split(" ", 1)[1] for p in parts}
         for _, _, lab in HEADLINE:
-            v = by.get(lab, "")
-            mean, _, sd = v.partition(" ± ")
-            cells += [mean, sd]
-        lines.append(f"\"{group}\",{n}," + ",".join(cells))
-    return "\n".join(lines) + "\n"
+            mean, sd = stats.get(lab, (None, None))
+            cells += ["" if mean is None else f"{mean:.1f}", "" if sd is None else f"{sd:.1f}"]
+        w.writerow([group, n, *cells])
+    return buf.getvalue()
 
 
 def _write_summary(client, exp_id: str, suite: str, all_runs: list, figures: list,
@@ -470,8 +480,9 @@ def _write_summary(client, exp_id: str, suite: str, all_runs: list, figures: lis
 
     key = f"summary:{suite}"
     table = _settings_csv(rows)
-    fp = stable_hash({"figs": [(str(f), sha256_file(f)) for f, _ in figures], "table": table},
-                     n=16)
+    # what the files hold, not where they are: a moved project is not a change
+    fp = stable_hash({"figs": [(d, f.name, sha256_file(f)) for f, d in figures],
+                      "table": table}, n=16)
     old = _current_by_tag([r for r in all_runs if r.data.tags.get("kind") == KIND_SUMMARY],
                           "summary_key").get(key, [])
     if old and old[0].data.tags.get(TAG_FINGERPRINT) == fp:
@@ -482,14 +493,12 @@ def _write_summary(client, exp_id: str, suite: str, all_runs: list, figures: lis
             f"report's suite-wide figures ({len(figures)} files under `figures/`).")
     tags = {"kind": KIND_SUMMARY, "state": STATE_CURRENT, "summary_key": key, "suite": suite,
             "mlflow.note.content": desc, TAG_FINGERPRINT: fp}
-    if old:
-        sid = old[0].info.run_id
-    else:
-        sid = client.create_run(exp_id, run_name=name, tags={"mlflow.runName": name}).info.run_id
+    run = old[0] if old else client.create_run(exp_id, run_name=name,
+                                               tags={"mlflow.runName": name})
+    sid = run.info.run_id
     with tempfile.TemporaryDirectory(prefix="lt-bench-summary-") as tmp:
         (Path(tmp) / "settings.csv").write_text(table)
-        client.log_artifact(sid, str(Path(tmp) / "settings.csv"))
-    _log_files(client, sid, figures)
+        _log_files(client, run, [(Path(tmp) / "settings.csv", ""), *figures])
     client.log_batch(sid, tags=[RunTag(k, v) for k, v in tags.items()])
     client.set_terminated(sid, "FINISHED")
     return sid
