@@ -378,13 +378,12 @@ def _setting_content(key: str, seeds: list, suite: str) -> dict[str, Any]:
     """What the setting run of ``seeds`` (current seed runs of one group) shows."""
     t0 = seeds[0].data.tags
     metrics: dict[str, float] = {"n_seeds": float(len(seeds))}
-    parts, stats = [], {}
+    parts = []
     for exact, alias, label in HEADLINE:  # from the exact fractions, not the rounded copies
         vals = [100 * r.data.metrics[exact] for r in seeds if exact in r.data.metrics]
         if not vals:
             continue
         mean, sd = setting_stats(vals)
-        stats[label] = (mean, sd)
         metrics[alias] = round(mean, 1)
         if sd is not None:
             metrics[alias + SD_SUFFIX] = round(sd, 1)
@@ -401,26 +400,34 @@ def _setting_content(key: str, seeds: list, suite: str) -> dict[str, Any]:
     fp = stable_hash({"m": metrics, "t": tags, "n": name}, n=16)
     return {"name": name, "metrics": metrics, "tags": {**tags, TAG_FINGERPRINT: fp},
             "start": min(r.info.start_time for r in seeds),
-            "end": max((r.info.end_time or r.info.start_time) for r in seeds),
-            "rows": (t0.get("group", ""), len(seeds), stats)}
+            "end": max((r.info.end_time or r.info.start_time) for r in seeds)}
 
 
-def _write_settings(client, exp_id: str, suite: str, seed_runs: list, all_runs: list) -> dict:
-    """One setting run per group of current seed runs: mean ± sd, the seeds nested under it."""
+def _setting_key(suite: str, group_key: str | None) -> str:
+    return stable_hash({"suite": suite, "group": group_key}, n=16)
+
+
+def _write_settings(client, exp_id: str, suite: str, seed_runs: list, all_runs: list,
+                    touched: set[str]) -> dict:
+    """One setting run per group of current seed runs: mean ± sd, the seeds nested under it.
+
+    Only the settings of ``touched`` group keys (this ingestion's run folders and the runs
+    they superseded): another researcher ingesting other settings into the same experiment
+    at the same time writes its own, so two writers never create the same setting run.
+    """
     from mlflow.entities import Metric, RunTag
 
     groups: dict[str, list] = {}
     for r in seed_runs:
-        groups.setdefault(stable_hash({"suite": suite, "group": r.data.tags.get("group_key")},
-                                      n=16), []).append(r)
+        if r.data.tags.get("group_key") in touched:
+            groups.setdefault(_setting_key(suite, r.data.tags.get("group_key")), []).append(r)
+    touched_keys = {_setting_key(suite, g) for g in touched}
     existing = _current_by_tag([r for r in all_runs if r.data.tags.get("kind") == KIND_SETTING],
                                "setting_key")
     counts = {"settings_written": 0}
-    rows = []
     now = int(time.time() * 1000)
     for key, seeds in sorted(groups.items()):
         c = _setting_content(key, seeds, suite)
-        rows.append(c["rows"])
         old = existing.pop(key, [])
         for dup in old[1:]:
             client.delete_run(dup.info.run_id)  # derived from the seeds: safe to drop
@@ -448,15 +455,16 @@ def _write_settings(client, exp_id: str, suite: str, seed_runs: list, all_runs: 
         for r in seeds:
             if r.data.tags.get("mlflow.parentRunId") != sid:
                 client.set_tag(r.info.run_id, "mlflow.parentRunId", sid)
-    for gone in existing.values():  # no current seed left (re-configured): keep, marked
-        for r in gone:
+    for key, gone in existing.items():  # no current seed left (re-configured): keep, marked
+        for r in gone if key in touched_keys else []:
             client.log_batch(r.info.run_id, tags=[RunTag("state", STATE_SUPERSEDED)])
     counts["settings"] = len(groups)
-    return {"counts": counts, "rows": rows}
+    return counts
 
 
-def _settings_csv(rows) -> str:
-    """The settings table: one row per setting, mean and sample sd (in %) per headline metric."""
+def _settings_csv(setting_runs: list) -> str:
+    """The settings table: one row per current setting run, its mean and sample sd (in %,
+    as the run's metrics) per headline metric, sorted by setting."""
     import csv
     import io
 
@@ -464,44 +472,60 @@ def _settings_csv(rows) -> str:
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["setting", "n_seeds"] + [f"{lab} {s}" for _, _, lab in HEADLINE
                                          for s in ("mean", "sd")])
-    for group, n, stats in sorted(rows, key=lambda r: r[0]):
+    for r in sorted(setting_runs, key=lambda r: r.data.tags.get("group", "")):
+        m = r.data.metrics
         cells = []
-        for _, _, lab in HEADLINE:
-            mean, sd = stats.get(lab, (None, None))
-            cells += ["" if mean is None else f"{mean:.1f}", "" if sd is None else f"{sd:.1f}"]
-        w.writerow([group, n, *cells])
+        for _, alias, _ in HEADLINE:
+            for k in (alias, alias + SD_SUFFIX):
+                cells.append(f"{m[k]:.1f}" if k in m else "")
+        w.writerow([r.data.tags.get("group", ""), int(m.get("n_seeds", 0)), *cells])
     return buf.getvalue()
 
 
-def _write_summary(client, exp_id: str, suite: str, all_runs: list, figures: list,
-                   rows) -> str:
-    """The suite's summary run: the suite-wide figures and the settings table, once."""
+def _oldest(runs: list) -> list:
+    return sorted(runs, key=lambda r: (r.info.start_time or 0, r.info.run_id))
+
+
+def _write_summary(client, exp_id: str, suite: str, figures: list) -> str:
+    """The suite's summary run: the suite-wide figures and the settings table, once.
+
+    Two ingestions at once may both create it: each then keeps the oldest (start time, id)
+    and deletes the other, so they agree on one; its figures folders accumulate
+    (``figures/<dataset>/``), so researchers with different datasets share it.
+    """
     from mlflow.entities import RunTag
 
     key = f"summary:{suite}"
-    table = _settings_csv(rows)
+    setting_runs = _search_all(client, exp_id, f"tags.kind = '{KIND_SETTING}' AND "
+                                                f"tags.state = '{STATE_CURRENT}'")
+    table = _settings_csv(setting_runs)
     # what the files hold, not where they are: a moved project is not a change
     fp = stable_hash({"figs": [(d, f.name, sha256_file(f)) for f, d in figures],
                       "table": table}, n=16)
-    old = _current_by_tag([r for r in all_runs if r.data.tags.get("kind") == KIND_SUMMARY],
-                          "summary_key").get(key, [])
+    summary_filter = f"tags.summary_key = '{key}'"
+    old = _oldest(_search_all(client, exp_id, summary_filter))
     if old and old[0].data.tags.get(TAG_FINGERPRINT) == fp:
-        return old[0].info.run_id
+        return old[0].info.run_id, len(setting_runs)
     name = f"summary · {suite}"
-    desc = (f"Suite `{suite}`: {len(rows)} settings (mean ± sd over seeds in "
+    if not old:
+        client.create_run(exp_id, run_name=name, tags={"mlflow.runName": name,
+                                                      "summary_key": key})
+        old = _oldest(_search_all(client, exp_id, summary_filter))
+    for dup in old[1:]:
+        client.delete_run(dup.info.run_id)
+    desc = (f"Suite `{suite}`: {len(setting_runs)} settings (mean ± sd over seeds in "
             "`settings.csv`; the same numbers are the setting runs' metrics) and the "
             f"report's suite-wide figures ({len(figures)} files under `figures/`).")
     tags = {"kind": KIND_SUMMARY, "state": STATE_CURRENT, "summary_key": key, "suite": suite,
             "mlflow.note.content": desc, TAG_FINGERPRINT: fp}
-    run = old[0] if old else client.create_run(exp_id, run_name=name,
-                                               tags={"mlflow.runName": name})
+    run = old[0]
     sid = run.info.run_id
     with tempfile.TemporaryDirectory(prefix="lt-bench-summary-") as tmp:
         (Path(tmp) / "settings.csv").write_text(table)
         _log_files(client, run, [(Path(tmp) / "settings.csv", ""), *figures])
     client.log_batch(sid, tags=[RunTag(k, v) for k, v in tags.items()])
     client.set_terminated(sid, "FINISHED")
-    return sid
+    return sid, len(setting_runs)
 
 
 def _write_all(client, suite, artifact_root, records, figures):
@@ -515,6 +539,9 @@ def _write_all(client, suite, artifact_root, records, figures):
     existing = _current_by_tag(runs_before, "run_key")
     runs, counts = [], {"created": 0, "updated": 0, "superseded": 0, "replaced": 0,
                         "unchanged": 0}
+    touched = {r.tags["group_key"] for r in records}
+    touched |= {o.data.tags.get("group_key") for r in records
+                for o in existing.get(r.run_key, [])}
     for rec in records:
         t = time.time()
         status, run_id = _ingest_one(client, exp_id, rec, existing.get(rec.run_key, []))
@@ -525,11 +552,10 @@ def _write_all(client, suite, artifact_root, records, figures):
         log.info("%s %s -> %s (%.2f s)", status, rec.run_name, run_id, runs[-1]["seconds"])
     all_runs = _search_all(client, exp_id, "")
     seed_runs = [r for rs in _current_by_tag(all_runs, "run_key").values() for r in rs[:1]]
-    settings = _write_settings(client, exp_id, suite, seed_runs, all_runs)
-    summary_id = _write_summary(client, exp_id, suite, all_runs, figures, settings["rows"])
-    kinds = {KIND_SEED: len(seed_runs), KIND_SETTING: settings["counts"]["settings"]}
+    counts.update(_write_settings(client, exp_id, suite, seed_runs, all_runs, touched))
+    summary_id, n_settings = _write_summary(client, exp_id, suite, figures)
+    kinds = {KIND_SEED: len(seed_runs), KIND_SETTING: n_settings}
     client.set_experiment_tag(exp_id, "mlflow.note.content", _experiment_note(suite, kinds))
-    counts.update(settings["counts"])
     return runs, counts, exp_id, len(seed_runs), summary_id
 
 
