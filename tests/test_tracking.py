@@ -78,8 +78,8 @@ def _check_store(uri: str, runs_root: Path, suite: str = "test", artifacts: bool
         assert tags["split_sha256.test"] == cfg["split_sha256"]["test"]
         # the full coordinates are a tag; the name is short, method first
         assert tags["run_path"] == f"{m['dataset']}/{m['backbone']}/{m['method']}/seed{m['seed']}"
-        assert r.info.run_name.startswith(
-            f"{compact_method(m['method'])} {m['dataset']}/{m['backbone']}/s{m['seed']}")
+        assert r.info.run_name.startswith(  # one dataset: not in the name
+            f"{compact_method(m['method'])} {m['backbone']} s{m['seed']}")
         assert tags["long_name"].startswith(m["method"])
         for k, v in cfg["hparams"].items():
             assert params[k] == (v if isinstance(v, str) else json.dumps(v))
@@ -305,10 +305,12 @@ def test_record_names_groups_headline_and_nulls(runs):
     assert non_default_hparams({"lr": 0.01, "epochs": 3, "tau": 1.0}, defaults) == {"epochs": 3}
     assert non_default_hparams({"tau": 0.5}, None) == {}
     assert setting_label("la", {"tau": 0.5, "epochs": 3}) == "la τ=0.5 epochs=3"
-    assert rec.run_name == "la toy/toyclip0/s1 epochs=3"  # method first, the knobs last
+    assert rec.run_name == "la toyclip0 s1 toy epochs=3"  # method first, the knobs last
+    assert read_run_folder(d, "demo", defaults=defaults, name_dataset=False).run_name == \
+        "la toyclip0 s1 epochs=3"
     assert rec.tags["long_name"] == "la epochs=3 · toy/toyclip0 · seed 1"
     assert rec.tags["group"] == "toy/toyclip0/la epochs=3"
-    assert rec.tags["setting_name"] == "la toy/toyclip0 epochs=3"
+    assert rec.tags["setting_name"] == "la toyclip0 toy epochs=3"
     assert (rec.tags["kind"], rec.tags["state"]) == ("seed", "current")
     assert rec.tags["group_key"] == read_run_folder(runs / "toy/toyclip0/la/seed0", "demo",
                                                     defaults=defaults).tags["group_key"]
@@ -502,7 +504,7 @@ def test_setting_runs_mean_and_sd_over_seeds(runs, tmp_path):
             assert f"{label} {mean:.1f} ± {sd:.1f}" in t["mlflow.note.content"]
             row = table[t["group"]]
             assert (row[f"{label} mean"], row[f"{label} sd"]) == (f"{mean:.1f}", f"{sd:.1f}")
-        assert s.info.run_name.startswith(f"{compact_method(t['method'])} toy/{t['backbone']}")
+        assert s.info.run_name.startswith(f"{compact_method(t['method'])} {t['backbone']}")
         assert s.info.run_name.endswith(" ×2")
 
 
@@ -513,15 +515,15 @@ def io_text(path: str):
 def test_run_names_fit_the_name_column():
     from lt_bench.tracking.records import compact_backbone, run_name
 
-    assert compact_method("backdoor_same_backbone") == "bd_same_bb"
+    assert compact_method("backdoor_same_backbone") == "bd_same"
     assert compact_method("backdoor_finetuned") == "bd_ft"
     assert compact_method("adaptformer_la") == "af_la"
     assert compact_method("la_posthoc") == "la_ph"
     assert compact_backbone("openclip_vit_b16") == "openclip-b16"
-    assert run_name("backdoor_same_backbone", "", "toy", "toyclip0", 2) == \
-        "bd_same_bb toy/toyclip0/s2"
-    # the paper's coordinates: method first, the seed still within the first 40 characters
+    # ~20 characters show in MLflow 3.17's name column: method, backbone, seed fit there
+    assert run_name("backdoor_same_backbone", "", None, "toyclip0", 2) == "bd_same toyclip0 s2"
     assert run_name("backdoor_prob_mean", "", "imagenet_lt", "metaclip_vit_b16", 0) == \
-        "bd_pmean imagenet_lt/metaclip-b16/s0"
-    assert run_name("adaptformer_la", "crop_scale=[1.0,1.0]", "toy", "toyclip1", 0) == \
-        "af_la toy/toyclip1/s0 crop_scale=[1.0,1.0]"
+        "bd_pmean metaclip-b16 s0 imagenet_lt"
+    assert run_name("adaptformer_la", "crop_scale=[1.0,1.0]", None, "toyclip1", 0) == \
+        "af_la toyclip1 s0 crop_scale=[1.0,1.0]"
+    assert run_name("la", "τ=0.5", "toy", "toyclip1", None) == "la toyclip1 toy τ=0.5"

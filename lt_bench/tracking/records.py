@@ -16,10 +16,10 @@ Identity (tags):
   hyper-parameters), which is what the UI's "Group by" shows.
 
 What a researcher sees first (decided on screenshots of the MLflow UI, whose run-name column
-shows ~24 characters): run names ``la toy/toyclip0/s0 τ=0.5``: the method first (long method
-names compacted: ``bd_same_bb`` for ``backdoor_same_backbone``), then dataset/backbone/seed,
-then the non-default knobs, so the part that tells runs apart is never the part the column
-cuts; the long form is the tag ``long_name``. The headline
+shows ~20 characters): run names ``la toyclip0 s0 τ=0.5``: the method first (long method
+names compacted: ``bd_same`` for ``backdoor_same_backbone``), backbone and seed, then the
+dataset (only in an experiment of several datasets) and the non-default knobs, so the part
+that tells runs apart is not the part the column cuts; the long form is the tag ``long_name``. The headline
 numbers repeated, in percent with one decimal, under names that sort before every other
 metric (:data:`HEADLINE`: ``0_top1``, ``1_many`` ...) and in the run's description (the
 original metric names keep the exact values); a shared view of the experiment
@@ -100,7 +100,7 @@ VIEWS = {HEADLINE_VIEW_KEY: HEADLINE_VIEW, SETTINGS_VIEW_KEY: SETTINGS_VIEW}
 #: metrics.json entries that are not metrics (identity, wall-clock times)
 NOT_METRICS = {"seed", "started_at", "finished_at"}
 #: long method-name parts and their short forms in run names (the tag ``method`` is exact)
-METHOD_ABBREV = (("backdoor", "bd"), ("same_backbone", "same_bb"), ("finetuned", "ft"),
+METHOD_ABBREV = (("backdoor", "bd"), ("same_backbone", "same"), ("finetuned", "ft"),
                  ("adaptformer", "af"), ("prob_mean", "pmean"), ("learned", "lrn"),
                  ("posthoc", "ph"))
 #: a few hyper-parameters by the symbol the papers use
@@ -158,10 +158,17 @@ def compact_backbone(backbone: str) -> str:
     return backbone.replace("_vit_", "-")
 
 
-def run_name(method: str, knobs: str, dataset: str, backbone: str, seed: int | None) -> str:
-    """The MLflow run name: method first, then where and which seed, the knobs last."""
-    where = f"{dataset}/{compact_backbone(backbone)}"
-    name = f"{compact_method(method)} {where}" + (f"/s{seed}" if seed is not None else "")
+def run_name(method: str, knobs: str, dataset: str | None, backbone: str,
+             seed: int | None) -> str:
+    """The MLflow run name: ``bd_same toyclip0 s0`` (method, backbone, seed), then the dataset
+    where the experiment holds several (``dataset=None`` otherwise), then the knobs.
+
+    MLflow 3.17's run-name column shows ~20 characters (measured in headless Chromium,
+    tests/test_mlflow_ui.py) and the shared view cannot widen it: what tells runs apart
+    comes first, what the ``group`` column shows anyway (dataset, knobs) last."""
+    name = compact_method(method) + " " + compact_backbone(backbone)
+    name += f" s{seed}" if seed is not None else ""
+    name += f" {dataset}" if dataset else ""
     return f"{name} {knobs}" if knobs else name
 
 
@@ -311,12 +318,14 @@ def _rel(p: Path) -> str:
 
 
 def read_run_folder(run_dir: Path | str, suite: str, commit: str | None = None,
-                    defaults: Mapping[str, Any] | None = None) -> RunRecord:
+                    defaults: Mapping[str, Any] | None = None,
+                    name_dataset: bool = True) -> RunRecord:
     """Everything MLflow gets from one finished run folder.
 
     ``commit``: the git commit to record when ``config.json`` has none (runs from before
     ``git_commit`` was recorded at train time); ``defaults``: the method's default
-    hyper-parameters (None: unknown, then names and groups show no knobs).
+    hyper-parameters (None: unknown, then names and groups show no knobs);
+    ``name_dataset``: whether the run name spells the dataset (an experiment of several).
     """
     run_dir = Path(run_dir)
     mpath = run_dir / "metrics.json"
@@ -377,6 +386,7 @@ def read_run_folder(run_dir: Path | str, suite: str, commit: str | None = None,
     artifacts = [run_dir / f for f in ARTIFACT_FILES if (run_dir / f).is_file()]
 
     knobs = knob_label(non_default_hparams(hparams, defaults))
+    shown_dataset = ident["dataset"] if name_dataset else None
     label = f"{ident['method']} {knobs}" if knobs else ident["method"]
     path_name = f"{ident['dataset']}/{ident['backbone']}/{ident['method']}/seed{ident['seed']}"
     tags = {
@@ -388,7 +398,7 @@ def read_run_folder(run_dir: Path | str, suite: str, commit: str | None = None,
         "long_name": f"{label} · {ident['dataset']}/{ident['backbone']} · seed {ident['seed']}",
         "kind": KIND_SEED,
         "state": STATE_CURRENT,
-        "setting_name": run_name(ident["method"], knobs, ident["dataset"], ident["backbone"],
+        "setting_name": run_name(ident["method"], knobs, shown_dataset, ident["backbone"],
                                  None),
         "group_key": group_key({**config, **ident}),
         "run_dir": _rel(run_dir),
@@ -414,7 +424,7 @@ def read_run_folder(run_dir: Path | str, suite: str, commit: str | None = None,
     tags[TAG_FINGERPRINT] = stable_hash(
         {"v": SCHEMA_VERSION, "params": params, "tags": content_tags,
          "files": _file_digest(artifacts + figures)}, n=16)
-    name = run_name(ident["method"], knobs, ident["dataset"], ident["backbone"], ident["seed"])
+    name = run_name(ident["method"], knobs, shown_dataset, ident["backbone"], ident["seed"])
     return RunRecord(run_dir=run_dir, run_key=key, run_name=name, params=params,
                      metrics=series + scalars, tags=tags, artifacts=artifacts, figures=figures,
                      start_ms=start_ms, end_ms=end_ms, description=description)

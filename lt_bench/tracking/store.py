@@ -217,11 +217,17 @@ def fast_sqlite_commits() -> None:
     fast_sqlite_commits.done = True
 
 
-def _experiment_note(suite: str, counts: dict[str, int]) -> str:
+def _experiment_note(suite: str, counts: dict[str, int], exp_id: str) -> str:
     n_seed, n_set = counts.get(KIND_SEED, 0), counts.get(KIND_SETTING, 0)
+    # MLflow 3.17 shows this note also on its GenAI landing page, where a browser that never
+    # picked "Model training" lands from the experiments list: the way out, one click away
+    runs = view_url("", exp_id).lstrip("/")
+    settings = view_url("", exp_id, SETTINGS_VIEW_KEY).lstrip("/")
+    links = (f"**[Runs table (headline view)]({runs})** · "
+             f"**[Settings: mean ± sd over seeds]({settings})**\n\n")
     more = (" The runs table loads 100 rows at a time: press **Load more** at its foot for "
             "the rest." if max(n_seed, n_set) > 100 else "")
-    return (f"lt-bench suite `{suite}`: **{n_seed}** runs (one per run folder "
+    return (f"{links}lt-bench suite `{suite}`: **{n_seed}** runs (one per run folder "
             f"dataset/backbone/method/seed), **{n_set}** settings (each the mean ± sample sd "
             f"of its seeds, the seed runs nested under it), and the run `summary · {suite}` "
             "with the suite-wide figures and the settings table. Saved views: "
@@ -555,7 +561,7 @@ def _write_all(client, suite, artifact_root, records, figures):
     counts.update(_write_settings(client, exp_id, suite, seed_runs, all_runs, touched))
     summary_id, n_settings = _write_summary(client, exp_id, suite, figures)
     kinds = {KIND_SEED: len(seed_runs), KIND_SETTING: n_settings}
-    client.set_experiment_tag(exp_id, "mlflow.note.content", _experiment_note(suite, kinds))
+    client.set_experiment_tag(exp_id, "mlflow.note.content", _experiment_note(suite, kinds, exp_id))
     return runs, counts, exp_id, len(seed_runs), summary_id
 
 
@@ -591,7 +597,9 @@ def ingest(run_dirs: list[Path | str], suite: str, tracking_uri: str | None = No
     run_dirs = [Path(d) for d in run_dirs]
     if defaults is None:
         defaults = method_defaults(_methods_of(run_dirs))
-    records = [read_run_folder(d, suite, commit, defaults.get(d.parent.name))
+    # the folder layout {dataset}/{backbone}/{method}/seed{seed}; read_run_folder checks it
+    several = len({d.parent.parent.parent.name for d in run_dirs}) > 1
+    records = [read_run_folder(d, suite, commit, defaults.get(d.parent.name), several)
                for d in run_dirs]
     figures = suite_figures(figures_root)
     keys: dict[str, Path] = {}
