@@ -116,8 +116,6 @@ def _keep(png: Path, name: str) -> None:
     if os.environ.get("LT_BENCH_UPDATE_SCREENSHOTS") == "1":
         (DOCS / "screenshots").mkdir(parents=True, exist_ok=True)
         shutil.copyfile(png, DOCS / "screenshots" / name)
-        if name == "mlflow-runs.png":
-            shutil.copyfile(png, DOCS / "mlflow-ui.png")
 
 
 #: JavaScript: every leaf element whose text starts a backdoor run name, and whether a person
