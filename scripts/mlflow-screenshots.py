@@ -39,10 +39,10 @@ CLOSE_ASSISTANT = ("[...document.querySelectorAll('button[aria-label=Close]')]"
                    ".filter(b => b.getBoundingClientRect().x > innerWidth * 0.6)"
                    ".forEach(b => b.click())")
 
-#: the compare page opens on a parallel-coordinates plot; the numbers are below it
-COLLAPSE_PLOTS = ("[...document.querySelectorAll('span,div,h2,button')]"
+#: the compare page opens on a parallel-coordinates plot; the run names and numbers are below
+COLLAPSE_PLOTS = ("[...document.querySelectorAll('body *')]"
                   ".filter(e => e.children.length === 0 && e.textContent.trim() === "
-                  "'Visualizations').slice(0, 1).forEach(e => e.click())")
+                  "'Run details').slice(0, 1).forEach(e => e.scrollIntoView({block: 'start'}))")
 
 
 def _free_port() -> int:
