@@ -273,6 +273,31 @@ def _setting_key(suite: str, group_key: str | None) -> str:
     return stable_hash({"suite": suite, "group": group_key}, n=16)
 
 
+def _setting_runs_for(client, exp_id: str, suite: str, records: list,
+                      all_runs: list) -> tuple[dict[str, str], int]:
+    """group_key -> the id of its current setting run, created (empty) where missing; and
+    how many were created. :func:`_write_settings` fills them in."""
+    existing = _current_by_tag([r for r in all_runs if r.data.tags.get("kind") == KIND_SETTING],
+                               "setting_key")
+    by_group: dict[str, list] = {}
+    for rec in records:
+        by_group.setdefault(rec.tags["group_key"], []).append(rec)
+    out, made = {}, 0
+    for g, recs in by_group.items():
+        key = _setting_key(suite, g)
+        if key in existing:
+            out[g] = _oldest(existing[key])[0].info.run_id
+            continue
+        name = recs[0].tags["setting_name"]
+        starts = [r.start_ms for r in recs if r.start_ms is not None]
+        out[g] = client.create_run(
+            exp_id, run_name=name, start_time=min(starts) if starts else None,
+            tags={"mlflow.runName": name, "kind": KIND_SETTING, "state": STATE_CURRENT,
+                  "setting_key": key, "group_key": g, "suite": suite}).info.run_id
+        made += 1
+    return out, made
+
+
 def _write_settings(client, exp_id: str, suite: str, seed_runs: list, all_runs: list,
                     touched: set[str]) -> dict:
     """One setting run per group of current seed runs: mean ± sd, the seeds nested under it.
@@ -294,14 +319,13 @@ def _write_settings(client, exp_id: str, suite: str, seed_runs: list, all_runs: 
     now = int(time.time() * 1000)
     for key, seeds in sorted(groups.items()):
         c = _setting_content(key, seeds, suite)
-        old = existing.pop(key, [])
+        old = _oldest(existing.pop(key, []))
         for dup in old[1:]:
             client.delete_run(dup.info.run_id)  # derived from the seeds: safe to drop
         if old and old[0].data.tags.get(TAG_FINGERPRINT) == c["tags"][TAG_FINGERPRINT]:
             sid = old[0].info.run_id
         else:
-            if old and (set(old[0].data.metrics) - set(c["metrics"])
-                        or old[0].info.start_time != c["start"]):
+            if old and set(old[0].data.metrics) - set(c["metrics"]):
                 # a metric that no longer applies (an sd of one seed) cannot be removed from
                 # an MLflow run: the setting run, derived from its seeds, is made afresh
                 client.delete_run(old[0].info.run_id)
@@ -403,14 +427,18 @@ def write_all(client, suite, artifact_root, records, figures):
     client.set_experiment_tag(exp_id, *EXPERIMENT_KIND_TAG)
     for key, view in VIEWS.items():
         client.set_experiment_tag(exp_id, f"mlflow.sharedViewState.{key}", json.dumps(view))
-    runs_before = _search_all(client, exp_id, "tags.run_key != ''")
+    runs_before = _search_all(client, exp_id, "")
     existing = _current_by_tag(runs_before, "run_key")
     runs, counts = [], {"created": 0, "updated": 0, "superseded": 0, "replaced": 0,
                         "unchanged": 0}
     touched = {r.tags["group_key"] for r in records}
     touched |= {o.data.tags.get("group_key") for r in records
                 for o in existing.get(r.run_key, [])}
+    # the setting runs first, so that a new seed run is created nested under its setting
+    # (one call less per run than tagging it afterwards)
+    parents, made = _setting_runs_for(client, exp_id, suite, records, runs_before)
     for rec in records:
+        rec.tags["mlflow.parentRunId"] = parents[rec.tags["group_key"]]
         t = time.time()
         status, run_id = _ingest_one(client, exp_id, rec, existing.get(rec.run_key, []))
         counts[status] += 1
@@ -418,7 +446,8 @@ def write_all(client, suite, artifact_root, records, figures):
                      "run_dir": rec.tags["run_dir"], "status": status,
                      "seconds": round(time.time() - t, 4)})
         log.info("%s %s -> %s (%.2f s)", status, rec.run_name, run_id, runs[-1]["seconds"])
-    all_runs = _search_all(client, exp_id, "")
+    changed = made or any(r["status"] != "unchanged" for r in runs)
+    all_runs = _search_all(client, exp_id, "") if changed else runs_before
     seed_runs = [r for rs in _current_by_tag(all_runs, "run_key").values() for r in rs[:1]]
     counts.update(_write_settings(client, exp_id, suite, seed_runs, all_runs, touched))
     summary_id, n_settings = _write_summary(client, exp_id, suite, figures)
