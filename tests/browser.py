@@ -125,3 +125,106 @@ def screenshot(url: str, out: Path, size: tuple[int, int] = (1600, 1000),
     if not out.exists() or out.stat().st_size == 0:
         raise RuntimeError(f"chromium wrote no screenshot to {out} for {url}")
     return out
+
+
+# --- a page as a person sees it: Chromium's DevTools protocol --------------------------------
+
+def evaluate(url: str, expression: str, ready: str = "true", timeout_s: float = 60.0,
+             size: tuple[int, int] = (1600, 1000), settle_s: float = 1.0,
+             screenshot_to: Path | None = None, before: str | None = None):
+    """Open ``url`` in headless Chromium, wait until the JavaScript ``ready`` is truthy (then
+    ``settle_s`` more), and return the value of ``expression`` (JSON-able), optionally with a
+    PNG of the window written to ``screenshot_to``.
+
+    ``--dump-dom`` shows what the DOM holds, not what a person sees: a run name cut by its
+    column is whole in the DOM. Layout questions (is this text cut?) need the rendered page,
+    hence the DevTools protocol (over aiohttp's WebSocket client, a dependency of the
+    project's stack already). ``before``: JavaScript run once the page is ready (e.g. a
+    click), after which ``ready`` is awaited again.
+    """
+    import asyncio
+
+    return asyncio.run(_evaluate(url, expression, ready, timeout_s, size, settle_s,
+                                 screenshot_to, before))
+
+
+async def _evaluate(url, expression, ready, timeout_s, size, settle_s, screenshot_to, before):
+    import asyncio
+    import base64
+    import json
+    import re
+    import time
+
+    import aiohttp
+
+    with tempfile.TemporaryDirectory(prefix="lt-bench-chromium-") as profile:
+        proc = await asyncio.create_subprocess_exec(
+            chromium_path(), *FLAGS, f"--user-data-dir={profile}", "--remote-debugging-port=0",
+            f"--window-size={size[0]},{size[1]}", "about:blank",
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+        try:
+            ws_url = None
+            deadline = time.time() + RUN_TIMEOUT_S
+            while ws_url is None:
+                line = await asyncio.wait_for(proc.stderr.readline(), deadline - time.time())
+                if not line:
+                    raise RuntimeError("chromium exited before its DevTools endpoint was up")
+                m = re.search(rb"DevTools listening on (ws://\S+)", line)
+                if m:
+                    ws_url = m.group(1).decode()
+            port = re.search(r":(\d+)/", ws_url).group(1)
+            async with aiohttp.ClientSession() as http:
+                async with http.get(f"http://127.0.0.1:{port}/json/list") as r:
+                    page = next(t for t in await r.json() if t["type"] == "page")
+                async with http.ws_connect(page["webSocketDebuggerUrl"], max_msg_size=0) as ws:
+                    seq = 0
+
+                    async def call(method, **params):
+                        nonlocal seq
+                        seq += 1
+                        await ws.send_json({"id": seq, "method": method, "params": params})
+                        while True:
+                            msg = json.loads((await ws.receive()).data)
+                            if msg.get("id") == seq:
+                                if "error" in msg:
+                                    raise RuntimeError(f"{method}: {msg['error']}")
+                                return msg["result"]
+
+                    async def js(expr):
+                        res = await call("Runtime.evaluate", expression=expr,
+                                         returnByValue=True, awaitPromise=True)
+                        if "exceptionDetails" in res:
+                            raise RuntimeError(f"{expr[:200]}: {res['exceptionDetails']}")
+                        return res["result"].get("value")
+
+                    async def wait_ready():
+                        end = time.time() + timeout_s
+                        # a page still loading has no body yet: not ready, not an error
+                        check = f"(() => {{ try {{ return Boolean({ready}); }} " \
+                                "catch (e) { return false; } })()"
+                        while not await js(check):
+                            if time.time() > end:
+                                text = await js("document.body ? document.body.innerText : ''")
+                                raise TimeoutError(f"{url}: not ready ({ready}) after "
+                                                   f"{timeout_s:g} s; page text: "
+                                                   f"{(text or '')[:1500]}")
+                            await asyncio.sleep(0.5)
+                        await asyncio.sleep(settle_s)
+
+                    await call("Emulation.setDeviceMetricsOverride", width=size[0],
+                               height=size[1], deviceScaleFactor=1, mobile=False)
+                    await call("Page.navigate", url=url)
+                    await wait_ready()
+                    if before:
+                        await js(before)
+                        await wait_ready()
+                    value = await js(expression)
+                    if screenshot_to is not None:
+                        shot = await call("Page.captureScreenshot", format="png")
+                        Path(screenshot_to).parent.mkdir(parents=True, exist_ok=True)
+                        Path(screenshot_to).write_bytes(base64.b64decode(shot["data"]))
+                    return value
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+            await proc.wait()

@@ -122,3 +122,52 @@ def slurm_cluster():
         yield conf
     if started:
         subprocess.run([str(SLURM_SCRIPT), "stop"], capture_output=True, text=True, timeout=120)
+
+
+# --- a local PostgreSQL server (scripts/postgres-server.sh), for the lab tracking server ----
+
+POSTGRES_SCRIPT = REPO / "scripts" / "postgres-server.sh"
+POSTGRES_START_TIMEOUT_S = 900  # apt-get install (+ update) on a fresh machine, then initdb
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A running PostgreSQL on 127.0.0.1 with a role and database ``mlflow``; yields its URI.
+
+    Started by ``scripts/postgres-server.sh start`` in a fresh folder on a free port (it
+    installs Debian's postgresql with apt-get when missing, as the SLURM fixture does) and
+    stopped at the end of the session. Skips, saying why, only where PostgreSQL cannot be
+    installed or started: not root, or no PostgreSQL and no apt-get (or apt-get failing).
+    """
+    import socket
+
+    if os.geteuid() != 0:
+        pytest.skip("the PostgreSQL fixture needs root (apt-get; the server runs as postgres); "
+                    "run scripts/postgres-server.sh start as root")
+    installed = any(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"))
+    if not installed and shutil.which("apt-get") is None:
+        pytest.skip("PostgreSQL is not installed and there is no apt-get to install it "
+                    "(Debian package postgresql)")
+    import tempfile
+
+    # not below pytest's tmp folders: they are 0700 root, and the server runs as postgres
+    lab = Path(tempfile.mkdtemp(prefix="lt-bench-postgres-"))
+    lab.chmod(0o755)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "POSTGRES_LAB_DIR": str(lab), "POSTGRES_LAB_PORT": str(port)}
+    r = subprocess.run([str(POSTGRES_SCRIPT), "start"], capture_output=True, text=True,
+                       env=env, timeout=POSTGRES_START_TIMEOUT_S)
+    if r.returncode != 0:
+        if not installed and "apt-get install failed" in r.stderr:
+            pytest.skip(f"could not install PostgreSQL with apt-get:\n{r.stderr[-2000:]}")
+        pytest.fail(f"scripts/postgres-server.sh start failed:\n{r.stderr[-4000:]}")
+    uri = subprocess.run([str(POSTGRES_SCRIPT), "uri"], capture_output=True, text=True,
+                         env=env, check=True).stdout.strip()
+    try:
+        yield uri
+    finally:
+        subprocess.run([str(POSTGRES_SCRIPT), "stop"], capture_output=True, text=True, env=env,
+                       timeout=120)
+        shutil.rmtree(lab, ignore_errors=True)

@@ -25,7 +25,7 @@ from lt_bench.tracking import (
     sqlite_path,
     ui_command,
 )
-from lt_bench.tracking.records import NOT_METRICS
+from lt_bench.tracking.records import NOT_METRICS, compact_method
 
 VENV_BIN = Path(sys.executable).parent
 
@@ -43,13 +43,16 @@ def _client(uri):
     return MlflowClient(tracking_uri=uri)
 
 
-def _active_runs(client, suite="test"):
+def _active_runs(client, suite="test", kind="seed", state="current"):
+    """Active MLflow runs of one kind (seed: one per run folder; setting; summary)."""
     from mlflow.entities import ViewType
 
     exp = client.get_experiment_by_name(experiment_name(suite))
     assert exp is not None
-    return client.search_runs([exp.experiment_id], run_view_type=ViewType.ACTIVE_ONLY,
+    runs = client.search_runs([exp.experiment_id], run_view_type=ViewType.ACTIVE_ONLY,
                               max_results=1000)
+    return [r for r in runs if r.data.tags.get("kind") == kind
+            and (state is None or r.data.tags.get("state") == state)]
 
 
 def _check_store(uri: str, runs_root: Path, suite: str = "test", artifacts: bool = True):
@@ -73,10 +76,11 @@ def _check_store(uri: str, runs_root: Path, suite: str = "test", artifacts: bool
         assert tags["git_commit"]
         assert tags["feature_sha256.train"] == cfg["feature_sha256"]["train"]
         assert tags["split_sha256.test"] == cfg["split_sha256"]["test"]
-        # the full coordinates moved from the run name to a tag; the name is short (issue 14)
+        # the full coordinates are a tag; the name is short, method first
         assert tags["run_path"] == f"{m['dataset']}/{m['backbone']}/{m['method']}/seed{m['seed']}"
-        assert r.info.run_name.startswith(m["method"])
-        assert r.info.run_name.endswith(f" · {m['backbone']} · s{m['seed']}")
+        assert r.info.run_name.startswith(  # one dataset: not in the name
+            f"{compact_method(m['method'])} {m['backbone']} s{m['seed']}")
+        assert tags["long_name"].startswith(m["method"])
         for k, v in cfg["hparams"].items():
             assert params[k] == (v if isinstance(v, str) else json.dumps(v))
         scalar = {k: v for k, v in m.items()
@@ -160,13 +164,13 @@ def test_ingest_sqlite_idempotent_and_updates(runs, tmp_path):
     m = json.loads(f.read_text())
     m["top1"] = 0.987
     f.write_text(json.dumps(m))
-    # retrained with another hyper-parameter: params are immutable in MLflow -> replaced
+    # retrained with another hyper-parameter: a new MLflow run; the old one is kept, marked
     c = runs / "toy/toyclip1/ce/seed1/config.json"
     cfg = json.loads(c.read_text())
     cfg["hparams"]["lr"] = 0.5
     c.write_text(json.dumps(cfg))
     third = ingest(dirs, "test", uri)
-    assert (third["counts"]["updated"], third["counts"]["replaced"],
+    assert (third["counts"]["updated"], third["counts"]["superseded"],
             third["counts"]["unchanged"]) == (1, 1, 12)
     after = _check_store(uri, runs)
     k_upd = run_key("test", "toy", "toyclip0", "la", 0)
@@ -175,6 +179,25 @@ def test_ingest_sqlite_idempotent_and_updates(runs, tmp_path):
     assert after[k_upd].data.metrics["top1"] == pytest.approx(0.987)
     assert after[k_rep].info.run_id != before[k_rep].info.run_id
     assert after[k_rep].data.params["lr"] == "0.5"
+    client = _client(uri)
+    old = client.get_run(before[k_rep].info.run_id)  # still there, not deleted
+    assert old.info.lifecycle_stage == "active"
+    assert old.data.tags["lt_bench.superseded_by"] == after[k_rep].info.run_id
+    assert old.data.tags["state"] == "superseded" and old.data.params["lr"] != "0.5"
+    assert old.info.run_name.endswith("(superseded)")
+    assert "mlflow.parentRunId" not in old.data.tags  # not one of its setting's seeds now
+    assert [r.info.run_id for r in _active_runs(client, state="superseded")] == \
+        [old.info.run_id]
+    # the old setting (lr default, seeds 0 and 1) now holds seed 0 only; the new one seed 1
+    sets = {r.data.tags["group"]: r for r in _active_runs(client, kind="setting")}
+    g_new, g_old = after[k_rep].data.tags["group"], before[k_rep].data.tags["group"]
+    assert "lr=0.5" in g_new and "lr=" not in g_old
+    assert sets[g_new].data.metrics["n_seeds"] == sets[g_old].data.metrics["n_seeds"] == 1
+    assert "0_top1_sd" not in sets[g_old].data.metrics  # one seed left: no spread
+    assert sets[g_old].data.metrics["0_top1"] == round(100 * after[
+        run_key("test", "toy", "toyclip1", "ce", 0)].data.metrics["top1"], 1)
+    fourth = ingest(dirs, "test", uri)  # and that is stable
+    assert fourth["counts"]["unchanged"] == 14 and fourth["counts"]["settings_written"] == 0
 
 
 @pytest.mark.slow  # ~30 s on 2 busy cores: two processes that each import mlflow
@@ -282,8 +305,13 @@ def test_record_names_groups_headline_and_nulls(runs):
     assert non_default_hparams({"lr": 0.01, "epochs": 3, "tau": 1.0}, defaults) == {"epochs": 3}
     assert non_default_hparams({"tau": 0.5}, None) == {}
     assert setting_label("la", {"tau": 0.5, "epochs": 3}) == "la τ=0.5 epochs=3"
-    assert rec.run_name == "la epochs=3 · toyclip0 · s1"
+    assert rec.run_name == "la toyclip0 s1 toy epochs=3"  # method first, the knobs last
+    assert read_run_folder(d, "demo", defaults=defaults, name_dataset=False).run_name == \
+        "la toyclip0 s1 epochs=3"
+    assert rec.tags["long_name"] == "la epochs=3 · toy/toyclip0 · seed 1"
     assert rec.tags["group"] == "toy/toyclip0/la epochs=3"
+    assert rec.tags["setting_name"] == "la toyclip0 toy epochs=3"
+    assert (rec.tags["kind"], rec.tags["state"]) == ("seed", "current")
     assert rec.tags["group_key"] == read_run_folder(runs / "toy/toyclip0/la/seed0", "demo",
                                                     defaults=defaults).tags["group_key"]
     assert rec.tags["git_commit"] == "c0ffee"  # the train-time commit wins over the fallback
@@ -337,14 +365,36 @@ def test_ingest_times_figures_view_and_relocation(runs, tmp_path):
         assert r.info.end_time == int(round(m["finished_at"] * 1000))
         assert r.data.tags["git_commit"] == "c0ffee"
     la = by_key[run_key("test", "toy", "toyclip0", "la", 0)]
-    figs = {a.path for a in client.list_artifacts(la.info.run_id, "figures/toy")}
-    assert figs == {"figures/toy/acc_vs_count.png", "figures/toy/acc_vs_qhat.png",
-                    "figures/toy/dxp_la.png"}
+    # the suite-wide figures are stored once, in the summary run; no seed run has a copy
+    for r in by_key.values():
+        assert "figures" not in {a.path for a in client.list_artifacts(r.info.run_id)}
+    (summary,) = _active_runs(client, kind="summary")
+    assert summary.info.run_id == man["summary_run_id"]
+    assert summary.info.run_name == "summary · test"
+    figs = {a.path: a.file_size for a in client.list_artifacts(summary.info.run_id,
+                                                                "figures/toy")}
+    assert figs == {f"figures/toy/{p.name}": p.stat().st_size
+                    for p in (figures / "toy").glob("*.png")}
+    arts = results / "mlflow" / "artifacts"
+    assert len([p for p in arts.rglob("*.png")]) == 5  # 5 figures, once
     exp = client.get_experiment_by_name("lt-bench/test")
+    # the model-training layout, not MLflow 3's GenAI landing page
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
     view = json.loads(exp.tags["mlflow.sharedViewState.headline"])
     assert view["selectedColumns"][0] == "metrics.`0_top1`"
+    assert view["searchFilter"] == "tags.kind = 'seed' AND tags.state = 'current'"
     assert man["headline_view"].endswith(f"/#/experiments/{exp.experiment_id}/runs"
-                                          "?viewStateShareKey=headline")
+                                          "?workflowType=machine_learning"
+                                          "&viewStateShareKey=headline")
+    settings = json.loads(exp.tags["mlflow.sharedViewState.settings"])
+    assert settings["selectedColumns"][:2] == ["metrics.`0_top1`", "metrics.`0_top1_sd`"]
+    assert man["settings_view"].endswith("&viewStateShareKey=settings")
+    # the view filters select exactly what they say (MLflow's own search)
+    found = client.search_runs([exp.experiment_id], settings["searchFilter"], max_results=100)
+    assert len(found) == 7 and {r.data.tags["kind"] for r in found} == {"setting"}
+    found = client.search_runs([exp.experiment_id], view["searchFilter"], max_results=100)
+    assert len(found) == 14
+    assert "**14** runs" in exp.tags["mlflow.note.content"]
 
     # move the whole project folder: the artifacts are found again after one ingestion
     new_root = tmp_path.parent / f"{tmp_path.name}-moved"
@@ -361,7 +411,7 @@ def test_ingest_times_figures_view_and_relocation(runs, tmp_path):
         assert exp2.artifact_location == (new_results / "mlflow/artifacts/test").as_uri()
         run = c2.get_run(la.info.run_id)
         assert run.info.artifact_uri.startswith(exp2.artifact_location + "/")
-        local = c2.download_artifacts(la.info.run_id, "figures/toy/dxp_la.png",
+        local = c2.download_artifacts(summary.info.run_id, "figures/toy/dxp_la.png",
                                       str(new_root / "dl"))
         assert Path(local).read_bytes() == b"\x89PNG fake dxp_la"
         again = ingest(find_run_dirs(new_results / "runs"), "test", new_uri,
@@ -416,3 +466,64 @@ def test_unwritable_store_names_the_file(runs, tmp_path):
     assert r.returncode == 2, r.stderr
     assert f"cannot write the database file {db}" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_setting_runs_mean_and_sd_over_seeds(runs, tmp_path):
+    """Each setting: a run with the mean and sample sd of its seeds, the seeds nested under
+    it; checked against numpy on the run folders' metrics.json, and in the summary's CSV."""
+    import csv
+
+    import numpy as np
+
+    uri = f"sqlite:///{tmp_path}/s/mlflow.db"
+    dirs = find_run_dirs(runs)
+    man = ingest(dirs, "test", uri)
+    client = _client(uri)
+    seeds = {r.info.run_id: r for r in _active_runs(client)}
+    sets = _active_runs(client, kind="setting")
+    assert man["counts"]["settings"] == len(sets) == 7  # 2 backbones x 3 methods + backdoor
+    by_group: dict[str, list[dict]] = {}
+    for d in dirs:
+        m = json.loads((d / "metrics.json").read_text())
+        by_group.setdefault((m["backbone"], m["method"]), []).append(m)
+    table = {row["setting"]: row for row in csv.DictReader(io_text(
+        client.download_artifacts(man["summary_run_id"], "settings.csv", str(tmp_path))))}
+    for s in sets:
+        t, mt = s.data.tags, s.data.metrics
+        ms = by_group[(t["backbone"], t["method"])]
+        assert mt["n_seeds"] == len(ms) == 2
+        children = [r for r in seeds.values() if r.data.tags["mlflow.parentRunId"] == s.info.run_id]
+        assert sorted(int(r.data.tags["seed"]) for r in children) == [0, 1]
+        for key, alias, label in (("top1", "0_top1", "top-1"), ("few", "3_few", "few"),
+                                  ("p_few", "4_p_few", "P-few")):
+            x = 100 * np.array([m[key] for m in ms])
+            mean, sd = mt[alias], mt[alias + "_sd"]
+            # one decimal (a mean that falls on .x5 may round either way in binary)
+            assert abs(mean - x.mean()) <= 0.05 + 1e-9, (t["group"], alias)
+            assert abs(sd - x.std(ddof=1)) <= 0.05 + 1e-9, (t["group"], alias)
+            assert f"{label} {mean:.1f} ± {sd:.1f}" in t["mlflow.note.content"]
+            row = table[t["group"]]
+            assert (row[f"{label} mean"], row[f"{label} sd"]) == (f"{mean:.1f}", f"{sd:.1f}")
+        assert s.info.run_name.startswith(f"{compact_method(t['method'])} {t['backbone']}")
+        assert s.info.run_name.endswith(" ×2")
+
+
+def io_text(path: str):
+    return Path(path).read_text().splitlines()
+
+
+def test_run_names_fit_the_name_column():
+    from lt_bench.tracking.records import compact_backbone, run_name
+
+    assert compact_method("backdoor_same_backbone") == "bd_same"
+    assert compact_method("backdoor_finetuned") == "bd_ft"
+    assert compact_method("adaptformer_la") == "af_la"
+    assert compact_method("la_posthoc") == "la_ph"
+    assert compact_backbone("openclip_vit_b16") == "openclip-b16"
+    # ~20 characters show in MLflow 3.17's name column: method, backbone, seed fit there
+    assert run_name("backdoor_same_backbone", "", None, "toyclip0", 2) == "bd_same toyclip0 s2"
+    assert run_name("backdoor_prob_mean", "", "imagenet_lt", "metaclip_vit_b16", 0) == \
+        "bd_pmean metaclip-b16 s0 imagenet_lt"
+    assert run_name("adaptformer_la", "crop_scale=[1.0,1.0]", None, "toyclip1", 0) == \
+        "af_la toyclip1 s0 crop_scale=[1.0,1.0]"
+    assert run_name("la", "τ=0.5", "toy", "toyclip1", None) == "la toyclip1 toy τ=0.5"

@@ -10,21 +10,24 @@ from pathlib import Path
 from lt_bench.errors import UserError
 from lt_bench.tracking.records import (
     DEFAULT_MANIFEST,
-    HEADLINE_VIEW_KEY,
+    UI_QUERY,
     default_tracking_uri,
     sqlite_path,
+    view_url,
 )
 
 INGEST_HELP = """\
 Ingest finished run folders into MLflow (idempotent): one experiment lt-bench/<suite>, one
 MLflow run per run folder results/runs/{dataset}/{backbone}/{method}/seed{seed}/, found
 again by its run_key tag. The MLflow run gets the training's start/end time, a short name
-(method and non-default knobs · backbone · seed), the headline numbers as its description
-and as the metrics 0_top1 1_many 2_medium 3_few 4_p_few (sorted first), a tag `group`
-(dataset/backbone/method + non-default knobs; `group_key` is its hash), the run files and
-the report's figures as artifacts. A SQLite store moved with the project is relocated
-(its artifact locations rewritten) by every ingestion; --relocate does only that.
-See docs/mlflow.md."""
+(method dataset/backbone/seed, then non-default knobs), the headline numbers as its
+description and as the metrics 0_top1 1_many 2_medium 3_few 4_p_few (in %), a tag `group`
+(dataset/backbone/method + non-default knobs) and the run files as artifacts. Each setting
+(a group) gets a run with the mean and sample sd over its seeds (the seed runs nested under
+it); the suite gets one summary run with the report's figures and the settings table. A run
+folder retrained or re-configured becomes a new MLflow run; the old one stays, tagged
+state=superseded. A SQLite store moved with the project is relocated (its artifact
+locations rewritten) by every ingestion; --relocate does only that. See docs/mlflow.md."""
 
 
 class StoreNotFoundError(UserError, FileNotFoundError):
@@ -64,10 +67,12 @@ def cmd_ingest(args) -> None:
     write_json(args.out, manifest)
     c = manifest["counts"]
     print(f"{c['run_folders']} run folders -> experiment {manifest['experiment']!r} "
-          f"({c['created']} created, {c['updated']} updated, {c['replaced']} replaced, "
-          f"{c['unchanged']} unchanged; {c['active_runs_in_experiment']} runs in the "
-          f"experiment) in {manifest['seconds']['total']:.1f} s; manifest {args.out}")
+          f"({c['created']} created, {c['updated']} updated, {c['superseded']} superseding "
+          f"an older run, {c['unchanged']} unchanged; {c['active_runs_in_experiment']} current "
+          f"runs in {c['settings']} settings) in {manifest['seconds']['total']:.1f} s; "
+          f"manifest {args.out}")
     print(f"headline view: `lt-bench ui`, then {manifest['headline_view']}")
+    print(f"settings (mean ± sd over seeds): {manifest['settings_view']}")
 
 
 def ui_command(backend_store_uri: str, host: str, port: int) -> tuple[list[str], dict]:
@@ -86,9 +91,9 @@ def cmd_ui(args) -> None:
     cmd, env = ui_command(args.backend_store_uri or default_tracking_uri(), args.host,
                           args.port)
     print(" ".join(cmd), file=sys.stderr)
-    print(f"open http://{args.host}:{args.port}; the headline view of experiment N is "
-          f"#/experiments/N/runs?viewStateShareKey={HEADLINE_VIEW_KEY}", file=sys.stderr,
-          flush=True)
+    print(f"open http://{args.host}:{args.port}/#/experiments?{UI_QUERY} (the experiments "
+          f"list in MLflow's model-training layout); the headline view of experiment N is "
+          f"{view_url(f'http://{args.host}:{args.port}', 'N')}", file=sys.stderr, flush=True)
     # Become the server: no wrapper left holding memory beside it, and a signal to this PID
     # reaches `mlflow ui`, which forwards it to its uvicorn child (mlflow.server._run_server).
     os.execvpe(cmd[0], cmd, env)
@@ -108,8 +113,9 @@ def add_tracking_commands(sub: argparse._SubParsersAction) -> None:
                    "sqlite:///<abs>/results/mlflow/mlflow.db")
     s.add_argument("--artifact-root", help="artifact folder of a new experiment (default: "
                    "artifacts/ beside a SQLite store; the server's default otherwise)")
-    s.add_argument("--figures-root", help="the report's figures {dataset}/*.png to log with "
-                   "each run (default: figures/ beside --runs-root, if present)")
+    s.add_argument("--figures-root", help="the report's figures {dataset}/*.png, logged once "
+                   "with the suite's summary run (default: figures/ beside --runs-root, if "
+                   "present)")
     s.add_argument("--out", default=str(DEFAULT_MANIFEST), help="manifest JSON")
     s.add_argument("--lock-timeout", type=float, default=600.0,
                    help="seconds to wait for another ingestion (or a program holding a "

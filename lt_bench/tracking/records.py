@@ -15,9 +15,11 @@ Identity (tags):
   reader (``toy/toyclip0/la τ=0.5``: dataset/backbone/method and the non-default
   hyper-parameters), which is what the UI's "Group by" shows.
 
-What a researcher sees first (issue 14, decided on screenshots of the MLflow UI): run names
-``la · toyclip0 · s0`` (method and its non-default knobs, backbone, seed: what differs between
-the runs of one experiment, short enough that the table does not cut the seed); the headline
+What a researcher sees first (decided on screenshots of the MLflow UI, whose run-name column
+shows ~20 characters): run names ``la toyclip0 s0 τ=0.5``: the method first (long method
+names compacted: ``bd_same`` for ``backdoor_same_backbone``), backbone and seed, then the
+dataset (only in an experiment of several datasets) and the non-default knobs, so the part
+that tells runs apart is not the part the column cuts; the long form is the tag ``long_name``. The headline
 numbers repeated, in percent with one decimal, under names that sort before every other
 metric (:data:`HEADLINE`: ``0_top1``, ``1_many`` ...) and in the run's description (the
 original metric names keep the exact values); a shared view of the experiment
@@ -46,7 +48,7 @@ DEFAULT_DB = Path("results/mlflow/mlflow.db")
 DEFAULT_MANIFEST = Path("results/mlflow/ingested.json")
 EXPERIMENT_PREFIX = "lt-bench/"
 #: bump when what is logged for a run changes, so that re-ingestion refreshes every run
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 TAG_FINGERPRINT = "lt_bench.fingerprint"
 TAG_HISTORY = "lt_bench.history_hash"
 TAG_PARAMS = "lt_bench.params_hash"
@@ -56,6 +58,22 @@ TAG_TIMES = "lt_bench.times"
 VOLATILE_TAGS = ("run_dir", "git_commit", "mlflow.source.git.commit")
 MAX_PARAM_LEN = 6000
 ARTIFACT_FILES = ("config.json", "metrics.json", "history.json", "per_class.parquet")
+#: the tag ``kind`` of an MLflow run: one per run folder, one per setting (its seeds' mean ±
+#: sd, the seed runs nested under it), one per suite (suite-wide figures and the settings table)
+KIND_SEED, KIND_SETTING, KIND_SUMMARY = "seed", "setting", "summary"
+#: the tag ``state``: a run folder retrained or re-configured gets a new MLflow run; the old
+#: one stays, ``state=superseded`` with ``lt_bench.superseded_by`` = the new run's id
+STATE_CURRENT, STATE_SUPERSEDED = "current", "superseded"
+TAG_SUPERSEDED_BY = "lt_bench.superseded_by"
+#: MLflow 3 opens an experiment in its GenAI layout (Overview/Traces) unless told otherwise.
+#: The UI of the pinned 3.17 takes the layout from the URL's ``workflowType`` (else the
+#: browser's last choice, default GenAI: ``WorkflowTypeProvider`` in mlflow/server/js,
+#: ``useExperimentKind`` ignores the tag while ``shouldEnableWorkflowBasedNavigation`` is
+#: on); the experiment tag ``mlflow.experimentKind`` is what the UI reads where that switch
+#: is off and what MLflow's own clients set. Both are set: every link the project prints
+#: carries the parameter, and the experiment the tag.
+EXPERIMENT_KIND_TAG = ("mlflow.experimentKind", "custom_model_development")
+UI_QUERY = "workflowType=machine_learning"
 FIGURE_SUFFIXES = (".png", ".pdf", ".svg")
 #: headline metrics: (name in metrics.json, name in MLflow that sorts first, label)
 HEADLINE = (("top1", "0_top1", "top-1"), ("many", "1_many", "many"),
@@ -66,11 +84,25 @@ HEADLINE = (("top1", "0_top1", "top-1"), ("many", "1_many", "many"),
 #: ``#/experiments/<id>/runs?viewStateShareKey=<key>``.
 HEADLINE_VIEW_KEY = "headline"
 HEADLINE_VIEW = {"selectedColumns": [f"metrics.`{a}`" for _, a, _ in HEADLINE] + ["tags.`group`"],
-                 "orderByKey": f"metrics.`{HEADLINE[0][1]}`", "orderByAsc": False}
+                 "orderByKey": f"metrics.`{HEADLINE[0][1]}`", "orderByAsc": False,
+                 "searchFilter": f"tags.kind = '{KIND_SEED}' AND tags.state = '{STATE_CURRENT}'"}
+#: the grouped view: one row per setting, mean and sample sd over its seeds, best first
+#: (MLflow's own "Group by" shows unrounded means and no spread)
+SETTINGS_VIEW_KEY = "settings"
+SD_SUFFIX = "_sd"
+SETTINGS_VIEW = {
+    "selectedColumns": [c for _, a, _ in HEADLINE
+                        for c in (f"metrics.`{a}`", f"metrics.`{a}{SD_SUFFIX}`")]
+    + ["metrics.`n_seeds`", "tags.`group`"],
+    "orderByKey": f"metrics.`{HEADLINE[0][1]}`", "orderByAsc": False,
+    "searchFilter": f"tags.kind = '{KIND_SETTING}' AND tags.state = '{STATE_CURRENT}'"}
+VIEWS = {HEADLINE_VIEW_KEY: HEADLINE_VIEW, SETTINGS_VIEW_KEY: SETTINGS_VIEW}
 #: metrics.json entries that are not metrics (identity, wall-clock times)
 NOT_METRICS = {"seed", "started_at", "finished_at"}
-#: the report's figures of a dataset that concern every method (results/figures/{dataset}/)
-DATASET_FIGURE_PREFIXES = ("acc_",)
+#: long method-name parts and their short forms in run names (the tag ``method`` is exact)
+METHOD_ABBREV = (("backdoor", "bd"), ("same_backbone", "same"), ("finetuned", "ft"),
+                 ("adaptformer", "af"), ("prob_mean", "pmean"), ("learned", "lrn"),
+                 ("posthoc", "ph"))
 #: a few hyper-parameters by the symbol the papers use
 SYMBOLS = {"tau": "τ", "gamma": "γ", "beta": "β", "alpha": "α", "remine_lambda": "λ"}
 
@@ -110,8 +142,54 @@ def _short(v: Any) -> str:
 
 def setting_label(method: str, hparams: Mapping[str, Any]) -> str:
     """``la τ=0.5`` from a method and its non-default hyper-parameters."""
-    knobs = " ".join(f"{SYMBOLS.get(k, k)}={_short(v)}" for k, v in hparams.items())
+    knobs = knob_label(hparams)
     return f"{method} {knobs}" if knobs else method
+
+
+def compact_method(method: str) -> str:
+    """``bd_same_bb`` for ``backdoor_same_backbone``: short enough for the name column."""
+    for long, short in METHOD_ABBREV:
+        method = method.replace(long, short)
+    return method
+
+
+def compact_backbone(backbone: str) -> str:
+    """``clip-b16`` for ``clip_vit_b16`` (the paper's backbones differ before ``_vit``)."""
+    return backbone.replace("_vit_", "-")
+
+
+def run_name(method: str, knobs: str, dataset: str | None, backbone: str,
+             seed: int | None) -> str:
+    """The MLflow run name: ``bd_same toyclip0 s0`` (method, backbone, seed), then the dataset
+    where the experiment holds several (``dataset=None`` otherwise), then the knobs.
+
+    MLflow 3.17's run-name column shows ~20 characters (measured in headless Chromium,
+    tests/test_mlflow_ui.py) and the shared view cannot widen it: what tells runs apart
+    comes first, what the ``group`` column shows anyway (dataset, knobs) last."""
+    name = compact_method(method) + " " + compact_backbone(backbone)
+    name += f" s{seed}" if seed is not None else ""
+    name += f" {dataset}" if dataset else ""
+    return f"{name} {knobs}" if knobs else name
+
+
+def knob_label(hparams: Mapping[str, Any]) -> str:
+    """``τ=0.5 epochs=3``: the non-default hyper-parameters of a setting."""
+    return " ".join(f"{SYMBOLS.get(k, k)}={_short(v)}" for k, v in hparams.items())
+
+
+def view_url(tracking_ui: str, experiment_id: str, view: str = HEADLINE_VIEW_KEY) -> str:
+    """A saved view of the experiment's runs table, in MLflow's model-training layout."""
+    return (f"{tracking_ui.rstrip('/')}/#/experiments/{experiment_id}/runs"
+            f"?{UI_QUERY}&viewStateShareKey={view}")
+
+
+def setting_stats(values: list[float]) -> tuple[float, float | None]:
+    """Mean and sample standard deviation (ddof = 1, as the report's tables; None for one)."""
+    n = len(values)
+    mean = sum(values) / n
+    if n < 2:
+        return mean, None
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
 
 
 def default_tracking_uri(root: Path | str = ".") -> str:
@@ -155,8 +233,6 @@ class RunRecord:
     tags: dict[str, str]
     artifacts: list[Path]
     figures: list[Path] = field(default_factory=list)
-    #: the report's figures of the run's dataset: (file, artifact folder)
-    report_figures: list[tuple[Path, str]] = field(default_factory=list)
     #: training start/end, Unix time in ms (None: the run folder does not say)
     start_ms: int | None = None
     end_ms: int | None = None
@@ -223,20 +299,14 @@ def describe(ident: Mapping[str, Any], label: str, metrics: Mapping[str, Any],
     return f"**{first}** (% accuracy)\n\n{what}{took}."
 
 
-def report_figures_of(figures_root: Path | None, dataset: str,
-                      method: str) -> list[tuple[Path, str]]:
-    """The report's figures of ``dataset`` that concern ``method``: ``dxp_{method}.png`` and the
-    accuracy figures of all methods (``acc_*.png``), as (file, artifact folder)."""
-    if figures_root is None:
+def suite_figures(figures_root: Path | str | None) -> list[tuple[Path, str]]:
+    """The report's figures ``{figures_root}/{dataset}/*.png`` as (file, artifact folder): they
+    concern a whole suite (every method of a dataset), so the suite's summary run holds them
+    once, not every run a copy (320 copies were 63 of the demo store's 84 MB)."""
+    if figures_root is None or not Path(figures_root).is_dir():
         return []
-    d = Path(figures_root) / dataset
-    if not d.is_dir():
-        return []
-    out = []
-    for p in sorted(d.glob("*.png")):
-        if p.stem == f"dxp_{method}" or p.stem.startswith(DATASET_FIGURE_PREFIXES):
-            out.append((p, f"figures/{dataset}"))
-    return out
+    return [(p, f"figures/{p.parent.name}")
+            for p in sorted(Path(figures_root).glob("*/*.png")) if p.is_file()]
 
 
 def _rel(p: Path) -> str:
@@ -249,13 +319,13 @@ def _rel(p: Path) -> str:
 
 def read_run_folder(run_dir: Path | str, suite: str, commit: str | None = None,
                     defaults: Mapping[str, Any] | None = None,
-                    figures_root: Path | str | None = None) -> RunRecord:
+                    name_dataset: bool = True) -> RunRecord:
     """Everything MLflow gets from one finished run folder.
 
     ``commit``: the git commit to record when ``config.json`` has none (runs from before
     ``git_commit`` was recorded at train time); ``defaults``: the method's default
     hyper-parameters (None: unknown, then names and groups show no knobs);
-    ``figures_root``: ``results/figures`` (the report's figures are logged too).
+    ``name_dataset``: whether the run name spells the dataset (an experiment of several).
     """
     run_dir = Path(run_dir)
     mpath = run_dir / "metrics.json"
@@ -313,11 +383,11 @@ def read_run_folder(run_dir: Path | str, suite: str, commit: str | None = None,
         raise InputValidationError(f"{mpath}: finished_at is before started_at")
 
     figures = sorted(p for p in run_dir.iterdir() if p.suffix in FIGURE_SUFFIXES and p.is_file())
-    report_figs = report_figures_of(Path(figures_root) if figures_root else None,
-                                    ident["dataset"], ident["method"])
     artifacts = [run_dir / f for f in ARTIFACT_FILES if (run_dir / f).is_file()]
 
-    label = setting_label(ident["method"], non_default_hparams(hparams, defaults))
+    knobs = knob_label(non_default_hparams(hparams, defaults))
+    shown_dataset = ident["dataset"] if name_dataset else None
+    label = f"{ident['method']} {knobs}" if knobs else ident["method"]
     path_name = f"{ident['dataset']}/{ident['backbone']}/{ident['method']}/seed{ident['seed']}"
     tags = {
         **{k: str(v) for k, v in ident.items()},
@@ -325,6 +395,11 @@ def read_run_folder(run_dir: Path | str, suite: str, commit: str | None = None,
         "run_key": key,
         "run_path": path_name,
         "group": f"{ident['dataset']}/{ident['backbone']}/{label}",
+        "long_name": f"{label} · {ident['dataset']}/{ident['backbone']} · seed {ident['seed']}",
+        "kind": KIND_SEED,
+        "state": STATE_CURRENT,
+        "setting_name": run_name(ident["method"], knobs, shown_dataset, ident["backbone"],
+                                 None),
         "group_key": group_key({**config, **ident}),
         "run_dir": _rel(run_dir),
         # the commit the run was trained at (config.json), not the one it is ingested at
@@ -350,9 +425,8 @@ def read_run_folder(run_dir: Path | str, suite: str, commit: str | None = None,
     content_tags = {k: v for k, v in tags.items() if k not in VOLATILE_TAGS}
     tags[TAG_FINGERPRINT] = stable_hash(
         {"v": SCHEMA_VERSION, "params": params, "tags": content_tags,
-         "files": _file_digest(artifacts + figures + [p for p, _ in report_figs])}, n=16)
-    name = f"{label} · {ident['backbone']} · s{ident['seed']}"
+         "files": _file_digest(artifacts + figures)}, n=16)
+    name = run_name(ident["method"], knobs, shown_dataset, ident["backbone"], ident["seed"])
     return RunRecord(run_dir=run_dir, run_key=key, run_name=name, params=params,
                      metrics=series + scalars, tags=tags, artifacts=artifacts, figures=figures,
-                     report_figures=report_figs, start_ms=start_ms, end_ms=end_ms,
-                     description=description)
+                     start_ms=start_ms, end_ms=end_ms, description=description)

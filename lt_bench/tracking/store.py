@@ -1,16 +1,18 @@
 """Write run records to MLflow: one experiment per suite, one MLflow run per run folder.
 
-Files are the source of truth; MLflow is the index and the view. Re-ingesting an unchanged
-folder is a no-op (tag ``lt_bench.fingerprint``). A changed folder is updated in place when
-its params, history and training times are unchanged (new metric values, tags, artifacts);
-otherwise the old MLflow run is deleted and a new one created with the same ``run_key``:
-MLflow forbids changing a param or a start time and cannot drop metric history. Either way
-exactly one active MLflow run carries the key.
+Files are the source of truth; MLflow is the index and the view. This module decides where
+and when (preflight checks, the lock, turning failures into one sentence);
+:mod:`lt_bench.tracking.writer` decides what each MLflow run holds. Re-ingesting an
+unchanged folder is a no-op (tag ``lt_bench.fingerprint``). A changed folder is updated in
+place when its params, history and training times are unchanged (new metric values, tags,
+artifacts); otherwise it becomes a new MLflow run with the same ``run_key`` and the old one
+stays, tagged superseded: MLflow forbids changing a param or a start time and cannot drop
+metric history, and a researcher keeps the record of what ran before.
 
-Concurrency: SQLite breaks under parallel writers, so an ingestion holds a file lock
-(``<db>.lock`` beside a SQLite store; a per-URI lock in the temp folder otherwise); a later
-ingestion also deletes duplicate runs of a key should two writers on different machines ever
-race on a server.
+Concurrency: SQLite breaks under parallel writers, so an ingestion into a SQLite store holds a
+file lock (``<db>.lock`` beside it). A tracking server takes concurrent writers itself (a lab's
+researchers ingest from several machines, where a local lock would guard nothing); a later
+ingestion deletes duplicate runs of a key should two writers ever race.
 
 Moving the project: MLflow stores absolute artifact locations (it resolves a relative one at
 creation, ``mlflow.utils.uri.resolve_uri_if_local``). A SQLite store whose artifacts live in
@@ -26,7 +28,6 @@ Failures a user can fix are :class:`~lt_bench.errors.UserError`: an unreachable 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import sqlite3
@@ -34,23 +35,20 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 from lt_bench.errors import UserError
 from lt_bench.tracking.records import (
-    HEADLINE_VIEW,
-    HEADLINE_VIEW_KEY,
-    TAG_FINGERPRINT,
-    TAG_HISTORY,
-    TAG_PARAMS,
-    TAG_TIMES,
-    RunRecord,
+    SETTINGS_VIEW_KEY,
     default_tracking_uri,
     experiment_name,
     read_run_folder,
     redact_uri,
     sqlite_path,
+    suite_figures,
+    view_url,
 )
 
 log = logging.getLogger(__name__)
@@ -173,110 +171,6 @@ def relocate_sqlite_store(db: Path, artifact_root: Path) -> int:
     return moved
 
 
-# --- writing ---------------------------------------------------------------------------------
-
-def _get_experiment(client, suite: str, artifact_root: Path | str | None) -> str:
-    from mlflow.exceptions import MlflowException
-
-    name = experiment_name(suite)
-    exp = client.get_experiment_by_name(name)
-    if exp is not None:
-        if exp.lifecycle_stage == "deleted":
-            client.restore_experiment(exp.experiment_id)
-        return exp.experiment_id
-    location = None
-    if artifact_root is not None:
-        location = (Path(artifact_root) / suite).resolve().as_uri()
-    try:
-        return client.create_experiment(
-            name, artifact_location=location,
-            tags={"lt_bench.suite": suite,
-                  "mlflow.note.content": f"lt-bench suite `{suite}`: one run per "
-                                         "(dataset, backbone, method, seed) run folder; "
-                                         "ingested by `lt-bench ingest`. Columns `0_top1` "
-                                         "… `4_p_few` are the headline numbers; group by "
-                                         "the tag `group` for mean ± spread over seeds."})
-    except MlflowException:  # created meanwhile by another writer
-        exp = client.get_experiment_by_name(name)
-        if exp is None:
-            raise
-        return exp.experiment_id
-
-
-def view_url(tracking_ui: str, experiment_id: str) -> str:
-    """The runs table of the experiment in its headline view."""
-    return (f"{tracking_ui.rstrip('/')}/#/experiments/{experiment_id}/runs"
-            f"?viewStateShareKey={HEADLINE_VIEW_KEY}")
-
-
-def _active_runs_by_key(client, experiment_id: str) -> dict[str, list]:
-    from mlflow.entities import ViewType
-
-    by_key: dict[str, list] = {}
-    token = None
-    while True:
-        page = client.search_runs([experiment_id], filter_string="tags.run_key != ''",
-                                  run_view_type=ViewType.ACTIVE_ONLY, max_results=1000,
-                                  order_by=["attributes.start_time ASC"], page_token=token)
-        for r in page:
-            by_key.setdefault(r.data.tags.get("run_key"), []).append(r)
-        token = page.token
-        if not token:
-            return by_key
-
-
-def _log_contents(client, run_id: str, rec: RunRecord, with_params: bool,
-                  with_history: bool) -> None:
-    from mlflow.entities import Metric, Param, RunTag
-
-    # metric timestamps: the end of the training (the history has no per-epoch times)
-    stamp = rec.end_ms if rec.end_ms is not None else int(time.time() * 1000)
-    last = max((s for _, _, s in rec.metrics), default=0)
-    metrics = rec.metrics if with_history else [m for m in rec.metrics if m[2] == last]
-    client.log_batch(
-        run_id,
-        metrics=[Metric(k, v, stamp, step) for k, v, step in metrics],
-        params=[Param(k, v) for k, v in rec.params.items()] if with_params else [],
-        tags=[RunTag(k, v) for k, v in rec.tags.items()])
-    for f in rec.artifacts:
-        client.log_artifact(run_id, str(f))
-    for f in rec.figures:
-        client.log_artifact(run_id, str(f), artifact_path="figures")
-    for f, folder in rec.report_figures:
-        client.log_artifact(run_id, str(f), artifact_path=folder)
-
-
-def _ingest_one(client, experiment_id: str, rec: RunRecord, existing: list) -> tuple[str, str]:
-    """Create or update the MLflow run of ``rec``; returns (status, run_id)."""
-    status = "created"
-    for dup in existing[1:]:  # should not happen (lock); heal a race on a shared server
-        client.delete_run(dup.info.run_id)
-        log.warning("%s: deleted duplicate MLflow run %s", rec.run_dir, dup.info.run_id)
-    if existing:
-        old = existing[0]
-        tags = old.data.tags
-        if tags.get(TAG_FINGERPRINT) == rec.fingerprint and old.info.status == "FINISHED":
-            return "unchanged", old.info.run_id
-        if all(tags.get(t) == rec.tags[t] for t in (TAG_PARAMS, TAG_HISTORY, TAG_TIMES)):
-            _log_contents(client, old.info.run_id, rec, with_params=False,
-                          with_history=False)
-            client.update_run(old.info.run_id, name=rec.run_name)
-            client.set_terminated(old.info.run_id, "FINISHED", end_time=rec.end_ms)
-            return "updated", old.info.run_id
-        client.delete_run(old.info.run_id)
-        status = "replaced"
-    run = client.create_run(experiment_id, run_name=rec.run_name, start_time=rec.start_ms,
-                            tags={"run_key": rec.run_key})
-    run_id = run.info.run_id
-    try:
-        _log_contents(client, run_id, rec, with_params=True, with_history=True)
-    except BaseException:
-        client.set_terminated(run_id, "FAILED")  # the next ingestion replaces it
-        raise
-    client.set_terminated(run_id, "FINISHED", end_time=rec.end_ms)
-    return status, run_id
-
-
 def method_defaults(methods: set[str]) -> dict[str, dict[str, Any] | None]:
     """Each method's default hyper-parameters from the registry (None: not registered)."""
     from lt_bench.methods import METHODS
@@ -298,7 +192,8 @@ def ingest(run_dirs: list[Path | str], suite: str, tracking_uri: str | None = No
     ``artifact_root`` (default: ``artifacts/`` beside a SQLite store; the server's choice
     otherwise) is where a newly created experiment keeps its runs' artifacts. ``commit`` is
     recorded only for runs whose ``config.json`` has no ``git_commit``. ``figures_root``
-    (e.g. ``results/figures``): the report's figures to log with each run. ``defaults``:
+    (e.g. ``results/figures``): the report's figures, logged once, with the suite's summary
+    run. ``defaults``:
     method → default hyper-parameters (default: from the method registry).
     """
     from filelock import FileLock, Timeout
@@ -308,8 +203,11 @@ def ingest(run_dirs: list[Path | str], suite: str, tracking_uri: str | None = No
     run_dirs = [Path(d) for d in run_dirs]
     if defaults is None:
         defaults = method_defaults(_methods_of(run_dirs))
-    records = [read_run_folder(d, suite, commit, defaults.get(d.parent.name), figures_root)
+    # the folder layout {dataset}/{backbone}/{method}/seed{seed}; read_run_folder checks it
+    several = len({d.parent.parent.parent.name for d in run_dirs}) > 1
+    records = [read_run_folder(d, suite, commit, defaults.get(d.parent.name), several)
                for d in run_dirs]
+    figures = suite_figures(figures_root)
     keys: dict[str, Path] = {}
     for r in records:
         if r.run_key in keys:
@@ -327,11 +225,15 @@ def ingest(run_dirs: list[Path | str], suite: str, tracking_uri: str | None = No
     for k, v in HTTP_ENV.items():
         os.environ.setdefault(k, v)
 
+    # SQLite breaks under parallel writers: one ingestion at a time per store file. A server
+    # (PostgreSQL, MySQL behind `mlflow server`) takes concurrent writers itself, and a lock
+    # on this machine would not stop a colleague's ingestion on another one anyway.
     lock = lock_path_for(uri)
     lock.parent.mkdir(parents=True, exist_ok=True)
     t_lock = time.time()
+    guard = FileLock(str(lock), timeout=lock_timeout) if db is not None else nullcontext()
     try:
-        with FileLock(str(lock), timeout=lock_timeout):
+        with guard:
             waited = time.time() - t_lock
             relocated = relocate_sqlite_store(db, Path(artifact_root)) if db else 0
             t0 = time.time()
@@ -339,10 +241,16 @@ def ingest(run_dirs: list[Path | str], suite: str, tracking_uri: str | None = No
             from mlflow.tracking import MlflowClient
 
             _quiet_mlflow_logs()
+            from lt_bench.tracking.writer import fast_sqlite_commits, write_all
+
+            if db is not None:
+                fast_sqlite_commits()
             import_s = time.time() - t0
-            runs, counts, exp_id, active = retry_while_locked(
-                lambda: _write_all(MlflowClient(tracking_uri=uri), suite, artifact_root,
-                                   records), db, lock_timeout)
+            client = MlflowClient(tracking_uri=uri)
+            # retried while another process holds the SQLite store (H2's bounded backoff)
+            runs, counts, exp_id, active, summary_id = retry_while_locked(
+                lambda: write_all(client, suite, artifact_root, records, figures), db,
+                lock_timeout)
     except Timeout as e:
         raise TrackingError(f"another ingestion holds {lock} for more than {lock_timeout:g} s; "
                             "wait for it or raise --lock-timeout") from e
@@ -358,6 +266,8 @@ def ingest(run_dirs: list[Path | str], suite: str, tracking_uri: str | None = No
         "experiment_id": exp_id,
         "tracking_uri": redact_uri(uri),
         "headline_view": view_url("<ui>", exp_id),
+        "settings_view": view_url("<ui>", exp_id, SETTINGS_VIEW_KEY),
+        "summary_run_id": summary_id,
         "run_ids": {r["run_key"]: r["run_id"] for r in runs},
         "runs": runs,
         "counts": {**counts, "run_folders": len(records), "active_runs_in_experiment": active,
@@ -403,24 +313,6 @@ def _locked(e: BaseException | None) -> bool:
             return True
         e = e.__cause__ or e.__context__
     return False
-
-
-def _write_all(client, suite, artifact_root, records):
-    exp_id = _get_experiment(client, suite, artifact_root)
-    client.set_experiment_tag(exp_id, f"mlflow.sharedViewState.{HEADLINE_VIEW_KEY}",
-                              json.dumps(HEADLINE_VIEW))
-    existing = _active_runs_by_key(client, exp_id)
-    runs, counts = [], {"created": 0, "updated": 0, "replaced": 0, "unchanged": 0}
-    for rec in records:
-        t = time.time()
-        status, run_id = _ingest_one(client, exp_id, rec, existing.get(rec.run_key, []))
-        counts[status] += 1
-        runs.append({"run_key": rec.run_key, "run_id": run_id, "run_name": rec.run_name,
-                     "run_dir": rec.tags["run_dir"], "status": status,
-                     "seconds": round(time.time() - t, 4)})
-        log.info("%s %s -> %s (%.2f s)", status, rec.run_name, run_id, runs[-1]["seconds"])
-    active = sum(len(v) for v in _active_runs_by_key(client, exp_id).values())
-    return runs, counts, exp_id, active
 
 
 def _raise_store_error(e: Exception, uri: str) -> None:

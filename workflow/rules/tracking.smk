@@ -1,8 +1,9 @@
 # MLflow tracking (stage 6): one local rule ingests every finished run of the suite into
 # the experiment lt-bench/<suite> (one MLflow run per run folder, found again by its run_key
-# tag), with the report's figures of each run's dataset as artifacts (hence the figures are
-# inputs: a redrawn figure re-logs them). A single writer on the head node: SQLite breaks
-# under parallel writers and on NFS, and `lt-bench ingest` also holds a file lock.
+# tag), a run per setting (mean ± sd over its seeds) and one summary run holding the
+# report's figures once (hence the figures are inputs: a redrawn figure re-logs them).
+# A single writer on the head node: SQLite breaks under parallel writers and on NFS, and
+# `lt-bench ingest` also holds a file lock on a SQLite store.
 # What the UI then shows, and how to move the store: docs/mlflow.md.
 #
 # Where to: $MLFLOW_TRACKING_URI (e.g. a team `mlflow server`), else the SQLite store
