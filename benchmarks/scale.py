@@ -492,6 +492,9 @@ def main(argv=None) -> None:
                     help="scratch folder; one subfolder per fraction (deleted first)")
     ap.add_argument("--datasets", nargs="+", default=list(SHAPES), choices=list(SHAPES))
     ap.add_argument("--keep", action="store_true", help="keep the synthetic results folders")
+    ap.add_argument("--reuse", action="store_true",
+                    help="reuse the synthetic folders a --keep run left (skip synthesis; the "
+                         "stages' outputs are deleted first): before/after on the same files")
     ap.add_argument("--head-job", choices=list(SHAPES),
                     help="measure one head job's memory at this dataset's shape instead")
     ap.add_argument("--epochs", type=int, default=1, help="--head-job: epochs per trained head")
@@ -522,20 +525,26 @@ def main(argv=None) -> None:
     per_f = []
     for f in a.fraction:
         root = Path(a.root) / f"paper_{f:g}"
-        shutil.rmtree(root, ignore_errors=True)
-        root.mkdir(parents=True)
-        print(f"F = {f:g}: synthesizing under {root} ...", flush=True)
-        t0 = time.time()
-        synth = synthesize(root, f, a.datasets)
-        print(f"  synthesis {time.time() - t0:.0f} s: "
-              + ", ".join(f"{k} {v:.0f} s" for k, v in synth.items()), flush=True)
+        if a.reuse and (root / "results/runs").is_dir():
+            print(f"F = {f:g}: reusing {root}", flush=True)
+            for p in ("results/tables", "results/figures", "results/mlflow",
+                      "results/tables_prior_extra"):
+                shutil.rmtree(root / p, ignore_errors=True)
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+            root.mkdir(parents=True)
+            print(f"F = {f:g}: synthesizing under {root} ...", flush=True)
+            t0 = time.time()
+            synth = synthesize(root, f, a.datasets)
+            print(f"  synthesis {time.time() - t0:.0f} s: "
+                  + ", ".join(f"{k} {v:.0f} s" for k, v in synth.items()), flush=True)
         t1 = time.time()
         rows = run_stages(root, a.datasets)
         tail = time.time() - t1
         disk = disk_footprint(root, f)
         per_f.append((f, rows, tail, disk))
         print(f"  head-node tail at F = {f:g}: {tail:.0f} s wall", flush=True)
-        if not a.keep:
+        if not (a.keep or a.reuse):
             shutil.rmtree(root, ignore_errors=True)
     fs = [p[0] for p in per_f]
     print()
@@ -562,7 +571,7 @@ def main(argv=None) -> None:
         print(f"| {r0['stage']} | {r0['dataset']} | " + " | ".join(f"{w:.1f}" for w in walls)
               + f" | **{wa + wb:.0f}** | " + " | ".join(f"{x:,.0f}" for x in rsss)
               + f" | **{rss1:,.0f}** | {(ba + bb) / 2**20:,.1f} |")
-    print(f"| **head-node tail** | all | " + " | ".join(f"{p[2]:.0f}" for p in per_f)
+    print("| **head-node tail** | all | " + " | ".join(f"{p[2]:.0f}" for p in per_f)
           + f" | **{tot_wall:.0f}** | | **{peak:,.0f}** (largest stage) | |")
     print()
     print("Disk (results/, no images): measured at each F, and at F = 1 (N-sized files × 1/F)")
