@@ -365,7 +365,7 @@ def head_node_stages(plan, datasets: list[str]) -> list[tuple[str, str, list[str
     return stages
 
 
-def run_stages(root: Path, datasets: list[str]) -> list[dict]:
+def run_stages(root: Path, datasets: list[str], only: list[str] | None = None) -> list[dict]:
     plan = paper_plan()
     os.chdir(root)
     (root / "logs").mkdir(exist_ok=True)
@@ -384,6 +384,8 @@ def run_stages(root: Path, datasets: list[str]) -> list[dict]:
            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     env.pop("MLFLOW_TRACKING_URI")
     for stage, d, cmd in head_node_stages(plan, datasets):
+        if only and stage not in only:
+            continue
         wall, rss, nbytes = measure(cmd(), root, root / "logs" / f"{stage.replace(' ', '_')}_{d}.log",
                                     env)
         rows.append({"stage": stage, "dataset": d, "wall": wall, "rss": rss, "bytes": nbytes})
@@ -495,6 +497,8 @@ def main(argv=None) -> None:
     ap.add_argument("--reuse", action="store_true",
                     help="reuse the synthetic folders a --keep run left (skip synthesis; the "
                          "stages' outputs are deleted first): before/after on the same files")
+    ap.add_argument("--stages", nargs="+", help="only these stages (e.g. significance): a "
+                    "before/after of one stage with --reuse")
     ap.add_argument("--head-job", choices=list(SHAPES),
                     help="measure one head job's memory at this dataset's shape instead")
     ap.add_argument("--epochs", type=int, default=1, help="--head-job: epochs per trained head")
@@ -539,7 +543,7 @@ def main(argv=None) -> None:
             print(f"  synthesis {time.time() - t0:.0f} s: "
                   + ", ".join(f"{k} {v:.0f} s" for k, v in synth.items()), flush=True)
         t1 = time.time()
-        rows = run_stages(root, a.datasets)
+        rows = run_stages(root, a.datasets, a.stages)
         tail = time.time() - t1
         disk = disk_footprint(root, f)
         per_f.append((f, rows, tail, disk))
