@@ -410,7 +410,18 @@ def disk_footprint(root: Path, fraction: float) -> dict[str, dict]:
         size = path.stat().st_size
         e["files"] += 1
         e["bytes"] += size
-        e["full"] += size / fraction if scales else size
+        e["full"] += size * full_rows(path) if scales else size
+
+    def full_rows(path: Path) -> float:
+        """rows at the real shape / rows here (not 1/F: every class keeps >= 1 train image,
+        val/test >= K/10 rows at small F)."""
+        import pyarrow.parquet as pq
+
+        split = path.stem.removeprefix("logits_")
+        dataset = next(p for p in path.parts if p in SHAPES)
+        k, n_tr, n_va, n_te, _ = SHAPES[dataset]
+        full = {"train": n_tr, "val": n_va, "test": n_te}[split]
+        return full / max(pq.read_metadata(path).num_rows, 1)
 
     res = root / "results"
     for f in (res / "features").rglob("*.parquet"):
@@ -474,9 +485,10 @@ def _defaults(method: str) -> dict:
 # --- output ------------------------------------------------------------------------------
 
 def fit_line(fs: list[float], ys: list[float]) -> tuple[float, float]:
-    """a + b·F through the points (least squares); a single point: (0, y/F)."""
+    """a + b·F through the points (least squares); a single point: no extrapolation
+    (the figure as measured: a stage's fixed part would be multiplied by 1/F)."""
     if len(fs) == 1:
-        return 0.0, ys[0] / fs[0]
+        return ys[0], 0.0
     b, a = np.polyfit(np.asarray(fs), np.asarray(ys), 1)
     return float(a), float(b)
 
@@ -553,7 +565,8 @@ def main(argv=None) -> None:
     fs = [p[0] for p in per_f]
     print()
     print("Per stage: wall s and peak RSS MiB at each F; 'F=1' = linear fit a + b·F at F = 1"
-          + (" (one fraction: wall / F, RSS as measured)" if len(fs) == 1 else ""))
+          + (" (ONE fraction: not extrapolated, the F=1 columns repeat the measurement; "
+             "give two fractions to extrapolate)" if len(fs) == 1 else ""))
     head = "| stage | dataset | " + " | ".join(f"wall F={f:g}" for f in fs) + " | wall F=1 | " \
         + " | ".join(f"RSS F={f:g}" for f in fs) + " | RSS F=1 | written F=1 MiB |"
     print(head)
@@ -578,7 +591,8 @@ def main(argv=None) -> None:
     print("| **head-node tail** | all | " + " | ".join(f"{p[2]:.0f}" for p in per_f)
           + f" | **{tot_wall:.0f}** | | **{peak:,.0f}** (largest stage) | |")
     print()
-    print("Disk (results/, no images): measured at each F, and at F = 1 (N-sized files × 1/F)")
+    print("Disk (results/, no images): measured at each F, and at F = 1 (N-sized files scaled "
+          "by their rows at the real shape / rows here)")
     print("| part | runs | files | " + " | ".join(f"MiB F={f:g}" for f in fs) + " | MiB F=1 |")
     print("| --- | --- | --- | " + " --- |" * len(fs) + " --- |")
     keys = sorted(per_f[-1][3])
