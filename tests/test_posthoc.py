@@ -301,3 +301,29 @@ def test_gla_temperature_and_prior_are_fitted_on_crop_averages(tte_world, tmp_pa
     w = load_file(str(tte_world["runs"]["la"] / "predictor.safetensors"))["term0.weight"]
     np.testing.assert_allclose(z_la_val, _crop_logits(w.astype(np.float64), 25.0, val.crops),
                                rtol=1e-4, atol=1e-4)
+def test_linear_predictor_sums_terms_and_bias_as_written_out():
+    """LinearPredictor.logits (summed in place, for memory) against the formula of
+    lt_bench/methods/_predictor.py computed term by term: bit-identical float32."""
+    from lt_bench.methods._predictor import LinearPredictor, LinearTerm
+
+    rng = np.random.default_rng(3)
+    f = rng.normal(size=(40, 6)).astype(np.float32)
+    proj = rng.normal(size=(6, 5)).astype(np.float32)
+    terms = [LinearTerm(rng.normal(size=(7, 6)), scale=20.0, weight_power=0.7),
+             LinearTerm(rng.normal(size=(7, 5)), scale=3.0, normalize_features=False,
+                        projection=proj)]
+    bias = rng.normal(size=7).astype(np.float32)
+
+    def by_hand(t):
+        x = f.astype(np.float64)
+        if t.projection is not None:
+            x = x @ t.projection.astype(np.float64)
+        if t.normalize_features:
+            x = x / np.linalg.norm(x, axis=1, keepdims=True)
+        w = t.weight.astype(np.float64)
+        return t.scale * x @ (w / np.linalg.norm(w, axis=1, keepdims=True) ** t.weight_power).T
+
+    want = (by_hand(terms[0]) + by_hand(terms[1]) + bias).astype(np.float32)
+    np.testing.assert_array_equal(LinearPredictor(terms, bias).logits(f), want)
+    np.testing.assert_array_equal(LinearPredictor(terms[:1]).logits(f),
+                                  by_hand(terms[0]).astype(np.float32))

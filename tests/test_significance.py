@@ -236,3 +236,49 @@ def test_real_runs_rebuilt_logits_agree_with_their_metrics(tmp_path):
     best = max(val, key=val.get)
     assert f"({best})" in r["b_label"] and r["b_top1"] == pytest.approx(top1(best, "la"),
                                                                          abs=1e-3)
+
+
+def test_shared_member_rebuilds_give_the_same_table_byte_for_byte(tmp_path):
+    """`lt-bench significance` rebuilds the members of the ensembles that combine the same
+    runs once (``_Correct.prefetch_ensembles``); the table is byte-identical to the one
+    made run by run through the seam (``loader=run_logits``, no sharing)."""
+    from synth_runs import FAST, make_features_dir, make_prior
+
+    from lt_bench.cli import main
+    from lt_bench.report.significance import _Correct, write_significance
+    from lt_bench.runs import run_logits
+    from lt_bench.runs.train import train_run
+
+    runs = tmp_path / "runs" / "toy"
+    for i in range(3):
+        fd = make_features_dir(tmp_path / "features", backbone=f"bb{i}", view_seed=i)
+        prior = make_prior(tmp_path / f"bb{i}.parquet", np.arange(1, 7.0) + i)
+        for s in (0, 1):
+            for m in ("ce", "la"):
+                train_run(m, fd, runs / f"bb{i}" / m / f"seed{s}", seed=s,
+                          hparams={**FAST, "epochs": 1 + s + i}, prior=prior)
+    ensembles = []
+    for s in (0, 1):
+        for method, member in (("backdoor", "la"), ("backdoor_prob_mean", "la"),
+                               ("backdoor_learned", "la"), ("backdoor_ce", "ce")):
+            out = runs / "ensemble" / method / f"seed{s}"
+            assert main(["train", "--method", method, "--members",
+                         *[str(runs / f"bb{i}" / member / f"seed{s}") for i in range(3)],
+                         "--out", str(out)]) == 0
+            ensembles.append(out)
+    shared = tmp_path / "shared.csv"
+    assert main(["significance", "--runs-root", str(tmp_path / "runs"), "--n-boot", "200",
+                 "--out", str(shared)]) == 0
+    dirs = sorted(p.parent for p in runs.glob("*/*/seed*/metrics.json"))
+    one_by_one = write_significance(comparisons(dirs, n_boot=200, loader=run_logits),
+                                    tmp_path / "one_by_one.csv")
+    assert shared.read_bytes() == one_by_one.read_bytes()
+    # ce vs la on each backbone, the backdoor vs its best member, its 3 controls vs it
+    assert len(shared.read_text().splitlines()) == 1 + 3 + 1 + 3
+    # the prefetch fills the members' own correctness too, equal to a rebuild of its own
+    correct = _Correct()
+    correct.prefetch_ensembles(ensembles)
+    for d in [*ensembles, runs / "bb1/la/seed1", runs / "bb2/ce/seed0"]:
+        assert str(d) in correct._cache
+        labels, logits = run_logits(d, "test")
+        np.testing.assert_array_equal(correct._cache[str(d)][1], logits.argmax(1) == labels)

@@ -1,0 +1,613 @@
+"""Scale rehearsal of the paper suite's head-node tail (every CPU-side stage after the GPU jobs).
+
+Synthesizes, at the paper suite's real shapes and run counts, what the GPU jobs leave behind
+(features, priors, every run folder the plan lists: head runs, the same-backbone control's
+extra-seed members, fine-tuned runs, ensembles), written through the project's own writers
+(``features_table``/``write_table``, ``write_text_embeddings``, ``write_prior``, predictors'
+``save``, ``write_logits``, ``write_run``; ensembles through the real ``_combine`` of
+``lt-bench train --runs``), so every file is exactly the contract. Then runs the head-node
+stages as the workflow's rules do (report.smk, analysis.smk, tracking.smk: the same
+``lt-bench`` verbs), each as a subprocess, and prints per stage (and dataset): wall time,
+peak RSS (``os.wait4``'s rusage of that very child) and bytes written; plus the disk
+footprint per run kind and for the whole suite.
+
+``--fraction F`` shrinks every split's N (never K, D or the run counts). With two or more
+fractions (``--fraction 0.02 0.05``) each figure is fitted as ``a + b·F`` and extrapolated
+to F = 1 (linear in N; a stage whose cost grows like N² is under-estimated by that line,
+which is why the per-fraction figures are printed too). Disk: N-sized files (features,
+stored logits) scale by 1/F, K-sized ones (predictors, per-class tables) do not.
+
+``--head-job DATASET`` measures instead the memory of one head job (``lt-bench train
+--runs`` with every head method of the plan at seed 0, features read once) at that
+dataset's shape × F, ``--epochs`` epochs per trained head.
+
+Synthetic signal: a class mean per class, features = mean + noise; a head's weights =
+the class means + noise (methods and seeds differ in the noise), so accuracy, the D×P cells
+and significance carry realistic numbers. Logits for ``write_run`` are computed in float32
+here (the predictors rebuild them in float64; equal up to rounding).
+
+    nice -n 10 python benchmarks/scale.py --fraction 0.02 0.05 --root /tmp/scale
+    nice -n 10 python benchmarks/scale.py --head-job inat2018 --fraction 0.05 0.1 --epochs 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+D = 768
+#: (K, train, val, test, head/tail ratio of the train counts): LIFT's split lists
+SHAPES = {
+    "imagenet_lt": (1000, 115_846, 20_000, 50_000, 256.0),
+    "places_lt": (365, 62_500, 7_300, 36_500, 996.0),
+    "inat2018": (8142, 437_513, 24_426, 24_426, 500.0),
+}
+LOGIT_SCALE = 30.0
+
+
+# --- synthesis ---------------------------------------------------------------------------
+
+def train_counts(k: int, n: int, ratio: float) -> np.ndarray:
+    """Exponentially decaying counts (head/tail = ratio), every class ≥ 1, summing to n."""
+    w = ratio ** (-np.arange(k) / max(k - 1, 1))
+    c = np.maximum(1, np.floor(w / w.sum() * n)).astype(np.int64)
+    c[0] += n - c.sum() if n > c.sum() else 0
+    return c
+
+
+class World:
+    """One dataset's synthetic class geometry and splits at fraction F."""
+
+    def __init__(self, dataset: str, fraction: float, seed: int = 0):
+        k, n_tr, n_va, n_te, ratio = SHAPES[dataset]
+        self.dataset, self.k = dataset, k
+        rng = np.random.default_rng([seed, k])
+        self.means = rng.standard_normal((k, D)).astype(np.float32) / np.sqrt(D)
+        self.counts = train_counts(k, max(k, round(n_tr * fraction)), ratio)
+        self.labels = {
+            "train": np.repeat(np.arange(k), self.counts).astype(np.int64),
+            "val": rng.integers(0, k, max(k // 10, round(n_va * fraction))),
+            "test": rng.integers(0, k, max(k // 10, round(n_te * fraction))),
+        }
+        self.classnames = [f"class_{i:05d}" for i in range(k)]
+
+
+def write_features(world: World, backbone: str, out: Path, seed: int) -> dict[str, np.ndarray]:
+    """The features folder of one (dataset, backbone): {split}.parquet and text.parquet."""
+    from lt_bench.features.store import (
+        features_table,
+        read_features,
+        write_table,
+        write_text_embeddings,
+    )
+    from lt_bench.io import sha256_file
+
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng([seed, world.k, 7])
+    base = {"backbone": backbone, "dataset": world.dataset, "pretrained": "synthetic",
+            "feature": "encode_image", "transform": "synthetic"}
+    feats = {}
+    for split, y in world.labels.items():
+        x = np.empty((len(y), D), np.float16)
+        for i in range(0, len(y), 32768):  # chunks: iNat's train is 437.5k x 768
+            yy = y[i:i + 32768]
+            x[i:i + len(yy)] = (1.2 * world.means[yy] * np.sqrt(D)
+                                + rng.standard_normal((len(yy), D), np.float32)) / np.sqrt(D)
+        split_file = out / f"{split}.split.txt"  # stands in for the split list's hash
+        split_file.write_text(f"{world.dataset} {split} {len(y)}\n")
+        meta = {**base, "split": split, "split_sha256": sha256_file(split_file)}
+        split_file.unlink()
+        paths = [f"{split}/{i}.jpg" for i in range(len(y))]
+        write_table(features_table(paths, y, x, meta), out / f"{split}.parquet")
+        del x
+        feats[split] = read_features(out / f"{split}.parquet").features  # what runs see
+    emb = world.means / np.linalg.norm(world.means, axis=1, keepdims=True)
+    write_text_embeddings(out / "text.parquet", world.classnames, emb,
+                          {**base, "split": "text", "logit_scale": 100.0},
+                          init_embeddings=emb)
+    return feats
+
+
+def write_prior_file(world: World, backbone: str, out: Path, seed: int) -> np.ndarray:
+    from lt_bench.prior import write_prior
+
+    rng = np.random.default_rng([seed, world.k, 11])
+    q = world.counts / world.counts.sum() * np.exp(0.3 * rng.standard_normal(world.k))
+    q /= q.sum()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_prior(out, q, {"temperature": 1.0, "split": "val", "dataset": world.dataset,
+                         "backbone": backbone, "num_classes": world.k,
+                         "method": "synthetic (benchmarks/scale.py)"})
+    return q
+
+
+def _unit(x):
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def feature_run(world, backbone, method, seed, feats, fdir: str, out: Path, q, prior: str,
+                train_sha: str, shas: dict):
+    """One head-job run: the method's predictor (linear, or k-NN), its logits, write_run."""
+    from lt_bench.methods._predictor import LinearPredictor, LinearTerm
+    from lt_bench.runs.folder import write_run
+
+    rng = np.random.default_rng(abs(hash((world.dataset, backbone, method, seed))) % 2**32)
+    out.mkdir(parents=True, exist_ok=True)
+    history = []
+    if method == "knn":
+        from lt_bench.methods.knn import KNNPredictor
+
+        pred = KNNPredictor(10, 0.07, f"{fdir}/train.parquet", train_sha, world.k)
+        logits = {s: pred.logits(feats[s]) for s in ("val", "test")}
+    else:
+        noise = 0.6 + 0.1 * (hash(method) % 5)
+        w = world.means + noise * rng.standard_normal(world.means.shape).astype(np.float32) \
+            / np.sqrt(D)
+        bias = None
+        if method in ("la", "bs", "la_posthoc", "gla", "gla_train", "lade", "tau_norm"):
+            bias = (-np.log(world.counts / world.counts.sum())).astype(np.float32) * 0.5
+        pred = LinearPredictor([LinearTerm(w, scale=LOGIT_SCALE)], bias)
+        wn = _unit(w)
+        logits = {s: (LOGIT_SCALE * _unit(feats[s]) @ wn.T
+                      + (0 if bias is None else bias)).astype(np.float32)
+                  for s in ("val", "test")}
+        if method not in ("zero_shot", "tau_norm", "la_posthoc", "gla"):
+            history = [{"epoch": e, "train_loss": 2.0 / (e + 1), "val_top1": 0.5, "lr": 0.01}
+                       for e in range(10)]
+    pred.save(out)
+    config = {"method": method, "consumes": "features", "hparams": {}, "seed": seed,
+              "dataset": world.dataset, "backbone": backbone, "features_dir": fdir,
+              **shas, "num_classes": world.k,
+              "prior": prior, "tune": True, "device": "cpu", "base_runs": {},
+              "fit_key": "synthetic"}
+    write_run(out, {s: (world.labels[s], logits[s]) for s in ("val", "test")},
+              train_counts=world.counts, config=config, info={"fit_seconds": 1.0},
+              history=history, pretrain_prior=q,
+              extra_metrics={"n_trainable_params": world.k * D, "inference_cost": 1.0})
+
+
+def finetuned_run(world, backbone, method, seed, out: Path, q, prior: str, split_sha: dict):
+    """A fine-tuned run as lt_bench/runs/finetune.py leaves it today: stored val/test
+    logits (K float32 per image), trainable.safetensors (AdaptFormer's adapters + head)."""
+    from safetensors.numpy import save_file
+
+    from lt_bench.io import write_json
+    from lt_bench.runs.folder import logits_path, write_logits, write_run
+
+    rng = np.random.default_rng(abs(hash((world.dataset, backbone, method, seed))) % 2**32)
+    out.mkdir(parents=True, exist_ok=True)
+    logits = {}
+    for s in ("val", "test"):
+        y = world.labels[s]
+        z = rng.standard_normal((len(y), world.k), np.float32)
+        z[np.arange(len(y)), y] += 2.5
+        logits[s] = (y, z)
+        write_logits(y, z, logits_path(out, s))
+    # AdaptFormer (bottleneck 64, 12 blocks) + the K x D head, float32
+    save_file({"adapters": np.zeros(12 * 2 * (D * 64 + 64), np.float32),
+               "head.weight": np.zeros((world.k, D), np.float32)},
+              str(out / "trainable.safetensors"))
+    write_json(out / "predictor.json", {"kind": "stored", "splits": ["val", "test"],
+                                        "trainable": "trainable.safetensors"})
+    config = {"method": method, "consumes": "images", "hparams": {}, "seed": seed,
+              "dataset": world.dataset, "backbone": backbone, "features_dir": None,
+              "split_sha256": split_sha, "num_classes": world.k, "prior": prior, "device": "cuda"}
+    write_run(out, logits, train_counts=world.counts, config=config,
+              info={"train_seconds": 3600.0, "loss": "la"},
+              history=[{"epoch": e, "train_loss": 1.0 / (e + 1)} for e in range(10)],
+              pretrain_prior=q, extra_metrics={"n_trainable_params": 1_200_000,
+                                               "inference_cost": 1.0})
+
+
+def synthesize(root: Path, fraction: float, datasets: list[str]) -> dict[str, float]:
+    """Every file of the paper suite's GPU stages under root/results; seconds per part."""
+    from lt_bench.features.store import read_meta
+    from lt_bench.io import sha256_file
+    from lt_bench.runs.cli import _check_combine, _combine
+
+    plan = paper_plan()
+    os.chdir(root)
+    t = {"features": 0.0, "feature runs": 0.0, "fine-tuned runs": 0.0, "ensembles": 0.0}
+    s = plan.suite
+    for d in datasets:
+        world = World(d, fraction)
+        for bi, b in enumerate(s.backbones):
+            t0 = time.time()
+            fdir = f"results/features/{d}/{b}"
+            feats = write_features(world, b, Path(fdir), bi)
+            prior = f"results/prior/{d}/{b}.parquet"
+            q = write_prior_file(world, b, Path(prior), bi)
+            train_sha = sha256_file(Path(fdir) / "train.parquet")
+            shas = {"feature_sha256": {sp: sha256_file(Path(fdir) / f"{sp}.parquet")
+                                       for sp in ("train", "val", "test")},
+                    "split_sha256": {sp: read_meta(Path(fdir) / f"{sp}.parquet")["split_sha256"]
+                                     for sp in ("train", "val", "test")}}
+            t["features"] += time.time() - t0
+            t0 = time.time()
+            jobs = [plan.head_runs(d, b, seed) for seed in s.seeds] + [plan.head_runs(d, b)]
+            for job in jobs:
+                for r in job:
+                    feature_run(world, b, r["method"], r["seed"], feats, fdir, Path(r["out"]),
+                                q, prior, train_sha, shas)
+            t["feature runs"] += time.time() - t0
+            t0 = time.time()
+            for (dd, bb, m, seed) in plan.per_backbone_runs(consumes="images"):
+                if (dd, bb) == (d, b):
+                    finetuned_run(world, b, m, seed, Path(plan_run_dir(dd, bb, m, seed)), q,
+                                  prior, shas["split_sha256"])
+            t["fine-tuned runs"] += time.time() - t0
+            del feats
+        t0 = time.time()
+        for seed in s.seeds:  # rule combine_runs, one job per (dataset, seed)
+            for r in plan.combine_runs(d, seed):
+                rule, hp = _check_combine(r["method"], r["members"], r["out"],
+                                          r.get("params") or {}, r["seed"])
+                _quiet(_combine, r["method"], r["members"], r["out"], rule, hp)
+        combined = set(plan.combined_methods())
+        for (dd, bb, m, seed) in plan.ensemble_runs():  # rule ensemble_of_runs
+            if dd == d and m not in combined:
+                members = plan.ensemble_members(dd, bb, m, seed)
+                rule, hp = _check_combine(m, members, None, plan.hparams(m, dd))
+                _quiet(_combine, m, members, plan_run_dir(dd, bb, m, seed), rule, hp)
+        t["ensembles"] += time.time() - t0
+    return t
+
+
+def paper_plan():
+    """lt_bench.plan.Plan of config.yaml's ``paper`` suite (what `--config suite=paper` plans)."""
+    import yaml
+
+    from lt_bench.plan import Plan
+
+    cfg = yaml.safe_load((REPO / "config.yaml").read_text())
+    cfg["suite"] = "paper"
+    return Plan(cfg)
+
+
+def plan_run_dir(d, b, m, seed) -> str:
+    from lt_bench.plan import run_dir
+
+    return run_dir(d, b, m, seed)
+
+
+def _quiet(fn, *args):
+    import contextlib
+    import io
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        fn(*args)
+
+
+# --- measurement -------------------------------------------------------------------------
+
+def tree_bytes(path: Path) -> int:
+    total = 0
+    for dirpath, _, files in os.walk(path):
+        for f in files:
+            try:
+                total += os.stat(os.path.join(dirpath, f)).st_size
+            except OSError:
+                pass
+    return total
+
+
+#: runs one command and prints its rusage peak RSS: Linux keeps a process's peak RSS across
+#: fork + exec, so a stage forked from this (large) process would report at least our own
+WRAPPER = ("import os, subprocess, sys; p = subprocess.Popen(sys.argv[2:]); "
+           "_, st, ru = os.wait4(p.pid, 0); open(sys.argv[1], 'w').write(str(ru.ru_maxrss)); "
+           "sys.exit(os.waitstatus_to_exitcode(st))")
+
+
+def measure(cmd: list[str], cwd: Path, log: Path, env=None) -> tuple[float, float, int]:
+    """(wall s, peak RSS of the stage's process in MiB, bytes written under results/)."""
+    before = tree_bytes(cwd / "results")
+    rss_file = log.with_suffix(".rss")
+    t0 = time.time()
+    with open(log, "w") as fh:
+        code = subprocess.call([sys.executable, "-c", WRAPPER, str(rss_file), *cmd], cwd=cwd,
+                               stdout=fh, stderr=subprocess.STDOUT, env=env)
+    wall = time.time() - t0
+    if code != 0:
+        raise SystemExit(f"stage failed (exit {code}): {' '.join(cmd)[:300]}; see {log}")
+    return wall, int(rss_file.read_text()) / 1024, tree_bytes(cwd / "results") - before
+
+
+def lt(*args: str) -> list[str]:
+    return [sys.executable, "-m", "lt_bench.cli", *args]
+
+
+def head_node_stages(plan, datasets: list[str]) -> list[tuple[str, str, list[str]]]:
+    """(stage, dataset or "all", command) in the workflow's order; the commands are the
+    rules' shell lines (workflow/rules/report.smk, analysis.smk, tracking.smk)."""
+    s = plan.suite
+    methods = list(s.methods)
+    fig_methods = ["zero_shot", "ce", "la", "backdoor"]  # report.smk FIGURE_METHODS
+    stages = []
+
+    def runs_of(d):
+        return [f for f in Path(f"results/runs/{d}/index.txt").read_text().split()]
+
+    all_runs = lambda: [f for d in datasets for f in runs_of(d)]  # noqa: E731
+    stages.append(("significance", "all", lambda: lt(
+        "significance", "--metrics", *all_runs(), "--n-boot", "2000",
+        "--out", "results/tables/significance.csv")))
+    stages.append(("tables", "all", lambda: lt(
+        "tables", "--metrics", *all_runs(), "--method-order", *methods,
+        "--significance", "results/tables/significance.csv", "--out-dir", "results/tables")))
+    stages.append(("findings", "all", lambda: lt(
+        "findings", "--tables-dir", "results/tables", "--data-dir", "resources/data")))
+    for d in datasets:
+        stages.append(("figures accuracy", d, lambda d=d: lt(
+            "figures", "accuracy", "--metrics", *runs_of(d), "--methods", *fig_methods,
+            "--out-dir", f"results/figures/{d}")))
+        stages.append(("figures dxp", d, lambda d=d: lt(
+            "figures", "dxp", "--metrics", *runs_of(d), "--dataset", d, "--methods", *methods,
+            "--out-dir", f"results/figures/{d}")))
+    # prior_table / figure_prior are planned for the toy world only (Plan.toy_prior_backbones);
+    # measured here on the paper's 9 priors anyway, as an extra
+    stages.append(("prior table (extra)", "all", lambda: lt(
+        "prior-table", "--priors", *sorted(str(p) for p in Path("results/prior").glob("*/*.parquet")),
+        "--out-dir", "results/tables_prior_extra")))
+    stages.append(("mlflow ingest", "all", lambda: lt(
+        "ingest", "--suite", "paper", "--metrics", *all_runs(), "--figures-root",
+        "results/figures", "--out", "results/mlflow/ingested.json")))
+    return stages
+
+
+def run_stages(root: Path, datasets: list[str], only: list[str] | None = None) -> list[dict]:
+    plan = paper_plan()
+    os.chdir(root)
+    (root / "logs").mkdir(exist_ok=True)
+    (root / "resources/data").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for d in datasets:  # rule runs_index: written in the Snakemake process itself
+        t0 = time.time()
+        runs = plan.dataset_runs(d)
+        missing = [f for f in runs if not Path(f).is_file()]
+        if missing:
+            raise SystemExit(f"{len(missing)} planned runs missing, e.g. {missing[:3]}")
+        Path(f"results/runs/{d}/index.txt").write_text("".join(f"{f}\n" for f in runs))
+        rows.append({"stage": "runs index", "dataset": d, "runs": len(runs),
+                     "wall": time.time() - t0, "rss": 0.0, "bytes": len("".join(runs))})
+    env = {**os.environ, "PYTHONPATH": str(REPO), "MLFLOW_TRACKING_URI": "",
+           "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    env.pop("MLFLOW_TRACKING_URI")
+    for stage, d, cmd in head_node_stages(plan, datasets):
+        if only and stage not in only:
+            continue
+        wall, rss, nbytes = measure(cmd(), root, root / "logs" / f"{stage.replace(' ', '_')}_{d}.log",
+                                    env)
+        rows.append({"stage": stage, "dataset": d, "wall": wall, "rss": rss, "bytes": nbytes})
+        print(f"  {stage:22s} {d:12s} {wall:8.1f} s {rss:8.0f} MiB {nbytes / 2**20:9.1f} MiB",
+              flush=True)
+    return rows
+
+
+def run_kind(run: Path) -> str:
+    spec = json.loads((run / "predictor.json").read_text())
+    kind = spec.get("kind")
+    return {"linear": "head (linear)", "knn": "head (k-NN)", "stored": "fine-tuned",
+            "ensemble": "ensemble"}.get(kind, kind)
+
+
+def disk_footprint(root: Path, fraction: float) -> dict[str, dict]:
+    """Bytes by part (measured at F, and at F = 1: N-sized files × 1/F)."""
+    out: dict[str, dict] = {}
+
+    def add(key, path: Path, scales: bool):
+        e = out.setdefault(key, {"files": 0, "bytes": 0, "full": 0.0, "runs": set()})
+        size = path.stat().st_size
+        e["files"] += 1
+        e["bytes"] += size
+        e["full"] += size * full_rows(path) if scales else size
+
+    def full_rows(path: Path) -> float:
+        """rows at the real shape / rows here (not 1/F: every class keeps >= 1 train image,
+        val/test >= K/10 rows at small F)."""
+        import pyarrow.parquet as pq
+
+        split = path.stem.removeprefix("logits_")
+        dataset = next(p for p in path.parts if p in SHAPES)
+        k, n_tr, n_va, n_te, _ = SHAPES[dataset]
+        full = {"train": n_tr, "val": n_va, "test": n_te}[split]
+        return full / max(pq.read_metadata(path).num_rows, 1)
+
+    res = root / "results"
+    for f in (res / "features").rglob("*.parquet"):
+        add(f"features ({f.parts[-3]})", f, f.name != "text.parquet")
+    for f in (res / "prior").rglob("*.parquet"):
+        add("priors", f, False)
+    for m in (res / "runs").glob("*/*/*/seed*/metrics.json"):
+        run = m.parent
+        key = f"runs: {run_kind(run)} ({run.parts[-4]})"
+        out.setdefault(key, {"files": 0, "bytes": 0, "full": 0.0, "runs": set()})["runs"].add(run)
+        for f in run.iterdir():
+            add(key, f, f.name.startswith("logits_"))
+    if (res / "mlflow").exists():
+        for f in (res / "mlflow").rglob("*"):
+            if f.is_file():
+                add("mlflow", f, False)
+    for e in out.values():
+        e["runs"] = len(e["runs"])
+    return out
+
+
+# --- the head job at one dataset's shape -------------------------------------------------
+
+def head_job(root: Path, dataset: str, fraction: float, epochs: int,
+             methods: list[str] | None) -> dict:
+    plan = paper_plan()
+    os.chdir(root)
+    b = plan.suite.backbones[0]
+    world = World(dataset, fraction)
+    fdir = Path(f"results/features/{dataset}/{b}")
+    t0 = time.time()
+    write_features(world, b, fdir, 0)
+    write_prior_file(world, b, Path(f"results/prior/{dataset}/{b}.parquet"), 0)
+    synth = time.time() - t0
+    runs = plan.head_runs(dataset, b, 0)
+    if methods:
+        keep = set(methods)
+        runs = [r for r in runs if r["method"] in keep]
+    for r in runs:
+        if "epochs" in _defaults(r["method"]):
+            r["params"] = {**r["params"], "epochs": epochs}
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    cmd = lt("train", "--features-dir", str(fdir), "--prior",
+             f"results/prior/{dataset}/{b}.parquet", "--runs", json.dumps(runs),
+             "--threads", "1")
+    (root / "logs").mkdir(exist_ok=True)
+    wall, rss, nbytes = measure(cmd, root, root / "logs" / "head_job.log", env)
+    n_train = len(world.labels["train"])
+    return {"fraction": fraction, "n_train": n_train, "k": world.k, "methods": len(runs),
+            "wall": wall, "rss": rss, "synth": synth,
+            "features_f32_mib": n_train * D * 4 / 2**20}
+
+
+def _defaults(method: str) -> dict:
+    from lt_bench.methods import METHODS
+
+    cls = METHODS.get(method)
+    return dict(getattr(cls, "defaults", {}) or {})
+
+
+# --- output ------------------------------------------------------------------------------
+
+def fit_line(fs: list[float], ys: list[float]) -> tuple[float, float]:
+    """a + b·F through the points (least squares); a single point: no extrapolation
+    (the figure as measured: a stage's fixed part would be multiplied by 1/F)."""
+    if len(fs) == 1:
+        return ys[0], 0.0
+    b, a = np.polyfit(np.asarray(fs), np.asarray(ys), 1)
+    return float(a), float(b)
+
+
+def mib(x: float) -> str:
+    return f"{x / 2**20:,.1f}"
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--fraction", type=float, nargs="+", default=[0.02],
+                    help="N of every split × F (K, D, run counts unchanged); two or more: "
+                         "each figure fitted as a + b·F and extrapolated to F = 1")
+    ap.add_argument("--root", default="/tmp/lt_bench_scale",
+                    help="scratch folder; one subfolder per fraction (deleted first)")
+    ap.add_argument("--datasets", nargs="+", default=list(SHAPES), choices=list(SHAPES))
+    ap.add_argument("--keep", action="store_true", help="keep the synthetic results folders")
+    ap.add_argument("--reuse", action="store_true",
+                    help="reuse the synthetic folders a --keep run left (skip synthesis; the "
+                         "stages' outputs are deleted first): before/after on the same files")
+    ap.add_argument("--stages", nargs="+", help="only these stages (e.g. significance): a "
+                    "before/after of one stage with --reuse")
+    ap.add_argument("--head-job", choices=list(SHAPES),
+                    help="measure one head job's memory at this dataset's shape instead")
+    ap.add_argument("--epochs", type=int, default=1, help="--head-job: epochs per trained head")
+    ap.add_argument("--methods", nargs="+", help="--head-job: only these head methods")
+    a = ap.parse_args(argv)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    load = os.getloadavg()[0]
+    print(f"benchmarks/scale.py  {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}  "
+          f"cpus {os.cpu_count()}  load {load:.1f}  fractions {a.fraction}")
+    if a.head_job:
+        rows = []
+        for f in a.fraction:
+            root = Path(a.root) / f"head_{a.head_job}_{f:g}"
+            shutil.rmtree(root, ignore_errors=True)
+            root.mkdir(parents=True)
+            r = head_job(root, a.head_job, f, a.epochs, a.methods)
+            rows.append(r)
+            print(f"  F={f:g}: N_train {r['n_train']:,} K {r['k']:,} {r['methods']} methods, "
+                  f"{a.epochs} epoch(s): wall {r['wall']:.0f} s, peak RSS {r['rss']:,.0f} MiB "
+                  f"(train features float32: {r['features_f32_mib']:,.0f} MiB; synthesis "
+                  f"{r['synth']:.0f} s)", flush=True)
+            if not a.keep:
+                shutil.rmtree(root, ignore_errors=True)
+        ca, cb = fit_line([r["fraction"] for r in rows], [r["rss"] for r in rows])
+        print(f"  peak RSS at F = 1 (linear fit a + b·F over the fractions): "
+              f"{ca + cb:,.0f} MiB  (a = {ca:,.0f} MiB fixed, b = {cb:,.0f} MiB per unit F)")
+        return
+    per_f = []
+    for f in a.fraction:
+        root = Path(a.root) / f"paper_{f:g}"
+        if a.reuse and (root / "results/runs").is_dir():
+            print(f"F = {f:g}: reusing {root}", flush=True)
+            for p in ("results/tables", "results/figures", "results/mlflow",
+                      "results/tables_prior_extra"):
+                shutil.rmtree(root / p, ignore_errors=True)
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+            root.mkdir(parents=True)
+            print(f"F = {f:g}: synthesizing under {root} ...", flush=True)
+            t0 = time.time()
+            synth = synthesize(root, f, a.datasets)
+            print(f"  synthesis {time.time() - t0:.0f} s: "
+                  + ", ".join(f"{k} {v:.0f} s" for k, v in synth.items()), flush=True)
+        t1 = time.time()
+        rows = run_stages(root, a.datasets, a.stages)
+        tail = time.time() - t1
+        disk = disk_footprint(root, f)
+        per_f.append((f, rows, tail, disk))
+        print(f"  head-node tail at F = {f:g}: {tail:.0f} s wall", flush=True)
+        if not (a.keep or a.reuse):
+            shutil.rmtree(root, ignore_errors=True)
+    fs = [p[0] for p in per_f]
+    print()
+    print("Per stage: wall s and peak RSS MiB at each F; 'F=1' = linear fit a + b·F at F = 1"
+          + (" (ONE fraction: not extrapolated, the F=1 columns repeat the measurement; "
+             "give two fractions to extrapolate)" if len(fs) == 1 else ""))
+    head = "| stage | dataset | " + " | ".join(f"wall F={f:g}" for f in fs) + " | wall F=1 | " \
+        + " | ".join(f"RSS F={f:g}" for f in fs) + " | RSS F=1 | written F=1 MiB |"
+    print(head)
+    print("|" + " --- |" * (head.count("|") - 1))
+    tot_wall, peak = 0.0, 0.0
+    for i, r0 in enumerate(per_f[0][1]):
+        walls = [p[1][i]["wall"] for p in per_f]
+        rsss = [p[1][i]["rss"] for p in per_f]
+        byts = [p[1][i]["bytes"] for p in per_f]
+        wa, wb = fit_line(fs, walls)
+        if len(fs) == 1:
+            rss1 = rsss[0]
+        else:
+            ra, rb = fit_line(fs, rsss)
+            rss1 = ra + rb
+        ba, bb = fit_line(fs, byts)
+        tot_wall += wa + wb
+        peak = max(peak, rss1)
+        print(f"| {r0['stage']} | {r0['dataset']} | " + " | ".join(f"{w:.1f}" for w in walls)
+              + f" | **{wa + wb:.0f}** | " + " | ".join(f"{x:,.0f}" for x in rsss)
+              + f" | **{rss1:,.0f}** | {(ba + bb) / 2**20:,.1f} |")
+    print("| **head-node tail** | all | " + " | ".join(f"{p[2]:.0f}" for p in per_f)
+          + f" | **{tot_wall:.0f}** | | **{peak:,.0f}** (largest stage) | |")
+    print()
+    print("Disk (results/, no images): measured at each F, and at F = 1 (N-sized files scaled "
+          "by their rows at the real shape / rows here)")
+    print("| part | runs | files | " + " | ".join(f"MiB F={f:g}" for f in fs) + " | MiB F=1 |")
+    print("| --- | --- | --- | " + " --- |" * len(fs) + " --- |")
+    keys = sorted(per_f[-1][3])
+    total = [0.0] * len(fs)
+    total_full = 0.0
+    for k in keys:
+        e = per_f[-1][3][k]
+        vals = [p[3].get(k, {"bytes": 0})["bytes"] for p in per_f]
+        total = [t + v for t, v in zip(total, vals, strict=True)]
+        total_full += e["full"]
+        print(f"| {k} | {e['runs'] or ''} | {e['files']} | " + " | ".join(mib(v) for v in vals)
+              + f" | {mib(e['full'])} |")
+    print("| **total** | | | " + " | ".join(mib(v) for v in total)
+          + f" | **{mib(total_full)}** |")
+
+
+if __name__ == "__main__":
+    main()
