@@ -155,6 +155,13 @@ CASES = {
                    "--backbone", "toyclip0", "--checkpoint", str(_malicious_checkpoint(w)),
                    "--out-dir", str(w["root"] / "ext"), "--device", "cpu"],
         "not a plain state dict"),
+    "k-NN bank that is not a split it may use": (
+        lambda w: _train(w, "--params", '{"bank": "test"}', method="knn", out="knnbank"),
+        "bank = 'test'; valid: train, val"),
+    "TTE row of a run that is not a fine-tuning": (
+        lambda w: ["train", "--method", "adaptformer_la_tte", "--members",
+                   str(w["runs"][("bb0", "la", 0)]), "--out", str(w["root"] / "bad" / "tte")],
+        "is a run of method 'la'; expected 'adaptformer_la'"),
 }
 
 
