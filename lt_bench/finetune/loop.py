@@ -84,10 +84,6 @@ class FinetuneDivergedError(UserError):
     """The training loss became NaN or infinite."""
 
 
-#: values of the ``tte`` knob
-TTE_MODES = (False, True, "both")
-
-
 @dataclass
 class FinetuneResult:
     #: split -> (labels int64 (N,), logits float32 (N, K)) of the view the run reports
@@ -199,6 +195,7 @@ def precision_record(amp: str, scaler) -> dict[str, Any]:
     return {"train_autocast": {"bf16": "bfloat16", "fp16": "float16"}.get(amp, "off"),
             "grad_scaler": scaler is not None, "head": "float32", "eval": "float32",
             "stored_features": "float16", "logits_from_stored": "float32"}
+
 
 def resolve_workers(num_workers, device) -> int:
     if num_workers != "auto":
