@@ -135,7 +135,7 @@ class FinetunedRun:
         if self.knn is not None:
             from lt_bench.methods.knn import knn_logits
 
-            bank, bank_labels = self.split_features("val")
+            bank_labels, bank = self.split_features("val")
             return labels, knn_logits(feats, bank, bank_labels, int(self.knn["k"]),
                                       float(self.knn["temperature"]), int(self.num_classes))
         return labels, cosine_head_logits(feats, self.weight, self.scale, self.view)
