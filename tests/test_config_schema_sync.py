@@ -56,6 +56,9 @@ DEMO_EXCLUDED = {
     "vpt_la": "fine-tuning ablation: suite paper_peft",
     "lora_la": "fine-tuning ablation: suite paper_peft",
     "adaptformer_ce": "fine-tuning CE control: suite paper_peft",
+    "adaptformer_la_tte": "five-crop views: 5 more passes over val and test per fine-tuning",
+    "knn_authors": "like-for-like row of the authors' k-NN probe: suite paper",
+    "knn_finetuned": "the authors' k-NN on fine-tuned features: suite paper",
 }
 
 

@@ -81,6 +81,49 @@ def test_tte_averages_the_crops_logits(toy_clip):
     assert np.allclose(logits, expected.numpy(), atol=1e-5)
 
 
+def test_amp_auto_is_lifts_fp16_with_a_grad_scaler():
+    # LIFT: prec "amp" = torch.cuda.amp.autocast() (float16) + GradScaler (trainer.py)
+    from lt_bench.finetune.loop import make_grad_scaler, precision_record, resolve_amp
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert resolve_amp("auto", cuda) == "fp16" and resolve_amp("auto", cpu) == "off"
+    assert resolve_amp("bf16", cuda) == "bf16" and resolve_amp("bf16", cpu) == "bf16"
+    with pytest.raises(FinetuneConfigError, match="'fp16' needs a CUDA device"):
+        resolve_amp("fp16", cpu)
+    assert isinstance(make_grad_scaler("fp16", cuda), torch.amp.GradScaler)
+    assert make_grad_scaler("bf16", cuda) is None and make_grad_scaler("off", cpu) is None
+    rec = precision_record("fp16", make_grad_scaler("fp16", cuda))
+    assert rec["train_autocast"] == "float16" and rec["grad_scaler"] is True
+    assert rec["head"] == rec["eval"] == "float32"
+    assert precision_record("bf16", None)["train_autocast"] == "bfloat16"
+
+
+def test_head_is_float32_under_cpu_bf16_autocast(toy_clip):
+    """Under bf16 autocast the features are bf16-computed, but the head's logits equal a
+    float32 recomputation from those features and the head; a head inside autocast would not."""
+    tr, _ = _trainer(copy.deepcopy(toy_clip), 4, k=50)
+    tr.amp = "bf16"
+    x = torch.randn(16, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        feats = tr.features(x)
+        z = tr.head_logits(feats)
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # an enclosing autocast too
+            z_nested = tr.forward(x)
+            z_inside = tr.head(feats)  # what LIFT's head computes under autocast
+    assert feats.dtype == z.dtype == z_nested.dtype == torch.float32
+    f, w = feats.numpy().astype(np.float64), tr.head.weight.detach().numpy().astype(np.float64)
+    ref = 25.0 * (f / np.linalg.norm(f, axis=1, keepdims=True)) @ (
+        w / np.linalg.norm(w, axis=1, keepdims=True)).T
+    np.testing.assert_allclose(z.numpy(), ref, rtol=0, atol=2e-5)
+    np.testing.assert_array_equal(z_nested.numpy(), z.numpy())
+    assert z_inside.dtype == torch.bfloat16 and np.abs(z_inside.float().numpy() - ref).max() > 1e-3
+    # eval runs the tower in float32 (LIFT's test() has no autocast)
+    labels, ev, view = tr.embed([(x, torch.zeros(16, dtype=torch.long))])
+    with torch.no_grad():
+        fp32 = tr.features(x, amp="off").numpy()
+    assert view == "centre" and np.array_equal(ev, fp32)
+
+
 def test_epoch_order_depends_on_seed_and_epoch_only(tmp_path):
     from PIL import Image
 
@@ -120,6 +163,9 @@ def test_bad_hyperparameters_are_refused():
         resolve_hparams({"amp": "fp8"})
     with pytest.raises(FinetuneConfigError, match="crop_scale must be"):
         resolve_hparams({"crop_scale": [0.6, 0.5]})
+    with pytest.raises(FinetuneConfigError, match="finetune.tte must be false, true or 'both'"):
+        resolve_hparams({"tte": "yes"})
+    assert resolve_hparams({"tte": "both"})["tte"] == "both"
     hp = resolve_hparams({})
     assert hp["micro_batch_size"] == hp["batch_size"] == 128
     assert json.loads(json.dumps(FINETUNE_DEFAULTS)) == FINETUNE_DEFAULTS  # JSON-able

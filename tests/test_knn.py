@@ -100,3 +100,74 @@ def test_neighbours_are_searched_once_per_query_set(tmp_path, monkeypatch):
         p = brute_force_knn(split.features, train.features, train.labels, 3, 0.07, 6)
         np.testing.assert_allclose(np.exp(z) - 1e-6, p, atol=1e-5)
     assert m["info"]["k"] == 3
+
+
+# --- the authors' variant (Pre-train-Imbalance trainer.py knn_test, evaluator.py knn_predict)
+
+def authors_knn_predict(feature, bank, bank_labels, classes, k, t):
+    """numpy transcription of their knn_predict: unit features, top-k cosine, Σ exp(sim/t)
+    one-hot votes (unnormalised)."""
+    f = feature / np.linalg.norm(feature, axis=1, keepdims=True)
+    b = bank / np.linalg.norm(bank, axis=1, keepdims=True)
+    sim = f @ b.T
+    idx = np.argsort(-sim, axis=1, kind="stable")[:, :k]
+    w = np.exp(np.take_along_axis(sim, idx, 1) / t)
+    scores = np.zeros((len(f), classes))
+    for i in range(len(f)):
+        for j, wj in zip(idx[i], w[i], strict=True):
+            scores[i, bank_labels[j]] += wj
+    return scores
+
+
+def test_authors_knn_on_a_hand_worked_bank():
+    # bank: (1,0) c0, (0,1) c1, (1,1)/√2 c1, (-1,0) c0; query (1,0); k = 3, T = 0.1.
+    # cosines 1, 0, 0.7071, -1 -> the 3 nearest are b0 (c0), b2 (c1), b1 (c1):
+    # c0 = e^10 = 22026.466, c1 = e^7.0711 + e^0 = 1177.405 + 1; share c0 = 0.9492174
+    bank = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [-1.0, 0.0]])
+    labels = np.array([0, 1, 1, 0])
+    sims, idx = knn_neighbours(np.array([[1.0, 0.0]]), bank, 3)
+    assert idx[0].tolist() == [0, 2, 1]
+    np.testing.assert_allclose(sims[0], [1.0, 0.70710678, 0.0], atol=1e-6)
+    z = knn_vote_logits(sims, labels[idx], 3, 0.1, 2)
+    np.testing.assert_allclose(np.exp(z[0]) - 1e-6, [0.9492174, 0.0507826], atol=1e-6)
+    # leave-one-out when the queries are the bank: b0's own row is skipped, so its three
+    # nearest are b2 (0.7071, c1), b1 (0, c1), b3 (-1, c0): c1 = e^7.0711 + 1, c0 = e^-10
+    from lt_bench.methods.knn import knn_logits
+
+    z_bank = knn_logits(bank, bank, labels, 3, 0.1, 2)
+    c1, c0 = np.exp(7.0710678) + 1.0, np.exp(-10.0)
+    np.testing.assert_allclose(np.exp(z_bank[0]) - 1e-6, [c0 / (c0 + c1), c1 / (c0 + c1)],
+                               atol=1e-6)
+
+
+def test_knn_authors_run_is_their_probe_on_the_val_bank(tmp_path):
+    fd = make_features_dir(tmp_path / "f")
+    val, test = (read_features(fd / f"{s}.parquet") for s in ("val", "test"))
+    out = tmp_path / "knn_authors"
+    m = train_run("knn_authors", fd, out, 0, hparams={"k": 20})  # the bank has < 200 rows
+    assert m["info"]["k"] == 20 and m["info"]["tuned"] is False and m["info"]["bank"] == "val"
+    spec = read_json(out / "predictor.json")
+    assert spec["bank"] == "val" and spec["train_features"] == str(fd / "val.parquet")
+    assert main(["logits", str(out), "--out", str(tmp_path / "l.parquet")]) == 0
+    labels, z = read_logits(tmp_path / "l.parquet")
+    theirs = authors_knn_predict(test.features, val.features, val.labels, 6, 20, 0.1)
+    np.testing.assert_array_equal(labels, test.labels)
+    np.testing.assert_allclose(np.exp(z) - 1e-6, theirs / theirs.sum(1, keepdims=True),
+                               atol=1e-5)
+    assert m["top1"] == pytest.approx((theirs.argmax(1) == test.labels).mean())
+    # val answers itself leave-one-out: no val image is its own neighbour
+    _, zv = run_logits(out, "val")
+    loo = np.stack([authors_knn_predict(val.features[i:i + 1], np.delete(val.features, i, 0),
+                                        np.delete(val.labels, i), 6, 20, 0.1)[0]
+                    for i in range(len(val.labels))])
+    np.testing.assert_allclose(np.exp(zv) - 1e-6, loo / loo.sum(1, keepdims=True), atol=1e-5)
+    assert m["val_top1"] < 1.0
+
+
+def test_knn_defaults_are_ours_and_the_authors():
+    from lt_bench.methods import METHODS
+
+    assert METHODS.get("knn").defaults | {} == {
+        "k": 10, "k_grid": [1, 3, 5, 10, 20, 50, 100], "temperature": 0.07, "bank": "train"}
+    a = METHODS.get("knn_authors").defaults
+    assert (a["k"], a["temperature"], a["bank"]) == (200, 0.1, "val")

@@ -340,6 +340,13 @@ CASES = {
     "32-bit float image in a split list": (  # _float_image: below, with the 16-bit test
         lambda w: _float_image(w),
         "32-bit float image (mode F); expected 8- or 16-bit integer pixels"),
+    "k-NN bank that is not a split it may use": (
+        lambda w: _train(w, "--params", '{"bank": "test"}', method="knn", out="knnbank"),
+        "bank = 'test'; valid: train, val"),
+    "TTE row of a run that is not a fine-tuning": (
+        lambda w: ["train", "--method", "adaptformer_la_tte", "--members",
+                   str(w["runs"][("bb0", "la", 0)]), "--out", str(w["root"] / "bad" / "tte")],
+        "is a run of method 'la'; expected 'adaptformer_la'"),
 }
 
 

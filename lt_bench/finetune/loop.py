@@ -13,7 +13,20 @@ Differences from LIFT, each on purpose
       the micro-batch size.
     * The shuffle and every random crop are functions of ``(seed, epoch)``
       (:mod:`lt_bench.finetune.images`), so a resumed run repeats the uninterrupted one.
-    * The loss runs on float32 logits under AMP.
+    * The cosine head runs in float32 outside autocast, in training and evaluation alike
+      (LIFT runs it inside ``autocast()`` while training, so its logits there are fp16);
+      evaluation runs the whole model in float32, as LIFT's ``test()`` does (no autocast).
+
+Precision (``amp``): ``auto`` is LIFT's ``prec: "amp"`` on CUDA — ``torch.cuda.amp.autocast()``
+(float16) with a ``GradScaler`` (``trainer.py``: ``self.scaler = GradScaler() if cfg.prec ==
+"amp"``) — and float32 on CPU; ``bf16`` and ``off`` are opt-ins. What a run used is recorded
+in its config.json (``precision``).
+
+What the loop returns for each eval split is the pre-head feature (float32, D a row) and,
+with test-time ensembling, the mean over the five crops of the **unit-normalised** feature:
+the cosine head is linear in the unit feature, so ``scale · m · ŵᵀ`` is exactly the mean of
+the crops' logits (LIFT's ``test()``: ``output.view(bsz, ncrops, -1).mean(1)``). The run
+layer stores these and the head, and computes every logit from them.
 
 ``loss_fn(logits, labels, epoch)`` gets the raw head logits (float32), the labels and the
 0-based epoch, and returns the mean loss of the micro-batch.
@@ -47,10 +60,13 @@ FINETUNE_DEFAULTS: dict[str, Any] = {
     "batch_size": 128,       # effective batch of one optimiser step
     "micro_batch_size": None,  # None = batch_size; must divide batch_size
     "scale": 25.0,           # cosine head scale (LIFT utils/config.py)
-    "amp": "auto",           # auto (bf16 if supported else fp16 on CUDA, off on CPU) | bf16 | fp16 | off
+    "amp": "auto",           # auto (fp16 + GradScaler on CUDA as LIFT, off on CPU) | bf16 | fp16 | off
     "num_workers": "auto",   # image-loader workers; auto = this job's CPU share on CUDA, 0 on CPU
     "crop_scale": [0.08, 1.0],  # RandomResizedCrop area range (torchvision's, as LIFT)
-    "tte": False,            # five-crop test-time ensembling of the final val/test logits
+    # five-crop test-time ensembling of the final val/test logits: false (centre view),
+    # true (five crops), both (both views stored from one fine-tuning; the run reports the
+    # centre view, a `*_tte` run the five crops)
+    "tte": False,
     "test_transform": "lift",  # lift: Resize(size*8//7)+CenterCrop; open_clip: Resize(size)+CenterCrop
     "eval_batch_size": 256,
     "val_every_epoch": True,   # val top-1 in the history after every epoch
@@ -70,9 +86,13 @@ class FinetuneDivergedError(UserError):
 
 @dataclass
 class FinetuneResult:
-    #: split -> (labels int64 (N,), logits float32 (N, K)), for every split of eval_items
+    #: split -> (labels int64 (N,), logits float32 (N, K)) of the view the run reports
+    #: (``tte`` true: the five crops), computed by the float32 head from ``features``
     logits: dict[str, tuple[Any, Any]]
     info: dict[str, Any]
+    #: split -> view -> float32 (N, D): "centre" the pre-head feature of the test
+    #: transform, "tte" the mean of the five crops' unit-normalised pre-head features
+    features: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: one record per epoch: epoch (1-based), train_loss, val_top1 (None without val), lr, seconds
     history: list[dict] = field(default_factory=list)
     #: trained parameters by name ("visual.<...>" PEFT, "head.weight"), float32 arrays
@@ -130,23 +150,51 @@ def resolve_hparams(hparams: dict[str, Any]) -> dict[str, Any]:
         raise FinetuneConfigError(f"finetune.crop_scale must be [min, max] with "
                                   f"0 < min <= max <= 1, got {cs!r}")
     hp["crop_scale"] = [float(cs[0]), float(cs[1])]
-    for key in ("tte", "val_every_epoch"):
-        if not isinstance(hp[key], bool):
-            raise FinetuneConfigError(f"finetune.{key} must be true or false, got {hp[key]!r}")
+    if not isinstance(hp["val_every_epoch"], bool):
+        raise FinetuneConfigError(f"finetune.val_every_epoch must be true or false, got "
+                                  f"{hp['val_every_epoch']!r}")
+    if not (isinstance(hp["tte"], bool) or hp["tte"] == "both"):
+        raise FinetuneConfigError(f"finetune.tte must be false, true or 'both', got {hp['tte']!r}")
     return hp
 
 
-def resolve_amp(amp: str, device) -> str:
-    """``bf16`` / ``fp16`` / ``off`` for this device (``auto``: bf16 where CUDA supports it)."""
-    import torch
+def tte_views(tte) -> tuple[str, ...]:
+    """The eval views a fine-tuning computes for ``tte``: centre, tte, or both."""
+    if tte == "both":
+        return ("centre", "tte")
+    return ("tte",) if tte is True else ("centre",)
 
+
+def reported_view(tte) -> str:
+    """The view a fine-tuned run's own metrics are from (``both``: the centre view)."""
+    return "tte" if tte is True else "centre"
+
+
+def resolve_amp(amp: str, device) -> str:
+    """``bf16`` / ``fp16`` / ``off`` for this device. ``auto`` is LIFT's choice: fp16 (with a
+    GradScaler) on CUDA, as ``prec: "amp"`` in LIFT's configs and ``trainer.py``; off on CPU."""
     if device.type != "cuda":
         if amp == "fp16":
             raise FinetuneConfigError("finetune.amp 'fp16' needs a CUDA device; use bf16 or off on CPU")
         return "bf16" if amp == "bf16" else "off"
     if amp == "auto":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return "fp16"
     return amp
+
+
+def make_grad_scaler(amp: str, device):
+    """A ``GradScaler`` for fp16 (LIFT: ``GradScaler() if cfg.prec == "amp"``), else None:
+    bf16 has float32's exponent range, so its gradients do not underflow."""
+    import torch
+
+    return torch.amp.GradScaler(device.type) if amp == "fp16" else None
+
+
+def precision_record(amp: str, scaler) -> dict[str, Any]:
+    """What a run's config.json records of its arithmetic (``precision``)."""
+    return {"train_autocast": {"bf16": "bfloat16", "fp16": "float16"}.get(amp, "off"),
+            "grad_scaler": scaler is not None, "head": "float32", "eval": "float32",
+            "stored_features": "float16", "logits_from_stored": "float32"}
 
 
 def resolve_workers(num_workers, device) -> int:
@@ -182,11 +230,22 @@ class Trainer:
     batch_size: int
     micro_batch_size: int
 
-    def forward(self, images):
+    def features(self, images, amp: str | None = None):
+        """Pre-head features (float32) under ``amp`` (default: the training autocast)."""
         from lt_bench.finetune.peft import pre_projection_features
 
-        with autocast(self.amp, self.device):
-            return self.head(pre_projection_features(self.visual, images)).float()
+        with autocast(self.amp if amp is None else amp, self.device):
+            return pre_projection_features(self.visual, images).float()
+
+    def head_logits(self, features):
+        """The cosine head in float32, with any enclosing autocast switched off."""
+        import torch
+
+        with torch.autocast(self.device.type, enabled=False):
+            return self.head(features.float())
+
+    def forward(self, images):
+        return self.head_logits(self.features(images))
 
     def train_epoch(self, batches: Iterable, n_images: int, epoch: int, progress=None) -> float:
         """One pass over ``batches`` (micro-batches in order); returns the mean loss.
@@ -225,24 +284,50 @@ class Trainer:
                 f"(now {self.optimizer.param_groups[0]['initial_lr']}) or use amp off/bf16")
         return mean
 
-    def predict(self, loader) -> tuple[Any, Any]:
-        """Labels and logits over ``loader``; a 5-D batch (B, crops, C, H, W) averages crops."""
+    def embed(self, loader) -> tuple[Any, Any, str]:
+        """Labels, float32 features and their view ("centre" / "tte") over ``loader``, the model in float32 (LIFT's
+        ``test()`` runs without autocast). A 5-D batch (B, crops, C, H, W) gives the mean of
+        the crops' unit-normalised features: the cosine head's logits of that mean are the
+        mean of the crops' logits (LIFT ``test()``)."""
         import numpy as np
         import torch
+        import torch.nn.functional as F
 
-        labels, logits = [], []
+        labels, feats, view = [], [], "centre"
         with torch.no_grad():
             for x, y in loader:
                 x = x.to(self.device, non_blocking=True)
-                if x.dim() == 5:  # test-time ensembling: average the crops' logits (LIFT test())
+                if x.dim() == 5:
+                    view = "tte"
                     b, c = x.shape[:2]
-                    z = self.forward(x.flatten(0, 1)).view(b, c, -1).mean(1)
+                    f = F.normalize(self.features(x.flatten(0, 1), amp="off"), dim=-1)
+                    f = f.view(b, c, -1).mean(1)
                 else:
-                    z = self.forward(x)
-                logits.append(z.cpu())
+                    f = self.features(x, amp="off")
+                feats.append(f.cpu())
                 labels.append(y)
         return (torch.cat(labels).numpy().astype(np.int64),
-                torch.cat(logits).numpy().astype(np.float32))
+                torch.cat(feats).numpy().astype(np.float32), view)
+
+    def logits_of(self, features, view: str):
+        """float32 head logits of ``embed``'s features: the centre view is normalised by the
+        head; the crop view is already a mean of unit features (``scale · m · ŵᵀ``)."""
+        import torch
+        import torch.nn.functional as F
+
+        f = torch.as_tensor(features, dtype=torch.float32, device=self.device)
+        with torch.no_grad(), torch.autocast(self.device.type, enabled=False):
+            if view == "tte":
+                w = F.normalize(self.head.weight.float(), dim=-1)
+                z = F.linear(f, w) * self.head.scale
+            else:
+                z = self.head_logits(f)
+        return z.cpu().numpy().astype("float32")
+
+    def predict(self, loader) -> tuple[Any, Any]:
+        """Labels and float32 logits over ``loader`` (5-D batches: the crops' mean logits)."""
+        labels, feats, view = self.embed(loader)
+        return labels, self.logits_of(feats, view)
 
 
 def _train_transform(size: int, mean, std, crop_scale):
@@ -328,7 +413,7 @@ def finetune(*, model, train_items: list[tuple[str, int]],
                                 lr=hp["lr"], momentum=hp["momentum"],
                                 weight_decay=hp["weight_decay"])
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, hp["epochs"])
-    scaler = torch.amp.GradScaler("cuda") if amp == "fp16" else None
+    scaler = make_grad_scaler(amp, dev)
     trainer = Trainer(visual, head, optimizer, scheduler, scaler, loss_fn, amp, dev,
                       hp["batch_size"], hp["micro_batch_size"])
     named = {f"visual.{n}": p for n, p in visual.named_parameters() if p.requires_grad}
@@ -384,8 +469,8 @@ def finetune(*, model, train_items: list[tuple[str, int]],
         train_s = time.perf_counter() - t0
         val_top1 = None
         if val_loader is not None:
-            last_val = trainer.predict(val_loader)
-            val_top1 = _top1(*last_val)
+            last_val = trainer.embed(val_loader)
+            val_top1 = _top1(last_val[0], trainer.logits_of(last_val[1], "centre"))
         scheduler.step()  # per epoch, as LIFT's trainer.py
         record = {"epoch": epoch + 1, "train_loss": loss, "val_top1": val_top1, "lr": lr,
                   "seconds": time.perf_counter() - t0, "train_seconds": train_s,
@@ -402,12 +487,19 @@ def finetune(*, model, train_items: list[tuple[str, int]],
                  "(%.0f img/s)", epoch + 1, hp["epochs"], loss, val_text, lr, record["seconds"],
                  len(train_ds) / max(train_s, 1e-9))
 
+    features: dict[str, dict[str, Any]] = {}
     logits = {}
+    view = reported_view(hp["tte"])
     for split in eval_items:
-        if split == "val" and last_val is not None and not hp["tte"]:
-            logits[split] = last_val  # the last epoch's val pass is the final one
-        else:
-            logits[split] = trainer.predict(eval_loader(split, hp["tte"]))
+        features[split] = {}
+        for v in tte_views(hp["tte"]):
+            if split == "val" and v == "centre" and last_val is not None:
+                labels, feats = last_val[0], last_val[1]  # the last epoch's val pass is final
+            else:
+                labels, feats, _ = trainer.embed(eval_loader(split, v == "tte"))
+            features[split][v] = feats
+            if v == view:
+                logits[split] = (labels, trainer.logits_of(feats, v))
     train_seconds = sum(h["train_seconds"] for h in history)
     n_peft = sum(p.numel() for p in peft_params)
     info = {
@@ -419,7 +511,9 @@ def finetune(*, model, train_items: list[tuple[str, int]],
         "micro_batch_size": hp["micro_batch_size"],
         "accumulation_steps": hp["batch_size"] // hp["micro_batch_size"],
         "epochs": hp["epochs"], "epochs_resumed_from": start, "tte": hp["tte"],
+        "view": view, "precision": precision_record(amp, scaler), "scale": hp["scale"],
         "torch": torch.__version__,
     }
     trainable = {n: p.detach().float().cpu().numpy() for n, p in named.items()}
-    return FinetuneResult(logits=logits, info=info, history=history, trainable=trainable)
+    return FinetuneResult(logits=logits, info=info, history=history, trainable=trainable,
+                          features=features)

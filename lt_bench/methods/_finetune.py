@@ -48,3 +48,27 @@ class FinetuneMethod(Method):
     def loss_method(self):
         """The head method whose loss this run trains with (its own knobs: loss_params)."""
         return METHODS.get(self.hparams["loss"])(**self.hparams["loss_params"])
+
+
+class FinetunedViewMethod(Method):
+    """A run made from one finished fine-tuning's stored features and head, no training:
+    another view of it (the five-crop TTE row) or a k-NN probe of its features.
+
+    It consumes runs with one member: the ``members`` method's run of the same backbone and
+    seed (planned like the same-backbone control, ``vary = "seed"`` with ``seed_offsets
+    [0]``), so the TTE-off and TTE-on rows come from one fine-tuning.
+    """
+
+    consumes: ClassVar[str] = "runs"
+    vary: ClassVar[str] = "seed"
+    #: the run layer builds it from its member's stored files (not an ensemble rule)
+    derived: ClassVar[bool] = True
+
+    def validate(self) -> None:
+        members = self.hparams["members"]
+        if not isinstance(members, str) or not members:
+            raise InputValidationError(f"method {self.name!r}: members must be a method name "
+                                       f"(e.g. 'adaptformer_la'), got {members!r}")
+        if list(self.hparams["seed_offsets"]) != [0]:
+            raise InputValidationError(f"method {self.name!r}: seed_offsets must be [0] (one "
+                                       "member: the fine-tuning of the same seed)")

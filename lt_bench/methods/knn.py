@@ -1,11 +1,24 @@
-"""k-NN probe of the frozen features (the paper's Table 4): cosine k-NN on the train split.
+"""k-NN probe of the frozen features (the paper's Table 4): cosine k-NN on a feature bank.
 
-Each query's k most cosine-similar train images vote for their labels with weights
+Each query's k most cosine-similar bank images vote for their labels with weights
 ``exp(sim / temperature)`` (DINO's weighted k-NN); the class scores are the vote shares
 ``p_c`` and the logits ``log(p_c + 1e-6)`` (so softmax ≈ the vote shares for the ECE).
-``k`` is chosen on val from ``k_grid`` (``k`` where val overlaps train: there every val
-image would find itself). The run saves k, the temperature and the train features' path
-and sha256, so ``lt-bench logits`` rebuilds the logits without refitting.
+
+Two variants (``bank``):
+
+* ``knn`` (ours, ``bank: train``): the long-tailed train split is the bank; ``k`` is chosen
+  on val from ``k_grid`` (``k`` where val overlaps train: there every val image would find
+  itself); temperature 0.07.
+* ``knn_authors`` (``bank: val``): the authors' probe, ``knn_test`` in
+  JiahaoChen1/Pre-train-Imbalance ``trainer.py`` with ``knn_predict`` of
+  ``models/utils/evaluator.py``: the class-balanced **val** split is the bank, k = 200,
+  T = 0.1, nothing tuned (val is the bank). Their scores are the unnormalised sums
+  ``Σ exp(sim/T)``; ours are their shares, so the arg-max (top-1 and every accuracy) is
+  theirs. The val split's own logits (``val_top1``) leave each val image out of its own
+  neighbours (leave-one-out); the test split is theirs exactly.
+
+The run saves k, the temperature and the bank's path and sha256, so ``lt-bench logits``
+rebuilds the logits without refitting.
 """
 
 from __future__ import annotations
@@ -35,18 +48,23 @@ def _unit(x: np.ndarray):
 
 
 def knn_neighbours(queries: np.ndarray, train: np.ndarray, k: int,
-                   max_elements: int = 1 << 25) -> tuple[np.ndarray, np.ndarray]:
+                   max_elements: int = 1 << 25,
+                   exclude_self: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """(similarities, indices) of the ``k`` most cosine-similar train rows per query,
-    most similar first; computed in chunks of queries to bound memory."""
+    most similar first; computed in chunks of queries to bound memory. ``exclude_self``:
+    the queries are the bank itself, row i never counts as query i's neighbour."""
     import torch
 
     tr = _unit(train)
-    k = min(k, tr.shape[0])
+    k = min(k, tr.shape[0] - (1 if exclude_self else 0))
     chunk = max(1, max_elements // max(tr.shape[0], 1))
     sims, idx = [], []
     q_all = _unit(queries)
     for lo in range(0, q_all.shape[0], chunk):
         s = q_all[lo:lo + chunk] @ tr.T
+        if exclude_self:
+            rows = torch.arange(s.shape[0])
+            s[rows, rows + lo] = -float("inf")
         v, i = torch.topk(s, k, dim=1)  # sorted, descending
         sims.append(v.numpy())
         idx.append(i.numpy())
@@ -66,16 +84,25 @@ def knn_vote_logits(sims: np.ndarray, neighbour_labels: np.ndarray, k: int,
     return np.log(votes + EPS).astype(np.float32)
 
 
+def _digest(x: np.ndarray) -> bytes:
+    return hashlib.blake2b(np.ascontiguousarray(x).data, digest_size=16).digest()
+
+
 class KNNPredictor:
-    """Rebuilds k-NN logits from the train features file (checked against its sha256)."""
+    """Rebuilds k-NN logits from the bank's features file (checked against its sha256).
+
+    ``train_features`` is the bank's file (the train split, or val for ``bank: val``; the
+    name is kept for the run folders written before the variant). Queries identical to the
+    bank (its own val split) are answered leave-one-out."""
 
     kind = "knn"
 
     def __init__(self, k: int, temperature: float, train_features: str, train_sha256: str,
-                 num_classes: int):
+                 num_classes: int, bank: str = "train"):
         self.k, self.temperature = int(k), float(temperature)
         self.train_features, self.train_sha256 = str(train_features), train_sha256
         self.num_classes = int(num_classes)
+        self.bank = bank
         self._train = None
 
     def _load(self):
@@ -97,43 +124,73 @@ class KNNPredictor:
 
     def logits(self, features: np.ndarray) -> np.ndarray:
         feats, labels = self._load()
-        key = (self.train_sha256, self.k, features.shape,
-               hashlib.blake2b(np.ascontiguousarray(features).data, digest_size=16).digest())
-        if key not in _NEIGHBOURS:
-            # every seed's k-NN run asks for the same neighbours (k-NN has no randomness):
-            # the report rebuilds them once, not once per seed
-            _NEIGHBOURS.clear()
-            _NEIGHBOURS[key] = knn_neighbours(features, feats, self.k)
-        sims, idx = _NEIGHBOURS[key]
-        return knn_vote_logits(sims, labels[idx], self.k, self.temperature, self.num_classes)
+        return knn_logits(features, feats, labels, self.k, self.temperature,
+                          self.num_classes, bank_key=self.train_sha256)
 
     def save(self, run_dir: Path) -> None:
         write_json(Path(run_dir) / "predictor.json", {
             "kind": "knn", "k": self.k, "temperature": self.temperature,
             "train_features": self.train_features, "train_sha256": self.train_sha256,
-            "num_classes": self.num_classes})
+            "num_classes": self.num_classes, "bank": self.bank})
+
+
+def knn_logits(queries: np.ndarray, bank: np.ndarray, bank_labels: np.ndarray, k: int,
+               temperature: float, num_classes: int, bank_key=None) -> np.ndarray:
+    """k-NN logits of ``queries`` on ``bank``; queries identical to the bank (the same rows,
+    bit for bit) are answered leave-one-out. ``bank_key`` (e.g. the bank file's sha256)
+    names the bank in the cache of the last neighbour search."""
+    same = queries.shape == bank.shape and _digest(queries) == _digest(bank)
+    key = (bank_key if bank_key is not None else _digest(bank), k, same, queries.shape,
+           _digest(queries))
+    if key not in _NEIGHBOURS:
+        # every seed's k-NN run asks for the same neighbours (k-NN has no randomness):
+        # the report rebuilds them once, not once per seed
+        _NEIGHBOURS.clear()
+        _NEIGHBOURS[key] = knn_neighbours(queries, bank, k, exclude_self=same)
+    sims, idx = _NEIGHBOURS[key]
+    return knn_vote_logits(sims, bank_labels[idx], k, temperature, num_classes)
 
 
 def _load_knn(run_dir: Path, spec: dict) -> KNNPredictor:
     return KNNPredictor(spec["k"], spec["temperature"], spec["train_features"],
-                        spec["train_sha256"], spec["num_classes"])
+                        spec["train_sha256"], spec["num_classes"], spec.get("bank", "train"))
 
 
 PREDICTOR_LOADERS["knn"] = _load_knn
+
+
+BANKS = ("train", "val")
 
 
 @METHODS.register("knn")
 class KNN(Method):
     name = "knn"
     defaults: ClassVar[dict[str, Any]] = {"k": 10, "k_grid": [1, 3, 5, 10, 20, 50, 100],
-                                          "temperature": 0.07}
+                                          "temperature": 0.07, "bank": "train"}
     description = "cosine k-NN on the frozen train features, k tuned on val"
+
+    def validate(self) -> None:
+        from lt_bench.errors import InputValidationError
+
+        hp = self.hparams
+        if hp["bank"] not in BANKS:
+            raise InputValidationError(f"method {self.name!r}: bank = {hp['bank']!r}; "
+                                       f"valid: {', '.join(BANKS)}")
+        k, t = hp["k"], hp["temperature"]
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise InputValidationError(f"method {self.name!r}: k = {k!r}; expected an "
+                                       "integer >= 1")
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not t > 0:
+            raise InputValidationError(f"method {self.name!r}: temperature = {t!r}; "
+                                       "expected a number > 0")
 
     def fit(self, ctx: FitContext) -> FitResult:
         hp = self.hparams
         if ctx.features_dir is None:
             raise ValueError("knn needs the features folder (FitContext.features_dir) to "
-                             "record which train features its logits are rebuilt from")
+                             "record which bank features its logits are rebuilt from")
+        if hp["bank"] == "val":
+            return self._fit_val_bank(ctx)
         path = Path(ctx.features_dir) / "train.parquet"
         n = len(ctx.train)
         grid = sorted({min(int(g), n) for g in hp["k_grid"]})
@@ -153,3 +210,24 @@ class KNN(Method):
                             ctx.num_classes)
         pred._train = (ctx.train.features, ctx.train.labels)  # already in memory
         return FitResult(pred, info={**info, "temperature": hp["temperature"]})
+
+    def _fit_val_bank(self, ctx: FitContext) -> FitResult:
+        """The authors' probe: the val split is the bank, k and T as given (nothing is
+        tuned: val answers itself leave-one-out)."""
+        hp = self.hparams
+        path = Path(ctx.features_dir) / "val.parquet"
+        pred = KNNPredictor(int(hp["k"]), hp["temperature"], str(path), sha256_file(path),
+                            ctx.num_classes, bank="val")
+        pred._train = (ctx.val.features, ctx.val.labels)  # already in memory
+        return FitResult(pred, info={"k": pred.k, "tuned": False, "bank": "val",
+                                     "temperature": hp["temperature"]})
+
+
+@METHODS.register("knn_authors")
+class KNNAuthors(KNN):
+    """The authors' k-NN probe (Pre-train-Imbalance ``trainer.py: knn_test``)."""
+
+    name = "knn_authors"
+    defaults: ClassVar[dict[str, Any]] = {"k": 200, "k_grid": [200], "temperature": 0.1,
+                                          "bank": "val"}
+    description = "the authors' k-NN probe: class-balanced val bank, k = 200, T = 0.1"

@@ -28,6 +28,8 @@ DISPLAY_NAMES = {
     "gla": "GLA",
     "gla_train": "GLA (trained)",
     "knn": "k-NN",
+    "knn_authors": "k-NN (authors': val bank, k 200)",
+    "knn_finetuned": "k-NN on AdaptFormer-LA features (authors')",
     "backdoor": "backdoor",
     "backdoor_ce": "backdoor (CE members)",
     "backdoor_prob_mean": "backdoor (prob. mean)",
@@ -35,6 +37,7 @@ DISPLAY_NAMES = {
     "backdoor_same_backbone": "backdoor (one backbone, M seeds)",
     "backdoor_finetuned": "backdoor (AdaptFormer-LA members)",
     "adaptformer_la": "AdaptFormer + LA",
+    "adaptformer_la_tte": "AdaptFormer + LA, TTE (five crops)",
 }
 TEX_NAMES = {"tau_norm": r"$\tau$-norm"}
 

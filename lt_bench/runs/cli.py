@@ -50,6 +50,16 @@ def cmd_train(args):
         check_run_outs([args.out])
     cls = METHODS.get(args.method)
     params = dict(args.params or {})
+    if getattr(cls, "derived", False):  # a view or k-NN of one fine-tuned run
+        if not args.members or len(args.members) != 1:
+            raise InputValidationError(f"method {args.method!r} is made from one fine-tuned "
+                                       "run: give it with --members RUN_DIR")
+        from lt_bench.runs.finetune import finetuned_view_run
+
+        m = finetuned_view_run(args.method, Path(args.members[0]), Path(args.out), params)
+        print(json.dumps({"method": args.method,
+                          **{k: m[k] for k in ("top1", "many", "medium", "few")}}))
+        return
     if cls.consumes == "runs":
         # the ensemble's seed comes from its members, so --seed is not read here
         _combine(args.method, args.members, args.out,

@@ -22,11 +22,12 @@ import numpy as np
 from lt_bench.errors import InputValidationError
 from lt_bench.io import sha256_file, write_json
 from lt_bench.runs.folder import (
-    logits_path,
+    EVAL_SPLITS,
+    run_features_path,
     train_counts_of,
     unfinish,
-    write_logits,
     write_run,
+    write_run_features,
 )
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,47 @@ def _items(split_dir: Path, split: str, k: int) -> list[tuple[str, int]]:
 
     paths, labels = read_split(Path(split_dir) / f"{split}.txt", k)
     return list(zip(paths, labels, strict=True))
+
+
+def write_finetuned_run(out_dir: Path, *, labels: dict[str, np.ndarray],
+                        features: dict[str, dict[str, np.ndarray]],
+                        trainable: dict[str, np.ndarray], scale: float, view: str,
+                        train_counts: np.ndarray, config: dict[str, Any],
+                        info: dict[str, Any], **write_run_kw) -> dict[str, Any]:
+    """Write a fine-tuned run folder and evaluate it from what it stores.
+
+    ``labels[split]`` (N,) and ``features[split][view]`` (N, D float32; views "centre"
+    and/or "tte") for the val and test splits; ``trainable`` the trained parameters by name,
+    ``"head.weight"`` (K, D) among them; ``scale`` the cosine head's; ``view`` the view this
+    run reports. Writes ``trainable.safetensors``, ``features_{val,test}.parquet``,
+    ``predictor.json``, then :func:`write_run` (``write_run_kw``: history, pretrain_prior,
+    group_counts, started_at, extra_metrics) on the logits the seam computes from the
+    stored files, so ``lt-bench logits`` equals what the metrics saw. Returns the metrics.
+    """
+    from safetensors.numpy import save_file
+
+    from lt_bench.io import atomic_path
+    from lt_bench.runs.predictors import FinetunedRun
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if "head.weight" not in trainable:
+        raise ValueError("write_finetuned_run: trainable has no 'head.weight'")
+    with atomic_path(out_dir / "trainable.safetensors") as tmp:
+        save_file({n: np.ascontiguousarray(v, dtype=np.float32)
+                   for n, v in trainable.items()}, str(tmp))
+    for s in EVAL_SPLITS:
+        if view not in features[s]:
+            raise ValueError(f"write_finetuned_run: no {view!r} features for {s}")
+        write_run_features(labels[s], features[s], run_features_path(out_dir, s))
+    spec = {"kind": "finetuned", "view": view, "views": sorted(features["test"]),
+            "scale": float(scale), "head": "trainable.safetensors", "head_key": "head.weight",
+            "source": None, "splits": list(EVAL_SPLITS)}
+    write_json(out_dir / "predictor.json", spec)
+    seam = FinetunedRun(out_dir, spec)
+    logits = {s: seam.split_logits(s) for s in EVAL_SPLITS}
+    return write_run(out_dir, logits, train_counts=train_counts, config=config, info=info,
+                     **write_run_kw)
 
 
 def finetune_run(method: str, split_dir: Path, image_root: Path, backbone: str,
@@ -90,17 +132,6 @@ def finetune_run(method: str, split_dir: Path, image_root: Path, backbone: str,
                       loss_fn=loss_fn, hparams=m.engine_hparams(), seed=seed, device=device,
                       work_dir=out_dir, mean=tuple(cfg["mean"]), std=tuple(cfg["std"]),
                       image_size=int(cfg["size"]))
-    from safetensors.numpy import save_file
-
-    from lt_bench.io import atomic_path
-
-    with atomic_path(out_dir / "trainable.safetensors") as tmp:
-        save_file({n: np.ascontiguousarray(v, dtype=np.float32)
-                   for n, v in result.trainable.items()}, str(tmp))
-    for s in ("val", "test"):
-        write_logits(*result.logits[s], logits_path(out_dir, s))
-    write_json(out_dir / "predictor.json", {"kind": "stored", "splits": ["val", "test"],
-                                            "trainable": "trainable.safetensors"})
     config = {
         "method": method, "consumes": "images", "hparams": m.hparams, "seed": seed,
         "dataset": text.meta.get("dataset"), "backbone": backbone,
@@ -111,15 +142,91 @@ def finetune_run(method: str, split_dir: Path, image_root: Path, backbone: str,
         "weights": weights,
         "split_sha256": {s: split_hash(split_dir / f"{s}.txt") for s in ("train", "val", "test")},
         "num_classes": k, "prior": str(prior) if prior else None, "device": device,
+        # the arithmetic actually used (train autocast, grad scaler, float32 head and eval)
+        "precision": result.info["precision"], "view": result.info["view"],
     }
     info = {**result.info, "loss": m.hparams["loss"]}
-    metrics = write_run(out_dir, result.logits, train_counts=counts, config=config, info=info,
-                        history=result.history, pretrain_prior=lctx.pretrain_prior,
-                        group_counts=group_counts, started_at=started,
-                        extra_metrics={"n_trainable_params":
-                                       int(result.info.get("n_trainable_params", 0)),
-                                       "inference_cost": 1.0})
+    metrics = write_finetuned_run(
+        out_dir, labels={s: result.logits[s][0] for s in EVAL_SPLITS},
+        features={s: result.features[s] for s in EVAL_SPLITS}, trainable=result.trainable,
+        scale=result.info["scale"], view=result.info["view"], train_counts=counts,
+        config=config, info=info, history=result.history,
+        pretrain_prior=lctx.pretrain_prior, group_counts=group_counts, started_at=started,
+        extra_metrics={"n_trainable_params": int(result.info.get("n_trainable_params", 0)),
+                       "inference_cost": 5.0 if result.info["view"] == "tte" else 1.0})
     from lt_bench.finetune.state import CHECKPOINT_NAME
 
     (out_dir / CHECKPOINT_NAME).unlink(missing_ok=True)  # finished: the resume state is spent
     return metrics
+
+
+def finetuned_view_run(method: str, member: Path, out_dir: Path,
+                       hparams: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A run of a ``FinetunedViewMethod`` from one finished fine-tuning ``member``: another
+    stored view through its head (the TTE row), or the k-NN probe of its stored features.
+    Nothing is trained; the predictor points at the member's files (``source``)."""
+    from lt_bench.methods import METHODS
+    from lt_bench.methods._predictor import read_predictor_spec
+    from lt_bench.runs.folder import require_finished
+    from lt_bench.runs.predictors import FinetunedRun
+
+    started = time.time()
+    cls = METHODS.get(method)
+    if not getattr(cls, "derived", False):
+        raise InputValidationError(f"method {method!r} is not made from a fine-tuned run")
+    hp = cls(**(hparams or {})).hparams
+    member, out_dir = Path(member), Path(out_dir)
+    cfg = require_finished(member, f"{method} member")
+    if cfg.get("method") != hp["members"]:
+        raise InputValidationError(f"{method} member {member} is a run of method "
+                                   f"{cfg.get('method')!r}; expected {hp['members']!r}")
+    mspec = read_predictor_spec(member)
+    if mspec.get("kind") != "finetuned":
+        raise InputValidationError(f"{method} member {member}: predictor kind "
+                                   f"{mspec.get('kind')!r}; expected a fine-tuned run that "
+                                   "stores its features (kind 'finetuned')")
+    if hp["view"] not in mspec.get("views", []):
+        raise InputValidationError(
+            f"{method} member {member} stores the views {mspec.get('views')}, not "
+            f"{hp['view']!r}; fine-tune {hp['members']} with tte: both")
+    k = int(cfg["num_classes"])
+    spec = {"kind": "finetuned", "view": hp["view"], "views": [hp["view"]],
+            "scale": mspec["scale"], "head": mspec["head"], "head_key": mspec["head_key"],
+            "source": str(member), "splits": list(EVAL_SPLITS), "num_classes": k}
+    if "k" in hp:
+        spec["knn"] = {"k": int(hp["k"]), "temperature": float(hp["temperature"]),
+                       "bank": "val"}
+    unfinish(out_dir)
+    write_json(out_dir / "predictor.json", spec)
+    seam = FinetunedRun(out_dir, spec)
+    logits = {s: seam.split_logits(s) for s in EVAL_SPLITS}
+    from lt_bench.io import read_json
+    from lt_bench.runs.ensemble import _train_counts
+
+    mm = read_json(member / "metrics.json")
+    config = {
+        "method": method, "consumes": "runs", "hparams": hp, "vary": "seed",
+        "seed": cfg.get("seed"), "dataset": cfg.get("dataset"), "backbone": cfg.get("backbone"),
+        "members": [{"run_dir": str(member), "backbone": cfg.get("backbone"),
+                     "method": cfg.get("method"), "seed": cfg.get("seed")}],
+        "features_dir": None, "num_classes": k, "split_sha256": cfg.get("split_sha256"),
+        "classnames_sha256": cfg.get("classnames_sha256"), "prior": cfg.get("prior"),
+        "precision": cfg.get("precision"), "view": hp["view"],
+    }
+    pretrain_prior = None
+    if cfg.get("prior"):
+        from lt_bench.prior import read_prior
+        from lt_bench.runs.folder import resolve_recorded
+
+        pretrain_prior = read_prior(resolve_recorded(cfg["prior"], member), k).q_hat
+    knn = spec.get("knn")
+    info = {"member": str(member), "view": hp["view"], **({"k": knn["k"], "bank": "val",
+                                                           "temperature": knn["temperature"]}
+                                                          if knn else {})}
+    return write_run(out_dir, logits, train_counts=_train_counts(member), config=config,
+                     info=info, started_at=started, pretrain_prior=pretrain_prior,
+                     extra_metrics={
+                         # the fine-tuning is the member's: same parameters, its seconds
+                         "n_trainable_params": mm.get("n_trainable_params"),
+                         "train_seconds": mm.get("train_seconds"),
+                         "inference_cost": 5.0 if hp["view"] == "tte" else 1.0})

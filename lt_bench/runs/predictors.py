@@ -5,7 +5,10 @@ from the run's ``predictor.json`` kind:
 
 - ``linear`` / ``knn`` (features): the saved predictor applied to the run's features folder;
 - ``ensemble`` (runs): its member runs' logits, combined by its rule;
-- ``stored`` (images, fine-tuning): the val/test logits stored at the end of training.
+- ``finetuned`` (images, fine-tuning): the stored head applied, in float32, to the stored
+  val/test pre-head features of one view (centre, or the five-crop mean); a run of another
+  folder's fine-tuning (the TTE row) points at it with ``source``;
+- ``stored``: val/test logits stored as they are (run folders of earlier versions).
 
 Callers (``lt-bench logits``, ensembles, the report) never ask which.
 """
@@ -22,7 +25,9 @@ from lt_bench.runs.folder import (
     logits_path,
     read_logits,
     read_run_config,
+    read_run_features,
     resolve_recorded,
+    run_features_path,
 )
 
 
@@ -143,6 +148,72 @@ def check_fresh(run_path: Path) -> None:
         check_features_fresh(run_path, cfg, resolve_recorded(cfg["features_dir"], run_path))
 
 
+def cosine_head_logits(features: np.ndarray, weight: np.ndarray, scale: float, view: str,
+                       chunk: int = 4096) -> np.ndarray:
+    """``scale · f̂ · ŵᵀ`` in float32, rows in chunks (bounded memory at K = 8,142): the
+    fine-tuning's cosine head (``lt_bench.finetune.peft.CosineHead``). The ``centre`` view
+    is normalised here; the ``tte`` view is already the mean of unit crop features, whose
+    logits are the mean of the crops' logits."""
+    w = np.asarray(weight, dtype=np.float32)
+    w = w / np.maximum(np.linalg.norm(w, axis=1, keepdims=True), np.float32(1e-12))
+    f = np.asarray(features, dtype=np.float32)
+    out = np.empty((len(f), len(w)), np.float32)
+    for lo in range(0, len(f), chunk):
+        x = f[lo:lo + chunk]
+        if view == "centre":
+            x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), np.float32(1e-12))
+        np.matmul(x, w.T, out=out[lo:lo + chunk])
+        out[lo:lo + chunk] *= np.float32(scale)
+    return out
+
+
+class FinetunedRun:
+    """A fine-tuned run: its stored head on its stored pre-head features (one view).
+
+    ``source`` (in predictor.json) names the fine-tuned run folder holding both, when this
+    run reports another view of that fine-tuning; otherwise they are in this folder.
+    ``knn`` ({k, temperature}) makes it a k-NN probe of those features instead of the head:
+    the source's val features are the bank (``lt_bench.methods.knn``)."""
+
+    def __init__(self, run_path: Path, spec: dict):
+        self.run_path = Path(run_path)
+        src = spec.get("source")
+        self.source = resolve_recorded(src, self.run_path) if src else self.run_path
+        self.view = spec.get("view", "centre")
+        self.scale = float(spec["scale"])
+        self.head_file, self.head_key = spec.get("head", "trainable.safetensors"), \
+            spec.get("head_key", "head.weight")
+        self.knn = spec.get("knn")
+        self.num_classes = spec.get("num_classes")
+        self._weight = None
+
+    @property
+    def weight(self) -> np.ndarray:
+        if self._weight is None:
+            from safetensors import safe_open
+
+            path = self.source / self.head_file
+            if not path.is_file():
+                raise FileNotFoundError(f"{self.run_path}: the fine-tuned head {path} is missing")
+            with safe_open(str(path), framework="numpy") as f:  # only the head's tensor
+                self._weight = f.get_tensor(self.head_key).astype(np.float32)
+        return self._weight
+
+    def split_features(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+        """(labels, float32 features) of this run's view, as stored (float16-rounded)."""
+        return read_run_features(run_features_path(self.source, split), self.view)
+
+    def split_logits(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+        labels, feats = self.split_features(split)
+        if self.knn is not None:
+            from lt_bench.methods.knn import knn_logits
+
+            bank_labels, bank = self.split_features("val")
+            return labels, knn_logits(feats, bank, bank_labels, int(self.knn["k"]),
+                                      float(self.knn["temperature"]), int(self.num_classes))
+        return labels, cosine_head_logits(feats, self.weight, self.scale, self.view)
+
+
 def open_run(run_path: Path):
     """The run at ``run_path`` behind the seam (an object with ``split_logits``)."""
     from lt_bench.methods._predictor import read_predictor_spec
@@ -156,6 +227,8 @@ def open_run(run_path: Path):
         return EnsembleRun.from_folder(run_path)
     if kind == "stored":
         return StoredRun(run_path)
+    if kind == "finetuned":
+        return FinetunedRun(run_path, read_predictor_spec(run_path))
     if not cfg.get("features_dir"):
         raise InputValidationError(f"{run_path}: predictor kind {kind!r} but config.json "
                                    "records no features folder")
