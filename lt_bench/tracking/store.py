@@ -246,11 +246,11 @@ def ingest(run_dirs: list[Path | str], suite: str, tracking_uri: str | None = No
             if db is not None:
                 fast_sqlite_commits()
             import_s = time.time() - t0
-            client = MlflowClient(tracking_uri=uri)
-            # retried while another process holds the SQLite store (H2's bounded backoff)
+            # retried while another process holds the SQLite store (a bounded backoff); the
+            # client inside: opening the store already takes the lock (journal mode, schema)
             runs, counts, exp_id, active, summary_id = retry_while_locked(
-                lambda: write_all(client, suite, artifact_root, records, figures), db,
-                lock_timeout)
+                lambda: write_all(MlflowClient(tracking_uri=uri), suite, artifact_root,
+                                  records, figures), db, lock_timeout)
     except Timeout as e:
         raise TrackingError(f"another ingestion holds {lock} for more than {lock_timeout:g} s; "
                             "wait for it or raise --lock-timeout") from e

@@ -69,9 +69,13 @@ def fast_sqlite_commits() -> None:
     def _on_connect(dbapi_con, _record):
         if isinstance(dbapi_con, sqlite3.Connection):
             cur = dbapi_con.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA synchronous=NORMAL")
-            cur.close()
+            try:
+                cur.execute("PRAGMA journal_mode=WAL")
+                cur.execute("PRAGMA synchronous=NORMAL")
+            except sqlite3.OperationalError:
+                pass  # the store is locked by another process: the writes retry (store.py)
+            finally:
+                cur.close()
 
     event.listen(Pool, "connect", _on_connect)
     fast_sqlite_commits.done = True
