@@ -21,6 +21,7 @@ TICKS = re.compile(r"`([^`\n]+)`")
 EXTERNAL = {
     "lt-bench/demo": "an MLflow experiment name, not a verb",
     "lt-bench/<suite>": "an MLflow experiment name pattern, not a verb",
+    "synchronous=NORMAL": "an SQLite pragma (docs/mlflow.md), not a config key",
     "results/README.md": "a tracked file of the repository, not an output",
     "results/cache/fits/": "the refit cache of lt_bench/runs/reuse.py (not a rule output)",
     "results/cache/fits/<key>/": "the refit cache of lt_bench/runs/reuse.py",

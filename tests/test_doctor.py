@@ -249,8 +249,9 @@ def test_fetch_weights_without_the_file_is_one_line(world, capsys):
     assert not world["lock"].exists()
 
 
-def test_disk_estimate_is_the_sum_of_its_formulas():
+def test_disk_estimate_is_the_sum_of_its_formulas(tmp_path, monkeypatch):
     """The demo's estimate written out by hand from the documented per-file formulas."""
+    monkeypatch.chdir(tmp_path)  # no prepared lists here: the shape comes from the params
     config = yaml.safe_load((REPO / "config.yaml").read_text())
     plan = Plan(config)
     p = config["datasets"]["toy"]
@@ -270,7 +271,10 @@ def test_disk_estimate_is_the_sum_of_its_formulas():
             + len(runs) * (48 * k + 8_192))
     got, unknown = estimate_bytes(plan)
     assert unknown == [] and got == want
-    assert by_kind["images"] == 3 and run_bytes("images", n_eval, k, d) > n_eval * k * 4
+    assert by_kind["images"] == 3
+    # a fine-tuned run at iNat2018's shape: what benchmarks/finetune_storage.py measured
+    # (176.7 MB with both views) within the adapters' allowance
+    assert 170e6 < run_bytes("images", 2 * 24_426, 8_142, 768) < 185e6
 
 
 @pytest.mark.slurm

@@ -40,11 +40,12 @@ def dataset_shape(plan, dataset: str) -> tuple[int, dict[str, int]] | None:
 
 def run_bytes(consumes: str, n_eval: int, k: int, d: int) -> int:
     """Bytes of one run folder (docs: README "Disk"): a head run keeps its predictor
-    (K × D float32) and per-class rows; a fine-tuned run its val/test logits
-    (n_eval × K float32) and trainable weights; an ensemble only its per-class rows."""
+    (K × D float32) and per-class rows; a fine-tuned run its val/test pre-head features
+    (n_eval × D float16, two views: centre and five-crop), its head (K × D float32) and
+    adapters (~2.5 MB for ViT-B/16); an ensemble only its per-class rows."""
     small = 16_384 + 48 * k  # JSON files + per_class.parquet
     if consumes == "images":
-        return small + n_eval * k * 4 + 2_500_000
+        return small + n_eval * d * 2 * 2 + k * d * 4 + 2_500_000
     if consumes == "runs":
         return small
     return small + k * d * 4
