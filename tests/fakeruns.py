@@ -66,7 +66,10 @@ def write_run(root: Path, dataset: str, backbone: str, method: str, seed: int,
     acc = np.clip(base + rng.normal(0, 0.08, K), 0, 1).round(2)
     hp = {"lr": 0.01, "epochs": 3, "tau": 1.0} if method != "zero_shot" else {}
     config = {"method": method, "hparams": hp, "seed": seed, "dataset": dataset,
-              "backbone": backbone, "features_dir": f"results/features/{dataset}/{backbone}",
+              # absolute, beside the fake runs, never extracted: a relative path would find
+              # the features of whatever checkout the tests run in (its demo's results/)
+              "backbone": backbone,
+              "features_dir": str(Path(root).absolute().parent / "features" / dataset / backbone),
               "feature_sha256": {s: f"{backbone}-{s}-feat" for s in ("train", "val", "test")},
               "split_sha256": {s: f"{dataset}-{s}-split" for s in ("train", "val", "test")},
               "prior": None, "base_runs": {}, "platform": "test", **(config_extra or {})}
@@ -125,3 +128,17 @@ def make_runs(root: Path, dataset: str = "toy", backbones=("toyclip0", "toyclip1
                                   METHOD_SKILL["backdoor"], extra,
                                   {"members": members, "hparams": {"rule": "sum"}}))
     return dirs
+
+
+def store_matching_logits(run_dir: Path) -> None:
+    """Give a hand-written run test logits (kind ``stored``) that get its per-class
+    accuracy right on 10 images per class, so `lt-bench significance` can rebuild them."""
+    from lt_bench.runs.folder import write_logits
+
+    acc = pd.read_parquet(run_dir / "per_class.parquet")["accuracy"].to_numpy()
+    k = len(acc)
+    labels = np.repeat(np.arange(k), 10)
+    right = np.concatenate([np.arange(10) < round(10 * a) for a in acc])
+    pred = np.where(right, labels, (labels + 1) % k)
+    write_logits(labels, np.eye(k, dtype=np.float32)[pred], run_dir / "logits_test.parquet")
+    (run_dir / "predictor.json").write_text(json.dumps({"kind": "stored"}))

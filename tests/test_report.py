@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from fakeruns import make_runs
+from fakeruns import make_runs, store_matching_logits
 from PIL import Image
 
 from lt_bench.cli import main as cli_main
@@ -190,20 +190,6 @@ REPORT_RULES = ["runs_index", "significance", "aggregate", "findings", "figure_a
                 "figure_dxp", "ingest_mlflow"]
 
 
-def _store_logits(run_dir: Path) -> None:
-    """Give a hand-written run test logits (kind ``stored``) that get its per-class
-    accuracy right on 10 images per class, so `lt-bench significance` can rebuild them."""
-    from lt_bench.runs.folder import write_logits
-
-    acc = pd.read_parquet(run_dir / "per_class.parquet")["accuracy"].to_numpy()
-    k = len(acc)
-    labels = np.repeat(np.arange(k), 10)
-    right = np.concatenate([np.arange(10) < round(10 * a) for a in acc])
-    pred = np.where(right, labels, (labels + 1) % k)
-    write_logits(labels, np.eye(k, dtype=np.float32)[pred], run_dir / "logits_test.parquet")
-    (run_dir / "predictor.json").write_text(json.dumps({"kind": "stored"}))
-
-
 def _snakemake(workdir: Path, *args: str, timeout: int = 900):
     env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
            "HF_HUB_OFFLINE": "1", "MPLBACKEND": "Agg"}
@@ -233,7 +219,7 @@ def test_snakemake_report_lists_tables_and_figures(tmp_path):
     dirs = make_runs(tmp_path / "results/runs", backbones=backbones, seeds=(0, 1),
                      backdoor="backdoor" in methods, prior_dir=tmp_path / "results/prior")
     for d in dirs:
-        _store_logits(d)
+        store_matching_logits(d)
 
     targets = ["results/tables/main.csv", "results/tables/dxp.csv",
                "results/tables/ablation.csv", "results/figures/toy/acc_vs_count.png",

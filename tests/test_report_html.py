@@ -14,11 +14,10 @@ import re
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 from browser import dump_dom, screenshot
-from fakeruns import make_runs
+from fakeruns import make_runs, store_matching_logits
 from PIL import Image
 
 from lt_bench.cli import main as cli_main
@@ -26,25 +25,11 @@ from lt_bench.cli import main as cli_main
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _store_logits(run_dir: Path) -> None:
-    """Test logits (kind ``stored``) that get the hand-written run's per-class accuracy
-    right on 10 images per class, so `lt-bench significance` can rebuild them."""
-    from lt_bench.runs.folder import write_logits
-
-    acc = pd.read_parquet(run_dir / "per_class.parquet")["accuracy"].to_numpy()
-    k = len(acc)
-    labels = np.repeat(np.arange(k), 10)
-    right = np.concatenate([np.arange(10) < round(10 * a) for a in acc])
-    pred = np.where(right, labels, (labels + 1) % k)
-    write_logits(labels, np.eye(k, dtype=np.float32)[pred], run_dir / "logits_test.parquet")
-    (run_dir / "predictor.json").write_text(json.dumps({"kind": "stored"}))
-
-
 @pytest.fixture(scope="module")
 def tables(tmp_path_factory):
     root = tmp_path_factory.mktemp("html") / "results"
     for d in make_runs(root / "runs", prior_dir=root / "prior"):
-        _store_logits(d)
+        store_matching_logits(d)
     out = root / "tables"
     assert cli_main(["significance", "--runs-root", str(root / "runs"), "--n-boot", "200",
                      "--out", str(out / "significance.csv")]) == 0

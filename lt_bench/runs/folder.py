@@ -109,16 +109,17 @@ def project_root_of(run_path: Path) -> Path | None:
 
 
 def resolve_recorded(path: str | os.PathLike, run_path: Path) -> Path:
-    """A path recorded in a run's config.json, found again: as recorded (absolute, or
-    relative to the working directory), else relative to the run's project root — so
-    ``lt-bench logits`` works from any folder and after the project folder moved."""
+    """A path recorded in a run's config.json, found again: as recorded where absolute;
+    a relative one is relative to the run's own project root (the folder holding its
+    ``results/runs``, the workflow's working directory), else to the working directory —
+    so ``lt-bench logits`` works from any folder and after the project folder moved, and
+    never picks up another project's files that happen to sit at the same relative path
+    under the working directory."""
     p = Path(path)
-    if p.is_absolute() or p.exists():
+    if p.is_absolute():
         return p
     root = project_root_of(run_path)
-    if root is not None and (root / p).exists():
-        return root / p
-    return p
+    return root / p if root is not None else p
 
 
 def git_commit(where: str | os.PathLike | None = None) -> str | None:
