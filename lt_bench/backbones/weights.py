@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from lt_bench.errors import UserError
-from lt_bench.io import atomic_path, sha256_file
+from lt_bench.io import atomic_path, sha256_cached
 
 LOCK_VERSION = 1
 #: default lock location, relative to the workflow's working directory
@@ -36,18 +36,6 @@ _OPEN_CLIP_BIN = "open_clip_pytorch_model.bin"
 _OPEN_CLIP_SAFE = "open_clip_model.safetensors"
 # timm's hub files, in the order timm's load_pretrained tries them
 _TIMM_FILES = ("model.safetensors", "pytorch_model.bin")
-
-
-_HASHES: dict[tuple, str] = {}
-
-
-def sha256_file_cached(path: Path) -> str:
-    """sha256 of a weights file, once per process per (path, size, mtime): 0.3-1.7 GB each."""
-    st = Path(path).stat()
-    key = (str(Path(path).resolve()), st.st_size, st.st_mtime_ns, st.st_ino)
-    if key not in _HASHES:
-        _HASHES[key] = sha256_file(path)
-    return _HASHES[key]
 
 
 class WeightsError(UserError):
@@ -176,7 +164,7 @@ def weights_id(backbone) -> str:
     ``sha256:<hex>`` of the loaded file, else the pretrained tag."""
     p = backbone.pretrained
     if p and Path(p).is_file():
-        return "sha256:" + sha256_file_cached(Path(p))
+        return "sha256:" + sha256_cached(p)
     return str(p)
 
 
@@ -188,7 +176,7 @@ def check_locked(spec, path: Path, lock: dict[str, LockEntry] | None = None,
     entry = lock.get(spec.name)
     if entry is None:
         return None
-    actual = sha256_file_cached(path)
+    actual = sha256_cached(path)
     if actual != entry.sha256:
         raise WeightsError(
             f"weights of backbone {spec.name!r} ({path}): sha256 {actual} differs from "
@@ -220,6 +208,6 @@ def fetch_weights(backbones: list[str], lock_file: str | os.PathLike, *,
                 f"{'' if download else ' in the local cache'}; run `lt-bench fetch-weights` "
                 "on a machine with network (or declare a local file)")
         entries[name] = LockEntry(name, weights_source(spec), str(path.resolve()),
-                                  sha256_file_cached(path))
+                                  sha256_cached(path))
     write_lock(lock_file, entries)
     return entries
