@@ -23,16 +23,21 @@ def _unit(x):
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    root = tmp_path_factory.mktemp("posthoc")
-    fd = make_features_dir(root / "features")
+def _with_ce_la_runs(root, fd) -> dict:
+    """The prior and the ce and la runs every post-hoc method here builds on."""
     prior = make_prior(root / "prior.parquet", Q, temperature=2.0)
     runs = {}
     for m in ("ce", "la"):
         runs[m] = root / "runs" / m
         train_run(m, fd, runs[m], seed=0, hparams=FAST, prior=prior)
     return {"root": root, "fd": fd, "prior": prior, "runs": runs}
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("posthoc")
+    fd = make_features_dir(root / "features")
+    return _with_ce_la_runs(root, fd)
 
 
 def _split(world, s):
@@ -235,12 +240,7 @@ def tte_world(tmp_path_factory):
         crops = np.concatenate([corners, s.features[:, None, :]], 1).astype(np.float32)
         write_table(features_table(s.paths, s.labels, s.features, dict(s.meta), crops=crops),
                     fd / f"{split}.parquet")
-    prior = make_prior(root / "prior.parquet", Q, temperature=2.0)
-    runs = {}
-    for m in ("ce", "la"):
-        runs[m] = root / "runs" / m
-        train_run(m, fd, runs[m], seed=0, hparams=FAST, prior=prior)
-    return {"root": root, "fd": fd, "prior": prior, "runs": runs}
+    return _with_ce_la_runs(root, fd)
 
 
 def _crop_logits(w, scale, crops, bias=None, power=1.0):
