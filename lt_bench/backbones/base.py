@@ -186,7 +186,7 @@ def resolve_spec(name: str) -> BackboneSpec:
     return BACKBONES.get(name)
 
 
-def _looks_like_file(value: str | None) -> bool:
+def looks_like_file(value: str | None) -> bool:
     return bool(value) and (Path(value).suffix in _CHECKPOINT_SUFFIXES or "/" in value)
 
 
@@ -196,7 +196,7 @@ def open_clip_tag_preprocess(model: str, tag: str | None) -> dict:
     Used when a local checkpoint replaces the tag's download, so the images are
     preprocessed as the weights expect (open_clip's defaults are OpenAI's otherwise).
     """
-    if not tag or _looks_like_file(tag):
+    if not tag or looks_like_file(tag):
         return {}
     from open_clip.pretrained import get_pretrained_cfg
 
@@ -219,7 +219,7 @@ def _load_open_clip(spec: BackboneSpec, checkpoint: str | Path | None,
         raise ValueError(f"backbone {spec.name!r}: open_clip has no model config {spec.model!r}; "
                          "see open_clip.list_models()")
     kwargs = open_clip_tag_preprocess(spec.model, spec.pretrained) if checkpoint else {}
-    if _looks_like_file(pretrained) and not Path(pretrained).is_file():
+    if looks_like_file(pretrained) and not Path(pretrained).is_file():
         raise FileNotFoundError(f"checkpoint for backbone {spec.name!r} not found: {pretrained}")
     import pickle
 

@@ -24,6 +24,7 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from lt_bench.backbones.base import looks_like_file
 from lt_bench.errors import UserError
 from lt_bench.io import atomic_path, sha256_cached
 
@@ -85,15 +86,9 @@ def weights_source(spec) -> str:
     """What the weights are, independent of where they sit on this machine."""
     if spec.library == "timm":
         return f"timm:{spec.timm_name}"
-    if spec.library == "toy" or _is_file(spec.pretrained):
+    if spec.library == "toy" or looks_like_file(spec.pretrained):
         return "file"
     return f"open_clip:{spec.model}/{spec.pretrained}"
-
-
-def _is_file(value: str | None) -> bool:
-    from lt_bench.backbones.base import _looks_like_file
-
-    return _looks_like_file(value)
 
 
 def _hub_file(repo_id: str, filenames: tuple[str, ...], download: bool,
@@ -151,7 +146,7 @@ def locate_weights(spec, checkpoint: str | os.PathLike | None = None, *,
         return p if p.is_file() else None
     if spec.library == "toy":
         return None
-    if _is_file(spec.pretrained):
+    if looks_like_file(spec.pretrained):
         p = Path(spec.pretrained).expanduser()
         return p if p.is_file() else None
     if spec.library == "timm":

@@ -113,7 +113,7 @@ def to_rgb(im):
     return im.convert("RGB")  # a loaded copy even where im is RGB already
 
 
-def _decode_error(path: Path) -> str | None:
+def decode_error(path: Path) -> str | None:
     from PIL import Image
 
     try:
@@ -151,7 +151,7 @@ def verify_images(dataset_name: str, split_dir: str | os.PathLike,
         present += [p for p in paths if listing.exists(p)]
     present = sorted(set(present))  # iNat's default val is a subset of train
     chosen = random.Random(seed).sample(present, min(sample, len(present)))
-    corrupt = [(p, err) for p in chosen if (err := _decode_error(root / p))]
+    corrupt = [(p, err) for p in chosen if (err := decode_error(root / p))]
     report.update({
         "n_listed": sum(s["n_listed"] for s in report["splits"].values()),
         "n_missing": len(missing), "missing_examples": missing[:10],

@@ -122,12 +122,12 @@ def fetch_source(spec: SourceFile, source_dir: Path, *, base_url: str | None,
     """Put one pinned LIFT file into ``source_dir``, verified; returns its path."""
     dest = source_dir / spec.filename
     if local_dir:
-        return _copy_verified(_find_local(spec, Path(local_dir)), dest, spec.known_hash)
+        return _copy_verified(find_local_source(spec, Path(local_dir)), dest, spec.known_hash)
     url = f"{(base_url or LIFT_BASE_URL).rstrip('/')}/{spec.relpath}"
     return download(url, dest, spec.known_hash, progress=progress)
 
 
-def _find_local(spec: SourceFile, local_dir: Path) -> Path:
+def find_local_source(spec: SourceFile, local_dir: Path) -> Path:
     # Accept both a mirror of LIFT's datasets/ folder and a flat folder of the files.
     candidates = [local_dir / spec.relpath, local_dir / spec.filename]
     for c in candidates:
@@ -251,7 +251,7 @@ class LiftSplitDataset(Dataset):
             for role, spec in self.sources.items():
                 out[role] = source_dir / spec.filename
                 with atomic_path(out[role]) as tmp:
-                    shutil.copyfile(_find_local(spec, local), tmp)
+                    shutil.copyfile(find_local_source(spec, local), tmp)
             return out
         return {
             role: fetch_source(spec, source_dir, base_url=self.params["split_base_url"],

@@ -46,9 +46,9 @@ def _split_sources(ds, split_dir: Path) -> tuple[dict[str, Path], str]:
     sources = getattr(ds, "sources", None)
     local = ds.params.get("split_dir_local") if sources else None
     if sources and local:
-        from lt_bench.data.lift import _find_local
+        from lt_bench.data.lift import find_local_source
 
-        return ({s: _find_local(sources[s], Path(local)) for s in ds.splits if s in sources},
+        return ({s: find_local_source(sources[s], Path(local)) for s in ds.splits if s in sources},
                 f"from split_dir_local {local}")
     return {}, ""
 
@@ -73,7 +73,7 @@ def _sample_lines(path: Path, n: int) -> list[tuple[str, int]]:
 
 
 def check_data(plan, dataset: str, results: Path, sample: int) -> list[Check]:
-    from lt_bench.data.images import _decode_error
+    from lt_bench.data.images import decode_error
     from lt_bench.errors import UserError
 
     out: list[Check] = []
@@ -111,7 +111,7 @@ def check_data(plan, dataset: str, results: Path, sample: int) -> list[Check]:
         items = _sample_lines(path, sample)
         missing = [p for p, _ in items if not (root / p).is_file()]
         bad = [(p, e) for p, _ in items if (root / p).is_file()
-               for e in [_decode_error(root / p)] if e]
+               for e in [decode_error(root / p)] if e]
         name = f"{dataset} {split} images"
         classes = len({y for _, y in items})
         if missing:
