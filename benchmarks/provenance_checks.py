@@ -27,7 +27,7 @@ import json, sys, time
 from lt_bench.cli import main
 import lt_bench.io as io
 # imported before the clock in both variants: only the checks' own work is compared
-import lt_bench.runs.ensemble as ens, lt_bench.runs.predictors as pred
+import lt_bench.runs.ensemble as ens, lt_bench.runs.run_folder as pred
 import lt_bench.report.cli, lt_bench.report.significance, lt_bench.report.tables  # noqa
 checks = sys.argv[1] == "on"
 if not checks:

@@ -14,22 +14,23 @@ from functools import cache, cached_property
 from typing import Any
 
 from lt_bench.config import method_hparams, resolve_suite
+from lt_bench.runs import layout
 
-RUNS = "results/runs"
+RUNS = layout.RUNS_ROOT
 #: train images of the real datasets (docs/architecture.md §6), for time limits
 TRAIN_IMAGES = {"imagenet_lt": 115_846, "places_lt": 62_500, "inat2018": 437_513}
 #: a conservative fine-tuning rate for a time limit: ViT-B/16 + AdaptFormer, AMP, one GPU
 FINETUNE_IMAGES_PER_S = 300
-#: run folder pattern, the same as lt_bench.runs.folder.run_dir
-RUN_DIR = RUNS + "/{dataset}/{backbone}/{method}/seed{seed}"
+#: run folder pattern (lt_bench.runs.layout owns the layout)
+RUN_DIR = f"{RUNS}/{layout.RUN_DIR}"
 
 
 def run_dir(dataset: str, backbone: str, method: str, seed: int | str) -> str:
-    return RUN_DIR.format(dataset=dataset, backbone=backbone, method=method, seed=seed)
+    return layout.run_dir(dataset, backbone, method, seed).as_posix()
 
 
 def metrics_file(dataset: str, backbone: str, method: str, seed: int | str) -> str:
-    return run_dir(dataset, backbone, method, seed) + "/metrics.json"
+    return layout.metrics_path(run_dir(dataset, backbone, method, seed)).as_posix()
 
 
 @cache
@@ -154,7 +155,7 @@ class Plan:
         one backbone), or "ensemble" (over backbones; none with fewer than two)."""
         if self.vary(method) == "seed":
             return list(self.suite.backbones)
-        return ["ensemble"] if len(self.suite.backbones) >= 2 else []
+        return [layout.ENSEMBLE_BACKBONE] if len(self.suite.backbones) >= 2 else []
 
     def ensemble_members(self, dataset: str, backbone: str, method: str,
                          seed: int | str) -> list[str]:

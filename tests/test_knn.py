@@ -72,7 +72,7 @@ def test_changed_train_features_are_detected(tmp_path):
     out = tmp_path / "knn"
     train_run("knn", fd, out, 0)
     make_features_dir(tmp_path / "f", view_seed=3)  # the features are re-extracted
-    # the seam's stale-run check (runs/predictors.py) fires before the predictor's own
+    # the seam's stale-run check (runs/run_folder.py) fires before the predictor's own
     with pytest.raises(ValueError, match="stale run: its (train|test) features .* changed"):
         run_logits(out, "test")
 

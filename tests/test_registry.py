@@ -24,6 +24,23 @@ def test_double_registration_is_an_error():
         r.register("a")(float)
 
 
+def test_a_lazy_entry_is_imported_on_its_first_lookup():
+    import sys
+
+    r = Registry("widget")
+    r.add_lazy("dec", "decimal:Decimal.from_float")
+    r.add_lazy("frac", "fractions:Fraction")
+    assert r.names() == ["dec", "frac"] and "frac" in r
+    import decimal
+
+    assert r.get("dec") == decimal.Decimal.from_float and r.get("dec")(0.5) == 0.5
+    assert r.get("frac")(1, 2) == sys.modules["fractions"].Fraction(1, 2)
+    with pytest.raises(ValueError, match="registered twice"):
+        r.add_lazy("frac", "decimal:Decimal")
+    with pytest.raises(UnknownNameError, match="valid widgets: dec, frac"):
+        r.get("x")
+
+
 @pytest.mark.parametrize("registry,name,kind", [
     (METHODS, "lla", "method"), (DATASETS, "imagenet", "dataset"),
     (BACKBONES, "clip-b16", "backbone")])

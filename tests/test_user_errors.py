@@ -122,11 +122,15 @@ def _train_to(world, out):
             str(out), "--params", json.dumps(FAST)]
 
 
-def _into_users_folder(world):
+def _users_folder(world):
     d = world["root"] / "users_folder"
     d.mkdir(exist_ok=True)
     (d / "config.json").write_text('{"lr": 0.1, "mine": true}\n')
-    return _train_to(world, d)
+    return d
+
+
+def _into_users_folder(world):
+    return _train_to(world, _users_folder(world))
 
 
 def _unchanged(path, text):
@@ -281,6 +285,10 @@ CASES = {
     "label beyond the class count (a list edited after prepare)": (
         lambda w: _train(w, fd=_label_past_k(w)),
         f"train.parquet: label {K} (row 3; 1 row(s) in all) is out of range [0, {K})"),
+    "logits of a folder that is not a run folder": (
+        lambda w: ["logits", str(_users_folder(w)), "--out",
+                   str(w["root"] / "copies" / "users.parquet")],
+        "config.json: not a run's config.json (no 'method' and 'dataset')"),
     "logits of an unfinished run (no metrics.json)": (
         lambda w: _logits_of(w, "unfinished"),
         "is not a finished run (no metrics.json)"),

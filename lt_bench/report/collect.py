@@ -1,4 +1,4 @@
-"""Collect finished runs (``metrics.json``) into a pandas frame."""
+"""Collect finished runs into a pandas frame, each read through its ``RunFolder``."""
 
 from __future__ import annotations
 
@@ -7,12 +7,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from lt_bench.io import read_json
-
-IDENTITY = ("dataset", "backbone", "method", "seed")
-
-
-from lt_bench.runs.folder import find_run_dirs  # noqa: E402,F401  (re-exported: the one glob)
+from lt_bench.runs.layout import METRICS_JSON, find_run_dirs  # noqa: F401  (re-exported)
+from lt_bench.runs.run_folder import IDENTITY, RunFolder
 
 
 def _scalar(v):
@@ -27,50 +23,36 @@ def collect_runs(runs_root: Path | str, metrics_files: list[Path | str] | None =
     ``run_dir`` and ``label`` (the display name from the hyper-parameters that ran, from
     the run's ``config.json``)."""
     from lt_bench.report.format import label_of
-    from lt_bench.runs.folder import report_run_dirs  # the runs of the tables by hand
+    from lt_bench.runs.index import report_run_dirs  # the runs of the tables by hand
 
-    files = ([Path(f) for f in metrics_files] if metrics_files is not None
-             else [d / "metrics.json" for d in report_run_dirs(runs_root)])
+    dirs = ([Path(f).parent for f in metrics_files] if metrics_files is not None
+            else report_run_dirs(runs_root))
     rows = []
-    for f in files:
-        m = read_json(f)
-        row = {k: (v if k in IDENTITY else _scalar(v)) for k, v in m.items()
+    for r in map(RunFolder.open, dirs):
+        row = {k: (v if k in IDENTITY else _scalar(v)) for k, v in r.metrics.items()
                if not isinstance(v, dict | list)}
-        row["run_dir"] = str(Path(f).parent)
-        cfg = Path(f).parent / "config.json"
-        hp = read_json(cfg).get("hparams") if cfg.is_file() else None
-        row["label"] = label_of(str(row.get("method")), hp)
+        row.update(r.identity)
+        row["run_dir"] = str(r.path)
+        row["label"] = label_of(str(row.get("method")), r.hparams)
         rows.append(row)
     if not rows:
-        raise FileNotFoundError(f"no finished runs (metrics.json) under {runs_root}")
+        raise FileNotFoundError(f"no finished runs ({METRICS_JSON}) under {runs_root}")
     return pd.DataFrame(rows)
 
 
-def run_identity(run_dir: Path | str) -> dict:
-    """dataset, backbone, method, seed of a finished run (and its ensemble members, if any)."""
-    run_dir = Path(run_dir)
-    m = read_json(run_dir / "metrics.json")
-    cfg_path = run_dir / "config.json"
-    cfg = read_json(cfg_path) if cfg_path.is_file() else {}
-    ident = {k: m.get(k, cfg.get(k)) for k in IDENTITY}
-    ident["members"] = list(cfg.get("members") or [])
-    return ident
-
-
 def collect_per_class(run_dirs: list[Path | str]) -> pd.DataFrame:
-    """``per_class.parquet`` of each run, with the run's identity and folder as columns."""
+    """``per_class.parquet`` of each run, with the run's identity and folder as columns, and
+    ``ensemble``: whether the run combines several runs (``RunFolder.is_ensemble``)."""
     frames = []
-    for d in run_dirs:
-        d = Path(d)
-        path = d / "per_class.parquet"
+    for r in map(RunFolder.open, run_dirs):
+        path = r.path / "per_class.parquet"
         if not path.is_file():
-            raise FileNotFoundError(f"{d}: finished run without per_class.parquet")
-        ident = run_identity(d)
+            raise FileNotFoundError(f"{r.path}: finished run without per_class.parquet")
         df = pd.read_parquet(path)
-        for k in IDENTITY:
-            df[k] = ident[k]
-        df["ensemble"] = bool(ident["members"]) or ident["backbone"] == "ensemble"
-        df["run_dir"] = str(d)
+        for k, v in r.identity.items():
+            df[k] = v
+        df["ensemble"] = r.is_ensemble
+        df["run_dir"] = str(r.path)
         frames.append(df)
     if not frames:
         raise FileNotFoundError("no run folders given")

@@ -42,7 +42,7 @@ COLUMNS = ["dataset", "backbone", "a_method", "b_method", "n_seeds", "n_images",
 
 def side_runs(spec: str | Path, role: str) -> list[Path]:
     """The finished run folders a side names (see the module docstring)."""
-    from lt_bench.runs.folder import find_run_dirs
+    from lt_bench.runs.layout import METRICS_JSON, RUN_DIR, find_run_dirs, metrics_path
 
     p = Path(spec)
     if p.is_file():
@@ -51,12 +51,12 @@ def side_runs(spec: str | Path, role: str) -> list[Path]:
         # index): found as given, else below the nearest ancestor that has them
         dirs = [next((c for c in [Path(x).parent] + [q / Path(x).parent for q in
                                                      p.resolve().parents]
-                      if (c / "metrics.json").is_file()), Path(x).parent) for x in lines]
-        missing = [str(d) for d in dirs if not (d / "metrics.json").is_file()]
+                      if metrics_path(c).is_file()), Path(x).parent) for x in lines]
+        missing = [str(d) for d in dirs if not metrics_path(d).is_file()]
         if missing:
             raise InputValidationError(
                 f"compare {role} {spec}: {len(missing)} listed run(s) not finished (no "
-                f"metrics.json), e.g. {missing[0]}; expected a run index of finished runs")
+                f"{METRICS_JSON}), e.g. {missing[0]}; expected a run index of finished runs")
     elif p.is_dir():
         root = p / "runs" if (p / "runs").is_dir() else p
         dirs = find_run_dirs(root)
@@ -65,24 +65,24 @@ def side_runs(spec: str | Path, role: str) -> list[Path]:
                                    "a results folder, a runs root or a run index file")
     if not dirs:
         raise InputValidationError(
-            f"compare {role} {spec}: no finished runs (metrics.json) there; expected run "
-            "folders {dataset}/{backbone}/{method}/seed{seed}")
+            f"compare {role} {spec}: no finished runs ({METRICS_JSON}) there; expected run "
+            f"folders {RUN_DIR}")
     return dirs
 
 
-def _groups(dirs: list[Path], method: str | None, spec, role: str) -> tuple[dict, dict]:
-    """{(dataset, backbone, method or None): {seed: dir}}, {dir: (metrics, config)}."""
-    groups, info = _index(dirs)
+def _groups(dirs: list[Path], method: str | None, spec, role: str) -> dict:
+    """{(dataset, backbone, method or None): {seed: RunFolder}}."""
+    groups = _index(dirs)
     if method is not None:
         groups = {(ds, bb, None): runs for (ds, bb, m), runs in groups.items() if m == method}
         if not groups:
             raise InputValidationError(f"compare {role} {spec}: no run of method {method!r} "
                                        f"(--{role.lower()}-method)")
-    return groups, info
+    return groups
 
 
-def _test_sha(runs: dict[int, Path], info: dict) -> set[str | None]:
-    return {(info[d][1].get("split_sha256") or {}).get("test") for d in runs.values()}
+def _test_sha(runs: dict) -> set[str | None]:
+    return {(r.config.get("split_sha256") or {}).get("test") for r in runs.values()}
 
 
 def compare(a: str | Path, b: str | Path, a_method: str | None = None,
@@ -91,8 +91,8 @@ def compare(a: str | Path, b: str | Path, a_method: str | None = None,
     """One row per setting present on both sides: A − B in points with its interval.
     One of ``a_method``/``b_method`` alone selects that method on both sides."""
     a_method, b_method = a_method or b_method, b_method or a_method
-    ga, ia = _groups(side_runs(a, "A"), a_method, a, "A")
-    gb, ib = _groups(side_runs(b, "B"), b_method, b, "B")
+    ga = _groups(side_runs(a, "A"), a_method, a, "A")
+    gb = _groups(side_runs(b, "B"), b_method, b, "B")
     common = sorted(set(ga) & set(gb), key=str)
     if not common:
         def names(g):
@@ -104,7 +104,7 @@ def compare(a: str | Path, b: str | Path, a_method: str | None = None,
             f"{names(ga)}; B: {names(gb)}); expected runs of the same settings, or "
             "--a-method/--b-method to compare two methods")
     for key in common:
-        sa, sb = _test_sha(ga[key], ia), _test_sha(gb[key], ib)
+        sa, sb = _test_sha(ga[key]), _test_sha(gb[key])
         if sa != sb or len(sa) != 1:
             where = "/".join(str(x) for x in key if x is not None)
             raise InputValidationError(

@@ -63,7 +63,9 @@ def wrap_title(text: str, width_in: float, fontsize: float) -> str:
 
 
 def _is_ensemble(b: str) -> bool:
-    return b == "ensemble"
+    from lt_bench.runs.layout import is_ensemble_backbone
+
+    return is_ensemble_backbone(b)
 
 
 def dxp_figure(run_dirs: list[Path | str], method: str, out_stem: Path | str,

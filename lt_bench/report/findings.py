@@ -22,6 +22,7 @@ import pandas as pd
 from lt_bench.io import atomic_path
 from lt_bench.report import format as fmt
 from lt_bench.report.significance import BACKDOORS, CONTROLLED
+from lt_bench.runs.layout import ENSEMBLE_BACKBONE, is_ensemble_backbone
 
 AFTER = "la"
 #: per track: (name, its CE reference runs in order of preference, its re-balanced method).
@@ -94,7 +95,7 @@ def gap_lines(main: pd.DataFrame, dxp: pd.DataFrame | None, ds: str) -> list[str
     compares the re-balanced method with the same CE row on the same gap."""
     lines = []
     singles = [b for b in dict.fromkeys(main.loc[main["dataset"] == ds, "backbone"])
-               if b != "ensemble"]
+               if not is_ensemble_backbone(b)]
     for track, ces, after in TRACKS:
         for bb in singles:
             if _get(main, ds, bb, after, "top1_mean") is None:
@@ -161,7 +162,8 @@ def backdoor_lines(sig: pd.DataFrame | None, main: pd.DataFrame, ds: str) -> lis
                          f"{num(r['b_top1'], sign=False)}, {int(r['n_seeds'])} seed(s)).")
         ref = best[best["a_method"] == CONTROLLED]
         for _, r in s[s["kind"] == "control_vs_backdoor"].iterrows():
-            on = f" on {r['a_backbone']}" if r.get("a_backbone") not in (None, "ensemble") else ""
+            bb = r.get("a_backbone")
+            on = f" on {bb}" if bb is not None and not is_ensemble_backbone(bb) else ""
             sig_txt = "significant" if r["significant"] else "not significant"
             text = (f"Control **{fmt.display_name(r['a_method'])}**{on} vs "
                     f"{fmt.display_name(r['b_method'])}: {num(r['diff'], 2)} points top-1 "
@@ -173,8 +175,8 @@ def backdoor_lines(sig: pd.DataFrame | None, main: pd.DataFrame, ds: str) -> lis
         if lines:
             return lines
     la = main[(main["dataset"] == ds) & (main["method"] == AFTER) &
-              (main["backbone"] != "ensemble")]
-    bd = _get(main, ds, "ensemble", "backdoor", "top1_mean")
+              ~main["backbone"].map(is_ensemble_backbone)]
+    bd = _get(main, ds, ENSEMBLE_BACKBONE, "backdoor", "top1_mean")
     if bd is not None and len(la):
         i = la["top1_mean"].idxmax()
         lines.append(f"**Backdoor gain** over the best single LA run (chosen on test, no "

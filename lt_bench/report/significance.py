@@ -30,7 +30,6 @@ import numpy as np
 import pandas as pd
 
 from lt_bench.errors import InputValidationError
-from lt_bench.io import read_json
 
 LEVEL = 0.95
 N_BOOT = 2000
@@ -137,15 +136,14 @@ class _Correct:
         one rebuild is a ~150 GMAC float64 product. The logits are those of the seam
         (``EnsembleRun``: same members, rule, weights, ``combine``), so the result is
         the one ``__call__`` gives; only one member set is held at a time."""
-        from lt_bench.methods._predictor import read_predictor_spec
-        from lt_bench.runs import run_logits
-        from lt_bench.runs.ensemble import EnsembleRun, combine
+        from lt_bench.runs.ensemble import combine
+        from lt_bench.runs.run_folder import RunFolder, run_logits
 
-        groups: dict[tuple[str, ...], list[tuple[Path, EnsembleRun]]] = {}
-        for d in map(Path, run_dirs):
-            if str(d) in self._cache or read_predictor_spec(d).get("kind") != "ensemble":
+        groups: dict[tuple[str, ...], list] = {}
+        for d in map(RunFolder.open, run_dirs):
+            if str(d) in self._cache or d.predictor_spec["kind"] != "ensemble":
                 continue
-            e = EnsembleRun.from_folder(d)
+            e = d.predictor  # the seam's EnsembleRun: members, rule, weights
             groups.setdefault(tuple(map(str, e.members)), []).append((d, e))
         for members, ensembles in groups.items():
             labels, zs = None, []
@@ -198,36 +196,18 @@ def paired_correct(a: dict[int, Path], b: dict[int, Path], correct: _Correct
     return labels, np.stack(ca), np.stack(cb)
 
 
-def _resolve(path: str, ensemble_dir: Path) -> Path:
-    """A member's run folder as written in the ensemble's config (often cwd-relative)."""
-    p = Path(path)
-    if p.is_dir():
-        return p
-    parts = p.parts
-    if "runs" in parts:  # re-root below this ensemble's runs root (a moved results/)
-        q = ensemble_dir.parents[3].joinpath(*parts[parts.index("runs") + 1:])
-        if q.is_dir():
-            return q
-    raise InputValidationError(f"{ensemble_dir}: member run folder {path} not found "
-                               "(config.json 'members'); expected a finished run folder")
+def _index(run_dirs: list) -> dict:
+    """{(dataset, backbone, method): {seed: RunFolder}} of the finished runs ``run_dirs``."""
+    from lt_bench.runs.run_folder import RunFolder
+
+    groups: dict[tuple, dict[int, RunFolder]] = {}
+    for r in map(RunFolder.open, run_dirs):
+        groups.setdefault((r.dataset, r.backbone, r.method), {})[int(r.seed or 0)] = r
+    return groups
 
 
-def _index(run_dirs: list[Path]) -> tuple[dict, dict]:
-    """{(dataset, backbone, method): {seed: dir}} and {dir: (metrics, config)}."""
-    groups: dict[tuple, dict[int, Path]] = {}
-    info: dict[Path, tuple[dict, dict]] = {}
-    for d in map(Path, run_dirs):
-        m = read_json(d / "metrics.json")
-        cfg = read_json(d / "config.json") if (d / "config.json").is_file() else {}
-        key = (m.get("dataset", cfg.get("dataset")), m.get("backbone", cfg.get("backbone")),
-               m.get("method", cfg.get("method")))
-        groups.setdefault(key, {})[int(m.get("seed", cfg.get("seed", 0)) or 0)] = d
-        info[d] = (m, cfg)
-    return groups, info
-
-
-def is_ensemble(key: tuple, runs: dict[int, Path], info: dict) -> bool:
-    return key[1] == "ensemble" or any(info[d][1].get("members") for d in runs.values())
+def _any_ensemble(runs: dict) -> bool:
+    return any(r.is_ensemble for r in runs.values())
 
 
 def comparisons(run_dirs: list[Path | str], n_boot: int = N_BOOT, seed: int = 0,
@@ -238,13 +218,13 @@ def comparisons(run_dirs: list[Path | str], n_boot: int = N_BOOT, seed: int = 0,
     interval excludes 0. ``loader(run_dir, split) -> (labels, logits)`` defaults to
     ``lt_bench.runs.run_logits``.
     """
-    groups, info = _index([Path(d) for d in run_dirs])
+    groups = _index(run_dirs)
     correct = _Correct(loader)
     if loader is None:  # the seam's own logits: share member rebuilds between ensembles
         # (only where they are compared: every ensemble of a dataset with a backdoor run)
         with_backdoor = {key[0] for key in groups if key[2] == "backdoor"}
         correct.prefetch_ensembles([d for key, runs in groups.items()
-                                    if key[0] in with_backdoor and is_ensemble(key, runs, info)
+                                    if key[0] in with_backdoor and _any_ensemble(runs)
                                     for d in runs.values()])
     pending = []  # (row, labels, correct_a, correct_b): bootstrapped together at the end
 
@@ -258,7 +238,7 @@ def comparisons(run_dirs: list[Path | str], n_boot: int = N_BOOT, seed: int = 0,
 
     for key, runs in sorted(groups.items()):
         ds, bb, method = key
-        if is_ensemble(key, runs, info):
+        if _any_ensemble(runs):
             continue
         la = groups.get((ds, bb, "la"))
         if method != "la" and la:
@@ -267,21 +247,15 @@ def comparisons(run_dirs: list[Path | str], n_boot: int = N_BOOT, seed: int = 0,
         ds, bb, method = key
         if method not in BACKDOORS:
             continue
-        best: dict[int, Path] = {}
+        best: dict = {}  # seed -> the member RunFolder
         chosen, member_methods = [], []
-        for s, d in runs.items():
-            members = [_resolve(m["run_dir"], d) for m in info[d][1].get("members") or []]
-            if not members:
+        for sd, d in runs.items():
+            member = d.best_member("val") if d.member_paths else None  # recorded by the run
+            if member is None:
                 continue
-            metrics = [read_json(m / "metrics.json") for m in members]
-            ok = [(m.get("val_top1"), i) for i, m in enumerate(metrics)
-                  if m.get("val_top1") is not None]
-            if not ok:
-                continue
-            i = max(ok, key=lambda t: (t[0], -t[1]))[1]  # ties: the first member
-            best[s] = members[i]
-            chosen.append(metrics[i].get("backbone"))
-            member_methods.append(metrics[i].get("method"))
+            best[sd] = member
+            chosen.append(member.backbone)
+            member_methods.append(member.method)
         if best:
             label = "best member on val (" + ", ".join(sorted(set(map(str, chosen)))) + ")"
             b_method = ",".join(sorted(set(map(str, member_methods))))
@@ -291,7 +265,7 @@ def comparisons(run_dirs: list[Path | str], n_boot: int = N_BOOT, seed: int = 0,
             continue
         for other, oruns in sorted(groups.items()):
             if other[0] == ds and other != key and other[2] not in BACKDOORS \
-                    and is_ensemble(other, oruns, info):
+                    and _any_ensemble(oruns):
                 add("control_vs_backdoor", ds, other, key, oruns, runs, "backdoor")
     return pd.DataFrame(_bootstrap_rows(pending, n_boot, seed), columns=COLUMNS)
 

@@ -29,6 +29,7 @@ from lt_bench.report import format as fmt
 from lt_bench.report import render
 from lt_bench.report.rows import group_class_counts, row_notes
 from lt_bench.report.significance import BACKDOORS
+from lt_bench.runs.layout import ENSEMBLE_BACKBONE
 
 KEYS = ["dataset", "backbone", "method"]
 MAIN_METRICS = ["top1", "many", "medium", "few"]
@@ -39,7 +40,7 @@ DXP_METRICS = [f"dp_{d}_{p}" for d in D_GROUPS for p in P_GROUPS]
 ABLATION_KEY = re.compile(r"^m(\d+)_(top1|many|medium|few)$")
 #: backbones that combine several models (backdoor runs): listed first, the backdoors (the
 #: headline) at the top
-ENSEMBLE_BACKBONES = ("ensemble",)
+ENSEMBLE_BACKBONES = (ENSEMBLE_BACKBONE,)
 GENERATED = render.GENERATED
 
 

@@ -2,7 +2,7 @@
 images) finishes through :func:`write_run` and answers ``split_logits`` (the seam).
 
 It sits above ``lt_bench.methods``: methods never import it. Import the submodules
-(``runs.train``, ``runs.ensemble``, ``runs.predictors``, ``runs.folder``) directly; the
+(``runs.train``, ``runs.ensemble``, ``runs.run_folder``, ``runs.folder``, ...) directly; the
 names below are re-exported lazily so ``import lt_bench.runs`` stays cheap.
 """
 
@@ -11,9 +11,9 @@ from importlib import import_module
 _EXPORTS = {
     "train_run": "train", "load_features_dir": "train",
     "ensemble_run": "ensemble", "backdoor_run": "ensemble", "combine": "ensemble",
-    "run_logits": "predictors", "open_run": "predictors",
-    "write_run": "folder", "find_run_dirs": "folder", "run_dir": "folder",
-    "write_logits": "folder", "read_logits": "folder",
+    "RunFolder": "run_folder", "run_logits": "run_folder", "open_run": "run_folder",
+    "write_run": "folder", "find_run_dirs": "layout", "run_dir": "layout",
+    "write_logits": "stored", "read_logits": "stored",
 }
 
 

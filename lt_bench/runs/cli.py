@@ -172,12 +172,12 @@ def cmd_finetune(args):
 
 
 def cmd_logits(args):
-    from lt_bench.runs.folder import read_metrics, read_run_config, write_logits
-    from lt_bench.runs.predictors import run_logits
+    from lt_bench.runs.run_folder import RunFolder
+    from lt_bench.runs.stored import write_logits
 
-    read_run_config(Path(args.run_dir))  # a run folder at all,
-    read_metrics(Path(args.run_dir))  # and a finished one: only those have logits to give
-    labels, logits = run_logits(Path(args.run_dir), args.split)
+    run = RunFolder.open(args.run_dir)  # a run folder at all,
+    _ = run.metrics  # and a finished one: only those have logits to give
+    labels, logits = run.split_logits(args.split)
     write_logits(labels, logits, Path(args.out))
 
 

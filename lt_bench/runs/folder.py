@@ -1,10 +1,11 @@
-"""The run folder: its layout, where it is found, and the one writer every run finishes with.
+"""The run folder's files: the one writer every run finishes with, and their readers.
 
-``results/runs/{dataset}/{backbone}/{method}/seed{seed}/`` (ensembles: backbone
-``ensemble``) holds ``config.json`` (resolved method, hyper-parameters, inputs with their
-hashes, git commit), ``history.json``, ``per_class.parquet``, what rebuilds the logits
-(``predictor.json`` + ``predictor.safetensors``; fine-tuning: the stored pre-head
-``features_{split}.parquet`` and the head in ``trainable.safetensors``)
+A run folder (laid out by :mod:`lt_bench.runs.layout`; read as a whole through
+:class:`lt_bench.runs.run_folder.RunFolder`) holds ``config.json`` (resolved method,
+hyper-parameters, inputs with their hashes, git commit), ``history.json``,
+``per_class.parquet``, what rebuilds the logits (``predictor.json``, written through
+``lt_bench.predictor_spec``, + ``predictor.safetensors``; fine-tuning: the stored pre-head
+``features_{split}.parquet`` and the head in ``trainable.safetensors``, ``runs.stored``)
 and, written last, ``metrics.json``: its presence marks a finished run
 (docs/architecture.md, "File contracts").
 """
@@ -24,102 +25,38 @@ import numpy as np
 from lt_bench.errors import InputValidationError
 from lt_bench.io import atomic_path, read_json, write_json
 
+# the layout, the runs index and the stored files have their own modules; re-exported
+# here for the callers that import them from this module
+from lt_bench.runs.index import (  # noqa: F401
+    RUNS_INDEX,
+    report_run_dirs,
+    selected_run_dirs,
+    write_runs_index,
+)
+from lt_bench.runs.layout import (  # noqa: F401
+    CONFIG_JSON,
+    METRICS_JSON,
+    find_run_dirs,
+    logits_path,
+    project_root_of,
+    resolve_recorded,
+    run_dir,
+    run_features_path,
+)
+from lt_bench.runs.stored import (  # noqa: F401
+    FEATURE_VIEWS,
+    arrow_column,
+    read_logits,
+    read_run_features,
+    write_logits,
+    write_run_features,
+)
+
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
 #: the splits a run is evaluated on (val for tuning checks, test for the tables)
 EVAL_SPLITS = ("val", "test")
-
-
-def run_dir(dataset: str, backbone: str, method: str, seed: int | str,
-            root: str | os.PathLike = "results/runs") -> Path:
-    return Path(root) / dataset / backbone / method / f"seed{seed}"
-
-
-def find_run_dirs(runs_root: str | os.PathLike) -> list[Path]:
-    """Every finished run folder under ``runs_root`` (those with a metrics.json), sorted."""
-    return sorted(p.parent for p in Path(runs_root).glob("*/*/*/seed*/metrics.json"))
-
-
-#: the workflow's list of a dataset's runs (rule runs_index): runs_root/{dataset}/index.txt
-RUNS_INDEX = "index.txt"
-
-
-def write_runs_index(metrics_files: list[str], out: str | os.PathLike) -> None:
-    """``{runs_root}/{dataset}/index.txt``: the suite's runs of a dataset, one metrics.json
-    per line (lt_bench.plan.Plan.dataset_runs; the workflow's rule runs_index)."""
-    from lt_bench.io import write_text
-
-    write_text(out, "".join(f"{f}\n" for f in metrics_files))
-
-
-def report_run_dirs(runs_root: str | os.PathLike) -> list[Path]:
-    """The finished runs the report stands on when no list is given: per dataset, the runs
-    of the workflow's ``index.txt`` where there is one, else every finished run.
-
-    The one decision that makes `lt-bench tables` (significance, figures, ingest) by hand
-    agree with the workflow: the suite's runs only. The same-backbone control's member
-    runs at extra seeds (la at s + 1000, s + 2000) are finished runs too, but inputs of that
-    ensemble, not rows of the tables (they would triple the LA row's seeds)."""
-    runs_root = Path(runs_root)
-    by_dataset: dict[str, list[Path]] = {}
-    for d in find_run_dirs(runs_root):
-        by_dataset.setdefault(d.parts[-4], []).append(d)
-    out: list[Path] = []
-    for dataset, dirs in sorted(by_dataset.items()):
-        index = runs_root / dataset / RUNS_INDEX
-        if not index.is_file():
-            out += dirs
-            continue
-        finished = set(dirs)
-        # lines are results/runs/{dataset}/{backbone}/{method}/seed{s}/metrics.json as the
-        # workflow names them: found again under runs_root wherever the project is now
-        listed = [runs_root.joinpath(*Path(line.strip()).parts[-5:-1])
-                  for line in index.read_text(encoding="utf-8").splitlines() if line.strip()]
-        missing = [d for d in listed if d not in finished]
-        if missing:
-            log.warning("%s lists %d run(s) that are not finished, e.g. %s; the tables by "
-                        "hand leave them out", index, len(missing), missing[0])
-        out += [d for d in listed if d in finished]
-    return out
-
-
-def selected_run_dirs(metrics: list[str] | None, runs_root: str | os.PathLike,
-                      dataset: str | None = None) -> list[Path]:
-    """The runs a verb acts on: explicit ``metrics.json`` files (the workflow lists them), or
-    the report's runs under ``runs_root`` (of ``dataset``; :func:`report_run_dirs`); an
-    error when there is none."""
-    if metrics:
-        return [Path(m).parent for m in metrics]
-    dirs = [d for d in report_run_dirs(runs_root) if dataset is None or d.parts[-4] == dataset]
-    if not dirs:
-        raise FileNotFoundError(
-            f"no finished runs (metrics.json) under {runs_root}"
-            + (f" for dataset {dataset!r}" if dataset else "")
-            + "; expected run folders {dataset}/{backbone}/{method}/seed{seed}")
-    return dirs
-
-
-def project_root_of(run_path: Path) -> Path | None:
-    """The folder holding ``results/`` for a run folder laid out as ``run_dir`` says."""
-    p = Path(run_path).absolute()
-    if len(p.parts) > 6 and p.parents[3].name == "runs" and p.parents[4].name == "results":
-        return p.parents[5]
-    return None
-
-
-def resolve_recorded(path: str | os.PathLike, run_path: Path) -> Path:
-    """A path recorded in a run's config.json, found again: as recorded where absolute;
-    a relative one is relative to the run's own project root (the folder holding its
-    ``results/runs``, the workflow's working directory), else to the working directory —
-    so ``lt-bench logits`` works from any folder and after the project folder moved, and
-    never picks up another project's files that happen to sit at the same relative path
-    under the working directory."""
-    p = Path(path)
-    if p.is_absolute():
-        return p
-    root = project_root_of(run_path)
-    return root / p if root is not None else p
 
 
 def git_commit(where: str | os.PathLike | None = None) -> str | None:
@@ -144,23 +81,6 @@ def check_logits(name: str, split: str, labels: np.ndarray, logits: np.ndarray,
         raise InputValidationError(
             f"{name}: {int(bad.sum())} {split} row(s) have non-finite logits (first row "
             f"{int(np.flatnonzero(bad)[0])}); check the features and the prior for NaN/inf/0")
-
-
-def arrow_column(values):
-    """A 1-d numpy array (numbers or str) as an Arrow array, built from its buffers:
-    pa.array()/pa.table() import pandas on first use (0.4-1 s of every run's start-up)."""
-    import pyarrow as pa
-
-    x = np.ascontiguousarray(values)
-    if x.dtype.kind in "US":
-        data = [s.encode() for s in x.tolist()]
-        offsets = np.zeros(len(data) + 1, np.int32)
-        np.cumsum([len(s) for s in data], out=offsets[1:])
-        return pa.StringArray.from_buffers(len(data), pa.py_buffer(offsets),
-                                           pa.py_buffer(b"".join(data)))
-    if x.dtype.kind not in "iuf":  # bools are bit-packed in Arrow, objects have no buffer
-        return pa.array(x.tolist())
-    return pa.Array.from_buffers(pa.from_numpy_dtype(x.dtype), len(x), [None, pa.py_buffer(x)])
 
 
 def check_labels(labels, num_classes: int, where: str) -> None:
@@ -318,91 +238,3 @@ def require_finished(run_path: Path, role: str) -> dict[str, Any]:
     """config.json of a finished run, or an error saying which role it was to play."""
     read_metrics(run_path, role)
     return read_run_config(run_path)
-
-
-# --- stored logits (runs that cannot rebuild them cheaply: fine-tuning) --------------------
-
-def logits_path(run_path: Path, split: str) -> Path:
-    return Path(run_path) / f"logits_{split}.parquet"
-
-
-def write_logits(labels: np.ndarray, logits: np.ndarray, out: Path) -> None:
-    """Contract: ``label`` int32, ``logits`` fixed_size_list<float32, K>, split-list order."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    logits = np.ascontiguousarray(logits, dtype=np.float32)
-    table = pa.table({
-        "label": pa.array(np.asarray(labels, dtype=np.int32)),
-        "logits": pa.FixedSizeListArray.from_arrays(pa.array(logits.reshape(-1)),
-                                                    logits.shape[1]),
-    })
-    with atomic_path(out) as tmp:
-        pq.write_table(table, tmp)
-
-
-def read_logits(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    import pyarrow.parquet as pq
-
-    table = pq.read_table(path)
-    col = table.column("logits").combine_chunks()
-    return (table.column("label").to_numpy().astype(np.int64),
-            col.flatten().to_numpy().reshape(-1, col.type.list_size))
-
-
-# --- stored pre-head features (fine-tuning: the seam applies the stored head to them) ---
-
-#: view -> column of a run's features file: "centre" the pre-head feature of the test
-#: transform, "tte" the mean of the five test-time crops' unit-normalised features
-FEATURE_VIEWS = {"centre": "feature", "tte": "feature_tte"}
-
-
-def run_features_path(run_path: Path, split: str) -> Path:
-    return Path(run_path) / f"features_{split}.parquet"
-
-
-def write_run_features(labels: np.ndarray, views: dict[str, np.ndarray], out: Path) -> Path:
-    """Contract: ``label`` int32 and, per view, ``feature`` / ``feature_tte``
-    fixed_size_list<float16, D>, split-list order (float16 as the feature store: D = 768
-    makes a row 1.5 kB where K = 8,142 float32 logits were 32 kB). Whatever is computed
-    from the file is computed from these rounded values, so the run's metrics and
-    ``lt-bench logits`` agree exactly."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    unknown = set(views) - set(FEATURE_VIEWS)
-    if unknown or not views:
-        raise ValueError(f"feature views {sorted(views)}; valid: {sorted(FEATURE_VIEWS)}")
-    cols = {"label": arrow_column(np.asarray(labels, dtype=np.int32))}
-    for view, x in views.items():
-        x = np.ascontiguousarray(x, dtype=np.float16)
-        if x.ndim != 2 or len(x) != len(labels) or not np.isfinite(x).all():
-            raise InputValidationError(f"{out}: {view} features of shape {x.shape} for "
-                                       f"{len(labels)} labels, or not finite in float16")
-        cols[FEATURE_VIEWS[view]] = pa.FixedSizeListArray.from_arrays(
-            arrow_column(x.reshape(-1)), x.shape[1])
-    with atomic_path(Path(out)) as tmp:
-        pq.write_table(pa.Table.from_arrays(list(cols.values()), names=list(cols)), tmp,
-                       compression="zstd")
-    return Path(out)
-
-
-def read_run_features(path: Path, view: str = "centre") -> tuple[np.ndarray, np.ndarray]:
-    """(labels int64, features float32 (N, D)) of one view of a run's features file."""
-    import pyarrow.parquet as pq
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path.parent}: no stored {path.stem} "
-                                "(a fine-tuning run stores val and test features only)")
-    column = FEATURE_VIEWS[view]
-    names = pq.read_schema(path).names
-    if column not in names:
-        stored = [v for v, c in FEATURE_VIEWS.items() if c in names]
-        raise InputValidationError(
-            f"{path}: no {view!r} view stored (stored: {stored}); fine-tune with "
-            "tte: both to store the centre and the five-crop views")
-    table = pq.read_table(path, columns=["label", column])
-    col = table.column(column).combine_chunks()
-    feats = col.flatten().to_numpy().reshape(-1, col.type.list_size).astype(np.float32)
-    return table.column("label").to_numpy().astype(np.int64), feats

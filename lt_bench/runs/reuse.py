@@ -25,11 +25,12 @@ from pathlib import Path
 from typing import Any
 
 from lt_bench.io import read_json, sha256_file, stable_hash
+from lt_bench.runs.layout import METRICS_JSON
 
 log = logging.getLogger(__name__)
 
 #: files of a run folder that are not part of the fit (rewritten on restore)
-_DONE = "metrics.json"
+_DONE = METRICS_JSON
 
 
 @cache
@@ -46,8 +47,10 @@ def source_hash() -> str:
 def run_key(run_path: Path) -> str:
     """A finished run's fit key (config.json ``fit_key``), else a hash of its predictor
     files (a run made without reuse, e.g. by `lt-bench train` without --reuse-dir)."""
+    from lt_bench.runs.run_folder import RunFolder
+
     run_path = Path(run_path)
-    cfg = read_json(run_path / "config.json")
+    cfg = RunFolder.open(run_path).config
     if cfg.get("fit_key"):
         return str(cfg["fit_key"])
     files = sorted(p for p in run_path.glob("predictor*") if p.is_file())

@@ -35,7 +35,7 @@ class StoreNotFoundError(UserError, FileNotFoundError):
 
 
 def _run_dirs(args) -> list[Path]:
-    from lt_bench.runs.folder import selected_run_dirs
+    from lt_bench.runs.index import selected_run_dirs
 
     try:
         return selected_run_dirs(args.metrics, args.runs_root)

@@ -42,11 +42,31 @@ from urllib.parse import urlsplit, urlunsplit
 
 from lt_bench.errors import InputValidationError
 from lt_bench.io import read_json, sha256_file, stable_hash
-from lt_bench.runs.folder import find_run_dirs  # noqa: F401  (re-exported: the one glob)
+from lt_bench.runs.layout import (  # noqa: F401  (find_run_dirs re-exported: the one glob)
+    CONFIG_JSON,
+    METRICS_JSON,
+    RUN_DIR,
+    find_run_dirs,
+    metrics_path,
+)
+
+# naming and keys have their own module; re-exported for the callers that import them here
+from lt_bench.tracking.names import (  # noqa: F401
+    EXPERIMENT_PREFIX,
+    compact_backbone,
+    compact_method,
+    experiment_name,
+    group_key,
+    knob_label,
+    non_default_hparams,
+    run_key,
+    run_name,
+    setting_label,
+    setting_stats,
+)
 
 DEFAULT_DB = Path("results/mlflow/mlflow.db")
 DEFAULT_MANIFEST = Path("results/mlflow/ingested.json")
-EXPERIMENT_PREFIX = "lt-bench/"
 #: bump when what is logged for a run changes, so that re-ingestion refreshes every run
 SCHEMA_VERSION = 3
 TAG_FINGERPRINT = "lt_bench.fingerprint"
@@ -57,7 +77,7 @@ TAG_TIMES = "lt_bench.times"
 #: make an unchanged run folder "changed" (a train-time commit is in config.json's digest)
 VOLATILE_TAGS = ("run_dir", "git_commit", "mlflow.source.git.commit")
 MAX_PARAM_LEN = 6000
-ARTIFACT_FILES = ("config.json", "metrics.json", "history.json", "per_class.parquet")
+ARTIFACT_FILES = (CONFIG_JSON, METRICS_JSON, "history.json", "per_class.parquet")
 #: the tag ``kind`` of an MLflow run: one per run folder, one per setting (its seeds' mean ±
 #: sd, the seed runs nested under it), one per suite (suite-wide figures and the settings table)
 KIND_SEED, KIND_SETTING, KIND_SUMMARY = "seed", "setting", "summary"
@@ -99,97 +119,12 @@ SETTINGS_VIEW = {
 VIEWS = {HEADLINE_VIEW_KEY: HEADLINE_VIEW, SETTINGS_VIEW_KEY: SETTINGS_VIEW}
 #: metrics.json entries that are not metrics (identity, wall-clock times)
 NOT_METRICS = {"seed", "started_at", "finished_at"}
-#: long method-name parts and their short forms in run names (the tag ``method`` is exact)
-METHOD_ABBREV = (("backdoor", "bd"), ("same_backbone", "same"), ("finetuned", "ft"),
-                 ("adaptformer", "af"), ("prob_mean", "pmean"), ("learned", "lrn"),
-                 ("posthoc", "ph"))
-#: a few hyper-parameters by the symbol the papers use
-SYMBOLS = {"tau": "τ", "gamma": "γ", "beta": "β", "alpha": "α", "remine_lambda": "λ"}
-
-
-# --- identity -------------------------------------------------------------------------
-
-def experiment_name(suite: str) -> str:
-    return f"{EXPERIMENT_PREFIX}{suite}"
-
-
-def run_key(suite: str, dataset: str, backbone: str, method: str, seed: int) -> str:
-    """Deterministic key of one run folder within a suite (16 hex digits)."""
-    return stable_hash({"suite": suite, "dataset": dataset, "backbone": backbone,
-                        "method": method, "seed": int(seed)}, n=16)
-
-
-def group_key(config: Mapping[str, Any]) -> str:
-    """Key of the configuration without the seed: the seeds of one setting share it."""
-    return stable_hash({"dataset": config.get("dataset"), "backbone": config.get("backbone"),
-                        "method": config.get("method"), "hparams": config.get("hparams") or {}},
-                       n=16)
-
-
-def non_default_hparams(hparams: Mapping[str, Any],
-                        defaults: Mapping[str, Any] | None) -> dict[str, Any]:
-    """The hyper-parameters that differ from the method's defaults (none if unknown)."""
-    if defaults is None:
-        return {}
-    return {k: v for k, v in sorted(hparams.items()) if k not in defaults or defaults[k] != v}
-
-
-def _short(v: Any) -> str:
-    if isinstance(v, float):
-        return f"{v:g}"
-    return v if isinstance(v, str) else json.dumps(v, separators=(",", ":"))
-
-
-def setting_label(method: str, hparams: Mapping[str, Any]) -> str:
-    """``la τ=0.5`` from a method and its non-default hyper-parameters."""
-    knobs = knob_label(hparams)
-    return f"{method} {knobs}" if knobs else method
-
-
-def compact_method(method: str) -> str:
-    """``bd_same_bb`` for ``backdoor_same_backbone``: short enough for the name column."""
-    for long, short in METHOD_ABBREV:
-        method = method.replace(long, short)
-    return method
-
-
-def compact_backbone(backbone: str) -> str:
-    """``clip-b16`` for ``clip_vit_b16`` (the paper's backbones differ before ``_vit``)."""
-    return backbone.replace("_vit_", "-")
-
-
-def run_name(method: str, knobs: str, dataset: str | None, backbone: str,
-             seed: int | None) -> str:
-    """The MLflow run name: ``bd_same toyclip0 s0`` (method, backbone, seed), then the dataset
-    where the experiment holds several (``dataset=None`` otherwise), then the knobs.
-
-    MLflow 3.17's run-name column shows ~20 characters (measured in headless Chromium,
-    tests/test_mlflow_ui.py) and the shared view cannot widen it: what tells runs apart
-    comes first, what the ``group`` column shows anyway (dataset, knobs) last."""
-    name = compact_method(method) + " " + compact_backbone(backbone)
-    name += f" s{seed}" if seed is not None else ""
-    name += f" {dataset}" if dataset else ""
-    return f"{name} {knobs}" if knobs else name
-
-
-def knob_label(hparams: Mapping[str, Any]) -> str:
-    """``τ=0.5 epochs=3``: the non-default hyper-parameters of a setting."""
-    return " ".join(f"{SYMBOLS.get(k, k)}={_short(v)}" for k, v in hparams.items())
 
 
 def view_url(tracking_ui: str, experiment_id: str, view: str = HEADLINE_VIEW_KEY) -> str:
     """A saved view of the experiment's runs table, in MLflow's model-training layout."""
     return (f"{tracking_ui.rstrip('/')}/#/experiments/{experiment_id}/runs"
             f"?{UI_QUERY}&viewStateShareKey={view}")
-
-
-def setting_stats(values: list[float]) -> tuple[float, float | None]:
-    """Mean and sample standard deviation (ddof = 1, as the report's tables; None for one)."""
-    n = len(values)
-    mean = sum(values) / n
-    if n < 2:
-        return mean, None
-    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
 
 
 def default_tracking_uri(root: Path | str = ".") -> str:
@@ -317,7 +252,17 @@ def _rel(p: Path) -> str:
         return str(p.resolve())
 
 
-def read_run_folder(run_dir: Path | str, suite: str, commit: str | None = None,
+def finished_folder(run_dir):
+    """The finished run folder at ``run_dir`` (a ``RunFolder``; one given is kept); an
+    error naming it where it is not finished."""
+    from lt_bench.runs.run_folder import RunFolder
+
+    if not metrics_path(run_dir).is_file():
+        raise InputValidationError(f"{run_dir}: not a finished run (no {METRICS_JSON})")
+    return RunFolder.open(run_dir)
+
+
+def read_run_folder(run_dir, suite: str, commit: str | None = None,
                     defaults: Mapping[str, Any] | None = None,
                     name_dataset: bool = True) -> RunRecord:
     """Everything MLflow gets from one finished run folder.
@@ -327,24 +272,16 @@ def read_run_folder(run_dir: Path | str, suite: str, commit: str | None = None,
     hyper-parameters (None: unknown, then names and groups show no knobs);
     ``name_dataset``: whether the run name spells the dataset (an experiment of several).
     """
-    run_dir = Path(run_dir)
-    mpath = run_dir / "metrics.json"
-    if not mpath.is_file():
-        raise InputValidationError(f"{run_dir}: not a finished run (no metrics.json)")
-    try:
-        metrics = read_json(mpath)
-        config = read_json(run_dir / "config.json") if (run_dir / "config.json").is_file() else {}
-        hpath = run_dir / "history.json"
-        history = read_json(hpath) if hpath.is_file() else []
-    except json.JSONDecodeError as e:
-        raise InputValidationError(f"{run_dir}: a run file is not valid JSON ({e})") from e
+    folder = finished_folder(run_dir)
+    run_dir, mpath = folder.path, metrics_path(folder.path)
+    metrics, config = folder.metrics, folder.config
+    hpath = run_dir / "history.json"
+    history = read_json(hpath) if hpath.is_file() else []
 
-    ident = {}
-    for k in ("dataset", "backbone", "method", "seed"):
-        v = metrics.get(k, config.get(k))
+    ident = folder.identity
+    for k, v in ident.items():
         if v is None:
             raise InputValidationError(f"{mpath}: no {k!r} in metrics.json or config.json")
-        ident[k] = v
     ident["seed"] = int(ident["seed"])
     key = run_key(suite, ident["dataset"], ident["backbone"], ident["method"], ident["seed"])
     hparams = config.get("hparams") or {}
@@ -388,7 +325,7 @@ def read_run_folder(run_dir: Path | str, suite: str, commit: str | None = None,
     knobs = knob_label(non_default_hparams(hparams, defaults))
     shown_dataset = ident["dataset"] if name_dataset else None
     label = f"{ident['method']} {knobs}" if knobs else ident["method"]
-    path_name = f"{ident['dataset']}/{ident['backbone']}/{ident['method']}/seed{ident['seed']}"
+    path_name = RUN_DIR.format(**ident)
     tags = {
         **{k: str(v) for k, v in ident.items()},
         "suite": suite,

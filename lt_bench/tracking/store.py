@@ -44,6 +44,7 @@ from lt_bench.tracking.records import (
     SETTINGS_VIEW_KEY,
     default_tracking_uri,
     experiment_name,
+    finished_folder,
     read_run_folder,
     redact_uri,
     sqlite_path,
@@ -178,11 +179,6 @@ def method_defaults(methods: set[str]) -> dict[str, dict[str, Any] | None]:
     return {m: (dict(METHODS.get(m).defaults) if m in METHODS else None) for m in methods}
 
 
-def _methods_of(run_dirs: list[Path]) -> set[str]:
-    # the folder layout {dataset}/{backbone}/{method}/seed{seed}; read_run_folder checks it
-    return {Path(d).parent.name for d in run_dirs}
-
-
 def ingest(run_dirs: list[Path | str], suite: str, tracking_uri: str | None = None,
            artifact_root: Path | str | None = None, lock_timeout: float = 600.0,
            commit: str | None = None, figures_root: Path | str | None = None,
@@ -200,13 +196,12 @@ def ingest(run_dirs: list[Path | str], suite: str, tracking_uri: str | None = No
 
     t_start = time.time()
     uri = tracking_uri or default_tracking_uri()
-    run_dirs = [Path(d) for d in run_dirs]
+    folders = [finished_folder(d) for d in run_dirs]
     if defaults is None:
-        defaults = method_defaults(_methods_of(run_dirs))
-    # the folder layout {dataset}/{backbone}/{method}/seed{seed}; read_run_folder checks it
-    several = len({d.parent.parent.parent.name for d in run_dirs}) > 1
-    records = [read_run_folder(d, suite, commit, defaults.get(d.parent.name), several)
-               for d in run_dirs]
+        defaults = method_defaults({f.method for f in folders})
+    several = len({f.dataset for f in folders}) > 1
+    records = [read_run_folder(f, suite, commit, defaults.get(f.method), several)
+               for f in folders]
     figures = suite_figures(figures_root)
     keys: dict[str, Path] = {}
     for r in records:
