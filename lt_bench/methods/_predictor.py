@@ -12,18 +12,28 @@ Every predictor has ``logits(features)`` for in-memory features (tuning a knob o
 and, through :func:`split_features_logits`, the seam's ``split_logits(split)`` on the
 features folder it was fitted on. Where a split carries test-time crops
 (``FeatureSplit.crops``, LIFT's five-crop TTE) the logits are averaged over the crops.
+
+``predictor.json`` is written and read only through ``lt_bench.predictor_spec``, which
+registers the two kinds of this floor (``linear`` here, ``knn``).
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from lt_bench.io import atomic_path, write_json
+from lt_bench.errors import InputValidationError
+from lt_bench.io import atomic_path
+from lt_bench.predictor_spec import (
+    FEATURE_KINDS,
+    PREDICTOR_JSON,
+    load_predictor,
+    predictor_spec_of,
+    read_predictor_spec,  # noqa: F401  (re-exported)
+    write_predictor_spec,
+)
 
 
 def _unit_rows(x: np.ndarray) -> np.ndarray:
@@ -77,16 +87,19 @@ class LinearPredictor:
 
         with atomic_path(run_dir / "predictor.safetensors") as tmp:
             save_file(tensors, str(tmp))
-        write_json(run_dir / "predictor.json", {
+        write_predictor_spec(run_dir, {
             "kind": "linear", "has_bias": self.bias is not None,
             "terms": [{"scale": float(t.scale), "normalize_features": t.normalize_features,
                        "weight_power": float(t.weight_power),
                        "has_projection": t.projection is not None} for t in self.terms]})
 
 
-def _load_linear(run_dir: Path, spec: dict) -> LinearPredictor:
+def load_linear(folder) -> LinearPredictor:
+    """The ``linear`` predictor kind (``lt_bench.predictor_spec``)."""
     from safetensors.numpy import load_file
 
+    run_dir = Path(folder)
+    spec = predictor_spec_of(folder)
     tensors = load_file(str(run_dir / "predictor.safetensors"))
     terms = []
     for i, t in enumerate(spec["terms"]):
@@ -96,26 +109,14 @@ def _load_linear(run_dir: Path, spec: dict) -> LinearPredictor:
     return LinearPredictor(terms, tensors.get("bias") if spec["has_bias"] else None)
 
 
-#: kind -> loader(run_dir, spec) of the predictors that act on features (k-NN adds its own)
-PREDICTOR_LOADERS: dict[str, Any] = {"linear": _load_linear}
-
-
-def read_predictor_spec(run_dir: Path) -> dict:
-    spec_path = Path(run_dir) / "predictor.json"
-    if not spec_path.is_file():
-        raise FileNotFoundError(f"{run_dir}: no predictor.json; is this a finished run folder?")
-    return json.loads(spec_path.read_text())
-
-
-def load_feature_predictor(run_dir: Path):
+def load_feature_predictor(folder):
     """The saved predictor of a features-consuming run (linear or k-NN)."""
-    run_dir = Path(run_dir)
-    spec = read_predictor_spec(run_dir)
-    loader = PREDICTOR_LOADERS.get(spec.get("kind"))
-    if loader is None:
-        raise ValueError(f"{run_dir}/predictor.json: predictor kind {spec.get('kind')!r} does "
-                         f"not act on features; valid: {sorted(PREDICTOR_LOADERS)}")
-    return loader(run_dir, spec)
+    kind = predictor_spec_of(folder)["kind"]
+    if kind not in FEATURE_KINDS:
+        raise InputValidationError(
+            f"{folder}/{PREDICTOR_JSON}: predictor kind {kind!r} does not act on features; "
+            f"valid: {', '.join(FEATURE_KINDS)}")
+    return load_predictor(folder)
 
 
 def split_features_logits(predictor, split) -> np.ndarray:

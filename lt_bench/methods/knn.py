@@ -29,10 +29,10 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from lt_bench.io import sha256_file, write_json
+from lt_bench.io import sha256_file
 from lt_bench.methods._base import METHODS, FitContext, FitResult, Method
-from lt_bench.methods._predictor import PREDICTOR_LOADERS
 from lt_bench.methods._reuse import choose, top1
+from lt_bench.predictor_spec import predictor_spec_of, write_predictor_spec
 
 EPS = 1e-6
 #: the last neighbour search of this process: {(train sha256, k, queries' shape and hash):
@@ -128,7 +128,7 @@ class KNNPredictor:
                           self.num_classes, bank_key=self.train_sha256)
 
     def save(self, run_dir: Path) -> None:
-        write_json(Path(run_dir) / "predictor.json", {
+        write_predictor_spec(run_dir, {
             "kind": "knn", "k": self.k, "temperature": self.temperature,
             "train_features": self.train_features, "train_sha256": self.train_sha256,
             "num_classes": self.num_classes, "bank": self.bank})
@@ -151,12 +151,11 @@ def knn_logits(queries: np.ndarray, bank: np.ndarray, bank_labels: np.ndarray, k
     return knn_vote_logits(sims, bank_labels[idx], k, temperature, num_classes)
 
 
-def _load_knn(run_dir: Path, spec: dict) -> KNNPredictor:
+def load_knn(folder) -> KNNPredictor:
+    """The ``knn`` predictor kind (``lt_bench.predictor_spec``)."""
+    spec = predictor_spec_of(folder)
     return KNNPredictor(spec["k"], spec["temperature"], spec["train_features"],
                         spec["train_sha256"], spec["num_classes"], spec.get("bank", "train"))
-
-
-PREDICTOR_LOADERS["knn"] = _load_knn
 
 
 BANKS = ("train", "val")

@@ -20,7 +20,8 @@ from typing import Any
 import numpy as np
 
 from lt_bench.errors import InputValidationError
-from lt_bench.io import sha256_file, write_json
+from lt_bench.io import sha256_file
+from lt_bench.predictor_spec import write_predictor_spec
 from lt_bench.runs.folder import (
     EVAL_SPLITS,
     run_features_path,
@@ -74,7 +75,7 @@ def write_finetuned_run(out_dir: Path, *, labels: dict[str, np.ndarray],
     spec = {"kind": "finetuned", "view": view, "views": sorted(features["test"]),
             "scale": float(scale), "head": "trainable.safetensors", "head_key": "head.weight",
             "source": None, "splits": list(EVAL_SPLITS)}
-    write_json(out_dir / "predictor.json", spec)
+    write_predictor_spec(out_dir, spec)
     seam = FinetunedRun(out_dir, spec)
     logits = {s: seam.split_logits(s) for s in EVAL_SPLITS}
     return write_run(out_dir, logits, train_counts=train_counts, config=config, info=info,
@@ -166,7 +167,7 @@ def finetuned_view_run(method: str, member: Path, out_dir: Path,
     stored view through its head (the TTE row), or the k-NN probe of its stored features.
     Nothing is trained; the predictor points at the member's files (``source``)."""
     from lt_bench.methods import METHODS
-    from lt_bench.methods._predictor import read_predictor_spec
+    from lt_bench.predictor_spec import read_predictor_spec
     from lt_bench.runs.folder import require_finished
     from lt_bench.runs.predictors import FinetunedRun
 
@@ -197,7 +198,7 @@ def finetuned_view_run(method: str, member: Path, out_dir: Path,
         spec["knn"] = {"k": int(hp["k"]), "temperature": float(hp["temperature"]),
                        "bank": "val"}
     unfinish(out_dir)
-    write_json(out_dir / "predictor.json", spec)
+    write_predictor_spec(out_dir, spec)
     seam = FinetunedRun(out_dir, spec)
     logits = {s: seam.split_logits(s) for s in EVAL_SPLITS}
     from lt_bench.io import read_json

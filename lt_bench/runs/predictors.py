@@ -33,7 +33,6 @@ from lt_bench.runs.folder import (
 
 def load_run_predictor(run_path: Path):
     """A features-consuming run's own predictor (post-hoc methods reuse its weights)."""
-    from lt_bench.methods import knn  # noqa: F401  registers the k-NN predictor loader
     from lt_bench.methods._predictor import load_feature_predictor
 
     return load_feature_predictor(Path(run_path))
@@ -130,17 +129,19 @@ def check_fresh(run_path: Path) -> None:
     and itself fresh). For readers of ``metrics.json`` (the tables), which must refuse a
     run whose files no longer give its numbers; readers of logits check in ``open_run``."""
     from lt_bench.io import read_json
+    from lt_bench.predictor_spec import PREDICTOR_JSON, read_predictor_spec
 
     run_path = Path(run_path)
     if not (run_path / "metrics.json").is_file():
         raise StaleRunError(f"{run_path} is no longer a finished run (no metrics.json: "
                             "deleted or unfinished); rerun it (snakemake reruns it and "
                             "rewrites the runs index)")
-    spec, cfg = (run_path / "predictor.json", run_path / "config.json")
-    kind = read_json(spec).get("kind") if spec.is_file() else None
+    spec = (read_predictor_spec(run_path) if (run_path / PREDICTOR_JSON).is_file()
+            else {"kind": None})
+    cfg = run_path / "config.json"
     cfg = read_json(cfg) if cfg.is_file() else {}  # a run of an older layout: nothing to check
-    if kind == "ensemble":  # not EnsembleRun: its module imports scipy (~0.7 s)
-        members = [resolve_recorded(m, run_path) for m in read_json(spec)["members"]]
+    if spec["kind"] == "ensemble":  # not EnsembleRun: its module imports scipy (~0.7 s)
+        members = [resolve_recorded(m, run_path) for m in spec["members"]]
         check_members_fresh(run_path, members)
         for m in members:
             check_fresh(m)
@@ -187,6 +188,13 @@ class FinetunedRun:
         self.num_classes = spec.get("num_classes")
         self._weight = None
 
+    @classmethod
+    def from_folder(cls, folder) -> FinetunedRun:
+        """The ``finetuned`` predictor kind (``lt_bench.predictor_spec``)."""
+        from lt_bench.predictor_spec import predictor_spec_of
+
+        return cls(Path(folder), predictor_spec_of(folder))
+
     @property
     def weight(self) -> np.ndarray:
         if self._weight is None:
@@ -215,22 +223,16 @@ class FinetunedRun:
 
 
 def open_run(run_path: Path):
-    """The run at ``run_path`` behind the seam (an object with ``split_logits``)."""
-    from lt_bench.methods._predictor import read_predictor_spec
+    """The run at ``run_path`` behind the seam (an object with ``split_logits``), built by
+    its predictor kind (``lt_bench.predictor_spec.PREDICTOR_KINDS``)."""
+    from lt_bench.predictor_spec import FEATURE_KINDS, load_predictor, read_predictor_spec
 
     run_path = Path(run_path)
     cfg = read_run_config(run_path)
-    kind = read_predictor_spec(run_path).get("kind")
-    if kind == "ensemble":
-        from lt_bench.runs.ensemble import EnsembleRun
-
-        return EnsembleRun.from_folder(run_path)
-    if kind == "stored":
-        return StoredRun(run_path)
-    if kind == "finetuned":
-        return FinetunedRun(run_path, read_predictor_spec(run_path))
+    if read_predictor_spec(run_path)["kind"] not in FEATURE_KINDS:
+        return load_predictor(run_path)
     if not cfg.get("features_dir"):
-        raise InputValidationError(f"{run_path}: predictor kind {kind!r} but config.json "
+        raise InputValidationError(f"{run_path}: a features predictor but config.json "
                                    "records no features folder")
     return FeatureRun(run_path, cfg)
 
