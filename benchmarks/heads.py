@@ -285,7 +285,7 @@ def bench_startup_tax(repeats: int, method: str = "la") -> dict[str, float]:
     tmp = Path(tempfile.mkdtemp(prefix="lt_bench_heads_"))
     try:
         feats = write_toy_features(tmp / "features")
-        base = [*lt_bench_cmd(), "train", "--method", method, "--features-dir", str(feats),
+        base = [*lt_bench_cmd(), "fit", "--method", method, "--features-dir", str(feats),
                 "--seed", "0", "--threads", "1", "--prior", str(feats / "prior.parquet")]
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
         rows = []
@@ -361,7 +361,7 @@ def bench_head_job() -> dict[str, float]:
 
         def job(root: Path, *extra: str, changed: dict | None = None) -> float:
             t0 = time.perf_counter()
-            r = subprocess.run([*lt_bench_cmd(), "train", "--runs",
+            r = subprocess.run([*lt_bench_cmd(), "fit", "--runs",
                                 json.dumps(spec(root, changed)), *common, *extra],
                                capture_output=True, text=True, env=env)
             if r.returncode != 0:
@@ -371,7 +371,7 @@ def bench_head_job() -> dict[str, float]:
         separate = 0.0
         for run in spec(tmp / "separate"):
             t0 = time.perf_counter()
-            r = subprocess.run([*lt_bench_cmd(), "train", "--method", run["method"],
+            r = subprocess.run([*lt_bench_cmd(), "fit", "--method", run["method"],
                                 "--out", run["out"], "--params", json.dumps(run["params"]),
                                 *[f"--base={k}={v}" for k, v in run["base"].items()], *common],
                                capture_output=True, text=True, env=env)

@@ -464,7 +464,7 @@ def head_job(root: Path, dataset: str, fraction: float, epochs: int,
         if "epochs" in _defaults(r["method"]):
             r["params"] = {**r["params"], "epochs": epochs}
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    cmd = lt("train", "--features-dir", str(fdir), "--prior",
+    cmd = lt("fit", "--features-dir", str(fdir), "--prior",
              f"results/prior/{dataset}/{b}.parquet", "--runs", json.dumps(runs),
              "--threads", "1")
     (root / "logs").mkdir(exist_ok=True)

@@ -135,11 +135,11 @@ class _Correct:
         combine the same LA runs). Without this, every ensemble rebuilds its members and
         each member rebuilds its own logits again: at iNat2018's shape (24,426 × 8,142)
         one rebuild is a ~150 GMAC float64 product. The logits are those of the seam
-        (``EnsembleRun``: same members, rule, weights, ``combine``), so the result is
+        (``EnsembleRun``: same members, its method's ``combine`` and state), so the result is
         the one ``__call__`` gives; only one member set is held at a time."""
         from lt_bench.methods._predictor import read_predictor_spec
         from lt_bench.runs import run_logits
-        from lt_bench.runs.ensemble import EnsembleRun, combine
+        from lt_bench.runs.ensemble import EnsembleRun
 
         groups: dict[tuple[str, ...], list[tuple[Path, EnsembleRun]]] = {}
         for d in map(Path, run_dirs):
@@ -159,7 +159,7 @@ class _Correct:
                                            np.asarray(y)))
             else:
                 for d, e in ensembles:
-                    self._set(str(d), labels, combine(zs, e.rule, e.weights).astype(np.float32))
+                    self._set(str(d), labels, e.combine(zs))
 
 
 def _pair(a: dict[int, Path], b: dict[int, Path | list]) -> list[tuple[Path, Path]]:

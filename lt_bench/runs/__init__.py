@@ -10,7 +10,7 @@ from importlib import import_module
 
 _EXPORTS = {
     "train_run": "train", "load_features_dir": "train",
-    "ensemble_run": "ensemble", "backdoor_run": "ensemble", "combine": "ensemble",
+    "ensemble_run": "ensemble",
     "run_logits": "predictors", "open_run": "predictors",
     "write_run": "folder", "find_run_dirs": "folder", "run_dir": "folder",
     "write_logits": "folder", "read_logits": "folder",

@@ -5,7 +5,6 @@
 
 REPORT = config.get("report") or {}
 FIGURE_METHODS = REPORT.get("figure_methods", ["zero_shot", "ce", "la", "backdoor"])
-REPORT_TABLES = ["main", "dxp", "ablation"]
 
 # rule all's targets: lt_bench.plan.Plan.final_targets (common.smk all_targets)
 
