@@ -1,4 +1,4 @@
-"""Head jobs: several features runs fitted in one process (``lt-bench train --runs``), and
+"""Head jobs: several features runs fitted in one process (``lt-bench fit --runs``), and
 the fit cache that makes a rerun refit only the runs whose configuration changed."""
 
 import json

@@ -45,7 +45,7 @@ def source_hash() -> str:
 
 def run_key(run_path: Path) -> str:
     """A finished run's fit key (config.json ``fit_key``), else a hash of its predictor
-    files (a run made without reuse, e.g. by `lt-bench train` without --reuse-dir)."""
+    files (a run made without reuse, e.g. by `lt-bench fit` without --reuse-dir)."""
     run_path = Path(run_path)
     cfg = read_json(run_path / "config.json")
     if cfg.get("fit_key"):
