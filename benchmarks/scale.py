@@ -214,6 +214,7 @@ def synthesize(root: Path, fraction: float, datasets: list[str]) -> dict[str, fl
     """Every file of the paper suite's GPU stages under root/results; seconds per part."""
     from lt_bench.features.store import read_meta
     from lt_bench.io import sha256_file
+    from lt_bench.methods import METHODS
     from lt_bench.runs.cli import _check_combine, _combine
 
     plan = paper_plan()
@@ -254,7 +255,8 @@ def synthesize(root: Path, fraction: float, datasets: list[str]) -> dict[str, fl
                 _quiet(_combine, r, _check_combine(r))
         combined = set(plan.combined_methods())
         for (dd, bb, m, seed) in plan.ensemble_runs():  # rule ensemble_of_runs
-            if dd == d and m not in combined:
+            # the synthetic fine-tunings store logits, not features: no views of them
+            if dd == d and m not in combined and not getattr(METHODS.get(m), "derived", False):
                 [r] = plan.combine_run(dd, bb, m, seed)
                 _quiet(_combine, r, _check_combine(r))
         t["ensembles"] += time.time() - t0
