@@ -307,3 +307,58 @@ def test_bad_ensemble_run_lists_name_the_problem(world, tmp_path, capsys):
         assert message in capsys.readouterr().err, message
         # refused before anything was written (the first entry of a list too)
         assert not (tmp_path / "b").exists() and not (tmp_path / "c").exists()
+
+
+# --- the same verb makes the views of a fine-tuning -------------------------------------
+
+def _fake_finetuning(out, seed: int, k: int = 6, d: int = 8):
+    """A fine-tuned run folder (the stored features, both views, and the head) written by
+    the fine-tuning's own writer from random numbers: no fine-tuning needed."""
+    from lt_bench.runs.finetune import write_finetuned_run
+
+    rng = np.random.default_rng(seed)
+    labels = {s: np.arange(n) % k for s, n in (("val", 18), ("test", 24))}
+    feats = {s: {v: rng.normal(size=(len(y), d)).astype(np.float32) for v in ("centre", "tte")}
+             for s, y in labels.items()}
+    config = {"method": "adaptformer_la", "consumes": "images", "hparams": {}, "seed": seed,
+              "dataset": "toy", "backbone": "bb0", "num_classes": k,
+              "split_sha256": {s: s * 8 for s in ("train", "val", "test")}}
+    write_finetuned_run(out, labels=labels, features=feats,
+                        trainable={"head.weight": rng.normal(size=(k, d))}, scale=25.0,
+                        view="centre", train_counts=COUNTS, config=config, info={})
+    return out
+
+
+def test_combine_makes_a_view_of_a_finetuning_like_an_ensemble(tmp_path, capsys):
+    """A view of one fine-tuning (adaptformer_la_tte) is a runs-consuming run too: the
+    `combine` verb checks its one member as the method declares it (seed offset 0), in a
+    run list as well, and routes it to the view's driver."""
+    from lt_bench.runs.predictors import cosine_head_logits
+
+    ft = _fake_finetuning(tmp_path / "bb0" / "adaptformer_la" / "seed0", 0)
+    one = tmp_path / "one" / "adaptformer_la_tte"
+    assert main(["combine", "--method", "adaptformer_la_tte", "--members", str(ft),
+                 "--out", str(one)]) == 0
+    from safetensors.numpy import load_file
+
+    from lt_bench.runs.folder import read_run_features
+
+    y, f = read_run_features(ft / "features_test.parquet", "tte")
+    head = load_file(str(ft / "trainable.safetensors"))["head.weight"]
+    labels, z = run_logits(one, "test")
+    np.testing.assert_array_equal(labels, y)
+    np.testing.assert_allclose(z, cosine_head_logits(f, head, 25.0, "tte"), rtol=1e-6)
+    listed = {"method": "adaptformer_la_tte", "seed": 0, "out": str(tmp_path / "job"),
+              "members": [str(ft)]}
+    assert main(["combine", "--runs", json.dumps([listed])]) == 0
+    np.testing.assert_array_equal(run_logits(tmp_path / "job", "test")[1], z)
+    capsys.readouterr()
+    assert main(["combine", "--runs", json.dumps([{**listed, "seed": 1, "out": str(
+        tmp_path / "job1")}])]) == EXIT_USER_ERROR
+    assert "members make an ensemble of seed 0, the run list says seed 1" in \
+        capsys.readouterr().err
+    other = _fake_finetuning(ft.parent / "seed1000", 1000)
+    assert main(["combine", "--method", "adaptformer_la_tte", "--out", str(tmp_path / "two"),
+                 "--members", str(ft), str(other)]) == EXIT_USER_ERROR
+    assert "member seeds [0, 1000] do not follow seed_offsets [0]" in capsys.readouterr().err
+    assert not (tmp_path / "two").exists() and not (tmp_path / "job1").exists()
