@@ -140,10 +140,6 @@ class Plan:
                  for d in self.suite.datasets]
         return next((k for k in kinds if k != "features"), kinds[0] if kinds else None)
 
-    @staticmethod
-    def vary(method: str) -> str:
-        return _method(method).vary
-
     def per_backbone_runs(self, consumes: str | None = None) -> list[tuple[str, str, str, int]]:
         """(dataset, backbone, method, seed) of every run of one backbone (no ensembles)."""
         s = self.suite

@@ -145,6 +145,9 @@ class RunsMethod(Method):
     vary: ClassVar[str] = "backbone"
     #: the fewest member runs a run of it combines
     min_members: ClassVar[int] = 2
+    #: made by the fine-tuning's driver from its one member's stored files (a view of a
+    #: fine-tuning: lt_bench.runs.finetune), not combined by an ensemble's rule
+    derived: ClassVar[bool] = False
 
     @property
     def member_method(self) -> str:

@@ -124,7 +124,7 @@ def _combine(run: dict, method) -> dict:
     (``derived``: lt_bench.runs.finetune) or an ensemble (lt_bench.runs.ensemble); the
     summary it prints."""
     members, out, params = [Path(m) for m in run["members"]], Path(run["out"]), method.hparams
-    if getattr(method, "derived", False):
+    if method.derived:
         from lt_bench.runs.finetune import finetuned_view_run
 
         m = finetuned_view_run(method.name, members[0], out, params)
