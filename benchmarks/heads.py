@@ -13,7 +13,7 @@ tax, and CPU vs GPU (issue 12 items 1, 2, 5). Prints ratios, measured side by si
     Both are timed end to end (numpy arrays in, head weights out), interleaved so machine
     load hits them alike, after one untimed warm-up of each (the first call of a process
     pays ~1-2 s of torch's lazy initialisation: that belongs to (b)). Target <= 1.1x.
-(b) ``lt-bench train --method la --prior ... --threads 1`` (what a workflow job runs) as a
+(b) ``lt-bench fit --method la --prior ... --threads 1`` (what a workflow job runs) as a
     subprocess on a small features folder at the demo toy world's shape (written with
     ``lt_bench.features.store``'s writers, plus a prior file): its wall
     time minus the ``fit_seconds`` recorded in metrics.json ``info``. ``fit_seconds`` is
@@ -22,7 +22,7 @@ tax, and CPU vs GPU (issue 12 items 1, 2, 5). Prints ratios, measured side by si
     ``python -X importtime``, what the heavy imports cost inside that job. Target <= 1 s.
 (d) the workflow's head job: every features method of the demo (config.yaml, their
     hyper-parameters, bases before the runs built on them) fitted by ONE
-    ``lt-bench train --runs`` process, vs the same runs as one ``lt-bench train --method``
+    ``lt-bench fit --runs`` process, vs the same runs as one ``lt-bench fit --method``
     process each (the per-method jobs before issue 12), side by side on the same folder:
     the ratio of the two walls, and the job's wall minus the sum of its ``fit_seconds``
     per run. Then the same job again with its fit cache (nothing changed: every run is
@@ -240,7 +240,7 @@ def import_costs(stderr: str, names=HEAVY) -> dict[str, float]:
 
 
 #: run as ``python -c`` in a fresh process: patch timers around the phases of
-#: ``lt-bench train`` (where each is looked up), then run the CLI. Nothing is imported
+#: ``lt-bench fit`` (where each is looked up), then run the CLI. Nothing is imported
 #: before the clock starts except what the CLI itself imports first.
 _PHASES = r"""
 import sys, time, json
@@ -285,7 +285,7 @@ def bench_startup_tax(repeats: int, method: str = "la") -> dict[str, float]:
     tmp = Path(tempfile.mkdtemp(prefix="lt_bench_heads_"))
     try:
         feats = write_toy_features(tmp / "features")
-        base = [*lt_bench_cmd(), "train", "--method", method, "--features-dir", str(feats),
+        base = [*lt_bench_cmd(), "fit", "--method", method, "--features-dir", str(feats),
                 "--seed", "0", "--threads", "1", "--prior", str(feats / "prior.parquet")]
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
         rows = []
@@ -296,7 +296,7 @@ def bench_startup_tax(repeats: int, method: str = "la") -> dict[str, float]:
                                env=env)
             wall = time.perf_counter() - t0
             if r.returncode != 0:
-                raise SystemExit(f"lt-bench train failed (rc {r.returncode}):\n{r.stderr}")
+                raise SystemExit(f"lt-bench fit failed (rc {r.returncode}):\n{r.stderr}")
             info = json.loads((out / "metrics.json").read_text())["info"]
             rows.append((wall, info["fit_seconds"], info["train_seconds"]))
         wall, fit, loop = (statistics.median(c) for c in zip(*rows, strict=True))
@@ -318,7 +318,7 @@ def bench_startup_tax(repeats: int, method: str = "la") -> dict[str, float]:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     k, d = TOY["k"], TOY["d"]
-    print(f"(b) `lt-bench train --method {method}` on a toy-shaped folder (K={k}, D={d}, "
+    print(f"(b) `lt-bench fit --method {method}` on a toy-shaped folder (K={k}, D={d}, "
           f"10 epochs), median of {repeats}:")
     print(f"    wall {wall:.2f} s, fit_seconds {fit:.2f} s, epoch loop {loop:.2f} s")
     print(f"    wall - fit_seconds   = {wall - fit:.2f} s   (target <= 1 s)")
@@ -361,7 +361,7 @@ def bench_head_job() -> dict[str, float]:
 
         def job(root: Path, *extra: str, changed: dict | None = None) -> float:
             t0 = time.perf_counter()
-            r = subprocess.run([*lt_bench_cmd(), "train", "--runs",
+            r = subprocess.run([*lt_bench_cmd(), "fit", "--runs",
                                 json.dumps(spec(root, changed)), *common, *extra],
                                capture_output=True, text=True, env=env)
             if r.returncode != 0:
@@ -371,7 +371,7 @@ def bench_head_job() -> dict[str, float]:
         separate = 0.0
         for run in spec(tmp / "separate"):
             t0 = time.perf_counter()
-            r = subprocess.run([*lt_bench_cmd(), "train", "--method", run["method"],
+            r = subprocess.run([*lt_bench_cmd(), "fit", "--method", run["method"],
                                 "--out", run["out"], "--params", json.dumps(run["params"]),
                                 *[f"--base={k}={v}" for k, v in run["base"].items()], *common],
                                capture_output=True, text=True, env=env)

@@ -5,7 +5,7 @@ Synthesizes, at the paper suite's real shapes and run counts, what the GPU jobs 
 extra-seed members, fine-tuned runs, ensembles), written through the project's own writers
 (``features_table``/``write_table``, ``write_text_embeddings``, ``write_prior``, predictors'
 ``save``, ``write_logits``, ``write_run``; ensembles through the real ``_combine`` of
-``lt-bench train --runs``), so every file is exactly the contract. Then runs the head-node
+``lt-bench combine --runs``), so every file is exactly the contract. Then runs the head-node
 stages as the workflow's rules do (report.smk, analysis.smk, tracking.smk: the same
 ``lt-bench`` verbs), each as a subprocess, and prints per stage (and dataset): wall time,
 peak RSS (``os.wait4``'s rusage of that very child) and bytes written; plus the disk
@@ -17,7 +17,7 @@ to F = 1 (linear in N; a stage whose cost grows like N² is under-estimated by t
 which is why the per-fraction figures are printed too). Disk: N-sized files (features,
 stored logits) scale by 1/F, K-sized ones (predictors, per-class tables) do not.
 
-``--head-job DATASET`` measures instead the memory of one head job (``lt-bench train
+``--head-job DATASET`` measures instead the memory of one head job (``lt-bench fit
 --runs`` with every head method of the plan at seed 0, features read once) at that
 dataset's shape × F, ``--epochs`` epochs per trained head.
 
@@ -214,6 +214,7 @@ def synthesize(root: Path, fraction: float, datasets: list[str]) -> dict[str, fl
     """Every file of the paper suite's GPU stages under root/results; seconds per part."""
     from lt_bench.features.store import read_meta
     from lt_bench.io import sha256_file
+    from lt_bench.methods import METHODS
     from lt_bench.runs.cli import _check_combine, _combine
 
     plan = paper_plan()
@@ -251,15 +252,13 @@ def synthesize(root: Path, fraction: float, datasets: list[str]) -> dict[str, fl
         t0 = time.time()
         for seed in s.seeds:  # rule combine_runs, one job per (dataset, seed)
             for r in plan.combine_runs(d, seed):
-                rule, hp = _check_combine(r["method"], r["members"], r["out"],
-                                          r.get("params") or {}, r["seed"])
-                _quiet(_combine, r["method"], r["members"], r["out"], rule, hp)
+                _quiet(_combine, r, _check_combine(r))
         combined = set(plan.combined_methods())
         for (dd, bb, m, seed) in plan.ensemble_runs():  # rule ensemble_of_runs
-            if dd == d and m not in combined:
-                members = plan.ensemble_members(dd, bb, m, seed)
-                rule, hp = _check_combine(m, members, None, plan.hparams(m, dd))
-                _quiet(_combine, m, members, plan_run_dir(dd, bb, m, seed), rule, hp)
+            # the synthetic fine-tunings store logits, not features: no views of them
+            if dd == d and m not in combined and not getattr(METHODS.get(m), "derived", False):
+                [r] = plan.combine_run(dd, bb, m, seed)
+                _quiet(_combine, r, _check_combine(r))
         t["ensembles"] += time.time() - t0
     return t
 
@@ -464,7 +463,7 @@ def head_job(root: Path, dataset: str, fraction: float, epochs: int,
         if "epochs" in _defaults(r["method"]):
             r["params"] = {**r["params"], "epochs": epochs}
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    cmd = lt("train", "--features-dir", str(fdir), "--prior",
+    cmd = lt("fit", "--features-dir", str(fdir), "--prior",
              f"results/prior/{dataset}/{b}.parquet", "--runs", json.dumps(runs),
              "--threads", "1")
     (root / "logs").mkdir(exist_ok=True)

@@ -1,10 +1,11 @@
 """``lt-bench``: one verb per stage, so everything runs without Snakemake too.
 
 Conventions (docs/architecture.md, "CLI"): the parameters of the thing a verb acts on are
-one JSON object, ``--params '{...}'`` (a method's hyper-parameters for ``train``, a
-dataset's for ``prepare``); every user error prints one line and exits with status 2
-(``lt_bench.errors.EXIT_USER_ERROR``); ``-v`` shows the traceback. Building the parser
-imports no torch, open_clip, mlflow or pandas: each handler imports what it needs.
+one JSON object, ``--params '{...}'`` (a method's hyper-parameters for ``fit``,
+``combine`` and ``finetune``, a dataset's for ``prepare``); every user error prints one
+line and exits with status 2 (``lt_bench.errors.EXIT_USER_ERROR``); ``-v`` shows the
+traceback. Building the parser imports no torch, open_clip, mlflow or pandas: each
+handler imports what it needs.
 """
 
 from __future__ import annotations
@@ -155,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_core_commands(sub)
     add_data_commands(sub)  # prepare, verify-images, split-stats, download
-    add_run_commands(sub)  # prior, train, finetune, logits
+    add_run_commands(sub)  # prior, fit, combine, finetune, logits
     add_report_commands(sub)  # tables, figures, prior-table, report
     add_tracking_commands(sub)  # ingest, ui
     add_setup_commands(sub)  # doctor, fetch-weights

@@ -117,23 +117,29 @@ class Plan:
     def hparams(self, method: str, dataset: str) -> dict[str, Any]:
         return method_hparams(self.config, method, dataset)
 
+    def runs_method(self, method: str, dataset: str):
+        """The runs-consuming ``method`` with its hyper-parameters on ``dataset``: what
+        declares its members (``lt_bench.methods._base.RunsMethod``)."""
+        return _method(method)(**self.hparams(method, dataset))
+
     def seeds_for(self, method: str) -> list[int]:
         """The suite's seeds; runs from images use ``finetune_seeds`` where the suite sets it
-        (fine-tuning is the expensive track: the demo fine-tunes seed 0 only)."""
+        (fine-tuning is the expensive track: the demo fine-tunes seed 0 only), and so do
+        runs whose members are runs from images."""
         s = self.suite
         if self.consumes(method) == "images" or self.member_consumes(method) == "images":
             return list(s.finetune_seeds or s.seeds)
         return list(s.seeds)
 
     def member_consumes(self, method: str) -> str | None:
-        """What the member runs of an ensemble method consume (None for other methods)."""
+        """What the member runs of a runs-consuming method consume (None for other
+        methods), from its member method on the suite's datasets (the first that differs
+        from features wins: its runs wait for those members)."""
         if self.consumes(method) != "runs":
             return None
-        return self.consumes(_method(method).defaults.get("members", "la"))
-
-    @staticmethod
-    def vary(method: str) -> str:
-        return getattr(_method(method), "vary", "backbone")
+        kinds = [self.consumes(self.runs_method(method, d).member_method)
+                 for d in self.suite.datasets]
+        return next((k for k in kinds if k != "features"), kinds[0] if kinds else None)
 
     def per_backbone_runs(self, consumes: str | None = None) -> list[tuple[str, str, str, int]]:
         """(dataset, backbone, method, seed) of every run of one backbone (no ensembles)."""
@@ -143,31 +149,32 @@ class Plan:
                 for seed in self.seeds_for(m)]
 
     def ensemble_runs(self) -> list[tuple[str, str, str, int]]:
-        """Runs that consume runs: over backbones (backbone "ensemble"; none with fewer than
-        two backbones) or over seeds of one backbone (the same-backbone control)."""
+        """Runs of the suite's runs-consuming methods: each method says the backbone labels
+        of its runs (``RunsMethod.backbones``: "ensemble" over backbones, each backbone
+        over seeds)."""
         s = self.suite
         return [(d, b, m, seed) for d in s.datasets for m in s.methods
                 if self.consumes(m) == "runs"
-                for b in self._ensemble_backbones(m) for seed in self.seeds_for(m)]
+                for b in self.runs_method(m, d).backbones(s.backbones)
+                for seed in self.seeds_for(m)]
 
-    def _ensemble_backbones(self, method: str) -> list[str]:
-        """The backbone folders of an ensemble method's runs: every backbone (over seeds of
-        one backbone), or "ensemble" (over backbones; none with fewer than two)."""
-        if self.vary(method) == "seed":
-            return list(self.suite.backbones)
-        return [layout.ENSEMBLE_BACKBONE] if len(self.suite.backbones) >= 2 else []
+    def member_keys(self, dataset: str, backbone: str, method: str,
+                    seed: int | str) -> list[tuple[str, str, str, int]]:
+        """(dataset, backbone, method, seed) of one runs-consuming run's members, in order,
+        as its method declares them (``RunsMethod.member_keys``)."""
+        return self.runs_method(method, dataset).member_keys(dataset, backbone, int(seed),
+                                                              self.suite.backbones)
 
     def ensemble_members(self, dataset: str, backbone: str, method: str,
                          seed: int | str) -> list[str]:
-        """Member run folders of one ensemble run, in order: the ``members`` method's run of
-        every backbone (vary backbone), or of one backbone at seeds s + offset (vary seed).
-        They are ordinary runs; extra seeds are inputs of that ensemble only."""
-        hp = self.hparams(method, dataset)
-        member = hp.get("members", "la")
-        if self.vary(method) == "seed":
-            return [run_dir(dataset, backbone, member, int(seed) + int(o))
-                    for o in hp["seed_offsets"]]
-        return [run_dir(dataset, b, member, seed) for b in self.suite.backbones]
+        """Member run folders of one runs-consuming run, in order. They are ordinary runs;
+        those the suite does not have (extra seeds) are inputs of that run only."""
+        return [run_dir(*k) for k in self.member_keys(dataset, backbone, method, seed)]
+
+    @cached_property
+    def _member_runs(self) -> list[tuple[str, str, str, int]]:
+        """Every member run of the suite's runs-consuming runs, each once, in plan order."""
+        return list(dict.fromkeys(k for r in self.ensemble_runs() for k in self.member_keys(*r)))
 
     def group_counts_file(self, dataset: str) -> str | None:
         """``group_counts.txt`` where the dataset's D-groups are not its train counts'."""
@@ -190,15 +197,8 @@ class Plan:
 
     # --- head jobs: every features run of one (dataset, backbone, seed) in one process ----
 
-    def head_methods(self) -> list[str]:
-        """Features-consuming methods fitted at the suite's seeds, a base before the runs
-        built on it: the suite's own, their ``requires``, and the members of ensembles (ce
-        for backdoor_ce; la for the same-backbone control, whose offset 0 is a suite seed)."""
-        s = self.suite
-        want = [m for m in s.methods if self.consumes(m) == "features"]
-        for m in s.methods:
-            if self.member_consumes(m) == "features":
-                want += [self.hparams(m, d).get("members", "la") for d in s.datasets]
+    def _with_bases(self, methods) -> list[str]:
+        """``methods`` in order, each after the base runs it builds on (``requires``)."""
         order: list[str] = []
 
         def visit(m: str) -> None:
@@ -207,58 +207,74 @@ class Plan:
                     visit(r)
                 order.append(m)
 
-        for m in want:
+        for m in methods:
             visit(m)
         return order
 
+    def _features_members(self, at_suite_seeds: bool) -> list[tuple[str, int]]:
+        """(method, seed) of the member runs on features, at the suite's seeds or not."""
+        seeds = set(self.suite.seeds)
+        return list(dict.fromkeys(
+            (m, sd) for _, _, m, sd in self._member_runs
+            if self.consumes(m) == "features" and (sd in seeds) == at_suite_seeds))
+
+    def head_methods(self) -> list[str]:
+        """Features-consuming methods fitted at the suite's seeds, a base before the runs
+        built on it: the suite's own, their ``requires``, and every member method of a
+        runs-consuming run at a suite seed (ce for backdoor_ce, la for the backdoor)."""
+        want = [m for m in self.suite.methods if self.consumes(m) == "features"]
+        return self._with_bases(want + [m for m, _ in self._features_members(True)])
+
     def member_seed_runs(self) -> list[tuple[str, int]]:
-        """(method, seed) of the same-backbone control's member runs at seeds outside the
-        suite's (s + 1000, s + 2000): fitted per (dataset, backbone) in one process."""
-        s = self.suite
-        extra: list[tuple[str, int]] = []
-        for m in s.methods:
-            if self.vary(m) != "seed" or self.member_consumes(m) != "features":
-                continue
-            for d in s.datasets:
-                hp = self.hparams(m, d)
-                for seed in self.seeds_for(m):
-                    for o in hp["seed_offsets"]:
-                        run = (hp.get("members", "la"), int(seed) + int(o))
-                        if run[1] not in s.seeds and run not in extra:
-                            extra.append(run)
-        return sorted(extra, key=lambda r: (r[1], r[0]))
+        """(method, seed) of the member runs on features at seeds outside the suite's (the
+        same-backbone control's s + 1000, s + 2000) and of their bases: fitted per
+        (dataset, backbone) in one process."""
+        extra = self._features_members(False)
+        runs = [(b, sd) for m, sd in extra for b in self._with_bases([m])]
+        return sorted(dict.fromkeys(runs), key=lambda r: (r[1], r[0]))
 
     def head_runs(self, dataset: str, backbone: str, seed: int | str | None = None
                   ) -> list[dict[str, Any]]:
-        """The ``lt-bench train --runs`` list of one head job: at ``seed`` every head
-        method, or (seed None) the member-seed runs of ``member_seed_runs``."""
+        """The ``lt-bench fit --runs`` list of one head job: at ``seed`` every head
+        method, or (seed None) the member runs of ``member_seed_runs``."""
         pairs = ([(m, int(seed)) for m in self.head_methods()] if seed is not None
                  else self.member_seed_runs())
         return [{"method": m, "seed": sd, "out": run_dir(dataset, backbone, m, sd),
                  "params": self.hparams(m, dataset),
                  "base": self.base_runs(dataset, backbone, m, sd)} for m, sd in pairs]
 
-    # --- ensemble jobs: every ensemble of feature runs of one (dataset, seed) in one process
+    # --- combine jobs: the runs-consuming runs ---------------------------------------------
 
     def combined_methods(self) -> list[str]:
-        """Ensemble methods whose members are runs on features (the backdoor and its
-        controls): one job per (dataset, seed) combines them all (rule combine_runs; each
-        is ~1 s of work after ~1 s of start-up). Ensembles of fine-tuned members keep one
-        job per run: they wait for fine-tuning, on its own seeds."""
-        return [m for m in self.suite.methods
-                if self.member_consumes(m) == "features" and self._ensemble_backbones(m)]
+        """Runs-consuming methods whose members are runs on features: one job per
+        (dataset, seed) makes every run of them (rule combine_runs; each is ~1 s of work
+        after ~1 s of start-up). The others (members fine-tuned) get one job per run
+        (rule ensemble_of_runs): they wait for fine-tuning, on its own seeds."""
+        return [m for m in self.suite.methods if self.member_consumes(m) == "features"
+                and any(self.runs_method(m, d).backbones(self.suite.backbones)
+                        for d in self.suite.datasets)]
 
     def combine_outputs(self) -> list[str]:
         """metrics.json patterns (wildcards dataset, seed) of one combine_runs job."""
-        return [metrics_file("{dataset}", b, m, "{seed}")
-                for m in self.combined_methods() for b in self._ensemble_backbones(m)]
+        d = self.suite.datasets[0]  # the backbone labels are the method's, not the dataset's
+        return [metrics_file("{dataset}", b, m, "{seed}") for m in self.combined_methods()
+                for b in self.runs_method(m, d).backbones(self.suite.backbones)]
+
+    def _combine_entry(self, dataset: str, backbone: str, method: str,
+                       seed: int | str) -> dict[str, Any]:
+        return {"method": method, "seed": int(seed), "out": run_dir(dataset, backbone, method, seed),
+                "params": self.hparams(method, dataset),
+                "members": self.ensemble_members(dataset, backbone, method, seed)}
 
     def combine_runs(self, dataset: str, seed: int | str) -> list[dict[str, Any]]:
-        """The ``lt-bench train --runs`` list of one combine_runs job."""
-        return [{"method": m, "seed": int(seed), "out": run_dir(dataset, b, m, seed),
-                 "params": self.hparams(m, dataset),
-                 "members": self.ensemble_members(dataset, b, m, seed)}
-                for m in self.combined_methods() for b in self._ensemble_backbones(m)]
+        """The ``lt-bench combine --runs`` list of one combine_runs job."""
+        return [self._combine_entry(dataset, b, m, seed) for m in self.combined_methods()
+                for b in self.runs_method(m, dataset).backbones(self.suite.backbones)]
+
+    def combine_run(self, dataset: str, backbone: str, method: str,
+                    seed: int | str) -> list[dict[str, Any]]:
+        """The ``lt-bench combine --runs`` list of one ensemble_of_runs job: one run."""
+        return [self._combine_entry(dataset, backbone, method, seed)]
 
     def combine_inputs(self, dataset: str, seed: int | str) -> list[str]:
         """Every member run's metrics.json of one combine_runs job (each once)."""

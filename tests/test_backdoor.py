@@ -12,9 +12,10 @@ from synth_runs import FAST, make_features_dir, make_prior
 
 from lt_bench.cli import main
 from lt_bench.io import read_json
+from lt_bench.methods._combine import combine
 from lt_bench.metrics import evaluate
 from lt_bench.runs import read_logits, run_logits, train_run
-from lt_bench.runs.ensemble import backdoor_run, combine
+from lt_bench.runs.ensemble import ensemble_run
 
 PRIORS = [np.array([0.4, 0.05, 0.2, 0.1, 0.15, 0.1]), np.array([0.1, 0.1, 0.1, 0.2, 0.2, 0.3]),
           np.array([1, 2, 3, 4, 5, 6.0])]
@@ -41,7 +42,7 @@ def _cli_logits(run, path, split="test"):
 def test_backdoor_logits_are_the_sum_of_member_logits(members, tmp_path):
     root, runs = members
     out = tmp_path / "ensemble" / "backdoor" / "seed0"
-    assert main(["train", "--method", "backdoor", "--members", *map(str, runs),
+    assert main(["combine", "--method", "backdoor", "--members", *map(str, runs),
                  "--out", str(out)]) == 0
     labels, z = _cli_logits(out, tmp_path / "ens.parquet")
     member = [_cli_logits(r, tmp_path / f"m{i}.parquet") for i, r in enumerate(runs)]
@@ -58,7 +59,7 @@ def test_backdoor_logits_are_the_sum_of_member_logits(members, tmp_path):
 def test_backdoor_metrics_m_ablation_and_gain(members, tmp_path):
     root, runs = members
     out = tmp_path / "bd"
-    m = backdoor_run(runs, out)
+    m = ensemble_run(runs, out)
     labels = run_logits(runs[0], "test")[0]
     zs = [run_logits(r, "test")[1] for r in runs]
     counts = np.array([120, 60, 30, 15, 8, 4])
@@ -74,6 +75,13 @@ def test_backdoor_metrics_m_ablation_and_gain(members, tmp_path):
         assert f"m1_{key}" in m and f"m2_{key}" in m
     assert m["best_member_top1"] == pytest.approx(max(member_top1))
     assert m["gain_top1"] == pytest.approx(m["top1"] - max(member_top1))
+    # the best members by index into predictor.json's members: on val, and the test oracle
+    spec = read_json(out / "predictor.json")
+    val_top1 = [read_json(r / "metrics.json")["val_top1"] for r in runs]
+    assert m["best_member"] == {"val": int(np.argmax(val_top1)),
+                                "test": int(np.argmax(member_top1))}
+    assert spec["members"][m["best_member"]["test"]] == str(runs[int(np.argmax(member_top1))])
+    assert m["val_best_member_top1"] == member_top1[m["best_member"]["val"]]
     assert m["method"] == "backdoor" and m["backbone"] == "ensemble" and m["seed"] == 0
     assert m["n_members"] == 3
     # P-groups from the members' mean q̂
@@ -81,14 +89,14 @@ def test_backdoor_metrics_m_ablation_and_gain(members, tmp_path):
     assert m["p_many"] == pytest.approx(evaluate(sum(zs), labels, counts, q)[0]["p_many"])
     cfg = read_json(out / "config.json")
     assert [x["run_dir"] for x in cfg["members"]] == [str(r) for r in runs]
-    assert cfg["hparams"] == {"rule": "sum"}
+    assert cfg["hparams"] == {"rule": "sum", "members": "la"}
     assert (out / "per_class.parquet").is_file()
 
 
 def test_prob_mean_variant(members, tmp_path):
     _, runs = members
     out = tmp_path / "pm"
-    backdoor_run(runs, out, rule="prob_mean")
+    ensemble_run(runs, out, hparams={"rule": "prob_mean"})
     zs = np.stack([run_logits(r, "test")[1].astype(np.float64) for r in runs])
     logp = zs - logsumexp(zs, axis=2, keepdims=True)
     expected = np.log(np.exp(logp).mean(0))
@@ -102,7 +110,7 @@ def test_mismatched_class_sets_error_names_both(members, tmp_path):
     odd = tmp_path / "odd_la"
     train_run("la", fd, odd, 0, hparams=FAST)
     with pytest.raises(ValueError, match="differ in num_classes: 6 vs 5") as e:
-        backdoor_run([runs[0], odd], tmp_path / "x")
+        ensemble_run([runs[0], odd], tmp_path / "x")
     assert str(runs[0]) in str(e.value) and str(odd) in str(e.value)
 
 
@@ -123,9 +131,9 @@ def test_class_names_differ_where_runs_record_them(members, tmp_path):
         return tmp_path / h[:4]
 
     a, b = renamed(runs[1], "a" * 64), renamed(runs[2], "b" * 64)
-    backdoor_run([runs[0], b], tmp_path / "ok")  # one side unrecorded: nothing to compare
+    ensemble_run([runs[0], b], tmp_path / "ok")  # one side unrecorded: nothing to compare
     with pytest.raises(ValueError, match="different class sets") as e:
-        backdoor_run([a, b], tmp_path / "x")
+        ensemble_run([a, b], tmp_path / "x")
     assert str(a) in str(e.value) and str(b) in str(e.value) and "aaaaaaaaaaaa" in str(e.value)
 
 
@@ -135,26 +143,26 @@ def test_mismatched_row_order_error_names_both(members, tmp_path):
     perm = tmp_path / "perm_la"
     train_run("la", fd, perm, 0, hparams=FAST)
     with pytest.raises(ValueError, match="different test rows") as e:
-        backdoor_run([runs[1], perm], tmp_path / "x")
+        ensemble_run([runs[1], perm], tmp_path / "x")
     assert str(runs[1]) in str(e.value) and str(perm) in str(e.value)
     # the CLI reports it as an error, exit status 2
-    assert main(["train", "--method", "backdoor", "--members", str(runs[1]), str(perm),
+    assert main(["combine", "--method", "backdoor", "--members", str(runs[1]), str(perm),
                  "--out", str(tmp_path / "y")]) == 2
 
 
 def test_unfinished_member_and_single_member(members, tmp_path):
     _, runs = members
     with pytest.raises(ValueError, match="at least two"):
-        backdoor_run([runs[0]], tmp_path / "x")
+        ensemble_run([runs[0]], tmp_path / "x")
     with pytest.raises(FileNotFoundError, match="not a finished run"):
-        backdoor_run([runs[0], tmp_path / "nothing"], tmp_path / "x")
+        ensemble_run([runs[0], tmp_path / "nothing"], tmp_path / "x")
 
 
 def test_backdoor_is_listed_and_not_trainable(members, tmp_path, capsys):
     assert main(["list", "methods"]) == 0
     assert "backdoor" in capsys.readouterr().out
     root, _ = members
-    rc = main(["train", "--method", "backdoor", "--features-dir",
+    rc = main(["fit", "--method", "backdoor", "--features-dir",
                str(root / "features" / "toy" / "bb0"), "--out", str(tmp_path / "t")])
     assert rc == 2
     assert "--members RUN_DIR" in capsys.readouterr().err

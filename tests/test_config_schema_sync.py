@@ -59,6 +59,7 @@ DEMO_EXCLUDED = {
     "adaptformer_la_tte": "five-crop views: 5 more passes over val and test per fine-tuning",
     "knn_authors": "like-for-like row of the authors' k-NN probe: suite paper",
     "knn_finetuned": "the authors' k-NN on fine-tuned features: suite paper",
+    "backdoor_vote": "majority-vote control, added after the published grid: suite cifar100_lt",
 }
 
 

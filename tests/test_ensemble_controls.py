@@ -17,9 +17,10 @@ from lt_bench.errors import EXIT_USER_ERROR
 from lt_bench.features.store import features_table, read_features, write_table
 from lt_bench.io import read_json
 from lt_bench.methods import METHODS
+from lt_bench.methods._combine import combine, fit_member_weights
 from lt_bench.metrics import evaluate
 from lt_bench.runs import run_logits, train_run
-from lt_bench.runs.ensemble import combine, ensemble_run, fit_member_weights
+from lt_bench.runs.ensemble import ensemble_run
 
 BACKBONES = ("bb0", "bb1", "bb2")
 SAME_SEEDS = (0, 1000, 2000)  # backdoor_same_backbone's default seed_offsets for seed 0
@@ -48,8 +49,8 @@ def _members(runs, method="la", seed=0):
     return [runs / bb / method / f"seed{seed}" for bb in BACKBONES]
 
 
-def _train(method, members, out, params=None):
-    argv = ["train", "--method", method, "--members", *map(str, members), "--out", str(out)]
+def _combine(method, members, out, params=None):
+    argv = ["combine", "--method", method, "--members", *map(str, members), "--out", str(out)]
     assert main(argv + (["--params", json.dumps(params)] if params else [])) == 0
     return read_json(out / "metrics.json")
 
@@ -70,7 +71,7 @@ def test_prob_mean_hand_worked_two_members():
 def test_backdoor_prob_mean_method_row(world, tmp_path):
     _, runs = world
     out = runs / "ensemble" / "backdoor_prob_mean" / "seed0"
-    m = _train("backdoor_prob_mean", _members(runs), out)
+    m = _combine("backdoor_prob_mean", _members(runs), out)
     zs = [run_logits(r, "test")[1].astype(np.float64) for r in _members(runs)]
     expected = np.log(np.mean([np.exp(log_softmax(z, axis=1)) for z in zs], axis=0))
     np.testing.assert_allclose(run_logits(out, "test")[1], expected, atol=1e-5)
@@ -144,7 +145,7 @@ def test_backdoor_learned_cli_end_to_end(world, capsys):
     members = _members(runs)
     out = runs / "ensemble" / "backdoor_learned" / "seed0"
     capsys.readouterr()
-    m = _train("backdoor_learned", members, out)
+    m = _combine("backdoor_learned", members, out)
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     names = list(BACKBONES)
     w = np.array([m["info"]["weights"][b] for b in names])
@@ -186,10 +187,8 @@ def test_learned_weights_never_look_at_test(world, tmp_path):
         prior = make_prior(tmp_path / f"{bb}.parquet", np.arange(1, 7.0) + i)
         train_run("la", fd, out, seed=0, hparams=FAST, prior=prior)
         shuffled.append(out)
-    a = ensemble_run(_members(runs), tmp_path / "a", "weighted_sum", "backdoor_learned",
-                     hparams={"members": "la"})
-    b = ensemble_run(shuffled, tmp_path / "b", "weighted_sum", "backdoor_learned",
-                     hparams={"members": "la"})
+    a = ensemble_run(_members(runs), tmp_path / "a", "backdoor_learned")
+    b = ensemble_run(shuffled, tmp_path / "b", "backdoor_learned")
     assert a["info"]["weights"] == b["info"]["weights"]
     assert a["val_top1"] == b["val_top1"]
     assert not np.array_equal(run_logits(_members(runs)[0], "test")[0],
@@ -202,7 +201,7 @@ def test_same_backbone_ensemble_over_seeds(world, capsys):
     _, runs = world
     members = [runs / "bb0" / "la" / f"seed{s}" for s in SAME_SEEDS]
     out = runs / "bb0" / "backdoor_same_backbone" / "seed0"
-    m = _train("backdoor_same_backbone", members, out)
+    m = _combine("backdoor_same_backbone", members, out)
     assert (m["method"], m["backbone"], m["seed"]) == ("backdoor_same_backbone", "bb0", 0)
     cfg = read_json(out / "config.json")
     assert cfg["vary"] == "seed" and [x["seed"] for x in cfg["members"]] == list(SAME_SEEDS)
@@ -217,7 +216,7 @@ def test_same_backbone_refuses_two_backbones_and_wrong_seeds(world, tmp_path, ca
     _, runs = world
     la = runs / "bb0" / "la"
     two = [la / "seed0", runs / "bb1" / "la" / "seed0", la / "seed2000"]
-    argv = ["train", "--method", "backdoor_same_backbone", "--out", str(tmp_path / "x"),
+    argv = ["combine", "--method", "backdoor_same_backbone", "--out", str(tmp_path / "x"),
             "--members"]
     assert main(argv + list(map(str, two))) == 2
     err = capsys.readouterr().err
@@ -229,7 +228,7 @@ def test_same_backbone_refuses_two_backbones_and_wrong_seeds(world, tmp_path, ca
     assert main(argv + [str(la / "seed0"), str(runs / "bb0/ce/seed0")]) == 2
     assert "is a run of method 'ce'" in capsys.readouterr().err
     # and the backdoor over backbones refuses members of two seeds
-    assert main(["train", "--method", "backdoor", "--out", str(tmp_path / "y"), "--members",
+    assert main(["combine", "--method", "backdoor", "--out", str(tmp_path / "y"), "--members",
                  str(la / "seed1000"), str(runs / "bb1/la/seed0")]) == 2
     assert "differ in seed: 1000 vs 0" in capsys.readouterr().err
     with pytest.raises(ValueError, match="seed_offsets = \\[1000, 2000\\]"):
@@ -242,7 +241,7 @@ def test_ce_members_and_compute_fields(world, tmp_path):
     _, runs = world
     ce = _members(runs, "ce")
     out = runs / "ensemble" / "backdoor_ce" / "seed0"
-    m = _train("backdoor_ce", ce, out)
+    m = _combine("backdoor_ce", ce, out)
     zs = [run_logits(r, "test")[1] for r in ce]
     np.testing.assert_allclose(run_logits(out, "test")[1], sum(zs), rtol=1e-5, atol=1e-4)
     member = [read_json(r / "metrics.json") for r in ce]
@@ -265,7 +264,7 @@ def test_ce_members_and_compute_fields(world, tmp_path):
 
 
 
-# --- one job for every ensemble of a (dataset, seed): `lt-bench train --runs` -------------
+# --- one job for every ensemble of a (dataset, seed): `lt-bench combine --runs` -----------
 
 def test_one_process_combines_the_same_runs_as_one_process_each(world, tmp_path):
     root, runs = world
@@ -279,9 +278,9 @@ def test_one_process_combines_the_same_runs_as_one_process_each(world, tmp_path)
          "params": {"members": "la", "rule": "sum", "seed_offsets": list(SAME_SEEDS)},
          "members": [str(runs / "bb0" / "la" / f"seed{s}") for s in SAME_SEEDS]},
     ]
-    assert main(["train", "--runs", json.dumps(entries)]) == 0
+    assert main(["combine", "--runs", json.dumps(entries)]) == 0
     for e in entries:
-        alone = _train(e["method"], e["members"], tmp_path / "alone" / e["method"], e["params"])
+        alone = _combine(e["method"], e["members"], tmp_path / "alone" / e["method"], e["params"])
         got = read_json(tmp_path / "job" / e["out"].rsplit("/", 1)[1] / "metrics.json")
         for key in ("top1", "many", "few", "m1_top1", "val_best_member_top1", "gain_top1"):
             assert got[key] == alone[key], (e["method"], key)
@@ -300,11 +299,66 @@ def test_bad_ensemble_run_lists_name_the_problem(world, tmp_path, capsys):
         ([ok, {**ok, "out": str(tmp_path / "c"), "seed": 3}],
          "members make an ensemble of seed 0, the run list says seed 3"),
         ([ok, {"method": "la", "seed": 0, "out": str(tmp_path / "la")}],
-         "mixes ensembles with runs on features"),
+         "consumes features, which `lt-bench combine` does not make runs from"),
         ([{**ok, "member": members}], "unknown key(s) ['member']"),
     ]
     for entries, message in cases:
-        assert main(["train", "--runs", json.dumps(entries)]) == EXIT_USER_ERROR
+        assert main(["combine", "--runs", json.dumps(entries)]) == EXIT_USER_ERROR
         assert message in capsys.readouterr().err, message
         # refused before anything was written (the first entry of a list too)
         assert not (tmp_path / "b").exists() and not (tmp_path / "c").exists()
+
+
+# --- the same verb makes the views of a fine-tuning -------------------------------------
+
+def _fake_finetuning(out, seed: int, k: int = 6, d: int = 8):
+    """A fine-tuned run folder (the stored features, both views, and the head) written by
+    the fine-tuning's own writer from random numbers: no fine-tuning needed."""
+    from lt_bench.runs.finetune import write_finetuned_run
+
+    rng = np.random.default_rng(seed)
+    labels = {s: np.arange(n) % k for s, n in (("val", 18), ("test", 24))}
+    feats = {s: {v: rng.normal(size=(len(y), d)).astype(np.float32) for v in ("centre", "tte")}
+             for s, y in labels.items()}
+    config = {"method": "adaptformer_la", "consumes": "images", "hparams": {}, "seed": seed,
+              "dataset": "toy", "backbone": "bb0", "num_classes": k,
+              "split_sha256": {s: s * 8 for s in ("train", "val", "test")}}
+    write_finetuned_run(out, labels=labels, features=feats,
+                        trainable={"head.weight": rng.normal(size=(k, d))}, scale=25.0,
+                        view="centre", train_counts=COUNTS, config=config, info={})
+    return out
+
+
+def test_combine_makes_a_view_of_a_finetuning_like_an_ensemble(tmp_path, capsys):
+    """A view of one fine-tuning (adaptformer_la_tte) is a runs-consuming run too: the
+    `combine` verb checks its one member as the method declares it (seed offset 0), in a
+    run list as well, and routes it to the view's driver."""
+    from lt_bench.runs.predictors import cosine_head_logits
+
+    ft = _fake_finetuning(tmp_path / "bb0" / "adaptformer_la" / "seed0", 0)
+    one = tmp_path / "one" / "adaptformer_la_tte"
+    assert main(["combine", "--method", "adaptformer_la_tte", "--members", str(ft),
+                 "--out", str(one)]) == 0
+    from safetensors.numpy import load_file
+
+    from lt_bench.runs.folder import read_run_features
+
+    y, f = read_run_features(ft / "features_test.parquet", "tte")
+    head = load_file(str(ft / "trainable.safetensors"))["head.weight"]
+    labels, z = run_logits(one, "test")
+    np.testing.assert_array_equal(labels, y)
+    np.testing.assert_allclose(z, cosine_head_logits(f, head, 25.0, "tte"), rtol=1e-6)
+    listed = {"method": "adaptformer_la_tte", "seed": 0, "out": str(tmp_path / "job"),
+              "members": [str(ft)]}
+    assert main(["combine", "--runs", json.dumps([listed])]) == 0
+    np.testing.assert_array_equal(run_logits(tmp_path / "job", "test")[1], z)
+    capsys.readouterr()
+    assert main(["combine", "--runs", json.dumps([{**listed, "seed": 1, "out": str(
+        tmp_path / "job1")}])]) == EXIT_USER_ERROR
+    assert "members make an ensemble of seed 0, the run list says seed 1" in \
+        capsys.readouterr().err
+    other = _fake_finetuning(ft.parent / "seed1000", 1000)
+    assert main(["combine", "--method", "adaptformer_la_tte", "--out", str(tmp_path / "two"),
+                 "--members", str(ft), str(other)]) == EXIT_USER_ERROR
+    assert "member seeds [0, 1000] do not follow seed_offsets [0]" in capsys.readouterr().err
+    assert not (tmp_path / "two").exists() and not (tmp_path / "job1").exists()

@@ -111,7 +111,7 @@ def test_a_finetuning_run_has_the_run_contract(ft_runs, tmp_path):
 
 def test_finetuned_runs_are_ensemble_members_like_any_run(ft_runs, tmp_path):
     out = tmp_path / "toy" / "toyclip0" / "backdoor_same_backbone" / "seed0"
-    rc = main(["train", "--method", "backdoor_same_backbone", "--members",
+    rc = main(["combine", "--method", "backdoor_same_backbone", "--members",
                str(ft_runs[0]), str(ft_runs[1000]), "--out", str(out),
                "--params", json.dumps({"rule": "sum", "members": "adaptformer_la",
                                        "seed_offsets": [0, 1000]})])
@@ -125,19 +125,20 @@ def test_finetuned_runs_are_ensemble_members_like_any_run(ft_runs, tmp_path):
 def test_finetune_refuses_a_method_that_does_not_consume_images(small_toy_world, tmp_path,
                                                                  capsys):
     assert _finetune(small_toy_world, tmp_path / "x", method="la") == 2
-    assert "consumes features, not images" in capsys.readouterr().err
+    assert "consumes features, which `lt-bench finetune` does not make runs from" \
+        in capsys.readouterr().err
     assert not (tmp_path / "x" / "metrics.json").exists()
 
 
-def test_train_routes_an_images_method_to_finetune(small_toy_world, tmp_path, capsys):
-    rc = main(["train", "--method", "adaptformer_la", "--features-dir",
+def test_fit_names_finetune_for_an_images_method(small_toy_world, tmp_path, capsys):
+    rc = main(["fit", "--method", "adaptformer_la", "--features-dir",
                str(small_toy_world["features_dir"]), "--out", str(tmp_path / "y")])
     assert rc == 2 and "lt-bench finetune --method adaptformer_la" in capsys.readouterr().err
 
 
 def test_the_tte_row_comes_from_the_same_finetuning(ft_runs, tmp_path):
     out = tmp_path / "toy" / "toyclip0" / "adaptformer_la_tte" / "seed0"
-    assert main(["train", "--method", "adaptformer_la_tte", "--members", str(ft_runs[0]),
+    assert main(["combine", "--method", "adaptformer_la_tte", "--members", str(ft_runs[0]),
                  "--out", str(out)]) == 0
     head = load_file(str(ft_runs[0] / "trainable.safetensors"))["head.weight"]
     labels, m_tte = read_run_features(ft_runs[0] / "features_test.parquet", "tte")
@@ -155,7 +156,7 @@ def test_the_tte_row_comes_from_the_same_finetuning(ft_runs, tmp_path):
 
 def test_a_member_without_the_tte_view_is_refused(ft_runs, tmp_path, capsys):
     out = tmp_path / "tte1000"
-    assert main(["train", "--method", "adaptformer_la_tte", "--members",
+    assert main(["combine", "--method", "adaptformer_la_tte", "--members",
                  str(ft_runs[1000]), "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert "stores the views ['centre'], not 'tte'" in err and "tte: both" in err
@@ -166,7 +167,7 @@ def test_knn_finetuned_is_the_authors_probe_on_the_stored_features(ft_runs, tmp_
     from test_knn import authors_knn_predict
 
     out = tmp_path / "toy" / "toyclip0" / "knn_finetuned" / "seed0"
-    assert main(["train", "--method", "knn_finetuned", "--members", str(ft_runs[0]),
+    assert main(["combine", "--method", "knn_finetuned", "--members", str(ft_runs[0]),
                  "--out", str(out), "--params", json.dumps({"k": 25})]) == 0
     bank_y, bank = read_run_features(ft_runs[0] / "features_val.parquet")
     labels, q = read_run_features(ft_runs[0] / "features_test.parquet")

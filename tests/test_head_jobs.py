@@ -1,4 +1,4 @@
-"""Head jobs: several features runs fitted in one process (``lt-bench train --runs``), and
+"""Head jobs: several features runs fitted in one process (``lt-bench fit --runs``), and
 the fit cache that makes a rerun refit only the runs whose configuration changed."""
 
 import json
@@ -135,7 +135,7 @@ def test_bad_run_lists_fail_before_anything_is_fitted(small_toy_world, tmp_path)
 def test_cli_runs_list(small_toy_world, tmp_path):
     fd = small_toy_world["features_dir"]
     spec = json.dumps(_runs(tmp_path / "r")[:2])
-    r = subprocess.run([sys.executable, "-m", "lt_bench.cli", "train", "--runs", spec,
+    r = subprocess.run([sys.executable, "-m", "lt_bench.cli", "fit", "--runs", spec,
                         "--features-dir", str(fd), "--reuse-dir", str(tmp_path / "c")],
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
@@ -143,11 +143,11 @@ def test_cli_runs_list(small_toy_world, tmp_path):
     assert [x["method"] for x in lines] == ["ce", "la"]
     saved = json.loads((tmp_path / "r" / "la" / "metrics.json").read_text())
     assert lines[1]["top1"] == saved["top1"]
-    bad = subprocess.run([sys.executable, "-m", "lt_bench.cli", "train", "--runs", spec,
+    bad = subprocess.run([sys.executable, "-m", "lt_bench.cli", "fit", "--runs", spec,
                           "--method", "la", "--features-dir", str(fd)],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "--runs lists every run" in bad.stderr
-    bad = subprocess.run([sys.executable, "-m", "lt_bench.cli", "train", "--runs", "{",
+    bad = subprocess.run([sys.executable, "-m", "lt_bench.cli", "fit", "--runs", "{",
                           "--features-dir", str(fd)], capture_output=True, text=True)
     assert bad.returncode == 2 and "not valid JSON" in bad.stderr
 

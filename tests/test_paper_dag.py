@@ -26,6 +26,7 @@ PAPER_EXCLUDED_METHODS: dict[str, str] = {
     "vpt_la": "fine-tuning ablation: suite paper_peft",
     "lora_la": "fine-tuning ablation: suite paper_peft",
     "adaptformer_ce": "the fine-tuned CE control: suite paper_peft",
+    "backdoor_vote": "majority-vote control, added after the published grid: suite cifar100_lt",
 }
 
 

@@ -187,7 +187,7 @@ def test_no_tuning_where_val_overlaps_train(world, tmp_path):
                   hparams={"tau": 0.5})
     assert m["info"]["tau"] == 0.5 and m["info"]["tuned"] is False
     # the CLI switch overrides the dataset default
-    assert main(["train", "--method", "la_posthoc", "--features-dir", str(fd), "--out",
+    assert main(["fit", "--method", "la_posthoc", "--features-dir", str(fd), "--out",
                  str(tmp_path / "lp2"), "--base", f"ce={ce}", "--tune"]) == 0
     assert read_json(tmp_path / "lp2" / "metrics.json")["info"]["tuned"] is True
 

@@ -53,7 +53,7 @@ def world(tmp_path_factory):
     for b in fd:
         _as_extracted(fd[b], lists)
         out = root / "runs" / "toy" / b / "la" / "seed0"
-        assert main(["train", "--method", "la", "--features-dir", str(fd[b]), "--out",
+        assert main(["fit", "--method", "la", "--features-dir", str(fd[b]), "--out",
                      str(out), "--seed", "0", "--params", json.dumps(FAST)]) == 0
         runs[b] = out
     # the real prior files, as `lt-bench prior` writes them (metadata: dataset, backbone)
@@ -61,7 +61,7 @@ def world(tmp_path_factory):
     for b in fd:
         assert main(["prior", "--features-dir", str(fd[b]), "--out", str(priors[b])]) == 0
     ens = root / "runs" / "toy" / "ensemble" / "backdoor" / "seed0"
-    assert main(["train", "--method", "backdoor", "--members", str(runs["bb0"]),
+    assert main(["combine", "--method", "backdoor", "--members", str(runs["bb0"]),
                  str(runs["bb1"]), "--out", str(ens)]) == 0
     return {"root": root, "fd": fd, "lists": lists, "runs": runs, "priors": priors,
             "ens": ens}
@@ -100,7 +100,7 @@ def _run_with_replaced_features(w, name="stale"):
     """A finished la run whose test features were then replaced by another backbone's."""
     fd = _folder(w, name)
     out = w["root"] / "cases" / name / "run"
-    assert main(["train", "--method", "la", "--features-dir", str(fd), "--out", str(out),
+    assert main(["fit", "--method", "la", "--features-dir", str(fd), "--out", str(out),
                  "--seed", "0", "--params", json.dumps(FAST)]) == 0
     shutil.copyfile(w["fd"]["bb1"] / "test.parquet", fd / "test.parquet")
     return out
@@ -110,7 +110,7 @@ def _ensemble_missing_member(w):
     runs = {b: _copy(w["runs"][b], w["root"] / "cases" / "ens" / "toy" / b / "la" / "seed0")
             for b in ("bb0", "bb1")}
     ens = w["root"] / "cases" / "ens" / "toy" / "ensemble" / "backdoor" / "seed0"
-    assert main(["train", "--method", "backdoor", "--members", str(runs["bb0"]),
+    assert main(["combine", "--method", "backdoor", "--members", str(runs["bb0"]),
                  str(runs["bb1"]), "--out", str(ens)]) == 0
     shutil.rmtree(runs["bb1"])
     return ens
@@ -120,9 +120,9 @@ def _ensemble_member_rerun(w):
     runs = {b: _copy(w["runs"][b], w["root"] / "cases" / "ens2" / "toy" / b / "la" / "seed0")
             for b in ("bb0", "bb1")}
     ens = w["root"] / "cases" / "ens2" / "toy" / "ensemble" / "backdoor" / "seed0"
-    assert main(["train", "--method", "backdoor", "--members", str(runs["bb0"]),
+    assert main(["combine", "--method", "backdoor", "--members", str(runs["bb0"]),
                  str(runs["bb1"]), "--out", str(ens)]) == 0
-    assert main(["train", "--method", "la", "--features-dir", str(w["fd"]["bb1"]), "--out",
+    assert main(["fit", "--method", "la", "--features-dir", str(w["fd"]["bb1"]), "--out",
                  str(runs["bb1"]), "--seed", "0", "--params",
                  json.dumps({**FAST, "epochs": 3})]) == 0
     return ens
@@ -136,7 +136,7 @@ def _deleted_run(w):
 
 
 def _train(fd_of, method="la", *extra):
-    return lambda w: ["train", "--method", method, "--features-dir", str(fd_of(w)), "--out",
+    return lambda w: ["fit", "--method", method, "--features-dir", str(fd_of(w)), "--out",
                       str(w["root"] / "bad" / method / "x"), "--seed", "0", "--params",
                       json.dumps(FAST if method not in ("zero_shot", "gla") else {}), *extra]
 

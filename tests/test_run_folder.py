@@ -53,11 +53,11 @@ def world(tmp_path_factory):
     train_run("knn", fd0, out["knn"], seed=0)
     out["backdoor"] = runs / ENSEMBLE_BACKBONE / "backdoor" / "seed0"
     out["backdoor_members"] = [out[("la", "bb0", 0)], out[("la", "bb1", 0)]]
-    assert main(["train", "--method", "backdoor", "--members",
+    assert main(["combine", "--method", "backdoor", "--members",
                  *map(str, out["backdoor_members"]), "--out", str(out["backdoor"])]) == 0
     out["same"] = runs / "bb0" / "backdoor_same_backbone" / "seed0"
     out["same_members"] = [out[("la", "bb0", s)] for s in SAME_SEEDS]
-    assert main(["train", "--method", "backdoor_same_backbone", "--members",
+    assert main(["combine", "--method", "backdoor_same_backbone", "--members",
                  *map(str, out["same_members"]), "--out", str(out["same"])]) == 0
     out["finetuned"] = _finetuned(runs / "bb0" / "adaptformer_la" / "seed0")
     out["stored"] = _stored(runs / "bb1" / "old_method" / "seed0")

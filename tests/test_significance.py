@@ -215,7 +215,7 @@ def test_real_runs_rebuilt_logits_agree_with_their_metrics(tmp_path):
         prior = make_prior(tmp_path / f"bb{i}.parquet", np.arange(1, 7.0))
         for m in ("ce", "la"):
             train_run(m, fd, runs / f"bb{i}" / m / "seed0", seed=0, hparams=FAST, prior=prior)
-    assert main(["train", "--method", "backdoor", "--members", str(runs / "bb0/la/seed0"),
+    assert main(["combine", "--method", "backdoor", "--members", str(runs / "bb0/la/seed0"),
                  str(runs / "bb1/la/seed0"), "--out", str(runs / "ensemble/backdoor/seed0")]) == 0
     out = tmp_path / "sig.csv"
     assert main(["significance", "--runs-root", str(tmp_path / "runs"), "--n-boot", "300",
@@ -262,7 +262,7 @@ def test_shared_member_rebuilds_give_the_same_table_byte_for_byte(tmp_path):
         for method, member in (("backdoor", "la"), ("backdoor_prob_mean", "la"),
                                ("backdoor_learned", "la"), ("backdoor_ce", "ce")):
             out = runs / "ensemble" / method / f"seed{s}"
-            assert main(["train", "--method", method, "--members",
+            assert main(["combine", "--method", method, "--members",
                          *[str(runs / f"bb{i}" / member / f"seed{s}") for i in range(3)],
                          "--out", str(out)]) == 0
             ensembles.append(out)

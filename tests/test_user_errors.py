@@ -32,7 +32,7 @@ def world(tmp_path_factory):
     for b in fd:
         for m, seed in (("ce", 0), ("la", 0), ("la", 1)):
             out = root / "runs" / "toy" / b / m / f"seed{seed}"
-            assert main(["train", "--method", m, "--features-dir", str(fd[b]), "--out",
+            assert main(["fit", "--method", m, "--features-dir", str(fd[b]), "--out",
                          str(out), "--seed", str(seed), "--params", json.dumps(FAST)]) == 0
             runs[(b, m, seed)] = out
     return {"root": root, "fd": fd, "prior": prior, "runs": runs}
@@ -118,7 +118,7 @@ def _logits_of(world, name, metrics_text=None):
 
 
 def _train_to(world, out):
-    return ["train", "--method", "ce", "--features-dir", str(world["fd"]["bb0"]), "--out",
+    return ["fit", "--method", "ce", "--features-dir", str(world["fd"]["bb0"]), "--out",
             str(out), "--params", json.dumps(FAST)]
 
 
@@ -185,7 +185,7 @@ def _locked_store(world):
 
 
 def _train(world, *extra, method="ce", fd="bb0", out="x"):
-    return ["train", "--method", method, "--features-dir", str(world["fd"][fd]) if
+    return ["fit", "--method", method, "--features-dir", str(world["fd"][fd]) if
             isinstance(fd, str) else str(fd), "--out", str(world["root"] / "bad" / out),
             "--params", json.dumps(FAST), *extra]
 
@@ -232,7 +232,7 @@ CASES = {
     "NaN in the features": (
         lambda w: _train(w, fd=_nan_features(w)), "row(s) with NaN/inf features"),
     "epochs 0": (
-        lambda w: ["train", "--method", "ce", "--features-dir", str(w["fd"]["bb0"]),
+        lambda w: ["fit", "--method", "ce", "--features-dir", str(w["fd"]["bb0"]),
                    "--out", str(w["root"] / "bad" / "e0"), "--params", '{"epochs": 0}'],
         "epochs = 0 is invalid"),
     "unknown hyper-parameter": (
@@ -250,31 +250,51 @@ CASES = {
                          "--params", "{}", method="tau_norm"),
         "seed 0 (expected 1)"),
     "backdoor members of mixed seeds": (
-        lambda w: ["train", "--method", "backdoor", "--members",
+        lambda w: ["combine", "--method", "backdoor", "--members",
                    str(w["runs"][("bb0", "la", 0)]), str(w["runs"][("bb1", "la", 1)]),
                    "--out", str(w["root"] / "bad" / "bd")],
         "seed"),
     "backdoor members of mixed methods": (
-        lambda w: ["train", "--method", "backdoor", "--members",
+        lambda w: ["combine", "--method", "backdoor", "--members",
                    str(w["runs"][("bb0", "la", 0)]), str(w["runs"][("bb1", "ce", 0)]),
                    "--out", str(w["root"] / "bad" / "bd2")],
         "method"),
     "ensemble run list with a seed its members do not give": (
-        lambda w: ["train", "--runs", json.dumps([
+        lambda w: ["combine", "--runs", json.dumps([
             {"method": "backdoor", "seed": 1, "out": str(w["root"] / "bad" / "bd3"),
              "members": [str(w["runs"][(b, "la", 0)]) for b in ("bb0", "bb1")]}])],
         "members make an ensemble of seed 0, the run list says seed 1"),
-    "run list mixing ensembles and heads": (
-        lambda w: ["train", "--runs", json.dumps([
+    "combine run list with a run on features": (
+        lambda w: ["combine", "--runs", json.dumps([
             {"method": "backdoor", "seed": 0, "out": str(w["root"] / "bad" / "bd4"),
              "members": [str(w["runs"][(b, "la", 0)]) for b in ("bb0", "bb1")]},
             {"method": "la", "seed": 0, "out": str(w["root"] / "bad" / "la")}])],
-        "mixes ensembles with runs on features"),
+        "method 'la' consumes features, which `lt-bench combine` does not make runs from: "
+        "`lt-bench fit --method la --features-dir"),
+    "fit of a method that consumes runs": (
+        lambda w: _train(w, method="backdoor"),
+        "method 'backdoor' consumes runs, which `lt-bench fit` does not make runs from: "
+        "`lt-bench combine --method backdoor --members RUN_DIR RUN_DIR ...`"),
+    "combine run list with a base run": (
+        lambda w: ["combine", "--runs", json.dumps([
+            {"method": "backdoor", "seed": 0, "out": str(w["root"] / "bad" / "bd5"),
+             "base": {"la": str(w["runs"][("bb0", "la", 0)])}}])],
+        "--runs[0]: unknown key(s) ['base']; valid: ['members', 'method', 'out', 'params', "
+        "'seed']"),
+    "combine of an ensemble given no members": (
+        lambda w: ["combine", "--method", "backdoor", "--out", str(w["root"] / "bad" / "bd6")],
+        "method 'backdoor' combines finished runs: give them with --members"),
+    "combine with --runs and --members": (
+        lambda w: ["combine", "--members", str(w["runs"][("bb0", "la", 0)]), "--runs",
+                   json.dumps([{"method": "backdoor", "seed": 0,
+                                "out": str(w["root"] / "bad" / "bd7")}])],
+        "--runs lists every run (method, out, seed, params, members): drop "
+        "--method/--out/--params/--members"),
     "logits of a folder that is not a run": (
         lambda w: ["logits", str(w["root"]), "--out", str(w["root"] / "l.parquet")],
         "not a run folder"),
     "results folder under a file": (
-        lambda w: ["train", "--method", "ce", "--features-dir", str(w["fd"]["bb0"]),
+        lambda w: ["fit", "--method", "ce", "--features-dir", str(w["fd"]["bb0"]),
                    "--out", str(w["prior"] / "run"), "--params", json.dumps(FAST)],
         "Not a directory"),
     "refused checkpoint": (
@@ -314,7 +334,7 @@ CASES = {
         lambda w: _unchanged(w["root"] / "users_folder" / "config.json",
                              '{"lr": 0.1, "mine": true}\n')(w)),
     "--runs with two runs sharing one out folder": (
-        lambda w: ["train", "--features-dir", str(w["fd"]["bb0"]), "--runs", json.dumps([
+        lambda w: ["fit", "--features-dir", str(w["fd"]["bb0"]), "--runs", json.dumps([
             {"method": "la", "seed": 0, "out": str(_run_copy(w, "shared", (
                 w["runs"][("bb0", "ce", 0)] / "metrics.json").read_text())),
              "params": FAST},
@@ -352,7 +372,7 @@ CASES = {
         lambda w: _train(w, "--params", '{"bank": "test"}', method="knn", out="knnbank"),
         "bank = 'test'; valid: train, val"),
     "TTE row of a run that is not a fine-tuning": (
-        lambda w: ["train", "--method", "adaptformer_la_tte", "--members",
+        lambda w: ["combine", "--method", "adaptformer_la_tte", "--members",
                    str(w["runs"][("bb0", "la", 0)]), "--out", str(w["root"] / "bad" / "tte")],
         "is a run of method 'la'; expected 'adaptformer_la'"),
 }
@@ -405,7 +425,7 @@ def test_a_moved_project_keeps_its_run_folders_readable(world, tmp_path, monkeyp
     shutil.copytree(world["fd"]["bb0"], proj / "results/features/toy/bb0")
     monkeypatch.chdir(proj)
     run = Path("results/runs/toy/bb0/ce/seed0")
-    assert main(["train", "--method", "ce", "--features-dir", "results/features/toy/bb0",
+    assert main(["fit", "--method", "ce", "--features-dir", "results/features/toy/bb0",
                  "--out", str(run), "--params", json.dumps(FAST)]) == 0
     moved = tmp_path / "elsewhere" / "proj2"
     moved.parent.mkdir()
@@ -493,10 +513,10 @@ def test_tables_by_hand_and_by_the_workflow_agree(world, tmp_path, capsys):
     runs = proj / "results" / "runs"
     la = {s: runs / "toy" / "toyclip0" / "la" / f"seed{s}" for s in (0, 1000, 2000)}
     for s, out in la.items():
-        assert main(["train", "--method", "la", "--features-dir", str(world["fd"]["bb0"]),
+        assert main(["fit", "--method", "la", "--features-dir", str(world["fd"]["bb0"]),
                      "--out", str(out), "--seed", str(s), "--params", json.dumps(FAST)]) == 0
     bsb = runs / "toy" / "toyclip0" / "backdoor_same_backbone" / "seed0"
-    assert main(["train", "--method", "backdoor_same_backbone", "--out", str(bsb),
+    assert main(["combine", "--method", "backdoor_same_backbone", "--out", str(bsb),
                  "--members", *map(str, la.values())]) == 0
     plan = Plan({"suite": "s", "suites": {"s": {
         "datasets": ["toy"], "backbones": ["toyclip0"], "methods": ["la",

@@ -7,14 +7,14 @@
     cached frozen features of one (dataset, backbone): ``fit(ctx)`` returns a predictor
     (a linear map or a k-NN vote over those features) that the run layer saves;
 ``"runs"``
-    finished runs of the same dataset and seed (ensembles such as the backdoor
-    adjustment): the run layer combines their logits, nothing is fitted here;
+    finished runs (ensembles such as the backdoor adjustment, views of a fine-tuning):
+    a :class:`RunsMethod` declares which (its members), the run layer reads them;
 ``"images"``
     the images themselves (fine-tuning a backbone): the run layer's fine-tuning driver
     trains it and stores the val/test logits.
 
-The run layer (``lt_bench.runs``) routes on ``consumes``; nothing else asks what kind a
-method is. This module imports no torch, so planning a workflow and ``lt-bench list
+The run layer (``lt_bench.runs``) routes on ``consumes`` (one verb each: ``fit``, ``combine``,
+``finetune``); the plan asks it only to place a run in a job. This module imports no torch, so planning a workflow and ``lt-bench list
 methods`` stay fast.
 """
 
@@ -119,6 +119,78 @@ class Method:
 
     def fit(self, ctx: FitContext) -> FitResult:
         raise NotImplementedError
+
+
+#: the backbone label (and folder) of a run whose members are runs of several backbones
+ENSEMBLE_BACKBONE = "ensemble"
+#: (dataset, backbone, method, seed): the identity of a run, and of its folder
+RunKey = tuple[str, str, str, int]
+#: the identity fields of a run; a runs-consuming method's members differ in its ``vary``
+IDENTITY = ("method", "backbone", "seed")
+
+
+class RunsMethod(Method):
+    """A method computed from finished runs, its **members**, which it declares: the plan
+    plans them and the run layer checks them through :meth:`member_keys` and
+    :meth:`run_seed`; nothing else decides which runs a run of it combines.
+
+    ``vary`` is its member axis, the one identity field its members differ in: over
+    ``"backbone"`` one run per suite backbone (at least ``min_members``; its own run is
+    backbone ``ensemble``), over ``"seed"`` runs of one backbone at seeds ``s + o`` for
+    ``o`` in the ``seed_offsets`` hyper-parameter (its run is that backbone's, seed s).
+    The ``members`` hyper-parameter names the member runs' method.
+    """
+
+    consumes: ClassVar[str] = "runs"
+    vary: ClassVar[str] = "backbone"
+    #: the fewest member runs a run of it combines
+    min_members: ClassVar[int] = 2
+    #: made by the fine-tuning's driver from its one member's stored files (a view of a
+    #: fine-tuning: lt_bench.runs.finetune), not combined by an ensemble's rule
+    derived: ClassVar[bool] = False
+
+    @property
+    def member_method(self) -> str:
+        return self.hparams["members"]
+
+    def backbones(self, suite_backbones: list[str]) -> list[str]:
+        """The backbone labels of its runs in a suite of ``suite_backbones``."""
+        if self.vary == "seed":
+            return list(suite_backbones)
+        return [ENSEMBLE_BACKBONE] if len(suite_backbones) >= self.min_members else []
+
+    def member_keys(self, dataset: str, backbone: str, seed: int,
+                    suite_backbones: list[str]) -> list[RunKey]:
+        """The member runs, in order, of its run (dataset, backbone, seed) in a suite."""
+        m = self.member_method
+        if self.vary == "seed":
+            return [(dataset, backbone, m, int(seed) + int(o))
+                    for o in self.hparams["seed_offsets"]]
+        return [(dataset, b, m, int(seed)) for b in suite_backbones]
+
+    def run_seed(self, member_seeds: list[int]) -> int:
+        """Its run's seed, from its members' seeds in order: their common seed (over
+        backbones) or the first's, ``s``, where the others must be ``s + o`` (over seeds)."""
+        if self.vary != "seed":
+            return member_seeds[0]
+        offsets = list(self.hparams["seed_offsets"])
+        base = member_seeds[0]
+        want = [base + int(o) for o in offsets] if isinstance(base, int) else None
+        if want != list(member_seeds):
+            raise InputValidationError(
+                f"method {self.name!r}: member seeds {list(member_seeds)} do not follow "
+                f"seed_offsets {offsets}; expected seeds {want or '[s + o ...]'} with s the "
+                "first member's seed")
+        return base
+
+    def validate(self) -> None:
+        members = self.hparams.get("members")
+        if not isinstance(members, str) or not members:
+            raise InputValidationError(f"method {self.name!r}: members must be a method name "
+                                       f"(e.g. 'la'), got {members!r}")
+        if self.vary not in IDENTITY:
+            raise InputValidationError(f"method {self.name!r}: vary = {self.vary!r}; "
+                                       f"valid: {', '.join(IDENTITY)}")
 
 
 METHODS: Registry[type[Method]] = Registry("method")

@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 
 from lt_bench.errors import InputValidationError
 from lt_bench.finetune.loop import FINETUNE_DEFAULTS
-from lt_bench.methods._base import METHODS, Method
+from lt_bench.methods._base import METHODS, Method, RunsMethod
 
 #: keys of a fine-tuned method that are not the engine's
 OWN_KEYS = ("loss", "loss_params")
@@ -50,7 +50,7 @@ class FinetuneMethod(Method):
         return METHODS.get(self.hparams["loss"])(**self.hparams["loss_params"])
 
 
-class FinetunedViewMethod(Method):
+class FinetunedViewMethod(RunsMethod):
     """A run made from one finished fine-tuning's stored features and head, no training:
     another view of it (the five-crop TTE row) or a k-NN probe of its features.
 
@@ -59,8 +59,8 @@ class FinetunedViewMethod(Method):
     [0]``), so the TTE-off and TTE-on rows come from one fine-tuning.
     """
 
-    consumes: ClassVar[str] = "runs"
     vary: ClassVar[str] = "seed"
+    min_members: ClassVar[int] = 1
     #: the run layer builds it from its member's stored files (not an ensemble rule)
     derived: ClassVar[bool] = True
 

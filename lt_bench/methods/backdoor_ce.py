@@ -1,4 +1,4 @@
-"""Control of the backdoor (issue 13 §1): the same M-backbone logit sum over **CE** runs,
+"""Control of the backdoor: the same M-backbone logit sum over **CE** runs,
 so the gain of LA members over CE members is separated from the gain of ensembling."""
 
 from typing import Any, ClassVar

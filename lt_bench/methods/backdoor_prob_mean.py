@@ -1,4 +1,4 @@
-"""Control of the backdoor (issue 13 §1): the mean of the members' probabilities,
+"""Control of the backdoor: the mean of the members' probabilities,
 ``log((1/M) Σ_c softmax(z_c))`` (the formula read literally), beside the authors' logit
 sum, as its own row."""
 

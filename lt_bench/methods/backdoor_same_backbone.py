@@ -1,13 +1,13 @@
-"""Control of the backdoor (issue 13 §1): M members of **one** backbone that differ only in
-training randomness, so a gain from ensembling at all is told apart from a gain from
-different pre-training data. Its run folder is that backbone's:
-``results/runs/{dataset}/{backbone}/backdoor_same_backbone/seed{s}``.
+"""Control of the backdoor: M members of **one** backbone that differ only in training
+randomness, so a gain from ensembling at all is told apart from a gain from different
+pre-training data. Its member axis is the seed (``vary = "seed"``); its run folder is that
+backbone's: ``results/runs/{dataset}/{backbone}/backdoor_same_backbone/seed{s}``.
 
 Member seeds for suite seed s: ``s + o`` for ``o`` in ``seed_offsets`` (default
 ``[0, 1000, 2000]``, M = 3 as the paper's ensemble): the first member is the suite's own
 run of seed s, and the offsets keep every suite seed's extra members apart from the suite
 seeds (0..999) and from each other's. The extra member runs are ordinary runs of the
-``members`` method at those seeds. The run layer checks the members follow the offsets."""
+``members`` method at those seeds, planned like every member run (``member_keys``)."""
 
 from typing import Any, ClassVar
 

@@ -134,9 +134,8 @@ class _Correct:
         combine the same LA runs). Without this, every ensemble rebuilds its members and
         each member rebuilds its own logits again: at iNat2018's shape (24,426 × 8,142)
         one rebuild is a ~150 GMAC float64 product. The logits are those of the seam
-        (``EnsembleRun``: same members, rule, weights, ``combine``), so the result is
+        (``EnsembleRun``: same members, its method's ``combine`` and state), so the result is
         the one ``__call__`` gives; only one member set is held at a time."""
-        from lt_bench.runs.ensemble import combine
         from lt_bench.runs.run_folder import RunFolder, run_logits
 
         groups: dict[tuple[str, ...], list] = {}
@@ -157,7 +156,7 @@ class _Correct:
                                            np.asarray(y)))
             else:
                 for d, e in ensembles:
-                    self._set(str(d), labels, combine(zs, e.rule, e.weights).astype(np.float32))
+                    self._set(str(d), labels, e.combine(zs))
 
 
 def _pair(a: dict[int, Path], b: dict[int, Path | list]) -> list[tuple[Path, Path]]:

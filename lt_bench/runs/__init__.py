@@ -10,7 +10,7 @@ from importlib import import_module
 
 _EXPORTS = {
     "train_run": "train", "load_features_dir": "train",
-    "ensemble_run": "ensemble", "backdoor_run": "ensemble", "combine": "ensemble",
+    "ensemble_run": "ensemble",
     "RunFolder": "run_folder", "run_logits": "run_folder", "open_run": "run_folder",
     "write_run": "folder", "find_run_dirs": "layout", "run_dir": "layout",
     "write_logits": "stored", "read_logits": "stored",

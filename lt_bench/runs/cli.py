@@ -1,4 +1,6 @@
-"""Verbs of the run layer: ``prior``, ``train`` (every kind of run), ``logits``."""
+"""Verbs of the run layer: one per kind of run, routed on what the method consumes here and
+nowhere else (:data:`VERBS`): ``fit`` (features), ``combine`` (runs), ``finetune``
+(images); and ``prior``, ``logits``."""
 
 from __future__ import annotations
 
@@ -18,70 +20,66 @@ def cmd_prior(args):
     print(json.dumps({k: meta[k] for k in keys if k in meta}))
 
 
-def cmd_train(args):
-    """Route on what the method consumes: features (fit), runs (combine)."""
-    from lt_bench.argtypes import set_threads
+#: the verb that makes a run of a method, by what the method consumes: the one router
+VERBS = {"features": "fit", "runs": "combine", "images": "finetune"}
+#: what each verb needs besides --method and --out (for the message naming the right verb)
+_VERB_INPUTS = {"fit": "--features-dir results/features/{dataset}/{backbone}",
+                "combine": "--members RUN_DIR RUN_DIR ...",
+                "finetune": "--dataset ... --split-dir ... --backbone ..."}
+
+
+def _require_verb(verb: str, methods: list[str]) -> None:
+    """Each method consumes what ``verb`` makes runs from; else an error naming its verb."""
     from lt_bench.methods import METHODS
+
+    for name in methods:
+        consumes = METHODS.get(name).consumes
+        if VERBS[consumes] != verb:
+            right = VERBS[consumes]
+            raise InputValidationError(
+                f"method {name!r} consumes {consumes}, which `lt-bench {verb}` does not "
+                f"make runs from: `lt-bench {right} --method {name} {_VERB_INPUTS[right]}`")
+
+
+def _run_list(args, verb: str, one: dict) -> list[dict]:
+    """The runs of one ``verb`` call: the ``--runs`` list (checked), or the one run the
+    options give (``one``); every method checked to be the verb's, every out folder free."""
     from lt_bench.runs.folder import check_run_outs
+    from lt_bench.runs.train import check_run_list
 
+    own = [k for k in one if k not in ("method", "out", "seed")]  # params, base or members
     if args.runs is not None:
-        if args.method or args.out or args.members or args.base or args.params:
-            raise InputValidationError("--runs lists every run (method, out, seed, params, "
-                                       "base or members): drop --method/--out/--params/"
-                                       "--base/--members")
-        from lt_bench.runs.train import check_run_list
-
-        kinds = {METHODS.get(r["method"]).consumes for r in check_run_list(args.runs)}
-        check_run_outs([r["out"] for r in args.runs])  # before any run is computed
-        if kinds == {"runs"}:  # a combine_runs job: every ensemble of one (dataset, seed)
-            checked = [(r, *_check_combine(r["method"], r.get("members"), r["out"],
-                                           r.get("params") or {}, r["seed"]))
-                       for r in args.runs]  # every entry checked before any is computed
-            for r, rule, hp in checked:
-                _combine(r["method"], r["members"], r["out"], rule, hp)
-            return
-        if "runs" in kinds:
-            raise InputValidationError("--runs mixes ensembles with runs on features; a job "
-                                       "either combines finished runs or fits on features")
-        args.method = "la"  # routing only: every run of the list is checked to consume features
+        if args.method or args.out or any(one[k] for k in own):
+            raise InputValidationError(
+                f"--runs lists every run (method, out, seed, {', '.join(own)}): drop "
+                + "/".join(f"--{k}" for k in ("method", "out", *own)))
+        runs = check_run_list(args.runs, optional=tuple(own))
     elif not args.method or not args.out:
         raise InputValidationError("give --method and --out (one run), or --runs (several)")
     else:
-        check_run_outs([args.out])
-    cls = METHODS.get(args.method)
-    params = dict(args.params or {})
-    if getattr(cls, "derived", False):  # a view or k-NN of one fine-tuned run
-        if not args.members or len(args.members) != 1:
-            raise InputValidationError(f"method {args.method!r} is made from one fine-tuned "
-                                       "run: give it with --members RUN_DIR")
-        from lt_bench.runs.finetune import finetuned_view_run
+        runs = [one]
+    _require_verb(verb, [r["method"] for r in runs])
+    check_run_outs([r["out"] for r in runs])  # before any run is computed
+    return runs
 
-        m = finetuned_view_run(args.method, Path(args.members[0]), Path(args.out), params)
-        print(json.dumps({"method": args.method,
-                          **{k: m[k] for k in ("top1", "many", "medium", "few")}}))
-        return
-    if cls.consumes == "runs":
-        # the ensemble's seed comes from its members, so --seed is not read here
-        _combine(args.method, args.members, args.out,
-                 *_check_combine(args.method, args.members, args.out, params))
-        return
-    if cls.consumes == "images":
-        raise InputValidationError(f"method {args.method!r} fine-tunes from images: use "
-                                   f"`lt-bench finetune --method {args.method} ...`")
-    if not args.features_dir:
-        raise InputValidationError(f"method {args.method!r} trains on cached features: give "
-                                   "--features-dir results/features/{dataset}/{backbone}")
+
+def cmd_fit(args):
+    """Runs of methods that consume features, fitted on one features folder read once."""
+    from lt_bench.argtypes import set_threads
     from lt_bench.runs.train import train_runs
 
+    runs = _run_list(args, "fit", {"method": args.method, "out": args.out, "seed": args.seed,
+                                   "params": dict(args.params or {}),
+                                   "base": dict(args.base or [])})
+    if not args.features_dir:
+        raise InputValidationError("`lt-bench fit` trains on cached features: give "
+                                   "--features-dir results/features/{dataset}/{backbone}")
     set_threads(args.threads)
     group_counts = None
     if args.group_counts:
         import numpy as np
 
         group_counts = np.loadtxt(args.group_counts, dtype=np.int64, ndmin=1)
-    runs = args.runs if args.runs is not None else [
-        {"method": args.method, "out": args.out, "seed": args.seed, "params": params,
-         "base": dict(args.base or [])}]
     done = train_runs(Path(args.features_dir), runs,
                       prior=Path(args.prior) if args.prior else None, tune=args.tune,
                       device=_device(args.device), group_counts=group_counts,
@@ -91,47 +89,57 @@ def cmd_train(args):
                           **{k: m[k] for k in ("top1", "many", "medium", "few")}}))
 
 
-def _check_combine(method: str, members, out, params: dict, seed=None) -> tuple[str, dict]:
-    """(rule, hyper-parameters) of one ensemble run; an error where it has no members or
-    where its members give it another seed than ``seed`` (a --runs entry's)."""
-    from lt_bench.methods import METHODS
+def cmd_combine(args):
+    """Runs of methods that consume runs (ensembles, views of a fine-tuning), each from its
+    member runs; every entry is checked before any is computed."""
+    runs = _run_list(args, "combine", {"method": args.method, "out": args.out, "seed": None,
+                                       "params": dict(args.params or {}),
+                                       "members": args.members})
+    checked = [(r, _check_combine(r)) for r in runs]
+    for r, method in checked:
+        print(json.dumps({"method": r["method"], **_combine(r, method)}))
 
-    cls = METHODS.get(method)
+
+def _check_combine(run: dict):
+    """The method of one runs-consuming run, its members checked (lt_bench.runs.ensemble
+    .check_members: the ones the method declares); an error where they give it another
+    seed than the run list's."""
+    from lt_bench.methods import METHODS
+    from lt_bench.runs.ensemble import check_members
+
+    method, members = run["method"], run.get("members")
     if not members:
         raise InputValidationError(f"method {method!r} combines finished runs: give them with "
                                    "--members RUN_DIR RUN_DIR ... (in --runs: \"members\")")
-    hp = dict(cls(**params).hparams)
-    rule = hp.pop("rule", "sum")
-    if seed is not None:
-        from lt_bench.runs.ensemble import check_members, ensemble_seed
-
-        vary = getattr(cls, "vary", "backbone")
-        dirs = [Path(m) for m in members]
-        got = ensemble_seed(dirs, check_members(dirs, vary, hp.get("members")), vary,
-                            hp.get("seed_offsets"))
-        if int(got) != int(seed):
-            raise InputValidationError(f"{out}: its members make an ensemble of seed {got}, "
-                                       f"the run list says seed {seed}")
-    return rule, hp
+    obj = METHODS.get(method)(**(run.get("params") or {}))
+    _, seed = check_members([Path(m) for m in members], obj)
+    if run.get("seed") is not None and int(seed) != int(run["seed"]):
+        raise InputValidationError(f"{run['out']}: its members make an ensemble of seed "
+                                   f"{seed}, the run list says seed {run['seed']}")
+    return obj
 
 
-def _combine(method: str, members, out, rule: str, hp: dict) -> None:
-    """One ensemble run from finished member runs (the seam's ``runs`` kind), with the
-    rule and hyper-parameters :func:`_check_combine` resolved."""
-    from lt_bench.methods import METHODS
+def _combine(run: dict, method) -> dict:
+    """One run of ``method`` from its finished member runs: a view of one fine-tuning
+    (``derived``: lt_bench.runs.finetune) or an ensemble (lt_bench.runs.ensemble); the
+    summary it prints."""
+    members, out, params = [Path(m) for m in run["members"]], Path(run["out"]), method.hparams
+    if method.derived:
+        from lt_bench.runs.finetune import finetuned_view_run
+
+        m = finetuned_view_run(method.name, members[0], out, params)
+        return {k: m[k] for k in ("top1", "many", "medium", "few")}
     from lt_bench.runs.ensemble import ensemble_run
 
-    # what the members differ in is the method's (the same-backbone control: seeds)
-    metrics = ensemble_run(members, Path(out), rule=rule, method=method,
-                           vary=getattr(METHODS.get(method), "vary", "backbone"), hparams=hp)
-    keys = ["top1", "many", "medium", "few", "best_member_top1", "val_best_member_top1",
-            "gain_top1", "val_gain_top1", "n_trainable_params", "inference_cost",
-            "train_seconds"]
+    metrics = ensemble_run(members, out, method=method.name, hparams=params)
+    keys = ["top1", "many", "medium", "few", "best_member", "best_member_top1",
+            "val_best_member_top1", "gain_top1", "val_gain_top1", "n_trainable_params",
+            "inference_cost", "train_seconds"]
     keys += [f"m{i}_top1" for i in range(1, metrics["n_members"] + 1)]
     result = {k: metrics[k] for k in keys}
     if "weights" in metrics["info"]:
         result["weights"] = metrics["info"]["weights"]
-    print(json.dumps({"method": method, **result}))
+    return result
 
 
 def _device(requested: str | None) -> str:
@@ -153,6 +161,7 @@ def cmd_finetune(args):
     from lt_bench.runs.finetune import finetune_run
     from lt_bench.runs.folder import check_run_outs
 
+    _require_verb("finetune", [args.method])
     check_run_outs([args.out])
     set_threads(args.threads)
     ds = get_dataset(args.dataset, **(args.dataset_params or {}))
@@ -181,8 +190,20 @@ def cmd_logits(args):
     write_logits(labels, logits, Path(args.out))
 
 
+def _add_run_options(s, one: str, example: str) -> None:
+    """--method, --out, --params (one run) and --runs (several), shared by fit and combine."""
+    from lt_bench.argtypes import json_list, json_object
+
+    s.add_argument("--method", help="the method of one run")
+    s.add_argument("--out", help="run folder")
+    s.add_argument("--params", type=json_object, help="hyper-parameters (JSON object)")
+    s.add_argument("--runs", type=json_list, metavar="JSON",
+                   help=f"several runs in one process, in order (method, out, seed; params, "
+                   f"{one} optional): {example}")
+
+
 def add_run_commands(sub) -> None:
-    from lt_bench.argtypes import json_list, json_object, name_path, seed
+    from lt_bench.argtypes import json_object, name_path, seed
 
     s = sub.add_parser("prior", help="estimate a backbone's pre-training label prior q̂ (GLA)")
     s.add_argument("--features-dir", required=True,
@@ -196,28 +217,22 @@ def add_run_commands(sub) -> None:
                    "shipped pp_solver, 1,000 Lagrangian SGD steps from uniform")
     s.set_defaults(func=cmd_prior)
 
-    s = sub.add_parser("train", help="one run of a method: fit on features, or combine runs",
+    s = sub.add_parser("fit", help="runs of methods that consume features (heads, zero-shot, "
+                       "post hoc, k-NN)",
                        description="Fit a features-consuming method on one (dataset, backbone, "
-                       "seed), or (--members) combine finished runs into an ensemble run.")
-    s.add_argument("--method", help="the method of one run")
-    s.add_argument("--out", help="run folder")
-    s.add_argument("--params", type=json_object, help="hyper-parameters (JSON object)")
-    s.add_argument("--runs", type=json_list, metavar="JSON",
-                   help='several runs in one process, in order: on one features folder, '
-                   '[{"method": "ce", "out": DIR, "seed": 0, "params": {}, '
-                   '"base": {"la": DIR}}, ...] (the workflow\'s head jobs), or ensembles, '
-                   '[{"method": "backdoor", "out": DIR, "seed": 0, "params": {}, '
-                   '"members": [DIR, ...]}, ...] (its combine_runs jobs)')
+                       "seed)'s cached features, or (--runs) several runs on one features "
+                       "folder in one process.")
+    _add_run_options(s, one="base", example='[{"method": "ce", "out": DIR, "seed": 0, '
+                     '"params": {}, "base": {"la": DIR}}, ...] (the workflow\'s head jobs)')
+    s.add_argument("--seed", type=seed, default=0)
+    s.add_argument("--base", type=name_path, action="append", metavar="METHOD=RUN_DIR",
+                   help="finished run this method builds on (repeatable)")
+    s.add_argument("--features-dir", help="features folder: results/features/{dataset}/"
+                   "{backbone} (required)")
+    s.add_argument("--prior", help="prior parquet of the backbone (q_hat)")
     s.add_argument("--reuse-dir", metavar="DIR",
                    help="cache of finished fits by fit key: an unchanged run is copied back, "
                    "not refitted (the workflow: results/cache/fits)")
-    s.add_argument("--features-dir", help="features folder (methods that consume features)")
-    s.add_argument("--seed", type=seed, default=0)
-    s.add_argument("--prior", help="prior parquet of the backbone (q_hat)")
-    s.add_argument("--base", type=name_path, action="append", metavar="METHOD=RUN_DIR",
-                   help="finished run this method builds on (repeatable)")
-    s.add_argument("--members", nargs="+", metavar="RUN_DIR",
-                   help="member runs (methods that consume runs, e.g. backdoor)")
     s.add_argument("--tune", action="store_true", default=None,
                    help="post-hoc knobs may be tuned on val")
     s.add_argument("--no-tune", dest="tune", action="store_false",
@@ -225,7 +240,19 @@ def add_run_commands(sub) -> None:
     s.add_argument("--group-counts", help="per-class counts defining the D-groups (CIFAR-LT)")
     s.add_argument("--device", default="cpu", help="cpu (default), auto, cuda, cuda:1")
     s.add_argument("--threads", type=int)
-    s.set_defaults(func=cmd_train)
+    s.set_defaults(func=cmd_fit)
+
+    s = sub.add_parser("combine", help="runs of methods that consume runs (the backdoor and "
+                       "its controls, the views of a fine-tuning)",
+                       description="Make a run from finished member runs, no retraining: an "
+                       "ensemble (the backdoor and its controls) or a view of one fine-tuning "
+                       "(adaptformer_la_tte, knn_finetuned); its seed is its members'.")
+    _add_run_options(s, one="members", example='[{"method": "backdoor", "out": DIR, "seed": 0, '
+                     '"params": {}, "members": [DIR, ...]}, ...] (the workflow\'s combine '
+                     'jobs)')
+    s.add_argument("--members", nargs="+", metavar="RUN_DIR",
+                   help="the member runs, in the order the method declares them")
+    s.set_defaults(func=cmd_combine)
 
     s = sub.add_parser("finetune", help="one fine-tuning run from images (PEFT + cosine head)",
                        description="Fine-tune a backbone with a method that consumes images "

@@ -100,7 +100,7 @@ def finetune_run(method: str, split_dir: Path, image_root: Path, backbone: str,
     cls = METHODS.get(method)
     if cls.consumes != "images":
         raise InputValidationError(f"method {method!r} consumes {cls.consumes}, not images; "
-                                   f"use `lt-bench train --method {method}`")
+                                   "`lt-bench fit` or `combine` makes its runs")
     m = cls(**(hparams or {}))
     split_dir, out_dir = Path(split_dir), Path(out_dir)
     names = read_classnames(split_dir / "classnames.txt")

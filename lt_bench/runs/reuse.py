@@ -46,7 +46,7 @@ def source_hash() -> str:
 
 def run_key(run_path: Path) -> str:
     """A finished run's fit key (config.json ``fit_key``), else a hash of its predictor
-    files (a run made without reuse, e.g. by `lt-bench train` without --reuse-dir)."""
+    files (a run made without reuse, e.g. by `lt-bench fit` without --reuse-dir)."""
     from lt_bench.runs.run_folder import RunFolder
 
     run_path = Path(run_path)

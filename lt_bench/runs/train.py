@@ -98,23 +98,25 @@ def train_run(method: str, features_dir: Path, out_dir: Path, seed: int,
                       group_counts=group_counts, reuse_dir=reuse_dir)[0]
 
 
-#: keys of one run in a `lt-bench train --runs` list
-RUN_KEYS = {"method", "out", "seed", "params", "base", "members"}
+#: keys every run of a ``--runs`` list has (`lt-bench fit` and `lt-bench combine`)
+RUN_KEYS = ("method", "out", "seed")
 
 
-def check_run_list(runs: Any) -> list[dict[str, Any]]:
-    """A ``--runs`` list: JSON objects with method, out, seed (params, base optional;
-    members for an ensemble)."""
+def check_run_list(runs: Any, optional: tuple[str, ...] = ("params", "base")
+                   ) -> list[dict[str, Any]]:
+    """A ``--runs`` list: JSON objects with method, out, seed and the ``optional`` keys
+    (a features run's params and base; a runs-consuming run's params and members)."""
     if not isinstance(runs, list) or not runs:
         raise InputValidationError("--runs must be a non-empty JSON list of runs, e.g. "
                                    '[{"method": "la", "out": "DIR", "seed": 0}]')
+    valid = sorted((*RUN_KEYS, *optional))
     for i, r in enumerate(runs):
-        if not isinstance(r, dict) or not {"method", "out", "seed"} <= set(r):
+        if not isinstance(r, dict) or not set(RUN_KEYS) <= set(r):
             raise InputValidationError(f"--runs[{i}] must be an object with method, out and "
-                                       f"seed (optional: params, base, members); got {r!r}")
-        if set(r) - RUN_KEYS:
-            raise InputValidationError(f"--runs[{i}]: unknown key(s) {sorted(set(r) - RUN_KEYS)};"
-                                       f" valid: {sorted(RUN_KEYS)}")
+                                       f"seed (optional: {', '.join(optional)}); got {r!r}")
+        if set(r) - set(valid):
+            raise InputValidationError(f"--runs[{i}]: unknown key(s) {sorted(set(r) - set(valid))};"
+                                       f" valid: {valid}")
     return runs
 
 
@@ -154,12 +156,9 @@ def train_runs(features_dir: Path, runs: list[dict[str, Any]], *, prior: Path | 
     methods = []  # every name and hyper-parameter checked before anything is fitted
     for r in runs:
         cls = METHODS.get(r["method"])
-        if cls.consumes != "features":
+        if cls.consumes != "features":  # the CLI routes each kind to its verb (runs/cli.py)
             raise InputValidationError(
-                f"method {r['method']!r} consumes {cls.consumes}, not cached features; "
-                + ("give its member runs: `lt-bench train --method "
-                   f"{r['method']} --members RUN_DIR... --out DIR`" if cls.consumes == "runs"
-                   else f"run it with `lt-bench finetune --method {r['method']}`"))
+                f"method {r['method']!r} consumes {cls.consumes}, not cached features")
         methods.append(cls(**(r.get("params") or {})))
         if cls.needs_prior and prior is None:
             raise InputValidationError(

@@ -1,6 +1,6 @@
 # Parameter imbalance (GLA prior estimate q̂ per backbone) and the runs that consume runs:
-# the causal backdoor adjustment, an ensemble over the suite's backbones (docs/architecture.md §1 →
-# docs/architecture.md).
+# the causal backdoor adjustment over the suite's backbones and its controls
+# (docs/architecture.md, "Methods").
 
 
 localrules:
@@ -27,14 +27,37 @@ rule estimate_prior:
         " --out {output:q} {params.true_prior:q} --solver {params.solver:q} 2> {log:q}"
 
 
-# combine_runs: ONE job per (dataset, seed) makes every ensemble of feature runs (the
-# backdoor and its controls: ~1 s of work each, after ~1 s of start-up). A changed
+# The runs of methods that consume runs (the backdoor and its controls, the views of a
+# fine-tuning): `lt-bench combine --runs`, the run list and each run's members from
+# lt_bench/plan.py, which asks each method for its members (RunsMethod.member_keys).
+# ensemble_of_runs: one job per run whose members are fine-tuned (they wait for
+# fine-tuning, on its own seeds). combine_runs: ONE job per (dataset, seed) makes every run
+# whose members are runs on features (~1 s of work each, after ~1 s of start-up); a changed
 # hyper-parameter of one of them reruns the job, which recomputes them all (seconds).
 COMBINED_METHODS = PLAN.combined_methods()
 
+
+rule ensemble_of_runs:
+    input:
+        members=ensemble_members,
+    output:
+        "results/runs/{dataset}/{backbone}/{method}/seed{seed}/metrics.json",
+    wildcard_constraints:
+        method=methods_regex("runs", exclude=COMBINED_METHODS),
+    params:
+        runs=lambda wc: json.dumps(PLAN.combine_run(wc.dataset, wc.backbone, wc.method, wc.seed)),
+    log:
+        "logs/ensemble_of_runs/{dataset}/{backbone}/{method}/seed{seed}.log",
+    threads: 1
+    conda:
+        "../envs/lt-bench.yaml"
+    shell:
+        "lt-bench combine --runs {params.runs:q} 2> {log:q}"
+
+
 if COMBINED_METHODS:
 
-    rule combine_runs:
+    use rule ensemble_of_runs as combine_runs with:
         input:
             members=lambda wc: PLAN.combine_inputs(wc.dataset, wc.seed),
         output:
@@ -45,34 +68,6 @@ if COMBINED_METHODS:
             runs=lambda wc: json.dumps(PLAN.combine_runs(wc.dataset, wc.seed)),
         log:
             "logs/combine_runs/{dataset}/seed{seed}.log",
-        threads: 1
-        conda:
-            "../envs/lt-bench.yaml"
-        shell:
-            "lt-bench train --runs {params.runs:q} 2> {log:q}"
-
-
-# ensemble_of_runs: one job per ensemble run, for the others (ensembles of fine-tuned
-# runs, which wait for fine-tuning on its own seeds; a single ensemble outside the suite)
-rule ensemble_of_runs:
-    input:
-        members=ensemble_members,
-    output:
-        metrics="results/runs/{dataset}/{backbone}/{method}/seed{seed}/metrics.json",
-    wildcard_constraints:
-        method=methods_regex("runs", exclude=COMBINED_METHODS),
-    params:
-        members=lambda wc, input: [os.path.dirname(f) for f in input.members],
-        hparams=hparams_json,
-        out=lambda wc: run_dir(wc.dataset, wc.backbone, wc.method, wc.seed),
-    log:
-        "logs/ensemble_of_runs/{dataset}/{backbone}/{method}/seed{seed}.log",
-    threads: 1
-    conda:
-        "../envs/lt-bench.yaml"
-    shell:
-        "lt-bench train --method {wildcards.method:q} --members {params.members:q}"
-        " --out {params.out:q} --params {params.hparams:q} 2> {log:q}"
 
 
 rule prior_table:

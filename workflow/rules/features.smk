@@ -42,7 +42,7 @@ rule extract_features:
     benchmark:
         "results/benchmarks/extract_features/{dataset}/{backbone}.tsv"
     # a toy CLIP's extraction is ~30 s of one core: 1 thread lets it run beside the last
-    # toy pre-training on a 2-core box (the demo's budget, issue 12); real ones: 2
+    # toy pre-training on a 2-core box (the demo's budget, benchmarks/README.md); real ones: 2
     threads: lambda wc: 1 if PLAN.is_toy_backbone(wc.backbone) else 2
     resources:
         gpu=1,

@@ -29,7 +29,7 @@ rule finetune:
         "logs/finetune/{dataset}/{backbone}/{method}/seed{seed}.log",
     benchmark:
         "results/benchmarks/finetune/{dataset}/{backbone}/{method}/seed{seed}.tsv"
-    # a toy fine-tuning is as fast on 1 thread as on 2 (41.4 vs 38.9 s measured, issue 12:
+    # a toy fine-tuning is as fast on 1 thread as on 2 (41.4 vs 38.9 s measured, benchmarks/README.md:
     # it loads images in the main process on CPU), so 1 lets it run beside the head jobs on
     # a 2-core box; real ones: 2 for the image loader
     threads: lambda wc: 1 if PLAN.is_toy_backbone(wc.backbone) else 2

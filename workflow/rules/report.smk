@@ -5,9 +5,8 @@
 
 REPORT = config.get("report") or {}
 FIGURE_METHODS = REPORT.get("figure_methods", ["zero_shot", "ce", "la", "backdoor"])
-REPORT_TABLES = ["main", "dxp", "ablation"]
 
-# rule all's targets: lt_bench.plan.Plan.final_targets (common.smk all_targets)
+# rule all's targets: lt_bench.plan.Plan.final_targets and common.smk's run_markers (Snakefile)
 
 
 localrules:
@@ -22,7 +21,7 @@ localrules:
 
 # Every finished run of a dataset, one metrics.json path per line: the consumers of all runs
 # (tables, significance, figures, MLflow) read this list instead of declaring ~500 inputs
-# each, which keeps planning the paper suite fast (issue 12). Written in the Snakemake
+# each, which keeps planning the paper suite fast (benchmarks/README.md). Written in the Snakemake
 # process itself (no job start-up); it is rewritten whenever any run is newer.
 rule runs_index:
     input:

@@ -1,13 +1,15 @@
 # Runs (docs/architecture.md, "Stages") of the methods that consume features (trained heads,
-# zero-shot, post-hoc, k-NN); ensembles of runs are in analysis.smk. Every run finishes
-# through the same run writer.
+# zero-shot, post-hoc, k-NN): `lt-bench fit`; the runs that consume runs are in
+# analysis.smk. Every run finishes through the same run writer.
 #
 # fit_heads: ONE job per (dataset, backbone, seed) fits every such method of the suite in
-# one process (start-up and feature loading paid once, features on the GPU once). A
+# one process (start-up and feature loading paid once, features on the GPU once), and the
+# member runs on features that runs-consuming methods declare at the suite's seeds. A
 # changed hyper-parameter reruns the job, which refits only the runs whose fit key changed
 # and copies the others back from results/cache/fits (lt_bench/runs/reuse.py).
-# fit_member_seeds: the same-backbone control's member runs at seeds s+1000, s+2000, one
-# job per (dataset, backbone). A single run outside the suite: `lt-bench train --method`.
+# fit_member_seeds: the declared member runs at seeds outside the suite's (the
+# same-backbone control's s+1000, s+2000), one job per (dataset, backbone). A single run
+# outside the suite: `lt-bench fit --method`.
 
 # metrics.json only, written last: a run without it is unfinished (the other files of a
 # run folder are not declared, which keeps the DAG's output index small: planning time)
@@ -41,13 +43,13 @@ if HEAD_METHODS:
             "../envs/lt-bench.yaml"
         shell:
             "echo \"host=$(hostname) slurm_job=${{SLURM_JOB_ID:-none}} gpus=${{CUDA_VISIBLE_DEVICES:-none}}\" > {log:q};"
-            " lt-bench train --runs {params.runs:q}"
+            " lt-bench fit --runs {params.runs:q}"
             " --features-dir results/features/{wildcards.dataset:q}/{wildcards.backbone:q}"
             " {params.args:q} --threads {threads:q} 2>> {log:q}"
 
 
 
-# Its members are la runs, so fit_heads exists whenever this does (Plan.head_methods).
+# Member runs have a method on features, so fit_heads exists whenever this does.
 if MEMBER_SEED_RUNS:
 
     use rule fit_heads as fit_member_seeds with:
