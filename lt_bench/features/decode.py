@@ -26,6 +26,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from lt_bench.features.images import ImageReadError, where_in_list
+
 log = logging.getLogger(__name__)
 
 _SOF_OK = (0xC0, 0xC1)  # baseline and extended sequential Huffman
@@ -87,10 +89,8 @@ class RawImageDataset(Dataset):
         return len(self.paths)
 
     def __getitem__(self, i: int):
-        from lt_bench.features.extract import ImageReadError
-
         path = self.root / self.paths[i]
-        where = f"line {i + 1} of {self.split_file}" if self.split_file else f"row {i}"
+        where = where_in_list(i, self.split_file)
         try:
             data = path.read_bytes()
         except OSError as e:

@@ -233,13 +233,19 @@ def accuracy_figures(run_dirs: list[Path | str], out_dir: Path | str,
     return written
 
 
-def read_prior_table(path: Path | str, true_prior: Path | str | None = None) -> pd.DataFrame:
-    """``label``, ``q_hat``, ``q_true`` (``q_true`` from ``true_prior``'s ``prior`` if absent)."""
-    df = pd.read_parquet(path)
-    if "q_true" not in df.columns and true_prior is not None and Path(true_prior).is_file():
-        t = pd.read_parquet(true_prior)[["label", "prior"]].rename(columns={"prior": "q_true"})
-        df = df.merge(t, on="label", how="left")
-    return df
+def prior_pair(path: Path | str, true_prior: Path | str | None = None
+               ) -> tuple[np.ndarray, np.ndarray] | None:
+    """(q̂, q_true) of a prior file, in label order, through the one reader
+    (``lt_bench.prior``); ``q_true`` from ``true_prior`` (a toy CLIP's prior file) where the
+    file has none; None where no true prior is known."""
+    from lt_bench.prior import read_prior, read_true_prior
+
+    pf = read_prior(path)
+    if pf.q_true is not None:
+        return pf.q_hat, pf.q_true
+    if true_prior is not None and Path(true_prior).is_file():
+        return pf.q_hat, read_true_prior(true_prior, len(pf.q_hat))
+    return None
 
 
 def prior_figure(priors: dict[str, Path | str], out_stem: Path | str, dataset: str = "",
@@ -250,17 +256,14 @@ def prior_figure(priors: dict[str, Path | str], out_stem: Path | str, dataset: s
     plt = _plt()
     tables = {}
     for b, p in priors.items():
-        if Path(p).is_file():
-            df = read_prior_table(p, (true_priors or {}).get(b))
-            if {"q_hat", "q_true"} <= set(df.columns) and df["q_true"].notna().any():
-                tables[b] = df
+        if Path(p).is_file() and (pair := prior_pair(p, (true_priors or {}).get(b))):
+            tables[b] = pair
     title = f"{dataset}: estimated vs true pre-training prior"
     if not tables:
         return placeholder(out_stem, title, "no prior file with q_hat and q_true "
                            "(results/prior/<dataset>/<toy backbone>.parquet)")
     fig, axes = _grid(len(tables), width=3.6, height=3.4, sharey=False)
-    for ax, (b, df) in zip(axes, tables.items(), strict=True):
-        q, t = df["q_hat"].to_numpy(float), df["q_true"].to_numpy(float)
+    for ax, (b, (q, t)) in zip(axes, tables.items(), strict=True):
         rho = spearmanr(q, t).statistic
         ax.scatter(t, q, s=12, alpha=0.7, color="tab:blue", linewidths=0)
         lo = min(np.nanmin(q[q > 0]), np.nanmin(t[t > 0]))

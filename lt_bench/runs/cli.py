@@ -1,4 +1,4 @@
-"""Verbs of the run layer: ``prior``, ``train`` (every kind of run), ``logits``."""
+"""Verbs of the run layer: ``train`` (every kind of run), ``logits``."""
 
 from __future__ import annotations
 
@@ -6,16 +6,6 @@ import json
 from pathlib import Path
 
 from lt_bench.errors import InputValidationError
-
-
-def cmd_prior(args):
-    from lt_bench.prior import prior_from_features
-
-    meta = prior_from_features(Path(args.features_dir), Path(args.out),
-                               Path(args.true_prior) if args.true_prior else None,
-                               split=args.split, solver=args.solver)
-    keys = ("temperature", "zero_shot_top1", "spearman", "pearson", "kl_true_hat", "tv")
-    print(json.dumps({k: meta[k] for k in keys if k in meta}))
 
 
 def cmd_train(args):
@@ -183,18 +173,6 @@ def cmd_logits(args):
 
 def add_run_commands(sub) -> None:
     from lt_bench.argtypes import json_list, json_object, name_path, seed
-
-    s = sub.add_parser("prior", help="estimate a backbone's pre-training label prior q̂ (GLA)")
-    s.add_argument("--features-dir", required=True,
-                   help="features folder of one (dataset, backbone): val.parquet, text.parquet")
-    s.add_argument("--out", required=True, help="prior Parquet, e.g. results/prior/toy/x.parquet")
-    s.add_argument("--true-prior", help="known prior (toy backbones: prior.parquet, column prior)")
-    s.add_argument("--split", default="val", choices=["val"],
-                   help="class-balanced labelled split the prior is fitted on")
-    s.add_argument("--solver", default="argmin", choices=["argmin", "gla_sgd"],
-                   help="argmin: the argmin of GLA's objective (default); gla_sgd: GLA's "
-                   "shipped pp_solver, 1,000 Lagrangian SGD steps from uniform")
-    s.set_defaults(func=cmd_prior)
 
     s = sub.add_parser("train", help="one run of a method: fit on features, or combine runs",
                        description="Fit a features-consuming method on one (dataset, backbone, "
