@@ -81,9 +81,9 @@ def import_graph() -> dict[str, set[str]]:
     return graph
 
 
-def import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
-    """One cycle, as a path ``a → b → … → a``, per group of modules that import each other
-    round a circle (a strongly connected component of more than one module)."""
+def circle_groups(graph: dict[str, set[str]]) -> list[set[str]]:
+    """The groups of modules that import each other round a circle (the strongly connected
+    components of more than one module)."""
     index: dict[str, int] = {}
     low: dict[str, int] = {}
     stack: list[str] = []
@@ -111,10 +111,15 @@ def import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     for v in sorted(graph):
         if v not in index:
             visit(v)
-    return [_cycle_path(graph, g) for g in groups]
+    return groups
 
 
-def _cycle_path(graph: dict[str, set[str]], group: set[str]) -> list[str]:
+def import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """One circle per group, as a path ``a → b → … → a``."""
+    return [cycle_path(graph, g) for g in circle_groups(graph)]
+
+
+def cycle_path(graph: dict[str, set[str]], group: set[str]) -> list[str]:
     """A shortest circle through the group's first module, by breadth-first search."""
     start = min(group)
     prev = {start: None}
@@ -126,22 +131,32 @@ def _cycle_path(graph: dict[str, set[str]], group: set[str]) -> list[str]:
                 path = [v]
                 while prev[path[-1]] is not None:
                     path.append(prev[path[-1]])
-                return [start] + path[::-1][1:] + [start] if len(path) > 1 else [start, v, start]
+                return path[::-1] + [start]  # path ran back from v to start
             if w not in prev:
                 prev[w] = v
                 queue.append(w)
     raise AssertionError(f"no circle in {group}")
 
 
-#: circles allowed for now, each the set of modules of one strongly connected group.
-#: runs.ensemble ↔ runs.predictors: the ensemble driver and the predictor kinds import each
-#: other; removed when the runfolder branch lands (issue 20 knot 2: one run-folder owner).
-KNOWN_CYCLES = [frozenset({"lt_bench.runs.ensemble", "lt_bench.runs.predictors"})]
+#: circles allowed for now, each the set of modules of one strongly connected group; a
+#: circle that grows (another module joins it) fails like a new one.
+KNOWN_CYCLES = [
+    # the ensemble driver and the predictor kinds import each other; removed when the
+    # runfolder branch lands (issue 20 knot 2: one run-folder owner)
+    frozenset({"lt_bench.runs.ensemble", "lt_bench.runs.predictors"}),
+    # load_backbone asks the weights lock for the file, the lock asks base for the spec and
+    # looks_like_file; removed when the backbones branch untangles them (not this branch's)
+    frozenset({"lt_bench.backbones.base", "lt_bench.backbones.weights"}),
+]
 
 
 def test_no_import_circles():
-    cycles = [c for c in import_cycles(import_graph()) if frozenset(c) not in KNOWN_CYCLES]
-    assert not cycles, "import circles: " + "; ".join(" → ".join(c) for c in cycles)
+    graph = import_graph()
+    new = [g for g in circle_groups(graph) if frozenset(g) not in KNOWN_CYCLES]
+    assert not new, "import circles: " + "; ".join(
+        " → ".join(cycle_path(graph, g)) + (f" (the circle joins {sorted(g)})"
+                                           if len(g) > len(cycle_path(graph, g)) - 1 else "")
+        for g in new)
 
 
 def test_the_circle_finder_names_a_circle_as_a_path():
