@@ -39,7 +39,7 @@ from lt_bench.backbones.catalog import TOY_MODEL  # noqa: E402
 from lt_bench.data.toy import CAPTION_TEMPLATES, class_names  # noqa: E402
 from lt_bench.pretrain.model import (  # noqa: E402
     CaptionBank,
-    _compact_token_embedding,
+    compact_token_embedding,
     contrastive_loss,
     render_tensor,
 )
@@ -121,7 +121,7 @@ def main() -> None:
                 return old_loss(model, caps, prompt, x, y, t, new["caption_ce_weight"],
                                 clip_loss)
         else:
-            ctx, bs = _compact_token_embedding(model, bank.tokens), new["batch_size"]
+            ctx, bs = compact_token_embedding(model, bank.tokens), new["batch_size"]
 
             def loss_fn(x, y, t):
                 return contrastive_loss(model, bank, x, y, int(t[0]),

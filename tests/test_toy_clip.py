@@ -138,7 +138,7 @@ def test_one_template_step_gives_the_per_pair_loss_and_gradients(toy_clip):
     from lt_bench.data.toy import class_names
     from lt_bench.pretrain.model import (
         CaptionBank,
-        _compact_token_embedding,
+        compact_token_embedding,
         contrastive_loss,
     )
 
@@ -162,7 +162,7 @@ def test_one_template_step_gives_the_per_pair_loss_and_gradients(toy_clip):
     ref_emb = model.token_embedding.weight.grad.clone()
     ref_vis = model.visual.conv1.weight.grad.clone()
     model.zero_grad()
-    with _compact_token_embedding(model, bank.tokens):
+    with compact_token_embedding(model, bank.tokens):
         got = contrastive_loss(model, bank, x, y, t, 0.5, clip_loss)
         got.backward()
         used = torch.unique(bank.tokens)

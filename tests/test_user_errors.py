@@ -545,7 +545,7 @@ def test_16_bit_png_is_scaled_to_8_bits_by_every_reader(tmp_path, capsys):
     as PIL's convert("RGB"), which clips at 255: a white image."""
     from PIL import Image
 
-    from lt_bench.features.decode import _pil_tensor
+    from lt_bench.features.decode import pil_tensor
     from lt_bench.features.images import ImageListDataset
     from lt_bench.finetune.images import ImageItems
 
@@ -561,7 +561,7 @@ def test_16_bit_png_is_scaled_to_8_bits_by_every_reader(tmp_path, capsys):
 
     ds = ImageListDataset(tmp_path, [png.name], np.zeros(1, np.int64), transform=np.asarray)
     assert np.array_equal(ds[0][0], want)
-    assert np.array_equal(_pil_tensor(png.read_bytes()).permute(1, 2, 0).numpy(), want)
+    assert np.array_equal(pil_tensor(png.read_bytes()).permute(1, 2, 0).numpy(), want)
     items = ImageItems(tmp_path, [(png.name, 0)], transform=np.asarray, split="train")
     assert np.array_equal(np.asarray(items._load(0)), want)
 

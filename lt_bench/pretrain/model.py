@@ -31,7 +31,7 @@ def render_tensor(labels: np.ndarray, rng: np.random.Generator, num_classes: int
                       for i in range(0, len(labels), _RENDER_CHUNK)])
 
 
-class _CompactEmbedding(torch.nn.Module):
+class CompactEmbedding(torch.nn.Module):
     """The rows of a token embedding the corpus uses, behind a token-id lookup table."""
 
     def __init__(self, full: torch.nn.Embedding, used: torch.Tensor):
@@ -45,11 +45,11 @@ class _CompactEmbedding(torch.nn.Module):
 
 
 @contextlib.contextmanager
-def _compact_token_embedding(model, tokens: torch.Tensor):
+def compact_token_embedding(model, tokens: torch.Tensor):
     """Train only the embedding rows of ``tokens``; write them back into the full table."""
     full = model.token_embedding
     used = torch.unique(tokens)
-    model.token_embedding = compact = _CompactEmbedding(full, used)
+    model.token_embedding = compact = CompactEmbedding(full, used)
     try:
         yield
     finally:
