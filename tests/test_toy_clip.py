@@ -106,6 +106,27 @@ def test_pretrain_json_records_the_ground_truths(small_toy_world):
     assert sum(s["q_hat"]) == pytest.approx(1.0) and s["regime"] == "compositional"
 
 
+def test_the_toy_clips_prior_file_is_in_the_one_schema(small_toy_world):
+    """prior.parquet of a toy CLIP: its true prior (the one it was pre-trained on) and GLA's
+    q̂ (the one pretrain.json judges), read by the prior files' one reader."""
+    import json
+
+    from conftest import SMALL_PRETRAIN, SMALL_TOY
+
+    from lt_bench.pretrain import PRETRAIN_DEFAULTS, pretrain_prior
+    from lt_bench.prior import read_prior
+
+    bb = small_toy_world["backbone_dir"]
+    pf = read_prior(bb / "prior.parquet", SMALL_TOY["num_classes"], backbone="toyclip0")
+    imbalance = {**PRETRAIN_DEFAULTS, **SMALL_PRETRAIN}["imbalance"]
+    np.testing.assert_array_equal(pf.q_true,
+                                  pretrain_prior(SMALL_TOY["num_classes"], 0, imbalance))
+    s = json.loads((bb / "pretrain.json").read_text())
+    np.testing.assert_array_equal(pf.q_hat, s["q_hat"])
+    assert pf.temperature > 0 and pf.meta["backbone"] == "toyclip0"
+    assert pf.meta["spearman"] == pytest.approx(s["rho_qhat_vs_prior"])
+
+
 def test_linear_probe_ground_truth_on_a_hand_made_case():
     """Classes 2, 3 are separable; 0 and 1 have identical test features, so a probe's
     accuracy on them sums to one (every such test point gets one label for both)."""
