@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from lt_bench.backbones.base import load_backbone
     from lt_bench.data.splits import read_split
-    from lt_bench.features.extract import extract_split
+    from lt_bench.features.encode import extract_split
 
     device = torch.device(a.device)
     with tempfile.TemporaryDirectory(prefix="lt-bench-extract-bench-") as tmp:
@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _device_decode(a, bb, split: Path, tmp: Path, device: torch.device) -> float | None:
     """Median images/s of extraction with ``decode="gpu"``; None (and a note) without CUDA."""
-    from lt_bench.features.extract import extract_split
+    from lt_bench.features.encode import extract_split
     from lt_bench.features.protocol import device_transforms, eval_transforms
 
     if device.type != "cuda":

@@ -7,7 +7,7 @@
     old = the step before issue 12 (``old_loss``: model config ``OLD_MODEL_CFG`` - vision
     width 128, text width 128 x 3 layers -, batch 256, every pair's caption encoded plus
     the K "a photo of a {}." prompts, dense 49,408-row token embedding in AdamW);
-    new = ``lt_bench.backbones.toy_pretrain.contrastive_loss`` with the shipped model
+    new = ``lt_bench.pretrain.model.contrastive_loss`` with the shipped model
     config, config.yaml's batch, K captions of one template per step, compact embedding.
 (b) Whole-run training time: the old recipe (3 epochs x 50k pairs) at the old rate vs
     config.yaml's recipe at the new rate.
@@ -34,9 +34,20 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from lt_bench.backbones import toy_pretrain as tp  # noqa: E402
 from lt_bench.backbones.base import ensure_model_configs  # noqa: E402
+from lt_bench.backbones.catalog import TOY_MODEL  # noqa: E402
 from lt_bench.data.toy import CAPTION_TEMPLATES, class_names  # noqa: E402
+from lt_bench.pretrain.model import (  # noqa: E402
+    CaptionBank,
+    compact_token_embedding,
+    contrastive_loss,
+    render_tensor,
+)
+from lt_bench.pretrain.toy_clip import (  # noqa: E402
+    PRETRAIN_DEFAULTS,
+    pretrain_prior,
+    pretrain_toy_clip,
+)
 
 OLD_RECIPE = {"num_pairs": 50000, "epochs": 3, "batch_size": 256}
 #: lt-toy-vit-p8.json before issue 12 (git show 2e15568:lt_bench/backbones/model_configs/...)
@@ -80,28 +91,28 @@ def main() -> None:
     import open_clip
 
     cfg = yaml.safe_load((REPO / "config.yaml").read_text())
-    new = {**tp.PRETRAIN_DEFAULTS, **cfg["toy_pretrain"]}
+    new = {**PRETRAIN_DEFAULTS, **cfg["toy_pretrain"]}
     toy = cfg["datasets"]["toy"]
     k, size = toy["num_classes"], toy["image_size"]
     regime = toy.get("regime", "compositional")
     ensure_model_configs()
     old_model = _old_model_name()
-    tok = open_clip.get_tokenizer(tp.TOY_MODEL)
+    tok = open_clip.get_tokenizer(TOY_MODEL)
     names = class_names(k, regime)
     clip_loss = open_clip.ClipLoss()
     rng = np.random.default_rng(0)
-    prior = tp.pretrain_prior(k, 0, new["imbalance"])
+    prior = pretrain_prior(k, 0, new["imbalance"])
 
     def batch(bs):
         y = rng.choice(k, size=bs, p=prior)
-        return (tp.render_tensor(y, rng, k, size, regime), torch.from_numpy(y),
+        return (render_tensor(y, rng, k, size, regime), torch.from_numpy(y),
                 torch.from_numpy(rng.integers(0, len(CAPTION_TEMPLATES), bs)))
 
     def make(kind):
         torch.manual_seed(0)
-        model = open_clip.create_model(old_model if kind == "old" else tp.TOY_MODEL)
+        model = open_clip.create_model(old_model if kind == "old" else TOY_MODEL)
         model.train()
-        bank = tp.CaptionBank(tok, names)
+        bank = CaptionBank(tok, names)
         if kind == "old":
             caps, prompt = bank.tokens, bank.tokens[:, 0]
             ctx, bs = contextlib.nullcontext(), OLD_RECIPE["batch_size"]
@@ -110,10 +121,10 @@ def main() -> None:
                 return old_loss(model, caps, prompt, x, y, t, new["caption_ce_weight"],
                                 clip_loss)
         else:
-            ctx, bs = tp._compact_token_embedding(model, bank.tokens), new["batch_size"]
+            ctx, bs = compact_token_embedding(model, bank.tokens), new["batch_size"]
 
             def loss_fn(x, y, t):
-                return tp.contrastive_loss(model, bank, x, y, int(t[0]),
+                return contrastive_loss(model, bank, x, y, int(t[0]),
                                            new["caption_ce_weight"], clip_loss)
         ctx.__enter__()
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.1)
@@ -140,7 +151,7 @@ def main() -> None:
           f"median of {a.repeats} blocks of {a.steps} steps")
     print(f"    old step (batch {OLD_RECIPE['batch_size']}, vision/text width 128): "
           f"{old_r:7.0f} samples/s")
-    print(f"    new step (batch {new['batch_size']}, {tp.TOY_MODEL}): {new_r:7.0f} samples/s"
+    print(f"    new step (batch {new['batch_size']}, {TOY_MODEL}): {new_r:7.0f} samples/s"
           f"   ratio new/old {new_r / old_r:.2f}x")
     old_samples = OLD_RECIPE["num_pairs"] // 256 * 256 * OLD_RECIPE["epochs"]
     new_samples = new["num_pairs"] // new["batch_size"] * new["batch_size"] * new["epochs"]
@@ -149,7 +160,7 @@ def main() -> None:
           f"({old_samples / old_r / (new_samples / new_r):.1f}x)")
     if a.full:
         with tempfile.TemporaryDirectory() as d:
-            s = tp.pretrain_toy_clip(d, num_classes=k, index=0, image_size=size,
+            s = pretrain_toy_clip(d, num_classes=k, index=0, image_size=size,
                                      seed=toy.get("seed", 0), regime=regime,
                                      **cfg["toy_pretrain"])
         keys = ("total_seconds", "render_seconds", "train_seconds", "eval_seconds",

@@ -44,9 +44,9 @@ def cmd_list(args):
 
 def cmd_pretrain(args):
     from lt_bench.backbones import BACKBONES
-    from lt_bench.backbones.toy_pretrain import pretrain_toy_clip
     from lt_bench.data.splits import read_classnames
     from lt_bench.data.toy import world_params
+    from lt_bench.pretrain import pretrain_toy_clip
 
     set_threads(args.threads)
     spec = BACKBONES.get(args.backbone)
@@ -145,6 +145,7 @@ def _add_core_commands(sub) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from lt_bench.data.cli import add_data_commands
+    from lt_bench.prior.cli import add_prior_commands
     from lt_bench.report.cli import add_report_commands
     from lt_bench.runs.cli import add_run_commands
     from lt_bench.setup_cli import add_setup_commands
@@ -156,7 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_core_commands(sub)
     add_data_commands(sub)  # prepare, verify-images, split-stats, download
-    add_run_commands(sub)  # prior, fit, combine, finetune, logits
+    add_prior_commands(sub)  # prior
+    add_run_commands(sub)  # fit, combine, finetune, logits
     add_report_commands(sub)  # tables, figures, prior-table, report
     add_tracking_commands(sub)  # ingest, ui
     add_setup_commands(sub)  # doctor, fetch-weights

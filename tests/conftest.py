@@ -31,9 +31,9 @@ def small_toy_world(tmp_path_factory):
     """
     import torch
 
-    from lt_bench.backbones.toy_pretrain import pretrain_toy_clip
     from lt_bench.data import get_dataset
     from lt_bench.features.extract import extract_all
+    from lt_bench.pretrain import pretrain_toy_clip
 
     torch.set_num_threads(2)
     root = tmp_path_factory.mktemp("small_toy")

@@ -17,7 +17,7 @@ import pytest
 
 from lt_bench.cli import main as cli_main
 from lt_bench.data import images, lift
-from lt_bench.data.download import is_extracted
+from lt_bench.data.archives import is_extracted
 from lt_bench.errors import EXIT_USER_ERROR
 from lt_bench.io import git_blob_id
 

@@ -1,4 +1,5 @@
-"""Downloads (loopback HTTP server with Range support) and safe tar extraction."""
+"""Downloads (loopback HTTP server with Range support) and safe tar extraction
+(``lt_bench.data.download``, ``lt_bench.data.archives``)."""
 
 from __future__ import annotations
 
@@ -11,16 +12,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from lt_bench.data.download import (
-    ChecksumMismatchError,
-    DownloadError,
+from lt_bench.data.archives import (
     ExtractionConflictError,
     UnsafeArchiveError,
-    download,
-    file_hash,
     is_extracted,
     safe_extract_tar,
 )
+from lt_bench.data.download import ChecksumMismatchError, DownloadError, download, file_hash
 from lt_bench.io import git_blob_id
 
 PAYLOAD = bytes(range(256)) * 4096  # 1 MiB, several read chunks
@@ -255,7 +253,7 @@ def test_interrupted_extraction_is_redone(tmp_path, monkeypatch):
     def boom(*a, **k):
         raise AssertionError("extracted twice")
 
-    monkeypatch.setattr("lt_bench.data.download._extract_checked", boom)
+    monkeypatch.setattr("lt_bench.data.archives._extract_checked", boom)
     safe_extract_tar(tar, dest)
 
 

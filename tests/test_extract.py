@@ -29,7 +29,10 @@ from PIL import Image
 
 from lt_bench.backbones import BACKBONES, BackboneSpec
 from lt_bench.backbones.base import ensure_model_configs
-from lt_bench.features.extract import ImageReadError, extract_all, extract_split, shard_dir_for
+from lt_bench.features.encode import extract_split
+from lt_bench.features.extract import extract_all
+from lt_bench.features.images import ImageReadError
+from lt_bench.features.shards import shard_dir_for
 from lt_bench.features.store import read_features, read_meta, read_text_embeddings
 
 MODEL = "lt-toy-vit-p8"
@@ -223,7 +226,7 @@ def test_stale_shards_are_discarded(checkpoint, split_dir, tmp_path, caplog):
     shards.mkdir()
     (shards / "manifest.json").write_text(json.dumps({"split_sha256": "something else"}))
     (shards / "shard-00000.parquet").write_bytes(b"not from these inputs")
-    with caplog.at_level("INFO", logger="lt_bench.features.extract"):
+    with caplog.at_level("INFO", logger="lt_bench.features.shards"):
         stats = extract_split(bb, split_dir / "val.txt", split_dir, out, {}, batch_size=4,
                               num_workers=0, shard_size=4)
     assert "discarding shards made from different inputs" in caplog.text

@@ -1,6 +1,7 @@
 """The house rules of docs/architecture.md §2, checked: imports go down the floors, never
-up; no module under lt_bench/ is a monolith; the CLI's start-up and the workflow's planning
-import no heavy library."""
+up; no two modules import each other (directly or round a circle); no module under
+lt_bench/ is a monolith; the CLI's start-up and the workflow's planning import no heavy
+library."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ PKG = Path(__file__).resolve().parents[1] / "lt_bench"
 FLOORS = {
     "errors": 0, "registry": 0, "io": 0, "workflow_copy": 0, "argtypes": 0, "predictor_spec": 0,
     "data": 1, "backbones": 1, "features": 1, "finetune": 1, "metrics": 1, "prior": 1,
-    "config": 2, "methods": 2,
+    "config": 2, "methods": 2, "pretrain": 2,
     "runs": 3, "plan": 3, "smoke": 3,
     "report": 4, "tracking": 4, "doctor": 4,
     "cli": 5, "setup_cli": 5,
@@ -51,6 +52,115 @@ def test_imports_go_down_the_floors(path):
     up = sorted({m for m in _imports(path) if (p := _part(m)) and p != own
                  and FLOORS.get(p, 99) > FLOORS[own]})
     assert not up, f"{rel} (floor {FLOORS[own]}) imports a higher floor: {up}"
+
+
+def _module_name(path: Path) -> str:
+    parts = ("lt_bench",) + path.relative_to(PKG).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Module → the lt_bench modules it imports, from every ``import`` and ``from … import``
+    in its file, function-level ones included (a lazy import still ties the two modules).
+    ``from pkg import name`` is an edge to ``pkg.name`` where that is a module, else to
+    ``pkg``; a package is its ``__init__``."""
+    modules = {_module_name(p): p for p in _module_files()}
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        edges = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                targets = [f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in modules
+                           else node.module for a in node.names]
+            else:
+                continue
+            edges |= {t for t in targets if t in modules and t != name}
+        graph[name] = edges
+    return graph
+
+
+def circle_groups(graph: dict[str, set[str]]) -> list[set[str]]:
+    """The groups of modules that import each other round a circle (the strongly connected
+    components of more than one module)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    groups: list[set[str]] = []
+
+    def visit(v: str) -> None:  # Tarjan's algorithm
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            group = set()
+            while True:
+                w = stack.pop()
+                group.add(w)
+                if w == v:
+                    break
+            if len(group) > 1:
+                groups.append(group)
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return groups
+
+
+def import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """One circle per group, as a path ``a → b → … → a``."""
+    return [cycle_path(graph, g) for g in circle_groups(graph)]
+
+
+def cycle_path(graph: dict[str, set[str]], group: set[str]) -> list[str]:
+    """A shortest circle through the group's first module, by breadth-first search."""
+    start = min(group)
+    prev = {start: None}
+    queue = [start]
+    while queue:
+        v = queue.pop(0)
+        for w in sorted(graph[v] & group):
+            if w == start:
+                path = [v]
+                while prev[path[-1]] is not None:
+                    path.append(prev[path[-1]])
+                return path[::-1] + [start]  # path ran back from v to start
+            if w not in prev:
+                prev[w] = v
+                queue.append(w)
+    raise AssertionError(f"no circle in {group}")
+
+
+#: circles allowed for now, each the set of modules of one strongly connected group; a
+#: circle that grows (another module joins it) fails like a new one.
+KNOWN_CYCLES = [
+    # load_backbone asks the weights lock for the file, the lock asks base for the spec and
+    # looks_like_file; removed when the backbones branch untangles them (not this branch's)
+    frozenset({"lt_bench.backbones.base", "lt_bench.backbones.weights"}),
+]
+
+
+def test_no_import_circles():
+    graph = import_graph()
+    new = [g for g in circle_groups(graph) if frozenset(g) not in KNOWN_CYCLES]
+    assert not new, "import circles: " + "; ".join(
+        " → ".join(cycle_path(graph, g)) + (f" (the circle joins {sorted(g)})"
+                                           if len(g) > len(cycle_path(graph, g)) - 1 else "")
+        for g in new)
+
+
+def test_the_circle_finder_names_a_circle_as_a_path():
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a", "d"}, "d": set(), "e": {"d"}}
+    assert import_cycles(graph) == [["a", "b", "c", "a"]]
+    assert import_cycles({"a": {"b"}, "b": set()}) == []
+    assert import_cycles({"x": {"y"}, "y": {"x"}}) == [["x", "y", "x"]]
 
 
 @pytest.mark.parametrize("path", _module_files(), ids=lambda p: str(p.relative_to(PKG)))

@@ -12,6 +12,7 @@ from scipy.stats import spearmanr
 from synth_runs import make_features_dir
 
 from lt_bench.cli import main
+from lt_bench.errors import InputValidationError
 from lt_bench.prior import (
     PriorSolverDiverged,
     calibrate_temperature,
@@ -21,6 +22,8 @@ from lt_bench.prior import (
     mean_confidence,
     read_prior,
     read_prior_meta,
+    read_true_prior,
+    write_prior,
 )
 
 
@@ -105,6 +108,71 @@ def test_prior_needs_a_text_tower(tmp_path, capsys):
     fd = make_features_dir(tmp_path / "f", text=False)
     assert main(["prior", "--features-dir", str(fd), "--out", str(tmp_path / "p.parquet")]) == 2
     assert "no text" in capsys.readouterr().err
+
+
+# --- the prior file: one schema, one reader and writer ---------------------------------
+
+
+def test_the_prior_file_round_trips_and_the_writer_refuses_what_the_reader_would(tmp_path):
+    rng = np.random.default_rng(1)
+    q_hat, q_true = rng.dirichlet(np.ones(7)), rng.dirichlet(np.ones(7))
+    out = tmp_path / "p.parquet"
+    write_prior(out, q_hat, {"temperature": 1.7, "dataset": "toy", "backbone": "b"}, q_true)
+    pf = read_prior(out, 7, dataset="toy", backbone="b")
+    np.testing.assert_array_equal(pf.q_hat, q_hat)
+    np.testing.assert_array_equal(pf.q_true, q_true)
+    np.testing.assert_array_equal(read_true_prior(out, 7), q_true)
+    assert pf.temperature == 1.7 and pf.meta["backbone"] == "b"
+    for bad_hat, bad_true, match in ((np.r_[0.5, 0.5, np.zeros(5)], None, "finite and > 0"),
+                                     (np.full(7, 0.2), None, "q_hat sums to"),
+                                     (q_hat, np.full(7, 0.2), "q_true sums to"),
+                                     (q_hat, q_true[:6] / q_true[:6].sum(), "q_true has 6")):
+        with pytest.raises(InputValidationError, match=match):
+            write_prior(tmp_path / "bad.parquet", bad_hat, {}, bad_true)
+        assert not (tmp_path / "bad.parquet").exists()
+
+
+def test_a_toy_clips_true_prior_reads_the_same_in_either_schema(tmp_path):
+    """Toy CLIPs pre-trained before the one schema wrote (label, classname, prior); that
+    file, with its rows in any order, gives the same q_true as a file of the one schema,
+    through `lt-bench prior --true-prior` and through the prior figure."""
+    from lt_bench.report.figures import prior_pair
+
+    fd = make_features_dir(tmp_path / "f", backbone="toyclip0")
+    q = np.array([0.3, 0.1, 0.2, 0.15, 0.15, 0.1])
+    legacy = tmp_path / "legacy.parquet"
+    order = np.array([3, 0, 5, 1, 4, 2])
+    pd.DataFrame({"label": order.astype(np.int32), "classname": [f"c{i}" for i in order],
+                  "prior": q[order]}).to_parquet(legacy, index=False)
+    one = tmp_path / "one.parquet"
+    write_prior(one, np.full(6, 1 / 6), {"temperature": 1.0, "backbone": "toyclip0"}, q)
+    outs = []
+    for true in (legacy, one):
+        np.testing.assert_array_equal(read_true_prior(true, 6), q)
+        outs.append(tmp_path / f"prior_{true.stem}.parquet")
+        assert main(["prior", "--features-dir", str(fd), "--out", str(outs[-1]),
+                     "--true-prior", str(true)]) == 0
+        np.testing.assert_array_equal(read_prior(outs[-1]).q_true, q)
+    assert read_prior_meta(outs[0])["spearman"] == read_prior_meta(outs[1])["spearman"]
+    # a results/prior file without q_true: the figure takes it from the backbone's file
+    no_true = tmp_path / "no_true.parquet"
+    write_prior(no_true, np.full(6, 1 / 6), {"temperature": 1.0})
+    for true in (legacy, one):
+        np.testing.assert_array_equal(prior_pair(no_true, true)[1], q)
+    assert prior_pair(no_true, tmp_path / "missing.parquet") is None
+    # the legacy file has no q̂: read as one, it is refused in one line naming the schema
+    with pytest.raises(InputValidationError, match=r"expected label, q_hat and optionally"):
+        read_prior(legacy)
+
+
+def test_the_report_reads_priors_through_the_one_reader(tmp_path, capsys):
+    """A prior file the runs would refuse (a q̂ of 0) is refused by the prior table too."""
+    bad = tmp_path / "bad.parquet"
+    pd.DataFrame({"label": np.arange(3, dtype=np.int32), "q_hat": [0.5, 0.5, 0.0]}
+                 ).to_parquet(bad, index=False)
+    assert main(["prior-table", "--priors", str(bad), "--out-dir", str(tmp_path / "t")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "q_hat must be finite and > 0" in err[0], err
 
 
 # --- GLA's shipped solver (prior solver gla_sgd) ---------------------------------------

@@ -23,7 +23,8 @@ from test_extract import CLASSNAMES, MODEL, make_split_dir  # noqa: E402
 from lt_bench.backbones import BackboneSpec, LoadedBackbone  # noqa: E402
 from lt_bench.backbones.base import ensure_model_configs  # noqa: E402
 from lt_bench.errors import InputValidationError, UserError  # noqa: E402
-from lt_bench.features.extract import extract_all, extract_split  # noqa: E402
+from lt_bench.features.encode import extract_split  # noqa: E402
+from lt_bench.features.extract import extract_all  # noqa: E402
 from lt_bench.features.store import (  # noqa: E402
     NonFiniteFeatureError,
     TextEmbeddings,
@@ -213,7 +214,7 @@ def toy(tmp_path_factory):
 
 def test_tte_crops_and_train_views(toy, tmp_path):
     from lt_bench.backbones.transforms import five_crop_transform, lift_train_transform
-    from lt_bench.features.extract import view_seed
+    from lt_bench.features.images import view_seed
     from lt_bench.features.views import view_pass_seed
 
     name, d, model = toy

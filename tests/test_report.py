@@ -19,7 +19,8 @@ from PIL import Image
 
 from lt_bench.cli import main as cli_main
 from lt_bench.report.collect import collect_runs
-from lt_bench.report.figures import accuracy_figures, dxp_figure, prior_figure
+from lt_bench.report.figures import accuracy_figures, prior_figure
+from lt_bench.report.figures_dxp import dxp_figure
 from lt_bench.report.tables import DXP_METRICS, MAIN_METRICS, write_all_tables
 
 REPO = Path(__file__).resolve().parents[1]

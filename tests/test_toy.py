@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lt_bench.backbones.toy_pretrain import pretrain_prior
 from lt_bench.data import get_dataset
 from lt_bench.data.splits import read_classnames, read_split
 from lt_bench.data.toy import class_names, exponential_profile, long_tailed_counts, render
+from lt_bench.pretrain import pretrain_prior
 
 
 def test_exponential_profile_hand_values():

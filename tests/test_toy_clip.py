@@ -6,7 +6,6 @@ a few minutes at most), so the thresholds are those the issue sets for the demo 
 
 import numpy as np
 import open_clip
-import pandas as pd
 import pytest
 import torch
 from PIL import Image
@@ -15,6 +14,7 @@ from scipy.stats import spearmanr
 from lt_bench.backbones import load_backbone
 from lt_bench.data.splits import read_split
 from lt_bench.features.store import read_features, read_text_embeddings
+from lt_bench.prior import read_true_prior
 
 pytestmark = pytest.mark.slow
 
@@ -35,7 +35,7 @@ def test_zero_shot_is_useful(small_toy_world):
 def test_parameter_imbalance_exists_by_construction(small_toy_world):
     labels, logits = zero_shot(small_toy_world)
     k = logits.shape[1]
-    prior = pd.read_parquet(small_toy_world["backbone_dir"] / "prior.parquet")["prior"].to_numpy()
+    prior = read_true_prior(small_toy_world["backbone_dir"] / "prior.parquet")
     acc = np.bincount(labels, weights=logits.argmax(1) == labels, minlength=k) / np.bincount(labels)
     rho_acc = spearmanr(acc, prior).statistic
     assert rho_acc >= 0.5, f"rho(per-class zero-shot accuracy, pre-training prior) = {rho_acc:.2f}"
@@ -95,7 +95,7 @@ def test_pretrain_json_records_the_ground_truths(small_toy_world):
     import json
 
     s = json.loads((small_toy_world["backbone_dir"] / "pretrain.json").read_text())
-    prior = pd.read_parquet(small_toy_world["backbone_dir"] / "prior.parquet")["prior"].to_numpy()
+    prior = read_true_prior(small_toy_world["backbone_dir"] / "prior.parquet")
     probe = np.asarray(s["probe_per_class_accuracy"])
     assert len(probe) == len(prior) and s["probe_top1"] == pytest.approx(probe.mean())
     assert s["rho_probe_vs_prior"] == pytest.approx(spearmanr(probe, prior).statistic)
@@ -106,10 +106,31 @@ def test_pretrain_json_records_the_ground_truths(small_toy_world):
     assert sum(s["q_hat"]) == pytest.approx(1.0) and s["regime"] == "compositional"
 
 
+def test_the_toy_clips_prior_file_is_in_the_one_schema(small_toy_world):
+    """prior.parquet of a toy CLIP: its true prior (the one it was pre-trained on) and GLA's
+    q̂ (the one pretrain.json judges), read by the prior files' one reader."""
+    import json
+
+    from conftest import SMALL_PRETRAIN, SMALL_TOY
+
+    from lt_bench.pretrain import PRETRAIN_DEFAULTS, pretrain_prior
+    from lt_bench.prior import read_prior
+
+    bb = small_toy_world["backbone_dir"]
+    pf = read_prior(bb / "prior.parquet", SMALL_TOY["num_classes"], backbone="toyclip0")
+    imbalance = {**PRETRAIN_DEFAULTS, **SMALL_PRETRAIN}["imbalance"]
+    np.testing.assert_array_equal(pf.q_true,
+                                  pretrain_prior(SMALL_TOY["num_classes"], 0, imbalance))
+    s = json.loads((bb / "pretrain.json").read_text())
+    np.testing.assert_array_equal(pf.q_hat, s["q_hat"])
+    assert pf.temperature > 0 and pf.meta["backbone"] == "toyclip0"
+    assert pf.meta["spearman"] == pytest.approx(s["rho_qhat_vs_prior"])
+
+
 def test_linear_probe_ground_truth_on_a_hand_made_case():
     """Classes 2, 3 are separable; 0 and 1 have identical test features, so a probe's
     accuracy on them sums to one (every such test point gets one label for both)."""
-    from lt_bench.backbones.toy_pretrain import linear_probe_accuracy, probe_vs_prior
+    from lt_bench.pretrain.evaluate import linear_probe_accuracy, probe_vs_prior
 
     rng = np.random.default_rng(0)
     centres = np.array([[1.0, 0, 0], [1.0, 0, 0], [0, 1.0, 0], [0, 0, 1.0]])
@@ -135,12 +156,12 @@ def test_linear_probe_ground_truth_on_a_hand_made_case():
 def test_one_template_step_gives_the_per_pair_loss_and_gradients(toy_clip):
     """Encoding each class caption of the step's template once, and gathering it for the
     pairs, gives the loss and gradients of encoding every pair's caption separately."""
-    from lt_bench.backbones.toy_pretrain import (
+    from lt_bench.data.toy import class_names
+    from lt_bench.pretrain.model import (
         CaptionBank,
-        _compact_token_embedding,
+        compact_token_embedding,
         contrastive_loss,
     )
-    from lt_bench.data.toy import class_names
 
     model = toy_clip
     model.zero_grad()
@@ -162,7 +183,7 @@ def test_one_template_step_gives_the_per_pair_loss_and_gradients(toy_clip):
     ref_emb = model.token_embedding.weight.grad.clone()
     ref_vis = model.visual.conv1.weight.grad.clone()
     model.zero_grad()
-    with _compact_token_embedding(model, bank.tokens):
+    with compact_token_embedding(model, bank.tokens):
         got = contrastive_loss(model, bank, x, y, t, 0.5, clip_loss)
         got.backward()
         used = torch.unique(bank.tokens)
@@ -176,9 +197,9 @@ def test_one_template_step_gives_the_per_pair_loss_and_gradients(toy_clip):
 
 
 def test_bad_pretraining_inputs_are_named(tmp_path, capsys):
-    from lt_bench.backbones.toy_pretrain import pretrain_toy_clip
     from lt_bench.cli import main
     from lt_bench.errors import UserError
+    from lt_bench.pretrain import pretrain_toy_clip
 
     with pytest.raises(UserError, match=r"toy regime must be one of compositional, "
                                         r"representation; got 'rep'"):

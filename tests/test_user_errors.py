@@ -17,7 +17,6 @@ import pytest
 from synth_runs import FAST, TRAIN_COUNTS, make_features_dir, make_prior
 
 from lt_bench.cli import main
-from lt_bench.prior import write_prior
 
 K = len(TRAIN_COUNTS)
 
@@ -38,13 +37,11 @@ def world(tmp_path_factory):
     return {"root": root, "fd": fd, "prior": prior, "runs": runs}
 
 
-def _bad_prior(world, name, q, **cols):
+def _bad_prior(world, name, q):
+    """A prior file as a damaged or hand-made one would be (write_prior refuses to write it)."""
     path = world["root"] / f"{name}.parquet"
-    if cols.get("raw"):
-        pq.write_table(pa.table({"label": np.arange(len(q), dtype=np.int32),
-                                 "q_hat": np.asarray(q, dtype=np.float64)}), path)
-        return path
-    write_prior(path, np.asarray(q, dtype=np.float64), {"temperature": 1.0})
+    pq.write_table(pa.table({"label": np.arange(len(q), dtype=np.int32),
+                             "q_hat": np.asarray(q, dtype=np.float64)}), path)
     return path
 
 
@@ -224,7 +221,7 @@ CASES = {
         lambda w: _train(w, "--prior", str(_bad_prior(w, "nan", [np.nan] + [0.2] * 5))),
         "q_hat must be finite and > 0"),
     "prior not summing to 1": (
-        lambda w: _train(w, "--prior", str(_bad_prior(w, "sum", [0.3] * K, raw=True))),
+        lambda w: _train(w, "--prior", str(_bad_prior(w, "sum", [0.3] * K))),
         "q_hat sums to"),
     "prior of another class set": (
         lambda w: _train(w, "--prior", str(_bad_prior(w, "k4", [0.25] * 4))),
@@ -576,8 +573,8 @@ def test_16_bit_png_is_scaled_to_8_bits_by_every_reader(tmp_path, capsys):
     as PIL's convert("RGB"), which clips at 255: a white image."""
     from PIL import Image
 
-    from lt_bench.features.decode import _pil_tensor
-    from lt_bench.features.extract import ImageListDataset
+    from lt_bench.features.decode import pil_tensor
+    from lt_bench.features.images import ImageListDataset
     from lt_bench.finetune.images import ImageItems
 
     raw = np.array([[0, 255, 256, 1000], [32768, 40000, 65280, 65535]], dtype=np.uint16)
@@ -592,7 +589,7 @@ def test_16_bit_png_is_scaled_to_8_bits_by_every_reader(tmp_path, capsys):
 
     ds = ImageListDataset(tmp_path, [png.name], np.zeros(1, np.int64), transform=np.asarray)
     assert np.array_equal(ds[0][0], want)
-    assert np.array_equal(_pil_tensor(png.read_bytes()).permute(1, 2, 0).numpy(), want)
+    assert np.array_equal(pil_tensor(png.read_bytes()).permute(1, 2, 0).numpy(), want)
     items = ImageItems(tmp_path, [(png.name, 0)], transform=np.asarray, split="train")
     assert np.array_equal(np.asarray(items._load(0)), want)
 

@@ -5,7 +5,7 @@ there; :func:`verify_images` checks that every listed image exists and that a sa
 decodes. ImageNet is never downloaded (licence). Places365-Standard and iNat2018 archives
 are downloaded by :func:`download_images` only when the config asks for it
 (``download_images: true``); both resume and are extracted with
-:func:`lt_bench.data.download.safe_extract_tar`, which never deletes or overwrites a file
+:func:`lt_bench.data.archives.safe_extract_tar`, which never deletes or overwrites a file
 it did not create. :func:`ensure_images` (``lt-bench verify-images``, the workflow's
 ``verify_images`` rule) verifies and, when allowed, downloads what is missing first.
 """
@@ -20,8 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from lt_bench.data.archives import is_extracted, safe_extract_tar
 from lt_bench.data.base import DATASETS, DataRootError, Dataset, get_dataset
-from lt_bench.data.download import download, file_hash, is_extracted, safe_extract_tar
+from lt_bench.data.download import download, file_hash
 from lt_bench.data.lift import IMAGENET_LAYOUT
 from lt_bench.data.splits import read_split
 from lt_bench.errors import UserError

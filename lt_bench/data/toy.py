@@ -222,14 +222,35 @@ def render(labels: np.ndarray, rng: np.random.Generator, num_classes: int,
     u = (dx * cos + dy * sin) / r
     v = (dy * cos - dx * sin) / r
 
-    mask = np.empty((n, size, size), dtype=bool)
+    mask = _shape_masks(u, v, shape_idx)
+    freq = rng.uniform(6.0, 8.0, (n, 1, 1)).astype(f32)
+    pattern = _texture_patterns(u, v, texture_idx, freq)
+
+    base = _COLOUR_RGB[colour_idx] + rng.normal(0, 12, (n, 3)).astype(f32)  # (n, 3)
+    fg = np.where(pattern[..., None], base[:, None, None, :], base[:, None, None, :] * f32(0.35))
+    bg_level = rng.uniform(60, 200, (n, 1, 1, 1)).astype(f32)
+    bg = bg_level + rng.normal(0, 8, (n, 1, 1, 3)).astype(f32)
+    img = np.where(mask[..., None], fg, bg)
+    if regime == "representation":
+        img = _with_emblems(img, xx - cx, yy - cy, emblem_codes(num_classes)[labels])
+    img += rng.standard_normal(img.shape, dtype=f32) * f32(10)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def _shape_masks(u: np.ndarray, v: np.ndarray, shape_idx: np.ndarray) -> np.ndarray:
+    """(n, S, S) inside-the-shape masks, each shape computed only for its images."""
+    mask = np.empty(u.shape, dtype=bool)
     for s_i, shape_mask in enumerate(_SHAPE_MASKS):
         sel = shape_idx == s_i
         if sel.any():
             mask[sel] = shape_mask(u[sel], v[sel])
+    return mask
 
-    freq = rng.uniform(6.0, 8.0, (n, 1, 1)).astype(f32)
-    pattern = np.ones((n, size, size), dtype=bool)  # plain
+
+def _texture_patterns(u: np.ndarray, v: np.ndarray, texture_idx: np.ndarray,
+                      freq: np.ndarray) -> np.ndarray:
+    """(n, S, S): True where the texture shows the full colour (plain: everywhere)."""
+    pattern = np.ones(u.shape, dtype=bool)  # plain
     for t_i in range(1, len(TEXTURES)):
         sel = texture_idx == t_i
         if sel.any():
@@ -239,25 +260,22 @@ def render(labels: np.ndarray, rng: np.random.Generator, num_classes: int,
             else:  # dotted / checkered
                 prod = su * np.sin(v[sel] * freq[sel])
                 pattern[sel] = prod > (0.25 if TEXTURES[t_i] == "dotted" else 0)
+    return pattern
 
-    base = _COLOUR_RGB[colour_idx] + rng.normal(0, 12, (n, 3)).astype(f32)  # (n, 3)
-    fg = np.where(pattern[..., None], base[:, None, None, :], base[:, None, None, :] * f32(0.35))
-    bg_level = rng.uniform(60, 200, (n, 1, 1, 1)).astype(f32)
-    bg = bg_level + rng.normal(0, 8, (n, 1, 1, 3)).astype(f32)
-    img = np.where(mask[..., None], fg, bg)
-    if regime == "representation":
-        # Upright glyph (no rotation, so codes that are rotations of each other stay
-        # distinct) centred on the shape; "on" cells dark, "off" cells bright.
-        gx = np.floor((xx - cx + EMBLEM_HALF) / (2 * EMBLEM_HALF) * GLYPH).astype(int)
-        gy = np.floor((yy - cy + EMBLEM_HALF) / (2 * EMBLEM_HALF) * GLYPH).astype(int)
-        inside = (gx >= 0) & (gx < GLYPH) & (gy >= 0) & (gy < GLYPH)
-        cell = np.clip(gy, 0, GLYPH - 1) * GLYPH + np.clip(gx, 0, GLYPH - 1)
-        codes = emblem_codes(num_classes)[labels]                       # (n, cells)
-        on = inside & np.take_along_axis(codes, cell.reshape(n, -1), 1).reshape(cell.shape)
-        img = np.where(inside[..., None], np.where(on, f32(EMBLEM_ON), f32(EMBLEM_OFF))[..., None],
-                       img)
-    img += rng.standard_normal(img.shape, dtype=f32) * f32(10)
-    return np.clip(img, 0, 255).astype(np.uint8)
+
+def _with_emblems(img: np.ndarray, dx: np.ndarray, dy: np.ndarray,
+                  codes: np.ndarray) -> np.ndarray:
+    """``img`` with each class's emblem: an upright glyph (no rotation, so codes that are
+    rotations of each other stay distinct) centred on the shape (offsets ``dx``, ``dy``
+    from its centre); "on" cells dark, "off" cells bright. ``codes``: (n, cells)."""
+    f32 = np.float32
+    gx = np.floor((dx + EMBLEM_HALF) / (2 * EMBLEM_HALF) * GLYPH).astype(int)
+    gy = np.floor((dy + EMBLEM_HALF) / (2 * EMBLEM_HALF) * GLYPH).astype(int)
+    inside = (gx >= 0) & (gx < GLYPH) & (gy >= 0) & (gy < GLYPH)
+    cell = np.clip(gy, 0, GLYPH - 1) * GLYPH + np.clip(gx, 0, GLYPH - 1)
+    on = inside & np.take_along_axis(codes, cell.reshape(len(codes), -1), 1).reshape(cell.shape)
+    return np.where(inside[..., None], np.where(on, f32(EMBLEM_ON), f32(EMBLEM_OFF))[..., None],
+                    img)
 
 
 @DATASETS.register("toy")

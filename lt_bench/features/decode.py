@@ -26,6 +26,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from lt_bench.features.images import ImageReadError, where_in_list
+
 log = logging.getLogger(__name__)
 
 _SOF_OK = (0xC0, 0xC1)  # baseline and extended sequential Huffman
@@ -64,7 +66,8 @@ def nvjpeg_refusal(data: bytes) -> str | None:
     return "corrupt jpeg"
 
 
-def _pil_tensor(data: bytes) -> torch.Tensor:
+def pil_tensor(data: bytes) -> torch.Tensor:
+    """An image file's bytes decoded by PIL: an RGB CHW uint8 tensor (the CPU fallback)."""
     from PIL import Image
 
     from lt_bench.data.images import to_rgb
@@ -87,10 +90,8 @@ class RawImageDataset(Dataset):
         return len(self.paths)
 
     def __getitem__(self, i: int):
-        from lt_bench.features.extract import ImageReadError
-
         path = self.root / self.paths[i]
-        where = f"line {i + 1} of {self.split_file}" if self.split_file else f"row {i}"
+        where = where_in_list(i, self.split_file)
         try:
             data = path.read_bytes()
         except OSError as e:
@@ -100,7 +101,7 @@ class RawImageDataset(Dataset):
         if nvjpeg_refusal(data) is None:
             return torch.frombuffer(bytearray(data), dtype=torch.uint8), int(self.labels[i]), True
         try:
-            return _pil_tensor(data), int(self.labels[i]), False
+            return pil_tensor(data), int(self.labels[i]), False
         except (OSError, ValueError) as e:
             raise ImageReadError(f"cannot read image {path} (unreadable; {where}): "
                                  f"{type(e).__name__}: {e}") from e
@@ -142,7 +143,7 @@ class BatchDecoder:
                         out[i] = decode_jpeg(data[i], mode=ImageReadMode.RGB, device=self.device)
                     except RuntimeError:
                         self.decode_fallbacks += 1
-                        out[i] = _pil_tensor(data[i].numpy().tobytes()).to(self.device)
+                        out[i] = pil_tensor(data[i].numpy().tobytes()).to(self.device)
         return out  # type: ignore[return-value]
 
     def stats(self) -> dict:

@@ -23,6 +23,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from lt_bench.features.shards import shard_dir_for
 from lt_bench.features.store import META_KEY
 from lt_bench.io import atomic_path
 
@@ -36,7 +37,7 @@ def view_pass_seed(seed: int, view: int) -> int:
 def extract_train_views(bb, split_file: Path, image_root: Path, out: Path,
                         meta: dict[str, Any], views: int, seed: int = 0, **kw) -> dict:
     """Write ``views`` augmented views of every image of ``split_file`` to ``out``."""
-    from lt_bench.features.extract import extract_split, shard_dir_for
+    from lt_bench.features.encode import extract_split
     from lt_bench.features.protocol import train_view_transform
 
     tf, tf_meta = train_view_transform(bb)

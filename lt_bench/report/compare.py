@@ -158,10 +158,9 @@ def compare_markdown(table: pd.DataFrame, a: str, b: str) -> str:
 
 def forest_plot(table: pd.DataFrame, out_stem: Path, a: str, b: str) -> list[Path]:
     """Each setting's difference (dot) and interval (bar), zero marked; significant ones dark."""
-    from lt_bench.report.figures import _plt, save
-    from lt_bench.report.figures_dxp import wrap_title
+    from lt_bench.report.plot import pyplot, save, wrap_title
 
-    plt = _plt()
+    plt = pyplot()
     n = len(table)
     labels = [_label(r) for _, r in table.iterrows()]
     width = 4.5 + 0.065 * max(len(x) for x in labels)

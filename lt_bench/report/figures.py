@@ -8,7 +8,8 @@
   members' mean) drawn dashed in every backbone's panel against that backbone's q̂.
 * ``prior``: estimated prior q̂ against the true pre-training prior of each toy backbone
   (log-log, Spearman ρ), from ``results/prior/{dataset}/{backbone}.parquet``.
-* ``dxp``: D×P heat-maps and their summary relative to LA (``figures_dxp``).
+D×P heat-maps and their summary relative to LA are ``figures_dxp.py``; the drawing
+conventions every figure shares (Agg, PNG + PDF, placeholders, grids) are ``plot.py``.
 
 Where the inputs of a figure are absent (no q̂ yet, no D×P keys), a placeholder figure that
 says so is written, so the workflow's outputs always exist.
@@ -18,86 +19,23 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from lt_bench.io import atomic_path
-from lt_bench.metrics import FEW_BELOW, MANY_ABOVE
+from lt_bench.metrics import FEW_BELOW, MANY_ABOVE, P_GROUPS
 from lt_bench.report.collect import collect_per_class
+from lt_bench.report.plot import log_ticks, panel_grid, placeholder, pyplot, save
 
-D_GROUPS = ("many", "medium", "few")
-P_GROUPS = ("p_many", "p_medium", "p_few")
 DEFAULT_METHODS = ("zero_shot", "ce", "la", "backdoor")
 
 
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    plt.rcParams.update({"font.size": 9, "axes.titlesize": 10, "figure.dpi": 100,
-                         "savefig.dpi": 150, "axes.spines.top": False,
-                         "axes.spines.right": False})
-    return plt
-
-
-def save(fig, stem: Path | str) -> list[Path]:
-    """``<stem>.png`` and ``<stem>.pdf``, written atomically; the figure is closed."""
-    from matplotlib.layout_engine import ConstrainedLayoutEngine
-
-    plt = _plt()
-    stem = Path(stem)
-    out = []
-    # constrained layout already fits every artist into the canvas; "tight" would measure
-    # all text once more per format (a third of the D×P figures' time, issue 12)
-    bbox = None if isinstance(fig.get_layout_engine(), ConstrainedLayoutEngine) else "tight"
-    for fmt, meta in (("png", {"Software": None}), ("pdf", {"CreationDate": None})):
-        path = stem.with_name(f"{stem.name}.{fmt}")
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, format=fmt, bbox_inches=bbox, metadata=meta)
-        out.append(path)
-    plt.close(fig)
-    return out
-
-
-def placeholder(stem: Path | str, title: str, message: str) -> list[Path]:
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(6, 2), layout="constrained")
-    ax.axis("off")
-    ax.set_title(title)
-    ax.text(0.5, 0.5, message, ha="center", va="center", wrap=True, transform=ax.transAxes)
-    return save(fig, stem)
-
-
 def _colors(methods: Sequence[str]) -> dict[str, tuple]:
-    plt = _plt()
+    plt = pyplot()
     cmap = plt.get_cmap("tab10")
     return {m: cmap(i % 10) for i, m in enumerate(methods)}
-
-
-def _grid(n: int, width: float = 4.2, height: float = 3.4, sharey: bool = True):
-    plt = _plt()
-    cols = min(n, 3)
-    rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False,
-                             sharey=sharey, layout="constrained")
-    for ax in axes.flat[n:]:
-        ax.axis("off")
-    return fig, list(axes.flat[:n])
-
-
-def log_ticks(ax) -> None:
-    """Readable log ticks on x: majors at 1, 2, 5 × 10^k, no minor labels (they overlapped
-    on axes spanning less than two decades)."""
-    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
-
-    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0), numticks=8))
-    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.2g}"))
-    ax.xaxis.set_minor_formatter(NullFormatter())
-    ax.tick_params(axis="x", labelsize=7)
 
 
 def _binned_mean(x: np.ndarray, y: np.ndarray, bins: int = 8) -> tuple[np.ndarray, np.ndarray]:
@@ -158,88 +96,118 @@ def accuracy_figures(run_dirs: list[Path | str], out_dir: Path | str,
         return written
     pc = pc[pc["method"].isin(chosen)]
     mean = _mean_over_seeds(pc)
-    colors = _colors(chosen)
-    n_seeds = pc.groupby(["backbone", "method"])["seed"].nunique()
-
-    # --- against the training count
-    singles = sorted(set(mean.loc[~mean["ensemble"], "backbone"]))
-    ensembles = sorted(set(mean.loc[mean["ensemble"], "backbone"]))
-    panels = singles or ensembles
-    fig, axes = _grid(len(panels))
-    for ax, b in zip(axes, panels, strict=True):
-        for m in chosen:
-            for bb, dashed in [(b, b in ensembles)] + [(e, True) for e in ensembles
-                                                          if e != b and singles]:
-                part = mean[(mean["backbone"] == bb) & (mean["method"] == m)]
-                if part.empty:
-                    continue
-                label = m if bb == b else f"{m} ({bb})"
-                label += f" [{n_seeds.get((bb, m), 0)} seeds]"
-                _series(ax, part["train_count"], part["accuracy"], colors[m], label, dashed)
-        for v in (FEW_BELOW, MANY_ABOVE):
-            ax.axvline(v, color="0.6", lw=0.8, ls=":")
-        ax.set_xscale("log")
-        log_ticks(ax)
-        ax.set_title(b)
-        ax.set_xlabel("training images of the class (log)")
-        ax.set_ylim(-3, 103)
-        ax.legend(fontsize=7, loc="best")
-    axes[0].set_ylabel("per-class test accuracy (%)")
-    fig.suptitle(f"{ds}: per-class accuracy vs training count (points: classes; lines: "
-                 "mean in log-count bins; dotted: Few | Medium | Many borders)", fontsize=9)
-    written += save(fig, out_dir / "acc_vs_count")
-
-    # --- against the estimated prior q̂
+    curves = _Curves(ds, mean, chosen, _colors(chosen),
+                     pc.groupby(["backbone", "method"])["seed"].nunique(),
+                     sorted(set(mean.loc[mean["ensemble"], "backbone"])))
+    written += _count_figure(curves, out_dir / "acc_vs_count")
     if "q_hat" not in mean.columns or mean["q_hat"].notna().sum() == 0:
         written += placeholder(out_dir / "acc_vs_qhat", f"{ds}: accuracy vs q̂",
                                "no run has the estimated prior q̂ (column q_hat of "
                                "per_class.parquet): run the prior stage first")
         return written
-    withq = mean[mean["q_hat"].notna()]
+    written += _qhat_figure(curves, out_dir / "acc_vs_qhat")
+    return written
+
+
+@dataclass
+class _Curves:
+    """What both accuracy figures draw: per-class means over seeds of the chosen methods."""
+
+    ds: str
+    mean: pd.DataFrame
+    chosen: list[str]
+    colors: dict[str, tuple]
+    n_seeds: pd.Series  # seeds per (backbone, method)
+    ensembles: list[str]  # backbones of ensemble runs
+
+    def part(self, backbone: str, method: str) -> pd.DataFrame:
+        return self.mean[(self.mean["backbone"] == backbone) & (self.mean["method"] == method)]
+
+    def label(self, method: str, backbone: str, of: str | None = None) -> str:
+        """``method [n seeds]``, naming the backbone ``of`` the curve where it is not the
+        panel's own."""
+        return (method if of is None else f"{method} ({of})") + \
+            f" [{self.n_seeds.get((of or backbone, method), 0)} seeds]"
+
+
+def _finish_panel(ax, title: str, xlabel: str) -> None:
+    ax.set_xscale("log")
+    log_ticks(ax)
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylim(-3, 103)
+    ax.legend(fontsize=7, loc="best")
+
+
+def _count_figure(c: _Curves, stem: Path) -> list[Path]:
+    """Against the training count: ensembles share the counts, so each is drawn (dashed)
+    in every single backbone's panel."""
+    singles = sorted(set(c.mean.loc[~c.mean["ensemble"], "backbone"]))
+    panels = singles or c.ensembles
+    fig, axes = panel_grid(len(panels))
+    for ax, b in zip(axes, panels, strict=True):
+        for m in c.chosen:
+            for bb, dashed in [(b, b in c.ensembles)] + [(e, True) for e in c.ensembles
+                                                            if e != b and singles]:
+                part = c.part(bb, m)
+                if not part.empty:
+                    _series(ax, part["train_count"], part["accuracy"], c.colors[m],
+                            c.label(m, b, None if bb == b else bb), dashed)
+        for v in (FEW_BELOW, MANY_ABOVE):
+            ax.axvline(v, color="0.6", lw=0.8, ls=":")
+        _finish_panel(ax, b, "training images of the class (log)")
+    axes[0].set_ylabel("per-class test accuracy (%)")
+    fig.suptitle(f"{c.ds}: per-class accuracy vs training count (points: classes; lines: "
+                 "mean in log-count bins; dotted: Few | Medium | Many borders)", fontsize=9)
+    return save(fig, stem)
+
+
+def _qhat_figure(c: _Curves, stem: Path) -> list[Path]:
+    """Against the estimated prior q̂. Ensembles have no q̂ of their own (members' mean):
+    each is drawn dashed in every single backbone's panel against that backbone's q̂ of
+    the class, so no panel sits alone."""
+    withq = c.mean[c.mean["q_hat"].notna()]
     singles_q = sorted(set(withq.loc[~withq["ensemble"], "backbone"]))
-    # ensembles have no q̂ of their own (members' mean): each is drawn dashed in every single
-    # backbone's panel against that backbone's q̂ of the class, so no panel sits alone
     panels = singles_q or sorted(set(withq["backbone"]))
-    fig, axes = _grid(len(panels))
+    fig, axes = panel_grid(len(panels))
     for ax, b in zip(axes, panels, strict=True):
         part_b = withq[withq["backbone"] == b]
         q_of = part_b.drop_duplicates("label").set_index("label")["q_hat"]
-        for m in chosen:
+        for m in c.chosen:
             part = part_b[part_b["method"] == m]
             if not part.empty:
-                _series(ax, part["q_hat"], part["accuracy"], colors[m],
-                        f"{m} [{n_seeds.get((b, m), 0)} seeds]")
-            for e in ensembles if singles_q else []:
-                part = mean[(mean["backbone"] == e) & (mean["method"] == m)]
+                _series(ax, part["q_hat"], part["accuracy"], c.colors[m], c.label(m, b))
+            for e in c.ensembles if singles_q else []:
+                part = c.part(e, m)
                 if not part.empty:
-                    _series(ax, part["label"].map(q_of), part["accuracy"], colors[m],
-                            f"{m} ({e}) [{n_seeds.get((e, m), 0)} seeds]", dashed=True)
+                    _series(ax, part["label"].map(q_of), part["accuracy"], c.colors[m],
+                            c.label(m, b, e), dashed=True)
         if "p_group" in part_b.columns:
             lab = part_b.drop_duplicates("label")
             for g in P_GROUPS[:2]:
                 q = lab.loc[lab["p_group"] == g, "q_hat"]
                 if len(q):
                     ax.axvline(q.min(), color="0.6", lw=0.8, ls=":")
-        ax.set_xscale("log")
-        log_ticks(ax)
-        ax.set_title(b)
-        ax.set_xlabel("estimated pre-training prior q̂ of the class (log)")
-        ax.set_ylim(-3, 103)
-        ax.legend(fontsize=7, loc="best")
+        _finish_panel(ax, b, "estimated pre-training prior q̂ of the class (log)")
     axes[0].set_ylabel("per-class test accuracy (%)")
-    fig.suptitle(f"{ds}: per-class accuracy vs estimated prior q̂ (dotted: P-Few | P-Medium "
+    fig.suptitle(f"{c.ds}: per-class accuracy vs estimated prior q̂ (dotted: P-Few | P-Medium "
                  "| P-Many borders)", fontsize=9)
-    written += save(fig, out_dir / "acc_vs_qhat")
-    return written
+    return save(fig, stem)
 
 
-def read_prior_table(path: Path | str, true_prior: Path | str | None = None) -> pd.DataFrame:
-    """``label``, ``q_hat``, ``q_true`` (``q_true`` from ``true_prior``'s ``prior`` if absent)."""
-    df = pd.read_parquet(path)
-    if "q_true" not in df.columns and true_prior is not None and Path(true_prior).is_file():
-        t = pd.read_parquet(true_prior)[["label", "prior"]].rename(columns={"prior": "q_true"})
-        df = df.merge(t, on="label", how="left")
-    return df
+def prior_pair(path: Path | str, true_prior: Path | str | None = None
+               ) -> tuple[np.ndarray, np.ndarray] | None:
+    """(q̂, q_true) of a prior file, in label order, through the one reader
+    (``lt_bench.prior``); ``q_true`` from ``true_prior`` (a toy CLIP's prior file) where the
+    file has none; None where no true prior is known."""
+    from lt_bench.prior import read_prior, read_true_prior
+
+    pf = read_prior(path)
+    if pf.q_true is not None:
+        return pf.q_hat, pf.q_true
+    if true_prior is not None and Path(true_prior).is_file():
+        return pf.q_hat, read_true_prior(true_prior, len(pf.q_hat))
+    return None
 
 
 def prior_figure(priors: dict[str, Path | str], out_stem: Path | str, dataset: str = "",
@@ -247,20 +215,17 @@ def prior_figure(priors: dict[str, Path | str], out_stem: Path | str, dataset: s
     """q̂ against the true prior, one panel per (toy) backbone; ``priors``: backbone → file."""
     from scipy.stats import spearmanr
 
-    plt = _plt()
+    plt = pyplot()
     tables = {}
     for b, p in priors.items():
-        if Path(p).is_file():
-            df = read_prior_table(p, (true_priors or {}).get(b))
-            if {"q_hat", "q_true"} <= set(df.columns) and df["q_true"].notna().any():
-                tables[b] = df
+        if Path(p).is_file() and (pair := prior_pair(p, (true_priors or {}).get(b))):
+            tables[b] = pair
     title = f"{dataset}: estimated vs true pre-training prior"
     if not tables:
         return placeholder(out_stem, title, "no prior file with q_hat and q_true "
                            "(results/prior/<dataset>/<toy backbone>.parquet)")
-    fig, axes = _grid(len(tables), width=3.6, height=3.4, sharey=False)
-    for ax, (b, df) in zip(axes, tables.items(), strict=True):
-        q, t = df["q_hat"].to_numpy(float), df["q_true"].to_numpy(float)
+    fig, axes = panel_grid(len(tables), width=3.6, height=3.4, sharey=False)
+    for ax, (b, (q, t)) in zip(axes, tables.items(), strict=True):
         rho = spearmanr(q, t).statistic
         ax.scatter(t, q, s=12, alpha=0.7, color="tab:blue", linewidths=0)
         lo = min(np.nanmin(q[q > 0]), np.nanmin(t[t > 0]))
@@ -276,11 +241,3 @@ def prior_figure(priors: dict[str, Path | str], out_stem: Path | str, dataset: s
     out = save(fig, out_stem)
     plt.close("all")
     return out
-
-
-def dxp_figure(run_dirs: list[Path | str], method: str, out_stem: Path | str,
-               dataset: str = "") -> list[Path]:
-    """See :func:`lt_bench.report.figures_dxp.dxp_figure` (kept here for callers)."""
-    from lt_bench.report.figures_dxp import dxp_figure as draw
-
-    return draw(run_dirs, method, out_stem, dataset)

@@ -19,12 +19,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from lt_bench.metrics import D_GROUPS, P_GROUPS
 from lt_bench.report import format as fmt
 from lt_bench.report.collect import collect_runs
-from lt_bench.report.figures import _grid, _plt, placeholder, save
+from lt_bench.report.plot import panel_grid, placeholder, pyplot, save, wrap_title
 
-D_GROUPS = ("many", "medium", "few")
-P_GROUPS = ("p_many", "p_medium", "p_few")
 CELLS = [(d, p) for d in D_GROUPS for p in P_GROUPS]
 P_SHORT = {"p_many": "P-Many", "p_medium": "P-Med.", "p_few": "P-Few"}
 
@@ -53,15 +52,6 @@ def dxp_means(run_dirs: list[Path | str]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def wrap_title(text: str, width_in: float, fontsize: float) -> str:
-    """``text`` broken into lines that fit ``width_in`` inches at ``fontsize`` points (an
-    average glyph of DejaVu Sans is ~0.55 em wide; 0.9 of the width for the margins)."""
-    import textwrap
-
-    per_line = max(20, int(0.9 * width_in * 72 / (0.55 * fontsize)))
-    return textwrap.fill(text, per_line)
-
-
 def _is_ensemble(b: str) -> bool:
     from lt_bench.runs.layout import is_ensemble_backbone
 
@@ -74,7 +64,7 @@ def dxp_figure(run_dirs: list[Path | str], method: str, out_stem: Path | str,
 
     ``means``: :func:`dxp_means` of ``run_dirs`` when the caller already has it (the CLI
     draws every method's figure from one read of the runs)."""
-    plt = _plt()
+    plt = pyplot()
     means = dxp_means(run_dirs) if means is None else means
     runs = means[means["method"] == method] if not means.empty else means
     label = runs["label"].iloc[0] if len(runs) and "label" in runs.columns else None
@@ -89,7 +79,7 @@ def dxp_figure(run_dirs: list[Path | str], method: str, out_stem: Path | str,
         lo, hi = 0.0, 100.0
     pad = max(1.0, 0.05 * (hi - lo))  # a flat figure still gets a readable scale
     vmin, vmax = lo - pad, hi + pad
-    fig, axes = _grid(len(backbones), width=3.6, height=3.3)
+    fig, axes = panel_grid(len(backbones), width=3.6, height=3.3)
     image = None
     cmap = plt.get_cmap("viridis")
     for ax, b in zip(axes, backbones, strict=True):
@@ -131,7 +121,7 @@ def dxp_summary_figure(run_dirs: list[Path | str], out_stem: Path | str, dataset
                        methods: Sequence[str] | None = None, reference: str = "la",
                        means: pd.DataFrame | None = None) -> list[Path]:
     """Every method's D×P cells minus LA's (same backbone), one panel per backbone."""
-    plt = _plt()
+    plt = pyplot()
     from matplotlib.colors import TwoSlopeNorm
 
     means = dxp_means(run_dirs) if means is None else means
@@ -141,26 +131,8 @@ def dxp_summary_figure(run_dirs: list[Path | str], out_stem: Path | str, dataset
                            "the backbone's estimated prior q̂)")
     order = list(methods or []) + sorted(set(means["method"]) - set(methods or []))
     order = [m for m in order if m in set(means["method"]) and m != reference]
-    singles = sorted(b for b in set(means.loc[means["method"] == reference, "backbone"])
-                     if not _is_ensemble(b))
     keys = [f"dp_{d}_{p}" for d, p in CELLS]
-    panels = []
-    for b in singles:
-        ref = means[(means["backbone"] == b) & (means["method"] == reference)].iloc[0]
-        rows, labels, few = [], [], []
-        for m in order:
-            for bb in [b] + sorted(x for x in set(means["backbone"]) if _is_ensemble(x)):
-                hit = means[(means["backbone"] == bb) & (means["method"] == m)]
-                if hit.empty:
-                    continue
-                r = hit.iloc[0]
-                rows.append([r[k] - ref[k] for k in keys])
-                labels.append(fmt.display_name(m, r.get("label")) +
-                              (f" ({bb})" if bb != b else ""))
-                few.append([not pd.isna(r[f"n_{k}_classes"]) and
-                            r[f"n_{k}_classes"] < fmt.MIN_CELL_CLASSES for k in keys])
-        if rows:
-            panels.append((b, np.array(rows, float), labels, np.array(few)))
+    panels = _delta_panels(means, order, reference, keys)
     if not panels:
         return placeholder(out_stem, title, f"no method besides {reference} has D×P metrics")
     lim = max(1.0, float(np.nanmax([np.nanmax(np.abs(p[1])) for p in panels])))
@@ -180,29 +152,64 @@ def dxp_summary_figure(run_dirs: list[Path | str], out_stem: Path | str, dataset
     axes = axes.T
     image = None
     for ax, (b, delta, labels, few) in zip(axes[0], panels, strict=True):
-        image = ax.imshow(np.ma.masked_invalid(delta), cmap="RdBu", norm=norm, aspect="auto")
-        ax.set_facecolor("0.85")
-        for i in range(delta.shape[0]):
-            for j in range(delta.shape[1]):
-                v = delta[i, j]
-                # a difference that rounds to zero prints as 0.0, not "-0.0"
-                txt = "–" if np.isnan(v) else (f"{v:+.1f}" if round(v, 1) else "0.0") + (
-                    fmt.FEW_CLASSES_MARK if few[i, j] else "")
-                ax.text(j, i, txt, ha="center", va="center", fontsize=7.5,
-                        color="white" if not np.isnan(v) and abs(v) > 0.6 * lim else "black")
-        ax.set_xticks(range(len(keys)), [P_SHORT[p] for _, p in CELLS], rotation=45,
-                      ha="right", fontsize=8)
-        top = ax.secondary_xaxis("top")  # the D-group of each block of three columns
-        top.set_xticks([1, 4, 7], ["D-Many", "D-Medium", "D-Few"], fontsize=8)
-        top.tick_params(length=0)
-        ax.set_yticks(range(len(labels)), labels, fontsize=8)
-        for x in (2.5, 5.5):  # D-group borders
-            ax.axvline(x, color="0.3", lw=0.8)
-        ax.set_title(f"{b}: minus {fmt.display_name(reference)}", pad=16, fontsize=10)
-        ax.spines[:].set_visible(False)
+        image = _delta_panel(ax, b, delta, labels, few, norm, lim, reference)
     fig.suptitle(wrap_title(title + f" on the same backbone (points; blue: better, red: "
                             f"worse; {fmt.FEW_CLASSES_MARK}: < {fmt.MIN_CELL_CLASSES} "
                             "classes)", width, 9), fontsize=9)
     fig.colorbar(image, ax=list(axes[0]), shrink=min(0.8, 4 / sum(heights)),
                  label=f"Δ top-1 vs {fmt.display_name(reference)} (points)")
     return save(fig, out_stem)
+
+
+def _delta_panels(means: pd.DataFrame, order: list[str], reference: str, keys: list[str]
+                  ) -> list[tuple[str, np.ndarray, list[str], np.ndarray]]:
+    """Per single backbone with a ``reference`` run: (backbone, each method's cells minus
+    the reference's, the row labels, which cells rest on few classes). Ensemble rows appear
+    in every backbone's panel, relative to that backbone's reference."""
+    singles = sorted(b for b in set(means.loc[means["method"] == reference, "backbone"])
+                     if not _is_ensemble(b))
+    panels = []
+    for b in singles:
+        ref = means[(means["backbone"] == b) & (means["method"] == reference)].iloc[0]
+        rows, labels, few = [], [], []
+        for m in order:
+            for bb in [b] + sorted(x for x in set(means["backbone"]) if _is_ensemble(x)):
+                hit = means[(means["backbone"] == bb) & (means["method"] == m)]
+                if hit.empty:
+                    continue
+                r = hit.iloc[0]
+                rows.append([r[k] - ref[k] for k in keys])
+                labels.append(fmt.display_name(m, r.get("label")) +
+                              (f" ({bb})" if bb != b else ""))
+                few.append([not pd.isna(r[f"n_{k}_classes"]) and
+                            r[f"n_{k}_classes"] < fmt.MIN_CELL_CLASSES for k in keys])
+        if rows:
+            panels.append((b, np.array(rows, float), labels, np.array(few)))
+    return panels
+
+
+def _delta_panel(ax, backbone: str, delta: np.ndarray, labels: list[str], few: np.ndarray,
+                 norm, lim: float, reference: str):
+    """One backbone's rows of differences, printed in their cells; returns the image."""
+    image = ax.imshow(np.ma.masked_invalid(delta), cmap="RdBu", norm=norm, aspect="auto")
+    ax.set_facecolor("0.85")
+    for i in range(delta.shape[0]):
+        for j in range(delta.shape[1]):
+            v = delta[i, j]
+            # a difference that rounds to zero prints as 0.0, not "-0.0"
+            txt = "–" if np.isnan(v) else (f"{v:+.1f}" if round(v, 1) else "0.0") + (
+                fmt.FEW_CLASSES_MARK if few[i, j] else "")
+            ax.text(j, i, txt, ha="center", va="center", fontsize=7.5,
+                    color="white" if not np.isnan(v) and abs(v) > 0.6 * lim else "black")
+    ax.set_xticks(range(len(CELLS)), [P_SHORT[p] for _, p in CELLS], rotation=45,
+                  ha="right", fontsize=8)
+    top = ax.secondary_xaxis("top")  # the D-group of each block of three columns
+    top.set_xticks([1, 4, 7], ["D-Many", "D-Medium", "D-Few"], fontsize=8)
+    top.tick_params(length=0)
+    ax.set_yticks(range(len(labels)), labels, fontsize=8)
+    for x in (2.5, 5.5):  # D-group borders
+        ax.axvline(x, color="0.3", lw=0.8)
+    ax.set_title(f"{backbone}: minus {fmt.display_name(reference)}", pad=16, fontsize=10)
+    ax.spines[:].set_visible(False)
+    return image
+

@@ -1,22 +1,21 @@
 """The prior table: how well the estimated pre-training prior q̂ tracks the true one.
 
-One row per prior file (``results/prior/{dataset}/{backbone}.parquet``: columns ``label``,
-``q_hat``, optional ``q_true``; schema metadata ``lt_bench`` JSON with ``temperature``,
-``zero_shot_top1``, ``dataset``, ``backbone``). Columns: the fitted temperature T, the
-zero-shot top-1 on val (percent), and, where the true prior is known (toy backbones),
-Spearman/Pearson ρ(q̂, q_true), KL(q_true ‖ q̂) and the total variation distance.
+One row per prior file (``results/prior/{dataset}/{backbone}.parquet``, read by
+``lt_bench.prior.read_prior``: ``q_hat``, optional ``q_true``, and ``temperature``,
+``zero_shot_top1``, ``dataset``, ``backbone`` from its metadata). Columns: the fitted
+temperature T, the zero-shot top-1 on val (percent), and, where the true prior is known
+(toy backbones), Spearman/Pearson ρ(q̂, q_true), KL(q_true ‖ q̂) and the total variation
+distance.
 """
 
 from __future__ import annotations
 
 import html as _html
-import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from lt_bench.errors import InputValidationError
 from lt_bench.io import atomic_path
 from lt_bench.report import format as fmt
 
@@ -30,51 +29,22 @@ TITLES = {"num_classes": "classes", "temperature": "T", "zero_shot_top1": "zero-
           "spearman": "Spearman ρ", "pearson": "Pearson ρ", "kl_true_hat": "KL", "tv": "TV"}
 
 
-def _meta(path: Path) -> dict:
-    import pyarrow.parquet as pq
-
-    raw = (pq.read_schema(path).metadata or {}).get(b"lt_bench")
-    if raw is None:
-        return {}
-    try:
-        return json.loads(raw)
-    except json.JSONDecodeError as e:
-        raise InputValidationError(f"{path}: schema metadata 'lt_bench' is not JSON ({e}); "
-                                   "expected the prior file of `lt-bench prior`") from e
-
-
-def agreement(q_hat: np.ndarray, q_true: np.ndarray) -> dict[str, float]:
-    """ρ (Spearman, Pearson), KL(q_true ‖ q̂), TV, both priors renormalised."""
-    from scipy.stats import pearsonr, spearmanr
-
-    q_hat = np.asarray(q_hat, dtype=np.float64)
-    q_true = np.asarray(q_true, dtype=np.float64)
-    q_hat, q_true = q_hat / q_hat.sum(), q_true / q_true.sum()
-    return {"spearman": float(spearmanr(q_hat, q_true).statistic),
-            "pearson": float(pearsonr(q_hat, q_true).statistic),
-            "kl_true_hat": float(np.sum(q_true * (np.log(q_true) - np.log(q_hat)))),
-            "tv": float(0.5 * np.abs(q_true - q_hat).sum())}
-
-
 def prior_rows(prior_paths: list[Path]) -> pd.DataFrame:
+    """One row per prior file, read through the one reader (``lt_bench.prior.read_prior``)."""
+    from lt_bench.prior import prior_agreement, read_prior
+
     rows = []
     for p in map(Path, prior_paths):
-        if not p.is_file():
-            raise InputValidationError(f"prior file {p} not found; expected a Parquet file "
-                                       "of `lt-bench prior` (label, q_hat[, q_true])")
-        df = pd.read_parquet(p)
-        if not {"label", "q_hat"} <= set(df.columns):
-            raise InputValidationError(f"{p}: columns {list(df.columns)}; expected label, "
-                                       "q_hat and optionally q_true")
-        df = df.sort_values("label")
-        meta = _meta(p)
+        pf = read_prior(p)
+        meta = pf.meta
         row = {"dataset": meta.get("dataset", p.parent.name),
-               "backbone": meta.get("backbone", p.stem), "num_classes": len(df),
+               "backbone": meta.get("backbone", p.stem), "num_classes": len(pf.q_hat),
                "temperature": meta.get("temperature"),
                "zero_shot_top1": (None if meta.get("zero_shot_top1") is None
                                   else 100 * float(meta["zero_shot_top1"]))}
-        if "q_true" in df.columns and df["q_true"].notna().all():
-            row.update(agreement(df["q_hat"].to_numpy(), df["q_true"].to_numpy()))
+        if pf.q_true is not None:
+            # both renormalised: the table compares shapes, whatever rounding a file carries
+            row.update(prior_agreement(pf.q_hat / pf.q_hat.sum(), pf.q_true / pf.q_true.sum()))
             row["tv"] *= 100
         rows.append(row)
     return pd.DataFrame(rows, columns=COLUMNS)

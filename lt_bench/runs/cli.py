@@ -1,6 +1,6 @@
 """Verbs of the run layer: one per kind of run, routed on what the method consumes here and
 nowhere else (:data:`VERBS`): ``fit`` (features), ``combine`` (runs), ``finetune``
-(images); and ``prior``, ``logits``."""
+(images); and ``logits``."""
 
 from __future__ import annotations
 
@@ -8,17 +8,6 @@ import json
 from pathlib import Path
 
 from lt_bench.errors import InputValidationError
-
-
-def cmd_prior(args):
-    from lt_bench.prior import prior_from_features
-
-    meta = prior_from_features(Path(args.features_dir), Path(args.out),
-                               Path(args.true_prior) if args.true_prior else None,
-                               split=args.split, solver=args.solver)
-    keys = ("temperature", "zero_shot_top1", "spearman", "pearson", "kl_true_hat", "tv")
-    print(json.dumps({k: meta[k] for k in keys if k in meta}))
-
 
 #: the verb that makes a run of a method, by what the method consumes: the one router
 VERBS = {"features": "fit", "runs": "combine", "images": "finetune"}
@@ -204,18 +193,6 @@ def _add_run_options(s, one: str, example: str) -> None:
 
 def add_run_commands(sub) -> None:
     from lt_bench.argtypes import json_object, name_path, seed
-
-    s = sub.add_parser("prior", help="estimate a backbone's pre-training label prior q̂ (GLA)")
-    s.add_argument("--features-dir", required=True,
-                   help="features folder of one (dataset, backbone): val.parquet, text.parquet")
-    s.add_argument("--out", required=True, help="prior Parquet, e.g. results/prior/toy/x.parquet")
-    s.add_argument("--true-prior", help="known prior (toy backbones: prior.parquet, column prior)")
-    s.add_argument("--split", default="val", choices=["val"],
-                   help="class-balanced labelled split the prior is fitted on")
-    s.add_argument("--solver", default="argmin", choices=["argmin", "gla_sgd"],
-                   help="argmin: the argmin of GLA's objective (default); gla_sgd: GLA's "
-                   "shipped pp_solver, 1,000 Lagrangian SGD steps from uniform")
-    s.set_defaults(func=cmd_prior)
 
     s = sub.add_parser("fit", help="runs of methods that consume features (heads, zero-shot, "
                        "post hoc, k-NN)",

@@ -1,0 +1,76 @@
+"""q̂ of one (dataset, backbone) from its features folder: the CLIP's zero-shot logits on
+the val split, GLA's estimate (``estimate.py``), written as the prior file (``file.py``)
+that ``lt-bench prior`` makes: ``results/prior/{dataset}/{backbone}.parquet``."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lt_bench.errors import InputValidationError
+from lt_bench.io import sha256_file
+from lt_bench.prior.estimate import (
+    GLA_SGD_STEPS,
+    estimate_prior,
+    mean_confidence,
+    prior_agreement,
+)
+from lt_bench.prior.file import read_true_prior, write_prior
+
+log = logging.getLogger(__name__)
+
+
+def zero_shot_logits(features_dir: Path, split: str = "val") -> tuple[np.ndarray, np.ndarray]:
+    """(labels, logits) of the CLIP text classifier ``s · cos(e(x), t_k)`` on ``split``
+    (``e(x)`` is ``encode_image``: the stored projection maps pre-projection features).
+    Where the split has test-time crops (five-crop TTE) the logits are averaged over them,
+    as every run's val/test logits are: T and q̂ are fitted on what the runs report."""
+    from lt_bench.features.store import read_features, read_text_embeddings
+
+    features_dir = Path(features_dir)
+    text = read_text_embeddings(features_dir / "text.parquet")
+    if text.embeddings is None or text.logit_scale is None:
+        raise InputValidationError(
+            f"{features_dir}: backbone {text.meta.get('backbone')!r} has no text tower, so "
+            "no zero-shot logits and no prior estimate")
+    feats = read_features(features_dir / f"{split}.parquet")
+    if feats.crops is not None:
+        z = np.asarray(text.zero_shot_logits(feats.crops), dtype=np.float64).mean(1)
+        return feats.labels, z
+    return feats.labels, np.asarray(text.zero_shot_logits(feats.features), dtype=np.float64)
+
+
+
+def prior_from_features(features_dir: Path, out: Path, true_prior: Path | None = None,
+                        split: str = "val", solver: str = "argmin") -> dict[str, Any]:
+    """Estimate q̂ from a features folder and write the prior file; returns its metadata."""
+    features_dir = Path(features_dir)
+    labels, logits = zero_shot_logits(features_dir, split)
+    from lt_bench.features.store import read_meta
+
+    q_hat, t = estimate_prior(logits, labels, solver=solver)
+    val_meta = read_meta(features_dir / f"{split}.parquet")
+    acc = float((logits.argmax(1) == labels).mean())
+    meta: dict[str, Any] = {
+        "temperature": t, "split": split, "zero_shot_top1": acc,
+        "mean_confidence_at_T": mean_confidence(logits, t),
+        "n_samples": int(len(labels)), "num_classes": int(logits.shape[1]),
+        "dataset": val_meta.get("dataset"), "backbone": val_meta.get("backbone"),
+        "features_dir": str(features_dir),  # as given (relative to the project root)
+        "feature_sha256": sha256_file(features_dir / f"{split}.parquet"),
+        "method": "GLA: T by confidence = accuracy; q̂ = argmin CE(z/T − log q, y)",
+    }
+    if solver != "argmin":  # recorded only off the default, so default files are unchanged
+        meta.update(solver=solver, method="GLA: T by confidence = accuracy; q̂ by GLA's "
+                    f"pp_solver ({GLA_SGD_STEPS} Lagrangian SGD steps from uniform)")
+    q_true = None
+    if true_prior is not None:
+        q_true = read_true_prior(Path(true_prior), logits.shape[1])
+        meta.update(true_prior=str(true_prior), **prior_agreement(q_hat, q_true))
+    write_prior(Path(out), q_hat, meta, q_true)
+    log.info("prior %s: T %.4g, zero-shot top1 %.4f%s", out, t, acc,
+             f", spearman {meta['spearman']:.3f}" if q_true is not None else "")
+    return meta
