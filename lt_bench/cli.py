@@ -42,10 +42,11 @@ def cmd_list(args):
             return (f"{spec.library:9s} {spec.model} {spec.pretrained or ''}  "
                     f"{spec.description}")
     entries, broken = registry.listing()
+    width = max([len(o) for _, _, o in entries] + [len(e.dist) for e in broken] + [8])
     for name, obj, origin in entries:
-        print(f"{name:22s} {origin:16s} {describe(obj)}")
+        print(f"{name:20s} {origin:{width}s} {describe(obj)}")
     for e in broken:
-        print(f"{'(broken plugin)':22s} {e.dist:16s} {e}")
+        print(f"{'(broken plugin)':20s} {e.dist:{width}s} {e}")
     return EXIT_USER_ERROR if broken else 0
 
 
