@@ -94,6 +94,11 @@ class OltrLists(Dataset):
         return {s: self.source_dir / f"{s}.txt" for s in self.splits
                 if (self.source_dir / f"{s}.txt").is_file()}
 
+    def source_files(self) -> list[Path]:
+        """Every file ``prepare`` reads (the workflow's inputs: an edit re-prepares)."""
+        names = self.source_dir / "classnames.txt"
+        return [*self.list_sources().values(), *([names] if names.is_file() else [])]
+
     def prepare(self, split_dir: Path) -> None:
         src, split_dir = self.source_dir, Path(split_dir)
         if not src.is_dir():

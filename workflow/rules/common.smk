@@ -71,6 +71,12 @@ def checkpoint_input(wc):
     return PLAN.weights_file(wc.backbone) or []
 
 
+def dataset_sources(wc):
+    """The files a dataset's prepare reads from the user (oltr_lists): an edit re-prepares."""
+    ds = PLAN.dataset(wc.dataset)
+    return [str(p) for p in ds.source_files()] if hasattr(ds, "source_files") else []
+
+
 def backbone_spec_arg(wc):
     """A backbone declared in the config reaches its job as --backbone-spec JSON."""
     spec = PLAN.backbone_declaration(wc.backbone)
