@@ -19,7 +19,7 @@ give it workers (``--num-workers``, ``extract.num_workers``).
 
 Synthetic JPEGs (500x375, ImageNet's typical size) are written to a temporary folder;
 the model has random weights (``--pretrained TAG`` loads real ones, needs the network),
-saved as a checkpoint and loaded as the backbone ``local:<model>:<file>``, i.e. through
+saved as a checkpoint and loaded as a declared backbone (config.yaml's ``backbones:``), i.e. through
 the same loader as the real backbones. Prints images/s of both and the ratio.
 
 ``--device-decode`` (CUDA only; skipped with a message otherwise) also times the same
@@ -102,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     import open_clip
 
     from lt_bench.backbones.base import load_backbone
+    from lt_bench.backbones.declared import declare_backbone
     from lt_bench.data.splits import read_split
     from lt_bench.features.encode import extract_split
 
@@ -113,7 +114,9 @@ def main(argv: list[str] | None = None) -> int:
         model = open_clip.create_model(a.model, pretrained=a.pretrained)
         torch.save(model.state_dict(), tmp / "model.pt")
         del model
-        bb = load_backbone(f"local:{a.model}:{tmp / 'model.pt'}", device=device)
+        name = declare_backbone("bench", {"library": "open_clip", "model": a.model,
+                                          "pretrained": str(tmp / "model.pt")})
+        bb = load_backbone(name, device=device)
         paths, _ = read_split(split)
         xs = torch.stack([bb.preprocess(Image.open(tmp / q).convert("RGB")) for q in paths])
         batches = [xs[i:i + a.batch_size].to(device) for i in range(0, len(xs), a.batch_size)]

@@ -23,23 +23,32 @@ from lt_bench.errors import EXIT_USER_ERROR, UserError
 # --- handlers of the verbs defined here -------------------------------------------------
 
 def cmd_list(args):
+    """Every entry of a family with its origin (built-in, or the plugin's distribution), and
+    a line for each plugin that failed to load (then exit 2: fix or uninstall it)."""
     if args.family == "methods":
-        from lt_bench.methods import METHODS
+        from lt_bench.methods import METHODS as registry
 
-        for name, cls in METHODS.items():
-            print(f"{name:14s} {cls.consumes:9s} {cls.description}")
+        def describe(cls):
+            return f"{cls.consumes:9s} {cls.description}"
     elif args.family == "datasets":
-        from lt_bench.data import DATASETS
+        from lt_bench.data import DATASETS as registry
 
-        for name, cls in DATASETS.items():
+        def describe(cls):
             doc = (getattr(cls, "description", "") or cls.__doc__ or "").strip()
-            print(f"{name:20s} {doc.splitlines()[0] if doc else ''}")
+            return doc.splitlines()[0] if doc else ""
     else:
-        from lt_bench.backbones import BACKBONES
+        from lt_bench.backbones import BACKBONES as registry
 
-        for name, spec in BACKBONES.items():
-            print(f"{name:20s} {spec.library:9s} {spec.model} {spec.pretrained or ''}  "
-                  f"{spec.description}")
+        def describe(spec):
+            return (f"{spec.library:9s} {spec.model} {spec.pretrained or ''}  "
+                    f"{spec.description}")
+    entries, broken = registry.listing()
+    width = max([len(o) for _, _, o in entries] + [len(e.dist) for e in broken] + [8])
+    for name, obj, origin in entries:
+        print(f"{name:20s} {origin:{width}s} {describe(obj)}")
+    for e in broken:
+        print(f"{'(broken plugin)':20s} {e.dist:{width}s} {e}")
+    return EXIT_USER_ERROR if broken else 0
 
 
 def cmd_pretrain(args):
@@ -71,12 +80,14 @@ def cmd_pretrain(args):
 
 
 def cmd_extract(args):
+    from lt_bench.backbones.declared import declare_backbone_arg
     from lt_bench.data import get_dataset
     from lt_bench.data.images import image_root_of
     from lt_bench.features.extract import auto_num_workers, extract_all
     from lt_bench.features.options import extract_kwargs
 
     set_threads(args.threads)
+    declare_backbone_arg(args)
     ds = get_dataset(args.dataset, **(args.dataset_params or {}))
     root = image_root_of(ds, Path(args.split_dir), args.data_root, args.image_root_from)
     n_workers = auto_num_workers() if args.num_workers == "auto" else args.num_workers
@@ -89,8 +100,10 @@ def cmd_extract(args):
 
 
 def cmd_prompts(args):
+    from lt_bench.backbones.declared import declare_backbone_arg
     from lt_bench.backbones.prompts import prompts_report
 
+    declare_backbone_arg(args)
     print(json.dumps(prompts_report(args.dataset, Path(args.split_dir), args.backbone),
                      indent=2, ensure_ascii=False))
 
@@ -98,6 +111,7 @@ def cmd_prompts(args):
 # --- parser ---------------------------------------------------------------------------
 
 def _add_core_commands(sub) -> None:
+    from lt_bench.backbones.declared import add_backbone_spec_argument
     from lt_bench.features.options import add_extract_arguments
 
     s = sub.add_parser("list", help="list registered methods, datasets or backbones")
@@ -123,6 +137,7 @@ def _add_core_commands(sub) -> None:
     s.add_argument("--image-root-from", metavar="REPORT",
                    help="take the image root from a `verify-images --out` report instead")
     s.add_argument("--backbone", required=True)
+    add_backbone_spec_argument(s)
     s.add_argument("--checkpoint", help="local checkpoint (required for toy backbones)")
     s.add_argument("--out-dir", required=True)
     s.add_argument("--batch-size", type=int, default=256)
@@ -140,6 +155,7 @@ def _add_core_commands(sub) -> None:
     s.add_argument("--split-dir", required=True, help="folder with classnames.txt")
     s.add_argument("--backbone", default="clip_vit_b16",
                    help="backbone whose prompt sets apply (default: clip_vit_b16)")
+    add_backbone_spec_argument(s)
     s.set_defaults(func=cmd_prompts)
 
 

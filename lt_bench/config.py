@@ -2,7 +2,9 @@
 
 The JSON schema (workflow/schemas/config.schema.yaml) catches typos and types; this
 module catches names that only the registries know (unknown suite, dataset, backbone or
-method) and resolves each method's hyper-parameters for one dataset.
+method), checks the backbones and datasets the config declares (``backbones:``, and
+``datasets:`` entries with a ``type``: lt_bench/backbones/declared.py, lt_bench/data/oltr.py)
+and resolves each method's hyper-parameters for one dataset.
 """
 
 from __future__ import annotations
@@ -26,13 +28,43 @@ class Suite:
     finetune_seeds: list[int] | None = None
 
 
-def _check_names(kind: str, names: list[str], registry, where: str) -> None:
+def _check_names(kind: str, names: list[str], registry, where: str,
+                 declared: list[str] = ()) -> None:
     for n in names:
-        if kind == "backbone" and n.startswith("local:"):
-            continue
-        if n not in registry:
+        if n not in registry and n not in declared:
             raise ConfigError(f"{where}: unknown {kind} {n!r}; valid {kind}s: "
-                              f"{', '.join(registry.names())}")
+                              f"{', '.join(registry.names() + sorted(declared))}")
+
+
+def declared_backbones(config: dict[str, Any]) -> list[str]:
+    """The names of ``backbones:``, each declaration checked (no heavy import)."""
+    from lt_bench.backbones.base import resolve_spec
+    from lt_bench.errors import UserError
+
+    declared = config.get("backbones") or {}
+    for name in declared:
+        try:
+            resolve_spec(name, declared)
+        except UserError as e:
+            raise ConfigError(str(e)) from None
+    return list(declared)
+
+
+def declared_datasets(config: dict[str, Any]) -> list[str]:
+    """The names of ``datasets:`` entries with a ``type`` (a user's dataset), each checked."""
+    from lt_bench.data import get_dataset
+    from lt_bench.errors import UserError
+
+    out = []
+    for name, params in (config.get("datasets") or {}).items():
+        if isinstance(params, dict) and "type" in params:
+            try:
+                get_dataset(name, **params)
+            except UserError as e:
+                raise ConfigError(f"datasets.{name}: {e}" if not str(e).startswith(
+                    "datasets.") else str(e)) from None
+            out.append(name)
+    return out
 
 
 def resolve_suite(config: dict[str, Any]) -> Suite:
@@ -47,8 +79,9 @@ def resolve_suite(config: dict[str, Any]) -> Suite:
                           f"valid suites: {', '.join(sorted(suites))}")
     s = suites[name]
     where = f"suites.{name}"
-    _check_names("dataset", s["datasets"], DATASETS, f"{where}.datasets")
-    _check_names("backbone", s["backbones"], BACKBONES, f"{where}.backbones")
+    datasets, backbones = declared_datasets(config), declared_backbones(config)
+    _check_names("dataset", s["datasets"], DATASETS, f"{where}.datasets", datasets)
+    _check_names("backbone", s["backbones"], BACKBONES, f"{where}.backbones", backbones)
     _check_names("method", s["methods"], METHODS, f"{where}.methods")
     for m in config.get("methods", {}):
         if m not in METHODS:
@@ -66,9 +99,9 @@ def resolve_suite(config: dict[str, Any]) -> Suite:
                 raise ConfigError(f"{where}.methods: {m!r} builds on {req!r}, which is not "
                                   "in the suite; add it")
     for d in config.get("method_overrides", {}):
-        if d not in DATASETS:
+        if d not in DATASETS and d not in datasets:
             raise ConfigError(f"method_overrides: unknown dataset {d!r}; valid datasets: "
-                              f"{', '.join(DATASETS.names())}")
+                              f"{', '.join(DATASETS.names() + datasets)}")
     ft = s.get("finetune_seeds")
     return Suite(name, list(s["datasets"]), list(s["backbones"]), list(s["methods"]),
                  [int(x) for x in s["seeds"]], None if ft is None else [int(x) for x in ft])

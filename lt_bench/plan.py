@@ -40,13 +40,6 @@ def _method(name: str):
     return METHODS.get(name)
 
 
-@cache
-def _backbone(name: str):
-    from lt_bench.backbones.base import resolve_spec
-
-    return resolve_spec(name)
-
-
 @dataclass
 class Plan:
     config: dict[str, Any]
@@ -67,9 +60,10 @@ class Plan:
 
     def reads_data_root(self, dataset: str) -> bool:
         """Real datasets whose images live under data_root (toy and CIFAR write their own)."""
-        from lt_bench.data import DATASETS
+        from lt_bench.data import dataset_class
 
-        return bool(getattr(DATASETS.get(dataset), "needs_data_root", False))
+        return bool(getattr(dataset_class(dataset, self.dataset_params(dataset)),
+                            "needs_data_root", False))
 
     def may_tune(self, dataset: str) -> bool:
         """Knobs are tuned on val unless the *configured* val split overlaps train."""
@@ -86,17 +80,35 @@ class Plan:
     def real_image_datasets(self) -> list[str]:
         from lt_bench.data import DATASETS
 
-        return [d for d in DATASETS.names() if self.reads_data_root(d)]
+        declared = [d for d, p in (self.config.get("datasets") or {}).items()
+                    if isinstance(p, dict) and "type" in p]
+        return [d for d in DATASETS.names() + declared if self.reads_data_root(d)]
 
     # --- backbones -----------------------------------------------------------------------
 
-    @staticmethod
-    def is_toy_backbone(backbone: str) -> bool:
-        return _backbone(backbone).library == "toy"
+    def backbone_spec(self, backbone: str):
+        """A registered backbone, or one declared in the config's ``backbones:``."""
+        from lt_bench.backbones.base import resolve_spec
 
-    @staticmethod
-    def has_text(backbone: str) -> bool:
-        return _backbone(backbone).has_text
+        return resolve_spec(backbone, self.config.get("backbones"))
+
+    def backbone_declaration(self, backbone: str) -> dict[str, Any] | None:
+        """The config's declaration of ``backbone`` (jobs get it as --backbone-spec)."""
+        return (self.config.get("backbones") or {}).get(backbone)
+
+    def weights_file(self, backbone: str) -> str | None:
+        """A backbone's local weights file (declared in the config), else None."""
+        from lt_bench.backbones.base import looks_like_file
+
+        spec = self.backbone_spec(backbone)
+        return spec.pretrained if spec.library != "toy" and looks_like_file(spec.pretrained) \
+            else None
+
+    def is_toy_backbone(self, backbone: str) -> bool:
+        return self.backbone_spec(backbone).library == "toy"
+
+    def has_text(self, backbone: str) -> bool:
+        return self.backbone_spec(backbone).has_text
 
     def toy_prior_backbones(self, dataset: str = "toy") -> list[str]:
         """Backbones whose true pre-training prior is known: the toy CLIPs, on the toy world."""
@@ -178,9 +190,10 @@ class Plan:
 
     def group_counts_file(self, dataset: str) -> str | None:
         """``group_counts.txt`` where the dataset's D-groups are not its train counts'."""
-        from lt_bench.data import DATASETS
+        from lt_bench.data import dataset_class
 
-        if getattr(DATASETS.get(dataset), "writes_group_counts", False):
+        if getattr(dataset_class(dataset, self.dataset_params(dataset)), "writes_group_counts",
+                   False):
             return f"resources/data/{dataset}/group_counts.txt"
         return None
 

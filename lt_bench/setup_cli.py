@@ -61,7 +61,7 @@ def cmd_fetch_weights(args) -> int:
     backbones = resolve_suite(config).backbones
     lock = Path(args.lock) if args.lock else lock_path()
     entries = fetch_weights(backbones, lock, cache_dir=args.cache_dir,
-                            download=not args.offline)
+                            download=not args.offline, declared=config.get("backbones"))
     for name in backbones:
         e = read_lock(lock).get(name)
         print(f"{name:22s} {e.sha256 if e else '(toy: pre-trained by the pipeline)'}"

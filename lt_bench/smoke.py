@@ -9,8 +9,10 @@ full run will start. What shrinks:
 - every method that trains gets ``epochs: 1`` (through ``method_overrides``, the one place
   per-dataset hyper-parameters are overridden);
 - toy CLIPs pre-train on a few pairs for one epoch.
-What does not: the backbones (real weights, real preprocessing), the images' layout and
-decoding, the Snakemake plan (its job count equals the full plan's).
+What does not: the backbones (real weights, real preprocessing; config-declared ones
+included, their files and a declared dataset's folders taken from the project folder:
+:func:`absolute_paths`), the images' layout and decoding, the Snakemake plan (its job count
+equals the full plan's).
 
 The smoke folder (``smoke_dir``, default ``results-smoke/``) is the workflow's working
 directory, so its ``resources/``, ``results/`` and ``logs/`` never mix with a full run's;
@@ -64,7 +66,29 @@ def smoke_config(config: dict[str, Any]) -> dict[str, Any]:
     for d in resolve_suite(out).datasets:
         overrides[d] = {**(overrides.get(d) or {}), "epochs": 1}
     out["toy_pretrain"] = {**(out.get("toy_pretrain") or {}), **SMOKE_PRETRAIN}
-    return out
+    return absolute_paths(out)
+
+
+def absolute_paths(config: dict[str, Any]) -> dict[str, Any]:
+    """The config's relative paths made absolute against the project folder (the current
+    one): the smoke run's working directory is another folder, where a declared backbone's
+    file, a declared dataset's ``split_dir``/``image_root`` or ``data_root`` would not be."""
+    from lt_bench.backbones.base import looks_like_file
+
+    def absolute(value: str) -> str:
+        return str(Path(value).expanduser().absolute())
+
+    if config.get("data_root"):
+        config["data_root"] = absolute(config["data_root"])
+    for entry in (config.get("backbones") or {}).values():
+        if isinstance(entry, dict) and looks_like_file(entry.get("pretrained")):
+            entry["pretrained"] = absolute(entry["pretrained"])
+    for params in (config.get("datasets") or {}).values():
+        if isinstance(params, dict) and "type" in params:
+            for key in ("split_dir", "image_root"):
+                if isinstance(params.get(key), str) and params[key]:
+                    params[key] = absolute(params[key])
+    return config
 
 
 def check_smoke_dir(path: str | Path) -> Path:

@@ -93,12 +93,7 @@ def test_tag_preprocessing_is_kept_for_a_local_checkpoint():
     assert open_clip_tag_preprocess("ViT-B-16", "/path/to/file.pt") == {}
 
 
-def test_local_backbone_names():
-    spec = resolve_spec("local:ViT-B-16:/models/x.pt")
-    assert (spec.library, spec.model, spec.pretrained) == ("open_clip", "ViT-B-16", "/models/x.pt")
-    for bad in ("local:ViT-B-16", "local::/x.pt", "local:ViT-B-16:"):
-        with pytest.raises(ValueError, match="local:<open_clip model name>:<checkpoint path>"):
-            resolve_spec(bad)
+def test_unknown_backbone_lists_the_valid_names():
     with pytest.raises(KeyError, match="valid backbones: .*clip_vit_b16"):
         resolve_spec("no_such_backbone")
 
@@ -115,9 +110,16 @@ def toy_checkpoint(tmp_path):
     return path, model.eval()
 
 
-def test_local_open_clip_checkpoint_loads_the_same_weights(toy_checkpoint):
+def _declared(path) -> str:
+    from lt_bench.backbones.declared import declare_backbone
+
+    return declare_backbone("my_toy_clip", {"library": "open_clip", "model": "lt-toy-vit-p8",
+                                            "pretrained": str(path)})
+
+
+def test_declared_open_clip_checkpoint_loads_the_same_weights(toy_checkpoint):
     path, ref = toy_checkpoint
-    bb = load_backbone(f"local:lt-toy-vit-p8:{path}")
+    bb = load_backbone(_declared(path))
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(bb.encode_image(x), ref.encode_image(x))
@@ -126,7 +128,7 @@ def test_local_open_clip_checkpoint_loads_the_same_weights(toy_checkpoint):
         torch.testing.assert_close(f @ torch.from_numpy(bb.projection()), ref.encode_image(x))
     assert bb.logit_scale == pytest.approx(float(ref.logit_scale.detach().exp()))
     with pytest.raises(FileNotFoundError, match="not found: .*missing.pt"):
-        load_backbone(f"local:lt-toy-vit-p8:{path.parent / 'missing.pt'}")
+        load_backbone(_declared(path.parent / "missing.pt"))
 
 
 def test_toy_backbone_needs_its_checkpoint():
@@ -202,5 +204,6 @@ def test_offline_download_failure_says_how_to_get_the_weights(monkeypatch):
         raise RuntimeError("Failed to download weights for tag 'openai': offline")
 
     monkeypatch.setattr(open_clip, "create_model_and_transforms", fail)
-    with pytest.raises(RuntimeError, match=r"(?s)clip_vit_b16.*--checkpoint.*local:<model>:<path>"):
+    with pytest.raises(RuntimeError, match=r"(?s)clip_vit_b16.*fetch-weights.*--checkpoint.*"
+                                           r"backbones:"):
         load_backbone("clip_vit_b16")

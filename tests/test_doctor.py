@@ -65,7 +65,9 @@ def world(tmp_path, checkpoint, monkeypatch):
     for split, lines in rows.items():
         (lists / f"ImageNet_LT_{split}.txt").write_text("\n".join(lines) + "\n")
     config = yaml.safe_load((REPO / "config.yaml").read_text())
-    backbone = f"local:lt-toy-vit-p8:{checkpoint}"
+    backbone = "my_clip"  # the user's checkpoint, declared as in config.yaml
+    config["backbones"] = {backbone: {"library": "open_clip", "model": "lt-toy-vit-p8",
+                                      "pretrained": str(checkpoint)}}
     config["suites"]["realish"] = {"datasets": ["imagenet_lt"], "backbones": [backbone],
                                    "methods": ["zero_shot", "la"], "seeds": [0]}
     config["suite"] = "realish"
@@ -158,6 +160,12 @@ def _foreign_lock(world):
                 file="/cache/x.bin", sha256="1" * 64)
 
 
+def _declared(world, **change):
+    cfg = yaml.safe_load(world["config"].read_text())
+    cfg["backbones"][world["backbone"]].update(change)
+    world["config"].write_text(yaml.safe_dump(cfg))
+
+
 def _no_data_root(world):
     cfg = yaml.safe_load(world["config"].read_text())
     cfg["data_root"] = str(world["tmp"] / "elsewhere")
@@ -193,6 +201,13 @@ BROKEN = [
      "1 of 4 sampled images missing, e.g. .*ILSVRC2012_val_val_2.JPEG"),
     ("checkpoint differs from the lock", _changed_checkpoint, (), "weights",
      "sha256 [0-9a-f]{64} differs from 0{64} pinned in"),
+    ("checkpoint differs from its declared sha256", lambda w: _declared(w, sha256="ab" * 32),
+     (), "weights", "sha256 [0-9a-f]{64} differs from (ab){32} declared in config.yaml"),
+    ("declared file missing", lambda w: _declared(w, pretrained="/nowhere/my_clip.pt"), (),
+     "weights", "/nowhere/my_clip.pt not found offline"),
+    ("declared tag trained with QuickGELU on a GELU config",
+     lambda w: _declared(w, model="ViT-B-16", pretrained="openai"), (), "weights",
+     "trained with QuickGELU but model config 'ViT-B-16' uses GELU.*ViT-B-16-quickgelu"),
     ("lock of another suite", _foreign_lock, (), "weights.lock",
      "pins clip_vit_b16, not a backbone of this suite"),
     ("data_root missing", _no_data_root, (), "imagenet_lt images", "is not a directory"),
@@ -227,8 +242,11 @@ def test_extraction_refuses_a_checkpoint_that_differs_from_the_lock(world, capsy
     _changed_checkpoint(world)
     monkeypatch.setenv("LT_BENCH_WEIGHTS_LOCK", str(world["lock"]))
     from lt_bench.backbones.base import load_backbone
+    from lt_bench.backbones.declared import declare_backbone
     from lt_bench.backbones.weights import WeightsError
 
+    declare_backbone(world["backbone"], yaml.safe_load(world["config"].read_text())[
+        "backbones"][world["backbone"]])  # as --backbone-spec does in an extraction job
     with pytest.raises(WeightsError, match=r"sha256 [0-9a-f]{64} differs from 0{64}"):
         load_backbone(world["backbone"])
     main(["fetch-weights", "--configfile", str(world["config"]), "--lock",
@@ -239,7 +257,7 @@ def test_extraction_refuses_a_checkpoint_that_differs_from_the_lock(world, capsy
 
 def test_fetch_weights_without_the_file_is_one_line(world, capsys):
     cfg = yaml.safe_load(world["config"].read_text())
-    cfg["suites"]["realish"]["backbones"] = ["local:lt-toy-vit-p8:/nowhere/my_clip.pt"]
+    cfg["backbones"]["my_clip"]["pretrained"] = "/nowhere/my_clip.pt"
     world["config"].write_text(yaml.safe_dump(cfg))
     rc = main(["fetch-weights", "--configfile", str(world["config"]), "--lock",
                str(world["lock"]), "--offline"])

@@ -1,5 +1,6 @@
 """Feature extraction: a tiny open_clip CLIP with random weights goes through exactly the
-code path of the real backbones (a ``local:<model>:<checkpoint>`` backbone, no network).
+code path of the real backbones (a checkpoint declared as in config.yaml's ``backbones:``, no
+network).
 
 Checked: stored features are the pre-projection feature of LIFT's test transform and,
 times the stored projection, reproduce ``model.encode_image`` (fp16 tolerance) in
@@ -36,6 +37,18 @@ from lt_bench.features.shards import shard_dir_for
 from lt_bench.features.store import read_features, read_meta, read_text_embeddings
 
 MODEL = "lt-toy-vit-p8"
+
+
+def local_declaration(checkpoint: Path) -> dict:
+    """A user's checkpoint of the toy architecture, as config.yaml's ``backbones:`` entry."""
+    return {"library": "open_clip", "model": MODEL, "pretrained": str(checkpoint)}
+
+
+def local_backbone(checkpoint: Path, name: str = "my_clip") -> str:
+    """That declaration registered in this process (as ``--backbone-spec`` does)."""
+    from lt_bench.backbones.declared import declare_backbone
+
+    return declare_backbone(name, local_declaration(checkpoint))
 CLASSNAMES = ["red striped circle", "blue dotted square", "green plain ring",
               "yellow checkered cross", "purple striped triangle"]
 
@@ -84,7 +97,7 @@ def split_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def extracted(checkpoint, split_dir, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("features")
-    extract_all("toy", split_dir, split_dir, f"local:{MODEL}:{checkpoint}", out,
+    extract_all("toy", split_dir, split_dir, local_backbone(checkpoint), out,
                 batch_size=8, num_workers=1, shard_size=10, device="cpu")
     return out
 
@@ -136,7 +149,7 @@ def test_feature_file_schema_and_provenance(checkpoint, split_dir, extracted):
     assert schema.field("label").type == pa.int32()
     assert schema.field("feature").type == pa.list_(pa.float16(), 64)
     meta = read_meta(path)
-    assert meta["backbone"] == f"local:{MODEL}:{checkpoint}" and meta["dataset"] == "toy"
+    assert meta["backbone"] == "my_clip" and meta["dataset"] == "toy"
     assert meta["split"] == "train" and meta["rows"] == 40 and meta["dim"] == 64
     assert meta["dtype"] == "float16" and meta["weights"].startswith("sha256:")
     from lt_bench.io import sha256_file
@@ -179,7 +192,7 @@ def test_result_does_not_depend_on_workers_batches_or_shards(checkpoint, split_d
     from lt_bench.backbones import load_backbone
     from lt_bench.backbones.transforms import lift_test_transform
 
-    bb = load_backbone(f"local:{MODEL}:{checkpoint}")
+    bb = load_backbone(local_backbone(checkpoint))
     tf = lift_test_transform(32)  # what extract_all used
     ref = read_features(extracted / "train.parquet")
     # same batches, other worker count: bit-identical
@@ -200,7 +213,7 @@ def test_missing_and_corrupt_images_are_named(checkpoint, tmp_path):
     from lt_bench.backbones import load_backbone
 
     d = make_split_dir(tmp_path / "bad", sizes=(("train", 12),))
-    bb = load_backbone(f"local:{MODEL}:{checkpoint}")
+    bb = load_backbone(local_backbone(checkpoint))
     paths = [line.split()[0] for line in (d / "train.txt").read_text().splitlines()]
     (d / paths[9]).write_bytes((d / paths[9]).read_bytes()[:200])  # truncated JPEG
     for workers in (0, 2):  # in the main process and re-raised from a worker
@@ -220,7 +233,7 @@ def test_missing_and_corrupt_images_are_named(checkpoint, tmp_path):
 def test_stale_shards_are_discarded(checkpoint, split_dir, tmp_path, caplog):
     from lt_bench.backbones import load_backbone
 
-    bb = load_backbone(f"local:{MODEL}:{checkpoint}")
+    bb = load_backbone(local_backbone(checkpoint))
     out = tmp_path / "val.parquet"
     shards = shard_dir_for(out)
     shards.mkdir()
@@ -235,7 +248,8 @@ def test_stale_shards_are_discarded(checkpoint, split_dir, tmp_path, caplog):
 
 def _cli(out: Path, split_dir: Path, checkpoint: Path, **popen) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "lt_bench.cli", "extract", "--dataset", "toy",
-           "--split-dir", str(split_dir), "--backbone", f"local:{MODEL}:{checkpoint}",
+           "--split-dir", str(split_dir), "--backbone", "my_clip", "--backbone-spec",
+           json.dumps(local_declaration(checkpoint)),
            "--out-dir", str(out), "--batch-size", "4", "--shard-size", "8",
            "--num-workers", "1", "--device", "cpu", "--threads", "1"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_extract import CLASSNAMES, MODEL, make_split_dir  # noqa: E402
+from test_extract import CLASSNAMES, MODEL, local_backbone, make_split_dir  # noqa: E402
 
 from lt_bench.backbones import BackboneSpec, LoadedBackbone  # noqa: E402
 from lt_bench.backbones.base import ensure_model_configs  # noqa: E402
@@ -209,7 +209,7 @@ def toy(tmp_path_factory):
     root = tmp_path_factory.mktemp("toy")
     torch.save(model.state_dict(), root / "c.pt")
     d = make_split_dir(root / "data", sizes=(("train", 12), ("val", 4), ("test", 6)))
-    return f"local:{MODEL}:{root / 'c.pt'}", d, model.eval()
+    return local_backbone(root / "c.pt", "protocol_clip"), d, model.eval()
 
 
 def test_tte_crops_and_train_views(toy, tmp_path):

@@ -95,9 +95,10 @@ def test_registered_datasets():
     for name, k in [("imagenet_lt", 1000), ("places_lt", 365), ("inat2018", 8142),
                     ("cifar100_lt", 100)]:
         assert DATASETS.get(name).num_classes == k
-    # the datasets whose images live under data_root (the workflow asks this, not the class tree)
+    # the datasets whose images are the user's files (the workflow asks this, not the class
+    # tree): the real ones under data_root, and a user's own lists (oltr_lists)
     assert [n for n in DATASETS.names() if DATASETS.get(n).needs_data_root] == [
-        "imagenet_lt", "inat2018", "places_lt"]
+        "imagenet_lt", "inat2018", "oltr_lists", "places_lt"]
 
 
 def test_pinned_constants_match_design():

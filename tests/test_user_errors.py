@@ -80,6 +80,37 @@ def _malicious_checkpoint(world):
     return path
 
 
+def _extract_declared(world, name, declaration):
+    """`lt-bench extract` of a backbone declared as in config.yaml (as the workflow runs it)."""
+    return ["extract", "--dataset", "toy", "--split-dir", str(_toy_split(world)), "--backbone",
+            name, "--backbone-spec", json.dumps(declaration), "--out-dir",
+            str(world["root"] / f"ext_{name}"), "--device", "cpu"]
+
+
+def _user_lists(world, label):
+    """A user's OLTR lists (oltr_lists) whose train.txt line 3 has ``label``, K = 4."""
+    d = world["root"] / f"oltr_{label}"
+    d.mkdir(exist_ok=True)
+    (d / "classnames.txt").write_text("a\nb\nc\nd\n")
+    (d / "train.txt").write_text(f"t/0.jpg 0\nt/1.jpg 1\nt/2.jpg {label}\nt/3.jpg 3\n")
+    (d / "test.txt").write_text("s/0.jpg 0\ns/1.jpg 1\ns/2.jpg 2\ns/3.jpg 3\n")
+    return ["prepare", "my_lt", "--out", str(world["root"] / f"prep_{label}"), "--params",
+            json.dumps({"type": "oltr_lists", "split_dir": str(d)})]
+
+
+def _with_broken_plugin(world, argv):
+    from plugin_dists import broken_methods_plugin
+
+    broken_methods_plugin(world["root"] / "broken_site")
+    return argv
+
+
+def _unbreak(world):
+    from plugin_dists import unbreak
+
+    unbreak(world["root"] / "broken_site")
+
+
 def _label_past_k(world):
     """Features of a split list edited after `prepare`: a train label K (classes 0..K-1)."""
     src = world["fd"]["bb0"]
@@ -299,6 +330,28 @@ CASES = {
                    "--backbone", "toyclip0", "--checkpoint", str(_malicious_checkpoint(w)),
                    "--out-dir", str(w["root"] / "ext"), "--device", "cpu"],
         "not a plain state dict"),
+    "a plugin whose import fails": (
+        lambda w: _with_broken_plugin(w, _train(w)),
+        "plugin 'lt-bench-broken-plugin' (entry point lt_bench.methods: broken = "
+        "lt_bench_broken_plugin) failed to load: ModuleNotFoundError: No module named "
+        "'lt_bench_no_such_dependency'; fix it, or uninstall it", _unbreak),
+    "a config backbone whose file is missing": (
+        lambda w: _extract_declared(w, "my_clip", {
+            "library": "open_clip", "model": "lt-toy-vit-p8",
+            "pretrained": str(w["root"] / "nowhere" / "my_clip.pt")}),
+        "checkpoint for backbone 'my_clip' not found: "),
+    "a config backbone whose sha256 differs": (
+        lambda w: _extract_declared(w, "my_clip", {
+            "library": "open_clip", "model": "lt-toy-vit-p8", "pretrained": str(w["prior"]),
+            "sha256": "0" * 64}),
+        "differs from " + "0" * 64 + " declared in config.yaml (backbones.my_clip.sha256)"),
+    "a config backbone named like a built-in": (
+        lambda w: _extract_declared(w, "clip_vit_b16", {
+            "library": "open_clip", "model": "ViT-B-16", "pretrained": "/models/x.pt"}),
+        "backbones.clip_vit_b16: the name clashes with the built-in backbone 'clip_vit_b16'; "
+        "choose another name"),
+    "an oltr_lists dataset with a label out of range": (
+        lambda w: _user_lists(w, 4), "train.txt, line 3: label 4 is out of range [0, 4)"),
     "label beyond the class count (a list edited after prepare)": (
         lambda w: _train(w, fd=_label_past_k(w)),
         f"train.parquet: label {K} (row 3; 1 row(s) in all) is out of range [0, {K})"),

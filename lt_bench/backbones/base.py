@@ -4,8 +4,9 @@ Three kinds, one loader (:func:`load_backbone`):
 
 ``open_clip``
     A real CLIP: an open_clip model config plus a pretrained tag, downloaded by open_clip
-    on the user's machine (``ViT-B-16-quickgelu`` + ``openai``), or any local checkpoint
-    of an open_clip architecture, named ``local:<open_clip model>:<checkpoint path>``.
+    on the user's machine (``ViT-B-16-quickgelu`` + ``openai``), or a local checkpoint of
+    an open_clip architecture declared in config.yaml's ``backbones:``
+    (:mod:`lt_bench.backbones.declared`; the one way to bring your own weights).
 ``toy``
     The pipeline's toy CLIPs: open_clip models with a custom config (``model_configs/``)
     whose checkpoint the pipeline pre-trains. They load through the same
@@ -33,10 +34,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from lt_bench.errors import UserError
 from lt_bench.registry import Registry
@@ -86,11 +87,25 @@ class BackboneSpec:
     #: dimension of the joint image-text space (``encode_image``); None without text
     embed_dim: int | None = None
     description: str = ""
+    #: the weights' sha256 where declared (config ``backbones.<name>.sha256``): checked at
+    #: every load like ``resources/weights.lock``
+    sha256: str | None = None
+    #: for a local file: the pretrained tag it was fine-tuned from (its preprocessing is
+    #: used, its activation checked against ``model``; lt_bench.backbones.declared)
+    finetuned_from: str | None = None
+
+    @property
+    def preprocess_tag(self) -> str | None:
+        """The pretrained tag whose preprocessing the weights expect (None: the model's)."""
+        if self.finetuned_from:
+            return self.finetuned_from
+        return None if looks_like_file(self.pretrained) else self.pretrained
 
     @property
     def timm_name(self) -> str:
         """``architecture.tag`` as timm names pretrained weights."""
-        return f"{self.model}.{self.pretrained}" if self.pretrained else self.model
+        tag = self.preprocess_tag
+        return f"{self.model}.{tag}" if tag else self.model
 
 
 BACKBONES: Registry[BackboneSpec] = Registry("backbone")
@@ -173,16 +188,13 @@ class LoadedBackbone:
         return float(ls.detach().float().exp().item()) if ls is not None else None
 
 
-def resolve_spec(name: str) -> BackboneSpec:
-    """Registered name, or ``local:<open_clip model>:<checkpoint path>`` for any local ckpt."""
-    if name.startswith("local:"):
-        _, model, path = (name.split(":", 2) + ["", ""])[:3]
-        if not model or not path:
-            raise ValueError(
-                f"backbone {name!r}: expected 'local:<open_clip model name>:<checkpoint path>', "
-                "e.g. local:ViT-B-16:/models/my_clip.pt")
-        return BackboneSpec(name=name, library="open_clip", model=model, pretrained=path,
-                            description=f"local open_clip checkpoint {path}")
+def resolve_spec(name: str, declared: Mapping[str, Any] | None = None) -> BackboneSpec:
+    """A backbone declared in ``declared`` (config.yaml's ``backbones:`` mapping), else a
+    registered one (built-in, plugin, or declared in this process by ``--backbone-spec``)."""
+    if declared and name in declared:
+        from lt_bench.backbones.declared import spec_from_declaration
+
+        return spec_from_declaration(name, declared[name])
     return BACKBONES.get(name)
 
 
@@ -215,11 +227,11 @@ def _load_open_clip(spec: BackboneSpec, checkpoint: str | Path | None,
         raise ValueError(f"backbone {spec.name!r} is a toy CLIP: pass its checkpoint "
                          f"(results/backbones/{spec.name}/checkpoint.pt, made by `lt-bench pretrain`)")
     pretrained = str(checkpoint) if checkpoint is not None else spec.pretrained
-    if spec.model not in open_clip.list_models():
-        raise ValueError(f"backbone {spec.name!r}: open_clip has no model config {spec.model!r}; "
-                         "see open_clip.list_models()")
-    kwargs = open_clip_tag_preprocess(spec.model, spec.pretrained) if checkpoint else {}
-    if looks_like_file(pretrained) and not Path(pretrained).is_file():
+    # weights from a file are preprocessed as their tag's (a registered backbone's download
+    # replaced by a file; a declared file's finetuned_from), else as the model config says
+    from_file = checkpoint is not None or looks_like_file(spec.pretrained)
+    kwargs = open_clip_tag_preprocess(spec.model, spec.preprocess_tag) if from_file else {}
+    if from_file and not Path(pretrained).is_file():
         raise FileNotFoundError(f"checkpoint for backbone {spec.name!r} not found: {pretrained}")
     import pickle
 
@@ -239,8 +251,9 @@ def _load_open_clip(spec: BackboneSpec, checkpoint: str | Path | None,
             f"backbone {spec.name!r}: could not get the weights of open_clip "
             f"{spec.model!r} / {pretrained!r} ({e}). open_clip downloads them on first use "
             "(Hugging Face Hub or the publisher's URL) into ~/.cache; on a machine without "
-            "network, download them elsewhere into the same cache (HF_HOME), or pass the file "
-            "as --checkpoint (or use the backbone name local:<model>:<path>).") from e
+            "network, download them elsewhere into the same cache (HF_HOME) with `lt-bench "
+            "fetch-weights`, or pass the file as --checkpoint (or declare it in config.yaml's "
+            "backbones:).") from e
     tokenizer = open_clip.get_tokenizer(spec.model)
     return LoadedBackbone(spec, model, preprocess, tokenizer, pretrained)
 
@@ -274,13 +287,14 @@ def _load_timm(spec: BackboneSpec, checkpoint: str | Path | None,
                           str(checkpoint) if checkpoint is not None else name)
 
 
-def _locked_checkpoint(spec: BackboneSpec, checkpoint: str | Path | None):
-    """The file to load where ``resources/weights.lock`` pins ``spec``: found offline and
-    checked by sha256 (a changed file is an error naming both hashes), so a locked backbone
-    never reaches the network and always loads the weights the lock names."""
+def _pinned_checkpoint(spec: BackboneSpec, checkpoint: str | Path | None):
+    """The file to load. Where ``resources/weights.lock`` or the declaration's ``sha256``
+    pins ``spec``: found offline and checked by sha256 (a changed file is an error naming
+    both hashes), so a pinned backbone never reaches the network and always loads the
+    weights pinned. A declared local file is the checkpoint itself."""
     from lt_bench.backbones.weights import (
         WeightsError,
-        check_locked,
+        check_pinned,
         locate_weights,
         lock_path,
         read_lock,
@@ -288,15 +302,20 @@ def _locked_checkpoint(spec: BackboneSpec, checkpoint: str | Path | None):
     )
 
     lock = read_lock()
-    if spec.name not in lock:
+    if spec.name not in lock and not spec.sha256:
+        if checkpoint is None and looks_like_file(spec.pretrained):
+            return Path(spec.pretrained).expanduser()
         return checkpoint
     path = locate_weights(spec, checkpoint)
     if path is None:
+        where = (f"is pinned in {lock_path()}" if spec.name in lock
+                 else "has a sha256 in its declaration")
         raise WeightsError(
-            f"backbone {spec.name!r} is pinned in {lock_path()} but its weights "
-            f"({weights_source(spec)}) are not on this machine; run `lt-bench fetch-weights` "
-            "where there is network, with the same cache (HF_HOME) or --cache-dir")
-    check_locked(spec, path, lock)
+            f"backbone {spec.name!r} {where} but its weights ({weights_source(spec)}"
+            f"{': ' + str(spec.pretrained) if looks_like_file(spec.pretrained) else ''}) are "
+            "not on this machine; run `lt-bench fetch-weights` where there is network, with "
+            "the same cache (HF_HOME) or --cache-dir (a declared file: put it there)")
+    check_pinned(spec, path, lock)
     return path
 
 
@@ -305,12 +324,17 @@ def load_backbone(name: str, checkpoint: str | Path | None = None,
     """Build a backbone in eval mode on ``device``.
 
     ``checkpoint`` is required for toy backbones (the pipeline's pre-trained file) and
-    replaces the download of a registered open_clip or timm backbone otherwise.
+    replaces the download of a registered open_clip or timm backbone otherwise. ``name``
+    is registered (built-in, plugin) or declared (``declared.declare_backbone``).
     """
     import torch
 
     spec = resolve_spec(name)
-    checkpoint = _locked_checkpoint(spec, checkpoint)
+    if spec.library != "toy":  # the model, the tag and their activation agree (declared.py)
+        from lt_bench.backbones.declared import check_architecture
+
+        check_architecture(spec)
+    checkpoint = _pinned_checkpoint(spec, checkpoint)
     device = torch.device(device)
     if spec.library == "timm":
         loaded = _load_timm(spec, checkpoint, device)

@@ -163,16 +163,22 @@ def weights_id(backbone) -> str:
     return str(p)
 
 
-def check_locked(spec, path: Path, lock: dict[str, LockEntry] | None = None,
+def check_pinned(spec, path: Path, lock: dict[str, LockEntry] | None = None,
                  lock_file: Path | None = None) -> str | None:
-    """sha256 of ``path``, refused if the lock pins another; None when nothing is locked."""
+    """sha256 of ``path``, refused where the declaration's ``sha256`` or the lock pins
+    another (the message names both hashes); None when nothing pins ``spec``."""
     lock_file = lock_file or lock_path()
     lock = read_lock(lock_file) if lock is None else lock
     entry = lock.get(spec.name)
-    if entry is None:
+    if entry is None and not spec.sha256:
         return None
     actual = sha256_cached(path)
-    if actual != entry.sha256:
+    if spec.sha256 and actual != spec.sha256.lower():
+        raise WeightsError(
+            f"weights of backbone {spec.name!r} ({path}): sha256 {actual} differs from "
+            f"{spec.sha256.lower()} declared in config.yaml (backbones.{spec.name}.sha256); "
+            "restore the declared file, or update the sha256 if the change is intended")
+    if entry is not None and actual != entry.sha256:
         raise WeightsError(
             f"weights of backbone {spec.name!r} ({path}): sha256 {actual} differs from "
             f"{entry.sha256} pinned in {lock_file}; restore the locked file, or run "
@@ -181,28 +187,33 @@ def check_locked(spec, path: Path, lock: dict[str, LockEntry] | None = None,
 
 
 def fetch_weights(backbones: list[str], lock_file: str | os.PathLike, *,
-                  cache_dir: str | None = None, download: bool = True
-                  ) -> dict[str, LockEntry]:
+                  cache_dir: str | None = None, download: bool = True,
+                  declared: dict | None = None) -> dict[str, LockEntry]:
     """Put every backbone's weights in the cache (downloading them) and write the lock.
 
-    Toy CLIPs are skipped (the pipeline pre-trains them). A backbone that cannot be fetched
-    is one line naming it and what was tried.
+    ``declared`` is config.yaml's ``backbones:`` (a declared file is pinned as it is, and
+    must match its declared sha256). Toy CLIPs are skipped (the pipeline pre-trains them).
+    A backbone that cannot be fetched is one line naming it and what was tried.
     """
     from lt_bench.backbones.base import resolve_spec
+    from lt_bench.backbones.declared import check_architecture
 
     lock_file = Path(lock_file)
     entries: dict[str, LockEntry] = {}  # the lock of exactly these backbones
     for name in backbones:
-        spec = resolve_spec(name)
+        spec = resolve_spec(name, declared)
         if spec.library == "toy":
             continue
+        check_architecture(spec)
         path = locate_weights(spec, download=download, cache_dir=cache_dir)
         if path is None:
+            file = f" {spec.pretrained}" if looks_like_file(spec.pretrained) else ""
             raise WeightsError(
-                f"backbone {name!r} ({weights_source(spec)}): weights not found"
+                f"backbone {name!r} ({weights_source(spec)}{file}): weights not found"
                 f"{'' if download else ' in the local cache'}; run `lt-bench fetch-weights` "
-                "on a machine with network (or declare a local file)")
+                "on a machine with network (a declared file: put it there)")
+        sha = check_pinned(spec, path, {}, lock_file)  # a declared sha256; the lock is rewritten
         entries[name] = LockEntry(name, weights_source(spec), str(path.resolve()),
-                                  sha256_cached(path))
+                                  sha or sha256_cached(path))
     write_lock(lock_file, entries)
     return entries

@@ -8,6 +8,7 @@ and their defaults in :attr:`Dataset.defaults`; ``Dataset.__init__`` refuses any
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -83,6 +84,34 @@ class Dataset:
 
 DATASETS: Registry[type[Dataset]] = Registry("dataset")
 
+#: a declared dataset's name: the workflow's ``dataset`` wildcard (workflow/rules/common.smk)
+DECLARED_NAME = re.compile(r"^[a-z0-9][a-z0-9_]*$")
+
+
+def dataset_class(name: str, params: dict[str, Any] | None = None) -> type[Dataset]:
+    """The class of dataset ``name``: the registered one, or — where its parameters (its
+    ``datasets.<name>`` config entry) have ``type`` — a dataset declared in the config, an
+    instance of the registered type under the user's name (``my_lt: {type: oltr_lists,
+    ...}``; lt_bench/data/oltr.py). A declared name may not be a registered one."""
+    kind = (params or {}).get("type")
+    if kind is None:
+        return DATASETS.get(name)
+    if name in DATASETS:
+        raise DatasetParamError(
+            f"datasets.{name}: type {kind!r} declares a new dataset, but {name!r} is a "
+            f"registered dataset ({DATASETS.origin(name)}); choose another name, or drop "
+            f"type to set {name}'s own parameters")
+    if not isinstance(name, str) or not DECLARED_NAME.match(name):
+        raise DatasetParamError(f"datasets.{name}: a declared dataset's name is lower-case "
+                                "letters, digits and '_' (it names folders and jobs)")
+    if not isinstance(kind, str) or kind not in DATASETS:
+        raise DatasetParamError(f"datasets.{name}: unknown type {kind!r}; valid types: "
+                                f"{', '.join(DATASETS.names())}")
+    base = DATASETS.get(kind)
+    # the user's name in every message and folder; the type's behaviour
+    return type(base.__name__, (base,), {"name": name, "__module__": base.__module__})
+
 
 def get_dataset(name: str, **params: Any) -> Dataset:
-    return DATASETS.get(name)(**params)
+    cls = dataset_class(name, params)
+    return cls(**{k: v for k, v in params.items() if k != "type"})

@@ -27,6 +27,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from lt_bench.backbones.base import looks_like_file
 from lt_bench.doctor.check import FAIL, OK, WARN, Check
 from lt_bench.doctor.check import read_yaml as _yaml
 from lt_bench.doctor.disk import check_disk, estimate_bytes, run_bytes  # noqa: F401
@@ -39,10 +40,17 @@ DEFAULT_SAMPLE = 50
 # --- data -----------------------------------------------------------------------------------
 
 def _split_sources(ds, split_dir: Path) -> tuple[dict[str, Path], str]:
-    """The split lists to sample from: the prepared ones, else the local sources."""
+    """The split lists to sample from: the prepared ones, else the local sources (a user's
+    oltr_lists folder, LIFT's lists in split_dir_local)."""
     prepared = {s: split_dir / f"{s}.txt" for s in ds.splits}
     if all(p.is_file() for p in prepared.values()):
         return prepared, f"prepared in {split_dir}"
+    if hasattr(ds, "list_sources"):
+        lists = ds.list_sources()
+        if "train" in lists and "test" in lists:
+            return lists, f"from split_dir {ds.source_dir}"
+        return {}, (f"split_dir {ds.source_dir} has no train.txt and test.txt (datasets."
+                    f"{ds.name}.split_dir)")
     sources = getattr(ds, "sources", None)
     local = ds.params.get("split_dir_local") if sources else None
     if sources and local:
@@ -91,6 +99,10 @@ def check_data(plan, dataset: str, results: Path, sample: int) -> list[Check]:
         lists, where = {}, str(e)
     if lists:
         out.append(Check("data", f"{dataset} split lists", OK, where))
+    elif hasattr(ds, "list_sources"):  # a user's lists: nothing to download
+        out.append(Check("data", f"{dataset} split lists", FAIL, where,
+                         f"point datasets.{dataset}.split_dir at the folder with train.txt, "
+                         "test.txt, classnames.txt (val.txt optional)"))
     else:
         out.append(Check("data", f"{dataset} split lists", WARN,
                          where or "not prepared; `lt-bench prepare` downloads LIFT's pinned "
@@ -102,6 +114,8 @@ def check_data(plan, dataset: str, results: Path, sample: int) -> list[Check]:
         root = ds.image_root(split_dir, image_dir)
     except UserError as e:
         out.append(Check("data", f"{dataset} images", FAIL, str(e).splitlines()[0],
+                         f"set datasets.{dataset}.image_root to where the images are"
+                         if hasattr(ds, "list_sources") else
                          "set data_root (and data_dirs) to where the images are: "
                          f"--config data_root=/datasets; layout in `lt-bench prepare {dataset}`"
                          " errors and README"))
@@ -133,15 +147,21 @@ def check_data(plan, dataset: str, results: Path, sample: int) -> list[Check]:
 
 # --- weights --------------------------------------------------------------------------------
 
-def check_weights(backbones: list[str], lock_file: Path) -> list[Check]:
+def check_weights(backbones: list[str], lock_file: Path,
+                  declared: dict | None = None) -> list[Check]:
+    """Per backbone (``declared``: config.yaml's ``backbones:``): its model, tag and
+    activation agree, its weights are here offline and match the declared sha256 and the
+    lock."""
     from lt_bench.backbones.base import resolve_spec
+    from lt_bench.backbones.declared import check_architecture
     from lt_bench.backbones.weights import (
         WeightsError,
-        check_locked,
+        check_pinned,
         locate_weights,
         read_lock,
         weights_source,
     )
+    from lt_bench.errors import UserError
 
     out: list[Check] = []
     try:
@@ -150,19 +170,28 @@ def check_weights(backbones: list[str], lock_file: Path) -> list[Check]:
         return [Check("weights", str(lock_file), FAIL, str(e),
                       "rewrite it with `lt-bench fetch-weights --suite S`")]
     for name in backbones:
-        spec = resolve_spec(name)
+        spec = resolve_spec(name, declared)
         if spec.library == "toy":
             out.append(Check("weights", name, OK, "toy CLIP: pre-trained by the pipeline"))
             continue
+        try:
+            check_architecture(spec)
+        except UserError as e:
+            out.append(Check("weights", name, FAIL, str(e), f"fix backbones.{name} in the "
+                             "config" if declared and name in declared else ""))
+            continue
         path = locate_weights(spec)
         if path is None:
+            file = spec.pretrained if looks_like_file(spec.pretrained) else None
             out.append(Check("weights", name, FAIL,
-                             f"{weights_source(spec)} not found offline (hub cache / file)",
-                             "`lt-bench fetch-weights --suite S` on a machine with network, "
-                             "with the same HF_HOME as the GPU nodes"))
+                             f"{file or weights_source(spec)} not found offline "
+                             f"({'declared file' if file else 'hub cache'})",
+                             f"put the file there, or fix backbones.{name}.pretrained" if file
+                             else "`lt-bench fetch-weights --suite S` on a machine with "
+                             "network, with the same HF_HOME as the GPU nodes"))
             continue
         try:
-            sha = check_locked(spec, path, lock, lock_file)
+            sha = check_pinned(spec, path, lock, lock_file)
         except WeightsError as e:
             out.append(Check("weights", name, FAIL, str(e),
                              "restore the locked file or re-run `lt-bench fetch-weights`"))
@@ -171,7 +200,9 @@ def check_weights(backbones: list[str], lock_file: Path) -> list[Check]:
             out.append(Check("weights", name, WARN, f"{path} (not pinned)",
                              "`lt-bench fetch-weights --suite S` writes resources/weights.lock"))
         else:
-            out.append(Check("weights", name, OK, f"{path} matches the lock ({sha[:12]}…)"))
+            pins = " and ".join(w for w, on in (("its declared sha256", spec.sha256),
+                                                ("the lock", name in lock)) if on)
+            out.append(Check("weights", name, OK, f"{path} matches {pins} ({sha[:12]}…)"))
     unused = sorted(set(lock) - set(backbones))
     if unused:  # a lock written for another suite: its pins would not protect this one
         out.append(Check("weights", str(lock_file), FAIL,
@@ -248,7 +279,8 @@ def run_doctor(config: dict[str, Any], *, profile: Path | None = None,
     checks: list[Check] = []
     for d in suite.datasets:
         checks += check_data(plan, d, results, sample)
-    checks += check_weights(suite.backbones, lock_file or lock_path())
+    checks += check_weights(suite.backbones, lock_file or lock_path(),
+                            config.get("backbones"))
     needs_gpu = any(not plan.is_toy_backbone(b) for b in suite.backbones)
     on_slurm = profile is not None and (profile / "config.yaml").is_file() and \
         _yaml(profile / "config.yaml").get("executor") == "slurm"

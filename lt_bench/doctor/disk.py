@@ -14,17 +14,23 @@ DISK_MARGIN = 1.2
 # --- disk -----------------------------------------------------------------------------------
 
 def dataset_shape(plan, dataset: str) -> tuple[int, dict[str, int]] | None:
-    """(K, rows per split): from the prepared lists, else the dataset's known statistics,
-    else the toy world's parameters; None where unknown before ``prepare``."""
-    from lt_bench.data import DATASETS
+    """(K, rows per split): from the prepared lists (or a user's lists, oltr_lists), else
+    the dataset's known statistics, else the toy world's parameters; None where unknown
+    before ``prepare``."""
+    from lt_bench.data import dataset_class
 
     split_dir = Path("resources/data") / dataset
-    cls = DATASETS.get(dataset)
-    names = split_dir / "classnames.txt"
-    if names.is_file() and all((split_dir / f"{s}.txt").is_file() for s in cls.splits):
-        k = sum(1 for line in names.read_text(encoding="utf-8").splitlines() if line.strip())
-        return k, {s: sum(1 for _ in open(split_dir / f"{s}.txt", encoding="utf-8"))
-                   for s in cls.splits}
+    cls = dataset_class(dataset, plan.dataset_params(dataset))
+    for folder in (split_dir, getattr(plan.dataset(dataset), "source_dir", None)):
+        names = folder / "classnames.txt" if folder else None
+        lists = [s for s in cls.splits if folder and (folder / f"{s}.txt").is_file()]
+        if names and names.is_file() and "train" in lists and "test" in lists:
+            k = sum(1 for line in names.read_text(encoding="utf-8").splitlines()
+                    if line.strip())
+            rows = {s: sum(1 for _ in open(folder / f"{s}.txt", encoding="utf-8"))
+                    for s in lists}
+            rows.setdefault("val", min(rows["train"], 20 * k))  # carved from train
+            return k, rows
     stats = getattr(cls, "expected_stats", None)
     if stats:
         return cls.num_classes, {s: v["n_images"] for s, v in stats.items()}
@@ -53,8 +59,6 @@ def run_bytes(consumes: str, n_eval: int, k: int, d: int) -> int:
 
 def estimate_bytes(plan) -> tuple[int, list[str]]:
     """Bytes the suite writes under results/ (features + runs + MLflow), and what is unknown."""
-    from lt_bench.backbones.base import resolve_spec
-
     cfg = plan.config.get("extract") or {}
     crops = 6 if cfg.get("tte") == "fivecrop" else 1
     views = int(cfg.get("train_views") or 0)
@@ -67,7 +71,7 @@ def estimate_bytes(plan) -> tuple[int, list[str]]:
         shapes[d] = shape
         k, rows = shape
         for b in plan.suite.backbones:
-            dim = resolve_spec(b).feature_dim or 768
+            dim = plan.backbone_spec(b).feature_dim or 768
             per_row = dim * 2 + 64  # float16 feature + path and label
             total += rows.get("train", 0) * per_row * (1 + views)
             total += sum(n * per_row * crops for s, n in rows.items() if s != "train")
@@ -76,7 +80,7 @@ def estimate_bytes(plan) -> tuple[int, list[str]]:
         if d not in shapes:
             continue
         k, rows = shapes[d]
-        dim = 768 if b == "ensemble" else (resolve_spec(b).feature_dim or 768)
+        dim = 768 if b == "ensemble" else (plan.backbone_spec(b).feature_dim or 768)
         total += run_bytes(plan.consumes(m), rows.get("val", 0) + rows.get("test", 0), k, dim)
         total += 48 * k + 8_192  # MLflow: per-class artifact, params and metrics
     return total, unknown

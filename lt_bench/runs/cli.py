@@ -145,6 +145,7 @@ def _device(requested: str | None) -> str:
 
 def cmd_finetune(args):
     from lt_bench.argtypes import set_threads
+    from lt_bench.backbones.declared import declare_backbone_arg
     from lt_bench.data import get_dataset
     from lt_bench.data.images import image_root_of
     from lt_bench.runs.finetune import finetune_run
@@ -153,6 +154,7 @@ def cmd_finetune(args):
     _require_verb("finetune", [args.method])
     check_run_outs([args.out])
     set_threads(args.threads)
+    declare_backbone_arg(args)
     ds = get_dataset(args.dataset, **(args.dataset_params or {}))
     root = image_root_of(ds, Path(args.split_dir), args.data_root, args.image_root_from)
     group_counts = None
@@ -193,6 +195,7 @@ def _add_run_options(s, one: str, example: str) -> None:
 
 def add_run_commands(sub) -> None:
     from lt_bench.argtypes import json_object, name_path, seed
+    from lt_bench.backbones.declared import add_backbone_spec_argument
 
     s = sub.add_parser("fit", help="runs of methods that consume features (heads, zero-shot, "
                        "post hoc, k-NN)",
@@ -243,6 +246,7 @@ def add_run_commands(sub) -> None:
     s.add_argument("--image-root-from", metavar="REPORT",
                    help="take the image root from a `verify-images --out` report instead")
     s.add_argument("--backbone", required=True)
+    add_backbone_spec_argument(s)
     s.add_argument("--checkpoint", help="local checkpoint (required for toy backbones)")
     s.add_argument("--features-dir", required=True,
                    help="features folder whose text.parquet gives the head's text init")

@@ -77,7 +77,7 @@ class RunFolder(os.PathLike):
         if metrics_path(path).is_file():
             return cls(path, {})
         raise NotARunFolderError(f"{path}: not a run folder (no {CONFIG_JSON}); expected a "
-                                 f"run folder {RUN_DIR} written by lt-bench train/finetune")
+                                 f"run folder {RUN_DIR} written by lt-bench fit/combine/finetune")
 
     def __fspath__(self) -> str:
         return str(self.path)

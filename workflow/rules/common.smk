@@ -64,8 +64,23 @@ def opt_arg(flag, key):
 
 
 def checkpoint_input(wc):
-    """Toy CLIPs are pre-trained by the pipeline; real backbones come from open_clip/timm."""
-    return f"results/backbones/{wc.backbone}/checkpoint.pt" if PLAN.is_toy_backbone(wc.backbone) else []
+    """Toy CLIPs are pre-trained by the pipeline; a backbone's local file (declared in the
+    config) is an input, so a changed file re-extracts; others come from open_clip/timm."""
+    if PLAN.is_toy_backbone(wc.backbone):
+        return f"results/backbones/{wc.backbone}/checkpoint.pt"
+    return PLAN.weights_file(wc.backbone) or []
+
+
+def dataset_sources(wc):
+    """The files a dataset's prepare reads from the user (oltr_lists): an edit re-prepares."""
+    ds = PLAN.dataset(wc.dataset)
+    return [str(p) for p in ds.source_files()] if hasattr(ds, "source_files") else []
+
+
+def backbone_spec_arg(wc):
+    """A backbone declared in the config reaches its job as --backbone-spec JSON."""
+    spec = PLAN.backbone_declaration(wc.backbone)
+    return ["--backbone-spec", json.dumps(spec, sort_keys=True)] if spec else []
 
 
 def hparams_json(wc):

@@ -13,6 +13,8 @@ localrules:
 
 
 rule prepare_dataset:
+    input:
+        dataset_sources,
     output:
         train="resources/data/{dataset}/train.txt",
         val="resources/data/{dataset}/val.txt",

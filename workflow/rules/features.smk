@@ -33,6 +33,7 @@ rule extract_features:
         # data_root re-runs the (cheap) check but not the extraction
         image_root=opt_arg("--image-root-from", "images"),
         checkpoint=opt_arg("--checkpoint", "checkpoint"),
+        backbone_spec=backbone_spec_arg,
         batch_size=config["extract"]["batch_size"],
         num_workers=config["extract"]["num_workers"],
         shard_size=config["extract"]["shard_size"],
@@ -52,7 +53,7 @@ rule extract_features:
         "echo \"host=$(hostname) slurm_job=${{SLURM_JOB_ID:-none}} gpus=${{CUDA_VISIBLE_DEVICES:-none}}\" > {log:q};"
         " lt-bench extract --dataset {wildcards.dataset:q} --dataset-params {params.dataset_params:q}"
         " --split-dir resources/data/{wildcards.dataset:q} {params.image_root:q}"
-        " --backbone {wildcards.backbone:q} {params.checkpoint:q}"
+        " --backbone {wildcards.backbone:q} {params.backbone_spec:q} {params.checkpoint:q}"
         " --out-dir results/features/{wildcards.dataset:q}/{wildcards.backbone:q}"
         " --batch-size {params.batch_size:q} --num-workers {params.num_workers:q}"
         " --shard-size {params.shard_size:q} {params.protocol:q} --threads {threads:q} 2>> {log:q}"

@@ -22,6 +22,7 @@ rule finetune:
         dataset_params=lambda wc: json.dumps(PLAN.dataset_params(wc.dataset), sort_keys=True),
         image_root=opt_arg("--image-root-from", "images"),
         checkpoint=opt_arg("--checkpoint", "checkpoint"),
+        backbone_spec=backbone_spec_arg,
         groups=group_counts_arg,
         prior=opt_arg("--prior", "prior"),
         out=lambda wc: run_dir(wc.dataset, wc.backbone, wc.method, wc.seed),
@@ -41,7 +42,7 @@ rule finetune:
     shell:
         "lt-bench finetune --method {wildcards.method:q} --dataset {wildcards.dataset:q}"
         " --dataset-params {params.dataset_params:q} --split-dir resources/data/{wildcards.dataset:q}"
-        " {params.image_root:q} --backbone {wildcards.backbone:q} {params.checkpoint:q}"
+        " {params.image_root:q} --backbone {wildcards.backbone:q} {params.backbone_spec:q} {params.checkpoint:q}"
         " --features-dir results/features/{wildcards.dataset:q}/{wildcards.backbone:q}"
         " --out {params.out:q} --seed {wildcards.seed:q} --params {params.hparams:q}"
         " {params.prior:q} {params.groups:q} --threads {threads:q} 2> {log:q}"
