@@ -74,6 +74,20 @@ SLURM_SCRIPT = REPO / "scripts" / "slurm-cluster.sh"
 SLURM_START_TIMEOUT_S = 900  # apt-get install (+ update) on a fresh machine, then the start
 
 
+def save_random_toy_checkpoint(path: Path) -> Path:
+    """A user's checkpoint as they would have it: the small open_clip toy architecture
+    (lt-toy-vit-p8) with random weights (seed 0), saved as a state dict at ``path``."""
+    import open_clip
+    import torch
+
+    from lt_bench.backbones.base import ensure_model_configs
+
+    ensure_model_configs()
+    torch.manual_seed(0)
+    torch.save(open_clip.create_model("lt-toy-vit-p8").state_dict(), path)
+    return path
+
+
 def _slurm_lab_conf() -> Path:
     lab = Path(os.environ.get("SLURM_LAB_DIR", "/tmp/lt-bench-slurm"))
     return lab / "etc" / "slurm.conf"

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import REPO
+from conftest import REPO, save_random_toy_checkpoint
 
 from lt_bench.backbones import BACKBONES, load_backbone
 from lt_bench.backbones.base import open_clip_tag_preprocess, resolve_spec
@@ -32,15 +32,7 @@ TOY = {"library": "open_clip", "model": "lt-toy-vit-p8"}
 @pytest.fixture(scope="module")
 def toy_file(tmp_path_factory) -> Path:
     """A user's checkpoint: the toy architecture with random weights, saved as a state dict."""
-    import open_clip
-
-    from lt_bench.backbones.base import ensure_model_configs
-
-    ensure_model_configs()
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("decl") / "my_clip.pt"
-    torch.save(open_clip.create_model("lt-toy-vit-p8").state_dict(), path)
-    return path
+    return save_random_toy_checkpoint(tmp_path_factory.mktemp("decl") / "my_clip.pt")
 
 
 def test_a_declaration_becomes_a_spec():

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from conftest import save_random_toy_checkpoint
 from PIL import Image
 
 from lt_bench.cli import main
@@ -33,16 +34,8 @@ def _jpeg(path: Path, seed: int) -> None:
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
-    import open_clip
-    import torch
-
-    from lt_bench.backbones.base import ensure_model_configs
-
-    ensure_model_configs()
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("ckpt") / "my_clip.pt"
-    torch.save(open_clip.create_model("lt-toy-vit-p8").state_dict(), path)
-    return path
+    """A user's checkpoint: the toy architecture with random weights, saved as a state dict."""
+    return save_random_toy_checkpoint(tmp_path_factory.mktemp("ckpt") / "my_clip.pt")
 
 
 @pytest.fixture
