@@ -4,7 +4,8 @@
     python scripts/compare-results.py BEFORE/results AFTER/results
 
 A refactor must keep every number identical (CONTRIBUTING.md, "Numbers unchanged unless
-on purpose"). Wall-clock fields (``started_at``, ``finished_at``, ``*_seconds``) are not
+on purpose"). Wall-clock fields (``started_at``, ``finished_at``, ``*_seconds``,
+``*_per_second``) are not
 numbers of the science and are skipped; everything else is compared exactly (floats bit
 for bit, after JSON). Exit 0 when identical, 1 with one line per difference otherwise.
 """
@@ -23,7 +24,8 @@ WALL_CLOCK = ("started_at", "finished_at")
 
 
 def _timing(key: str) -> bool:
-    return key in WALL_CLOCK or key.endswith("_seconds") or key.endswith("seconds_per_epoch")
+    return (key in WALL_CLOCK or key.endswith("_seconds")
+            or key.endswith("seconds_per_epoch") or key.endswith("_per_second"))
 
 
 def _diff(a, b, where: str, out: list[str]) -> None:
