@@ -147,13 +147,41 @@ def _lt_bench(plugin_env, *args: str) -> subprocess.CompletedProcess:
 
 
 def test_example_plugin_is_listed_with_its_origin(plugin_env):
-    for family, name in (("methods", "la_focal"), ("backbones", "toyclip_example"),
-                         ("datasets", "toy_tiny")):
+    for family, names in (("methods", {"la_focal", "backdoor_max_confidence"}),
+                          ("backbones", {"toyclip_example"}), ("datasets", {"toy_tiny"})):
         r = _lt_bench(plugin_env, "list", family)
         assert r.returncode == 0, r.stderr
         rows = {line.split()[0]: line.split()[1] for line in r.stdout.splitlines()}
-        assert rows[name] == EXAMPLE_DIST, r.stdout
-        assert all(o == BUILT_IN for n, o in rows.items() if n != name)
+        assert {rows[n] for n in names} == {EXAMPLE_DIST}, r.stdout
+        assert all(o == BUILT_IN for n, o in rows.items() if n not in names)
+
+
+def test_example_plugin_control_defers_to_the_most_confident_member(plugin_env):
+    """The plugin's ensemble control on a hand-worked case: per image, the member with the
+    largest max softmax probability gives the ensemble's log-probabilities."""
+    code = """
+import json, numpy as np
+from lt_bench.methods import METHODS
+cls = METHODS.get("backdoor_max_confidence")
+m = cls()
+a = np.array([[3.0, 0.0, 0.0], [0.2, 0.1, 0.0]])   # sure of image 0, unsure of image 1
+b = np.array([[0.0, 1.0, 0.0], [0.0, 0.0, 5.0]])   # unsure of image 0, sure of image 1
+state, info = m.fit([a, b], np.array([0, 2]))
+print(json.dumps({"z": cls.combine([a, b], state).tolist(), "consumes": cls.consumes,
+                  "state": state}))
+"""
+    python, env, root = plugin_env
+    r = subprocess.run([str(python), "-c", code], capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    got = json.loads(r.stdout)
+    assert got["consumes"] == "runs" and got["state"] == {"rule": "max_confidence"}
+
+    def log_softmax(z):
+        z = np.asarray(z, dtype=float)
+        return z - z.max() - np.log(np.exp(z - z.max()).sum())
+
+    want = [log_softmax([3.0, 0.0, 0.0]), log_softmax([0.0, 0.0, 5.0])]
+    np.testing.assert_allclose(got["z"], want, rtol=1e-12)
 
 
 def test_example_plugin_loss_is_focal_on_adjusted_logits(plugin_env):
