@@ -1,8 +1,9 @@
 """A smoke run of any suite (lt_bench/smoke.py): the same plan as the full suite, a few
-images of every class, one epoch, in its own folder — checked on hand-made cases and by a
-real Snakemake run of a paper-shaped suite on ImageNet-LT's and Places-LT's real dataset
-classes (their real class counts and folder layouts, synthetic lists and JPEGs, read
-through ``split_dir_local`` as a user's copy of LIFT's lists)."""
+images of every class, one epoch, in its own folder — checked on hand-made cases and by
+real Snakemake runs on the real dataset classes (their real class counts and folder
+layouts, synthetic lists and JPEGs, read through ``split_dir_local`` as a user's copy of
+LIFT's lists): a paper-shaped suite on ImageNet-LT and Places-LT, and the heads and the
+backdoor at iNat2018's K = 8,142 after ``lt-bench doctor`` passes on all three."""
 
 from __future__ import annotations
 
@@ -93,33 +94,51 @@ def _jpeg(path: Path, rng) -> None:
     Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(path, "JPEG")
 
 
-def _real_layout(tmp: Path) -> tuple[Path, Path]:
-    """data_root with ImageNet (ILSVRC layout) and Places365-Standard (easy format), and a
-    copy of LIFT's datasets/ folder with lists in their formats, 1000 and 365 classes."""
+#: LIFT's list folder, K, the image root under data_root, a list row's path for (class,
+#: split, i), and classnames.txt's line (None: iNat's names come from categories.json)
+LAYOUTS = {
+    "imagenet_lt": ("ImageNet_LT", 1000, "imagenet",
+                    lambda c, s, i: (f"train/n{c:08d}/n{c:08d}_{s}{i}.JPEG" if s != "test"
+                                     else f"val/n{c:08d}/ILSVRC2012_val_{c:05d}{i}.JPEG"),
+                    lambda c: f"n{c:08d} class {c}"),
+    "places_lt": ("Places_LT", 365, "places365/places365_standard",
+                  lambda c, s, i: (f"train/place{c}/{s}{i:08d}.jpg" if s != "test"
+                                   else f"val/place{c}/Places365_val_{c:05d}{i}.jpg"),
+                  lambda c: f"/p/place{c} place {c}"),
+    # iNat2018: no test list (its official val is the test set, val a subset of train)
+    "inat2018": ("iNaturalist18", 8142, "inat2018",
+                 lambda c, s, i: f"train_val2018/{('Plantae', 'Aves')[c % 2]}/{c}/{s}{i}.jpg",
+                 None),
+}
+
+
+def _real_layout(tmp: Path, names=("imagenet_lt", "places_lt"),
+                 per=(("train", 3), ("val", 2), ("test", 2))) -> tuple[Path, Path]:
+    """data_root with the datasets ``names`` in their real layouts (ILSVRC, Places365-
+    Standard easy format, train_val2018/) and a copy of LIFT's datasets/ folder with their
+    lists in LIFT's formats, every class of the real K; class 0 has 2 extra train images."""
     rng = np.random.default_rng(0)
     data_root, lift = tmp / "datasets", tmp / "lift_datasets"
-    layouts = {
-        "ImageNet_LT": (1000, data_root / "imagenet",
-                        lambda c, s, i: (f"train/n{c:08d}/n{c:08d}_{s}{i}.JPEG" if s != "test"
-                                         else f"val/n{c:08d}/ILSVRC2012_val_{c:05d}{i}.JPEG"),
-                        lambda c: f"n{c:08d} class {c}"),
-        "Places_LT": (365, data_root / "places365" / "places365_standard",
-                      lambda c, s, i: (f"train/place{c}/{s}{i:08d}.jpg" if s != "test"
-                                       else f"val/place{c}/Places365_val_{c:05d}{i}.jpg"),
-                      lambda c: f"/p/place{c} place {c}"),
-    }
-    for name, (k, root, rel, classname) in layouts.items():
-        (lift / name).mkdir(parents=True)
-        for split, per in (("train", 3), ("val", 2), ("test", 2)):
+    for name in names:
+        folder, k, under, rel, classname = LAYOUTS[name]
+        root = data_root / under
+        (lift / folder).mkdir(parents=True)
+        for split, n in per:
+            if classname is None and split == "test":
+                continue
             lines = []
             for c in range(k):
-                for i in range(per + (2 if split == "train" and c == 0 else 0)):
+                for i in range(n + (2 if split == "train" and c == 0 else 0)):
                     p = rel(c, split, i)
                     _jpeg(root / p, rng)
                     lines.append(f"{p} {c}")
-            (lift / name / f"{name}_{split}.txt").write_text("\n".join(lines) + "\n")
-        (lift / name / "classnames.txt").write_text(
-            "\n".join(classname(c) for c in range(k)) + "\n")
+            (lift / folder / f"{folder}_{split}.txt").write_text("\n".join(lines) + "\n")
+        if classname is None:
+            (lift / folder / "categories.json").write_text(json.dumps(
+                [{"id": c, "name": f"species {c}", "kingdom": "Plantae"} for c in range(k)]))
+        else:
+            (lift / folder / "classnames.txt").write_text(
+                "\n".join(classname(c) for c in range(k)) + "\n")
     return data_root, lift
 
 
@@ -176,3 +195,64 @@ def test_smoke_run_of_a_paper_shaped_suite(tmp_path):
     con = sqlite3.connect(sd / "results/mlflow/mlflow.db")
     names = {n for (n,) in con.execute("SELECT name FROM experiments")}
     assert "lt-bench/paper_shaped-smoke" in names
+
+
+@pytest.mark.slow
+def test_doctor_then_smoke_at_inat2018s_k(tmp_path, capsys):
+    """iNat2018 at its real K = 8,142 and layout (train_val2018/<kingdom>/<id>/…jpg, LIFT's
+    iNaturalist18_*.txt and categories.json): doctor passes on all three real datasets, and
+    a smoke run takes the heads, the k-NN, GLA's prior and the backdoor through K = 8,142
+    (one train and one test image per class: iNat's val is a subset of train)."""
+    from lt_bench.cli import main
+
+    wf = copy_workflow(tmp_path / "wf")
+    data_root, lift = _real_layout(tmp_path, ("imagenet_lt", "places_lt", "inat2018"),
+                                   per=(("train", 1), ("val", 1), ("test", 1)))
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    tiny = yaml.safe_load((REPO / "tests/data/tiny_config.yaml").read_text())
+    methods = ["zero_shot", "la", "crt", "knn", "gla", "backdoor"]
+    config["suites"]["real_three"] = {
+        "datasets": ["imagenet_lt", "places_lt", "inat2018"],
+        "backbones": ["toyclip0", "toyclip1"], "methods": methods, "seeds": [0]}
+    config["suites"]["inat_k"] = {**config["suites"]["real_three"], "datasets": ["inat2018"]}
+    config["data_root"] = str(data_root)
+    for d in ("imagenet_lt", "places_lt", "inat2018"):
+        config["datasets"][d] = {"split_dir_local": str(lift), "verify_sources": False}
+    config["datasets"]["toy"] = tiny["datasets"]["toy"]
+    config["extract"].update(num_workers=0, batch_size=256)
+    cfg = wf / "inat_k.yaml"
+    cfg.write_text(yaml.safe_dump(config))
+
+    rc = main(["doctor", "--configfile", str(cfg), "--suite", "real_three",
+               "--results", str(wf / "results"),
+               "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"])
+    text = capsys.readouterr()
+    text = text.out + text.err
+    assert rc == 0 and "all checks passed" in text, text
+    # iNat2018 ships two lists (its official val list is lt-bench's test split)
+    for d, splits in (("imagenet_lt", ("train", "val", "test")),
+                      ("places_lt", ("train", "val", "test")), ("inat2018", ("train", "val"))):
+        for split in splits:
+            line = next((ln for ln in text.splitlines() if f"{d} {split} images" in ln), text)
+            assert line.startswith("✓") and "50 sampled images over 50 classes decode" \
+                in line, (line, text)
+    assert "✓   data      inat2018 image root" in text, text
+
+    base = ["--configfile", str(cfg), "--config", "suite=inat_k"]
+    full = _snakemake(wf, "-n", "--cores", "2", *base)
+    smoke = _snakemake(wf, "-n", "--cores", "2", *base, "smoke=true")
+    assert full.returncode == 0 and smoke.returncode == 0, smoke.stderr[-3000:]
+    assert _job_stats(smoke.stdout) == _job_stats(full.stdout) != {}
+    t0 = time.time()
+    r = _snakemake(wf, "--cores", "2", *base, "smoke=true")
+    assert r.returncode == 0, (r.stdout[-3000:], r.stderr[-5000:])
+    print(f"smoke run at iNat2018's K: {time.time() - t0:.0f} s")
+    sd = wf / "results-smoke"
+    runs = sd / "results/runs/inat2018"
+    for m in ("zero_shot", "la", "crt", "knn", "gla"):
+        pc = pd.read_parquet(runs / "toyclip0" / m / "seed0/per_class.parquet")
+        assert len(pc) == 8142, m  # the real K reaches every head
+    test = pd.read_csv(sd / "resources/data/inat2018/test.txt", sep=" ", header=None)
+    assert test[1].nunique() == 8142 and len(test) == 8142
+    main_table = pd.read_csv(sd / "results/tables/main.csv")
+    assert set(main_table["method"]) >= set(methods)
