@@ -8,12 +8,20 @@ user with a broken installation would."""
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
 import sys
+import sysconfig
 from pathlib import Path
+
+import pytest
 
 from lt_bench.methods import METHODS
 
 BROKEN_DIST = "lt-bench-broken-plugin"
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "lt_bench_example_plugin"
+EXAMPLE_DIST = "lt-bench-example-plugin"
 
 
 def fake_dist(site: Path, dist: str, entry_points: dict[str, dict[str, str]],
@@ -50,3 +58,34 @@ def unbreak(site: Path) -> None:
     if str(site) in sys.path:
         sys.path.remove(str(site))
     _reload(METHODS)
+
+
+def install_example_plugin(root: Path) -> tuple[Path, dict, Path]:
+    """(python, env, root): a venv under ``root`` with the example plugin installed editable
+    (``pip install -e``, as its README says); it sees this environment's packages (lt_bench
+    from this checkout first, torch, open_clip, snakemake) through a .pth file, and its
+    ``bin/lt-bench`` runs lt-bench with the venv's Python, so a Snakemake run with that
+    Python (whose jobs call ``lt-bench`` next to it) sees the plugin in every job."""
+    if subprocess.run([sys.executable, "-m", "pip", "--version"], capture_output=True
+                      ).returncode != 0:
+        pytest.skip("pip is not installed in the test environment")
+    repo = EXAMPLE.parents[1]
+    venv = root / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    site = Path(subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig."
+                                "get_paths()['purelib'])"], capture_output=True, text=True,
+                               check=True).stdout.strip())
+    (site / "lt_bench_test_env.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    src = root / "example"  # a copy: the install writes nothing into the repository
+    shutil.copytree(EXAMPLE, src, ignore=shutil.ignore_patterns("*.egg-info", "build"))
+    r = subprocess.run([str(python), "-m", "pip", "install", "--no-deps",
+                        "--no-build-isolation", "--no-index", "-e", str(src)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    script = venv / "bin" / "lt-bench"  # what pip writes for lt-bench's console script
+    script.write_text(f"#!{python}\nimport sys\nfrom lt_bench.cli import main\n"
+                      "sys.exit(main())\n")
+    script.chmod(0o755)
+    env = {**os.environ, "PYTHONPATH": str(repo), "HF_HUB_OFFLINE": "1"}
+    return python, env, root

@@ -11,24 +11,24 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
-import sysconfig
 import types
-from pathlib import Path
 
 import numpy as np
 import pytest
 from conftest import REPO
-from plugin_dists import BROKEN_DIST, broken_methods_plugin, fake_dist, unbreak
+from plugin_dists import (
+    BROKEN_DIST,
+    EXAMPLE_DIST,
+    broken_methods_plugin,
+    fake_dist,
+    install_example_plugin,
+    unbreak,
+)
 
 from lt_bench.cli import main
 from lt_bench.registry import BUILT_IN, PluginError, Registry
-
-EXAMPLE = REPO / "examples" / "lt_bench_example_plugin"
-EXAMPLE_DIST = "lt-bench-example-plugin"
-
 
 # --- the loader, on distributions laid out as pip lays them out ------------------------------
 
@@ -118,26 +118,7 @@ def test_cli_start_up_loads_no_plugin(tmp_path):
 
 @pytest.fixture(scope="module")
 def plugin_env(tmp_path_factory):
-    """A venv with the example plugin installed editable; it sees this environment's
-    packages (lt_bench from this checkout first, torch, open_clip) through a .pth file."""
-    if subprocess.run([sys.executable, "-m", "pip", "--version"], capture_output=True
-                      ).returncode != 0:
-        pytest.skip("pip is not installed in the test environment")
-    venv = tmp_path_factory.mktemp("plugin") / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
-    python = venv / "bin" / "python"
-    site = Path(subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig."
-                                "get_paths()['purelib'])"], capture_output=True, text=True,
-                               check=True).stdout.strip())
-    (site / "lt_bench_test_env.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-    src = venv.parent / "example"  # a copy: the install writes nothing into the repository
-    shutil.copytree(EXAMPLE, src, ignore=shutil.ignore_patterns("*.egg-info", "build"))
-    r = subprocess.run([str(python), "-m", "pip", "install", "--no-deps",
-                        "--no-build-isolation", "--no-index", "-e", str(src)],
-                       capture_output=True, text=True)
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
-    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
-    return python, env, venv.parent
+    return install_example_plugin(tmp_path_factory.mktemp("plugin"))
 
 
 def _lt_bench(plugin_env, *args: str) -> subprocess.CompletedProcess:
