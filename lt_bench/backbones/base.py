@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lt_bench.errors import UserError
+from lt_bench.errors import InputValidationError, MissingInputError, UserError
 from lt_bench.registry import Registry
 
 if TYPE_CHECKING:  # torch is imported lazily: resolve_spec is on the CLI start-up path
@@ -151,7 +151,7 @@ class LoadedBackbone:
         ``encode_image`` (other open_clip towers, or ``requested="encode_image"``),
         ``timm_pooled`` (timm)."""
         if requested not in FEATURE_KINDS:
-            raise ValueError(f"unknown feature {requested!r}; valid: {', '.join(FEATURE_KINDS)}")
+            raise InputValidationError(f"unknown feature {requested!r}; valid: {', '.join(FEATURE_KINDS)}")
         if self.spec.library == "timm":
             return "timm_pooled"
         if requested == "encode_image" or self._proj() is None:
@@ -224,15 +224,15 @@ def _load_open_clip(spec: BackboneSpec, checkpoint: str | Path | None,
 
     ensure_model_configs()
     if spec.library == "toy" and checkpoint is None:
-        raise ValueError(f"backbone {spec.name!r} is a toy CLIP: pass its checkpoint "
-                         f"(results/backbones/{spec.name}/checkpoint.pt, made by `lt-bench pretrain`)")
+        raise InputValidationError(f"backbone {spec.name!r} is a toy CLIP: pass its checkpoint "
+                                   f"(results/backbones/{spec.name}/checkpoint.pt, made by `lt-bench pretrain`)")
     pretrained = str(checkpoint) if checkpoint is not None else spec.pretrained
     # weights from a file are preprocessed as their tag's (a registered backbone's download
     # replaced by a file; a declared file's finetuned_from), else as the model config says
     from_file = checkpoint is not None or looks_like_file(spec.pretrained)
     kwargs = open_clip_tag_preprocess(spec.model, spec.preprocess_tag) if from_file else {}
     if from_file and not Path(pretrained).is_file():
-        raise FileNotFoundError(f"checkpoint for backbone {spec.name!r} not found: {pretrained}")
+        raise MissingInputError(f"checkpoint for backbone {spec.name!r} not found: {pretrained}")
     import pickle
 
     try:
@@ -264,7 +264,7 @@ def _load_timm(spec: BackboneSpec, checkpoint: str | Path | None,
     from timm.data import create_transform, resolve_model_data_config
 
     if checkpoint is not None and not Path(checkpoint).is_file():
-        raise FileNotFoundError(f"checkpoint for backbone {spec.name!r} not found: {checkpoint}")
+        raise MissingInputError(f"checkpoint for backbone {spec.name!r} not found: {checkpoint}")
     name = spec.timm_name
     # With a local file timm loads it through its pretrained machinery (the classifier of
     # the file is dropped for num_classes=0), so the tag's preprocessing still applies.
@@ -341,7 +341,7 @@ def load_backbone(name: str, checkpoint: str | Path | None = None,
     elif spec.library in ("open_clip", "toy"):
         loaded = _load_open_clip(spec, checkpoint, device)
     else:
-        raise ValueError(f"backbone {name!r}: unknown library {spec.library!r}; "
-                         "valid: open_clip, toy, timm")
+        raise InputValidationError(f"backbone {name!r}: unknown library {spec.library!r}; "
+                                   "valid: open_clip, toy, timm")
     loaded.model.eval().to(device)
     return loaded

@@ -61,17 +61,21 @@ def read_lock(path: str | os.PathLike | None = None) -> dict[str, LockEntry]:
     path = Path(path) if path is not None else lock_path()
     if not path.is_file():
         return {}
+    def refused(why: object) -> WeightsError:
+        return WeightsError(f"{path}: not a weights lock written by `lt-bench fetch-weights` "
+                            f"({why}); expected JSON with version {LOCK_VERSION} and "
+                            "weights: [{backbone, source, file, sha256}]")
+
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
-        if doc.get("version") != LOCK_VERSION:
-            raise ValueError(f"version {doc.get('version')!r}, expected {LOCK_VERSION}")
+        version = doc.get("version")
         entries = [LockEntry(**{k: str(e[k]) for k in ("backbone", "source", "file",
                                                          "sha256")})
-                   for e in doc["weights"]]
-    except (ValueError, KeyError, TypeError, AttributeError) as e:
-        raise WeightsError(f"{path}: not a weights lock written by `lt-bench fetch-weights` "
-                           f"({e}); expected JSON with version {LOCK_VERSION} and "
-                           "weights: [{backbone, source, file, sha256}]") from None
+                   for e in doc["weights"]] if version == LOCK_VERSION else []
+    except (ValueError, KeyError, TypeError, AttributeError) as e:  # bad JSON, a missing key
+        raise refused(e) from None
+    if version != LOCK_VERSION:
+        raise refused(f"version {version!r}, expected {LOCK_VERSION}")
     return {e.backbone: e for e in entries}
 
 
