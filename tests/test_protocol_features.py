@@ -1,4 +1,5 @@
-"""LIFT's protocol in the feature stage (issue 10 items 1-5, issue 12 item 4, issue 15 item 4).
+"""LIFT's protocol in the feature stage (docs/protocol.md: head feature, zero-shot, prompts,
+test transform, TTE, train views), device decoding and unreadable images.
 
 Each check is against an independent computation: a forward hook on open_clip's
 ``ln_post``, open_clip's own ``encode_image``/``encode_text``, PIL resizing and cropping

@@ -1,6 +1,6 @@
-"""Bad input never becomes a "finished" run (issue 15): a table of bad inputs and faults,
-each run through the CLI as a user would, with the one line it must print and the exit
-status 2 — and no metrics.json left behind. Add a row for every bug found later.
+"""Bad input never becomes a "finished" run (docs/architecture.md §9): a table of bad inputs
+and faults, each run through the CLI as a user would, with the one line it must print and
+the exit status 2 — and no metrics.json left behind. Add a row for every bug found later.
 (Data-stage cases: tests/test_data_validation.py.)"""
 
 from __future__ import annotations
@@ -510,7 +510,7 @@ def test_snakemake_from_another_folder_stops_with_a_message(tmp_path):
 @pytest.mark.slow
 def test_paths_with_spaces_quotes_and_non_ascii_reach_the_shell_intact(tmp_path):
     """A data_root such as /data/it's a dätä root must reach every rule's shell command as
-    one argument (quoted with shlex), not break it (issue 15)."""
+    one argument (quoted with shlex), not break it (docs/architecture.md §9)."""
     import shlex
     import subprocess
     import sys

@@ -20,7 +20,7 @@ Three kinds, one loader (:func:`load_backbone`):
 A checkpoint given to :func:`load_backbone` replaces the download of a registered real
 backbone (an offline machine, a mirror); the preprocessing is still the tag's.
 
-The cached feature (:meth:`LoadedBackbone.encode_feature`, issue 10 item 1)
+The cached feature (:meth:`LoadedBackbone.encode_feature`; docs/protocol.md, head feature)
     ``pre_projection`` for open_clip ViTs (real and toy CLIPs): the pooled ``ln_post`` CLS
     token *before* ``visual.proj`` (768-d for ViT-B/16), the feature LIFT's head acts on
     (``models/peft_vit.py``: ``x = self.ln_post(x[:, 0, :])``, ``# x = x @ self.proj``);
@@ -151,7 +151,8 @@ class LoadedBackbone:
         ``encode_image`` (other open_clip towers, or ``requested="encode_image"``),
         ``timm_pooled`` (timm)."""
         if requested not in FEATURE_KINDS:
-            raise InputValidationError(f"unknown feature {requested!r}; valid: {', '.join(FEATURE_KINDS)}")
+            raise InputValidationError(f"unknown feature {requested!r}; "
+                                       f"valid: {', '.join(FEATURE_KINDS)}")
         if self.spec.library == "timm":
             return "timm_pooled"
         if requested == "encode_image" or self._proj() is None:
@@ -225,7 +226,8 @@ def _load_open_clip(spec: BackboneSpec, checkpoint: str | Path | None,
     ensure_model_configs()
     if spec.library == "toy" and checkpoint is None:
         raise InputValidationError(f"backbone {spec.name!r} is a toy CLIP: pass its checkpoint "
-                                   f"(results/backbones/{spec.name}/checkpoint.pt, made by `lt-bench pretrain`)")
+                                   f"(results/backbones/{spec.name}/checkpoint.pt, made by "
+                                   "`lt-bench pretrain`)")
     pretrained = str(checkpoint) if checkpoint is not None else spec.pretrained
     # weights from a file are preprocessed as their tag's (a registered backbone's download
     # replaced by a file; a declared file's finetuned_from), else as the model config says

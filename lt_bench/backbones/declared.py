@@ -1,4 +1,5 @@
-"""Backbones declared in config.yaml: the one way to bring your own weights (issue 21 §4).
+"""Backbones declared in config.yaml: the one way to bring your own weights (README.md,
+"Benchmark your own method").
 
     backbones:
       my_clip: {library: open_clip, model: ViT-B-16, pretrained: /models/my_clip.pt,

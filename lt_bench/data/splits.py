@@ -272,7 +272,7 @@ def _duplicates(paths: Sequence[str]) -> dict[str, int]:
 def check_split_integrity(split_dir: Path, *, allow_val_in_train: bool = False) -> dict:
     """Check the split lists of ``split_dir`` against each other; write ``splits_check.json``.
 
-    Refused with :class:`SplitIntegrityError` (issue 15: each of these gave a "finished"
+    Refused with :class:`SplitIntegrityError` (each of these once gave a "finished"
     run with wrong numbers): a path listed twice in one split; a path in two splits (a
     test image that is also a train image inflates every metric); a class with no
     training image (``log pi = -inf`` for it). Labels outside ``0..K-1``, with K the number
