@@ -34,8 +34,8 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from lt_bench.backbones.base import ensure_model_configs  # noqa: E402
 from lt_bench.backbones.catalog import TOY_MODEL  # noqa: E402
+from lt_bench.backbones.spec import ensure_model_configs  # noqa: E402
 from lt_bench.data.toy import CAPTION_TEMPLATES, class_names  # noqa: E402
 from lt_bench.pretrain.model import (  # noqa: E402
     CaptionBank,

@@ -138,24 +138,13 @@ def cycle_path(graph: dict[str, set[str]], group: set[str]) -> list[str]:
     raise AssertionError(f"no circle in {group}")
 
 
-#: circles allowed for now, each the set of modules of one strongly connected group; a
-#: circle that grows (another module joins it) fails like a new one.
-KNOWN_CYCLES = [
-    # load_backbone asks the weights lock (and a config declaration) for the file, and they
-    # ask base for the spec and looks_like_file: known, not yet untangled (function-level
-    # imports only; the fix is a spec module below all four)
-    frozenset({"lt_bench.backbones.base", "lt_bench.backbones.declared",
-               "lt_bench.backbones.prompts", "lt_bench.backbones.weights"}),
-]
-
-
 def test_no_import_circles():
     graph = import_graph()
-    new = [g for g in circle_groups(graph) if frozenset(g) not in KNOWN_CYCLES]
-    assert not new, "import circles: " + "; ".join(
+    groups = circle_groups(graph)
+    assert not groups, "import circles: " + "; ".join(
         " → ".join(cycle_path(graph, g)) + (f" (the circle joins {sorted(g)})"
                                            if len(g) > len(cycle_path(graph, g)) - 1 else "")
-        for g in new)
+        for g in groups)
 
 
 def test_the_circle_finder_names_a_circle_as_a_path():

@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from test_extract import CLASSNAMES, MODEL, local_backbone, make_split_dir  # noqa: E402
 
 from lt_bench.backbones import BackboneSpec, LoadedBackbone  # noqa: E402
-from lt_bench.backbones.base import ensure_model_configs  # noqa: E402
+from lt_bench.backbones.spec import ensure_model_configs  # noqa: E402
 from lt_bench.errors import InputValidationError, UserError  # noqa: E402
 from lt_bench.features.encode import extract_split  # noqa: E402
 from lt_bench.features.extract import extract_all  # noqa: E402

@@ -90,7 +90,7 @@ def test_representation_regime_families_share_attributes_and_differ_by_a_word():
 def test_every_representation_caption_fits_the_toy_text_context():
     import open_clip
 
-    from lt_bench.backbones.base import ensure_model_configs
+    from lt_bench.backbones.spec import ensure_model_configs
     from lt_bench.data.toy import CAPTION_TEMPLATES, MAX_CLASSES
 
     ensure_model_configs()

@@ -24,7 +24,8 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from lt_bench.backbones.base import looks_like_file
+from lt_bench.backbones.declared import check_architecture, resolve_spec
+from lt_bench.backbones.spec import looks_like_file
 from lt_bench.errors import UserError
 from lt_bench.io import atomic_path, sha256_cached
 
@@ -199,9 +200,6 @@ def fetch_weights(backbones: list[str], lock_file: str | os.PathLike, *,
     must match its declared sha256). Toy CLIPs are skipped (the pipeline pre-trains them).
     A backbone that cannot be fetched is one line naming it and what was tried.
     """
-    from lt_bench.backbones.base import resolve_spec
-    from lt_bench.backbones.declared import check_architecture
-
     lock_file = Path(lock_file)
     entries: dict[str, LockEntry] = {}  # the lock of exactly these backbones
     for name in backbones:

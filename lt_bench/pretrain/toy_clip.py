@@ -43,8 +43,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from lt_bench.backbones.base import ensure_model_configs
 from lt_bench.backbones.catalog import TOY_MODEL
+from lt_bench.backbones.spec import ensure_model_configs
 from lt_bench.data.toy import CAPTION_TEMPLATES, check_regime, class_names
 from lt_bench.errors import InputValidationError
 from lt_bench.io import atomic_path, write_json
