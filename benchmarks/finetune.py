@@ -64,7 +64,7 @@ def finetune_step(trainer, batches, device) -> float:
 def build(a, device):
     import open_clip
 
-    from lt_bench.backbones.base import ensure_model_configs
+    from lt_bench.backbones.spec import ensure_model_configs
     from lt_bench.finetune.loop import Trainer, resolve_amp
     from lt_bench.finetune.peft import CosineHead, inject_peft
 

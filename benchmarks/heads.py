@@ -1,5 +1,5 @@
 """Head-training speed: the project's fit loop vs a bare PyTorch loop, the per-job start-up
-tax, and CPU vs GPU (issue 12 items 1, 2, 5). Prints ratios, measured side by side.
+tax, and CPU vs GPU. Prints ratios, measured side by side.
 
     .venv/bin/python benchmarks/heads.py                      # ImageNet-LT's shape, 1 epoch
     .venv/bin/python benchmarks/heads.py --scale 0.05 --repeats 3   # a quick look (2 cores)
@@ -23,7 +23,7 @@ tax, and CPU vs GPU (issue 12 items 1, 2, 5). Prints ratios, measured side by si
 (d) the workflow's head job: every features method of the demo (config.yaml, their
     hyper-parameters, bases before the runs built on them) fitted by ONE
     ``lt-bench fit --runs`` process, vs the same runs as one ``lt-bench fit --method``
-    process each (the per-method jobs before issue 12), side by side on the same folder:
+    process each (the per-method jobs before head jobs), side by side on the same folder:
     the ratio of the two walls, and the job's wall minus the sum of its ``fit_seconds``
     per run. Then the same job again with its fit cache (nothing changed: every run is
     copied back) and with one method's hyper-parameter changed (only it is refitted).

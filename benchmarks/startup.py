@@ -1,4 +1,4 @@
-"""Start-up tax of the CLI and of planning the paper suite (issue 12 item 2).
+"""Start-up tax of the CLI and of planning the paper suite.
 
     .venv/bin/python benchmarks/startup.py [--repeats 3] [--skip-snakemake]
 

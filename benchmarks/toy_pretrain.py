@@ -4,7 +4,7 @@
 
 (a) One optimiser step at the demo's shape (config.yaml ``datasets: toy``), interleaved in
     blocks so machine load hits both alike; prints samples/s of each and the ratio:
-    old = the step before issue 12 (``old_loss``: model config ``OLD_MODEL_CFG`` - vision
+    old = the step before the speed-up (``old_loss``: model config ``OLD_MODEL_CFG`` - vision
     width 128, text width 128 x 3 layers -, batch 256, every pair's caption encoded plus
     the K "a photo of a {}." prompts, dense 49,408-row token embedding in AdamW);
     new = ``lt_bench.pretrain.model.contrastive_loss`` with the shipped model
@@ -34,8 +34,8 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from lt_bench.backbones.base import ensure_model_configs  # noqa: E402
 from lt_bench.backbones.catalog import TOY_MODEL  # noqa: E402
+from lt_bench.backbones.spec import ensure_model_configs  # noqa: E402
 from lt_bench.data.toy import CAPTION_TEMPLATES, class_names  # noqa: E402
 from lt_bench.pretrain.model import (  # noqa: E402
     CaptionBank,
@@ -50,7 +50,7 @@ from lt_bench.pretrain.toy_clip import (  # noqa: E402
 )
 
 OLD_RECIPE = {"num_pairs": 50000, "epochs": 3, "batch_size": 256}
-#: lt-toy-vit-p8.json before issue 12 (git show 2e15568:lt_bench/backbones/model_configs/...)
+#: lt-toy-vit-p8.json before the speed-up (git show 2e15568:lt_bench/backbones/model_configs/...)
 OLD_MODEL_CFG = {
     "embed_dim": 128,
     "vision_cfg": {"image_size": 32, "layers": 4, "width": 128, "head_width": 32,
@@ -61,7 +61,7 @@ OLD_MODEL_CFG = {
 
 
 def old_loss(model, caption_tokens, class_prompt, images, y, tmpl, w, clip_loss):
-    """The training step as it was before issue 12 (git show 2e15568:lt_bench/backbones/
+    """The training step as it was before the speed-up (git show 2e15568:lt_bench/backbones/
     toy_pretrain.py): a template per pair, every pair's caption encoded, plus the K prompts."""
     img_f = F.normalize(model.encode_image(images), dim=-1)
     txt_f = F.normalize(model.encode_text(caption_tokens[y, tmpl]), dim=-1)

@@ -20,3 +20,9 @@ class UserError(Exception):
 class InputValidationError(UserError, ValueError):
     """An input file or value failed a check at the boundary (NaN features, a bad prior,
     duplicate split lines, a base run of the wrong backbone, ...)."""
+
+
+class MissingInputError(UserError, FileNotFoundError):
+    """An input file or folder the user named, or an earlier stage should have made, is not
+    there (a checkpoint, a run's stored logits, a ``predictor.json``, the runs of a report).
+    A ``FileNotFoundError`` too, so callers that look for a missing file still catch it."""

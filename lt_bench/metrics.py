@@ -11,6 +11,8 @@ import math
 import numpy as np
 from scipy.special import softmax
 
+from lt_bench.errors import InputValidationError
+
 #: D-group thresholds on train counts, the one definition: Many = more than MANY_ABOVE,
 #: Few = fewer than FEW_BELOW, Medium = FEW_BELOW..MANY_ABOVE inclusive (100 is Medium)
 MANY_ABOVE, FEW_BELOW = 100, 20
@@ -83,7 +85,7 @@ def evaluate(logits: np.ndarray, labels: np.ndarray, train_counts: np.ndarray,
     labels = np.asarray(labels)
     k = logits.shape[1]
     if len(train_counts) != k:
-        raise ValueError(f"train counts cover {len(train_counts)} classes, logits have {k}")
+        raise InputValidationError(f"train counts cover {len(train_counts)} classes, logits have {k}")
     pred = logits.argmax(1)
     acc = per_class_accuracy(pred, labels, k)
     present = ~np.isnan(acc)

@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from lt_bench.errors import InputValidationError
+from lt_bench.errors import InputValidationError, MissingInputError
 from lt_bench.io import read_json, write_json
 from lt_bench.registry import Registry
 
@@ -43,9 +43,9 @@ def write_predictor_spec(run_dir: str | Path, spec: dict[str, Any]) -> Path:
     """Write ``spec`` as the ``predictor.json`` of the run folder ``run_dir`` (atomically):
     the one writer, for every kind. ``spec["kind"]`` must be a registered kind."""
     kind = spec.get("kind")
-    if kind not in PREDICTOR_KINDS:
-        raise ValueError(f"{run_dir}: predictor kind {kind!r} is not registered; valid "
-                         f"predictor kinds: {', '.join(PREDICTOR_KINDS.names())}")
+    if kind not in PREDICTOR_KINDS:  # the predictor's code picks the kind: a bug, not an input
+        raise AssertionError(f"{run_dir}: predictor kind {kind!r} is not registered; valid "
+                             f"predictor kinds: {', '.join(PREDICTOR_KINDS.names())}")
     path = Path(run_dir) / PREDICTOR_JSON
     write_json(path, spec)
     return path
@@ -57,7 +57,7 @@ def read_predictor_spec(run_dir: str | Path) -> dict[str, Any]:
     refused in one line."""
     path = Path(run_dir) / PREDICTOR_JSON
     if not path.is_file():
-        raise FileNotFoundError(f"{run_dir}: no {PREDICTOR_JSON}; is this a finished run "
+        raise MissingInputError(f"{run_dir}: no {PREDICTOR_JSON}; is this a finished run "
                                 "folder?")
     spec = read_json(path)
     if not isinstance(spec, dict) or not isinstance(spec.get("kind"), str):

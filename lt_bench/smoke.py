@@ -73,7 +73,7 @@ def absolute_paths(config: dict[str, Any]) -> dict[str, Any]:
     """The config's relative paths made absolute against the project folder (the current
     one): the smoke run's working directory is another folder, where a declared backbone's
     file, a declared dataset's ``split_dir``/``image_root`` or ``data_root`` would not be."""
-    from lt_bench.backbones.base import looks_like_file
+    from lt_bench.backbones.spec import looks_like_file
 
     def absolute(value: str) -> str:
         return str(Path(value).expanduser().absolute())

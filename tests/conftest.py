@@ -59,8 +59,8 @@ def toy_clip():
     import open_clip
     import torch
 
-    from lt_bench.backbones.base import ensure_model_configs
     from lt_bench.backbones.catalog import TOY_MODEL
+    from lt_bench.backbones.spec import ensure_model_configs
 
     torch.set_num_threads(1)
     ensure_model_configs()
@@ -80,7 +80,7 @@ def save_random_toy_checkpoint(path: Path) -> Path:
     import open_clip
     import torch
 
-    from lt_bench.backbones.base import ensure_model_configs
+    from lt_bench.backbones.spec import ensure_model_configs
 
     ensure_model_configs()
     torch.manual_seed(0)

@@ -12,8 +12,10 @@ import pytest
 import torch
 
 from lt_bench.backbones import BACKBONES, BackboneSpec, LoadedBackbone, load_backbone
-from lt_bench.backbones.base import ensure_model_configs, open_clip_tag_preprocess, resolve_spec
+from lt_bench.backbones.base import open_clip_tag_preprocess
+from lt_bench.backbones.declared import resolve_spec
 from lt_bench.backbones.prompts import class_text_embeddings, templates_for
+from lt_bench.backbones.spec import ensure_model_configs
 
 OPEN_CLIP_REAL = [n for n, s in BACKBONES.items() if s.library == "open_clip"]
 TIMM = [n for n, s in BACKBONES.items() if s.library == "timm"]

@@ -1,4 +1,4 @@
-"""Bad data inputs, as a user meets them on the command line (issue 15's sweep, data part).
+"""Bad data inputs, as a user meets them on the command line (docs/architecture.md §9, data part).
 
 One row per case: what the user runs, and a substring the one-line message must hold.
 Every row goes through ``lt_bench.cli.main`` and must exit with the user-error code (2),

@@ -14,11 +14,12 @@ import yaml
 from conftest import REPO, save_random_toy_checkpoint
 
 from lt_bench.backbones import BACKBONES, load_backbone
-from lt_bench.backbones.base import open_clip_tag_preprocess, resolve_spec
+from lt_bench.backbones.base import open_clip_tag_preprocess
 from lt_bench.backbones.declared import (
     BackboneDeclarationError,
     check_architecture,
     declare_backbone,
+    resolve_spec,
     spec_from_declaration,
 )
 from lt_bench.backbones.weights import WeightsError, fetch_weights, read_lock

@@ -280,7 +280,7 @@ def test_failure_mid_extraction_leaves_no_marker(tmp_path, monkeypatch):
 
 
 def test_extraction_merges_into_a_users_folder_and_keeps_their_files(tmp_path):
-    # issue 15: a user's places365_standard/ was replaced by the archive's
+    # a bug once: a user's places365_standard/ was replaced by the archive's
     tar = _tar(tmp_path / "t.tar", [_file("places365_standard/train/a.jpg", b"A"),
                                     _file("places365_standard/train/same.jpg", b"S"),
                                     _file("places365_standard/val/b.jpg", b"B")])

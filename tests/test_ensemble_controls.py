@@ -1,4 +1,5 @@
-"""The controls beside the backdoor (issue 13 §1), as ordinary ensemble runs: the
+"""The controls beside the backdoor (is its gain the backbones' diversity, or any
+ensemble's?), as ordinary ensemble runs: the
 same-backbone ensemble over seeds, CE members, the probability mean, weights learned on
 val, the val-chosen best member and the compute each row records."""
 

@@ -29,7 +29,7 @@ import torch
 from PIL import Image
 
 from lt_bench.backbones import BACKBONES, BackboneSpec
-from lt_bench.backbones.base import ensure_model_configs
+from lt_bench.backbones.spec import ensure_model_configs
 from lt_bench.features.encode import extract_split
 from lt_bench.features.extract import extract_all
 from lt_bench.features.images import ImageReadError

@@ -138,24 +138,13 @@ def cycle_path(graph: dict[str, set[str]], group: set[str]) -> list[str]:
     raise AssertionError(f"no circle in {group}")
 
 
-#: circles allowed for now, each the set of modules of one strongly connected group; a
-#: circle that grows (another module joins it) fails like a new one.
-KNOWN_CYCLES = [
-    # load_backbone asks the weights lock (and a config declaration) for the file, and they
-    # ask base for the spec and looks_like_file: known, not yet untangled (function-level
-    # imports only; the fix is a spec module below all four)
-    frozenset({"lt_bench.backbones.base", "lt_bench.backbones.declared",
-               "lt_bench.backbones.prompts", "lt_bench.backbones.weights"}),
-]
-
-
 def test_no_import_circles():
     graph = import_graph()
-    new = [g for g in circle_groups(graph) if frozenset(g) not in KNOWN_CYCLES]
-    assert not new, "import circles: " + "; ".join(
+    groups = circle_groups(graph)
+    assert not groups, "import circles: " + "; ".join(
         " → ".join(cycle_path(graph, g)) + (f" (the circle joins {sorted(g)})"
                                            if len(g) > len(cycle_path(graph, g)) - 1 else "")
-        for g in new)
+        for g in groups)
 
 
 def test_the_circle_finder_names_a_circle_as_a_path():
@@ -163,6 +152,47 @@ def test_the_circle_finder_names_a_circle_as_a_path():
     assert import_cycles(graph) == [["a", "b", "c", "a"]]
     assert import_cycles({"a": {"b"}, "b": set()}) == []
     assert import_cycles({"x": {"y"}, "y": {"x"}}) == [["x", "y", "x"]]
+
+
+#: bare library errors that a user error must not be (docs/architecture.md: user errors are
+#: lt_bench.errors.UserError subclasses; an uncaught ValueError is a bug, with a traceback)
+BARE_ERRORS = ("ValueError", "KeyError", "FileNotFoundError")
+#: files allowed bare raises for now, with how many: files other helpers held while the rest
+#: was converted; converted at integration (then lt_bench/cli.py's _NOT_YET_CONVERTED goes)
+BARE_RAISES_ALLOWED = {
+    "features/device.py": 2, "features/encode.py": 2, "features/extract.py": 1,
+    "features/store.py": 1, "methods/_heads.py": 3, "methods/knn.py": 3, "registry.py": 3,
+    "runs/run_folder.py": 1, "runs/stored.py": 2,
+}
+
+
+def bare_raises(path: Path) -> list[int]:
+    """Lines of ``raise ValueError(...)`` / ``KeyError`` / ``FileNotFoundError`` in ``path``."""
+    lines = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Raise) and node.exc is not None:
+            exc = node.exc.func if isinstance(node.exc, ast.Call) else node.exc
+            if isinstance(exc, ast.Name) and exc.id in BARE_ERRORS:
+                lines.append(node.lineno)
+    return sorted(lines)
+
+
+def test_user_errors_are_user_error_subclasses():
+    found = {str(p.relative_to(PKG)): n for p in _module_files() if (n := bare_raises(p))}
+    bad = [f"{f}:{n}" for f, lines in sorted(found.items()) for n in lines
+           if len(lines) > BARE_RAISES_ALLOWED.get(f, 0)]
+    assert not bad, (f"bare {'/'.join(BARE_ERRORS)} raised at {bad}: raise a UserError "
+                     "subclass (lt_bench/errors.py) for a user's mistake, AssertionError for a "
+                     "caller's bug")
+    stale = {f: n for f, n in BARE_RAISES_ALLOWED.items() if len(found.get(f, [])) < n}
+    assert not stale, f"BARE_RAISES_ALLOWED counts more than there are: {stale}"
+
+
+def test_the_bare_raise_scan_finds_them(tmp_path):
+    src = tmp_path / "m.py"
+    src.write_text("def f(x):\n    if x:\n        raise ValueError('no')\n"
+                   "    raise KeyError\n\ndef g():\n    raise LookupError('fine')\n")
+    assert bare_raises(src) == [3, 4]
 
 
 @pytest.mark.parametrize("path", _module_files(), ids=lambda p: str(p.relative_to(PKG)))

@@ -60,7 +60,7 @@ def job_stats(text: str) -> dict[str, int]:
 
 def expected_jobs(suite: dict) -> dict[str, int]:
     """Jobs per stage implied by a suite: one per dataset / (dataset, backbone) / run."""
-    from lt_bench.backbones.base import resolve_spec
+    from lt_bench.backbones.declared import resolve_spec
     from lt_bench.data import DATASETS
     from lt_bench.methods import METHODS
 

@@ -11,7 +11,8 @@ from safetensors.numpy import load_file
 from synth_runs import FAST, make_features_dir, make_prior
 
 from lt_bench.cli import main
-from lt_bench.features.store import read_features, read_text_embeddings
+from lt_bench.errors import InputValidationError
+from lt_bench.features.store import NoTextTowerError, read_features, read_text_embeddings
 from lt_bench.io import read_json
 from lt_bench.methods._reuse import float_grid
 from lt_bench.runs import read_logits, run_logits, train_run
@@ -121,10 +122,10 @@ def test_gla_formula(world):
 
 
 def test_gla_needs_prior_and_text(world, tmp_path):
-    with pytest.raises(ValueError, match="prior"):
+    with pytest.raises(InputValidationError, match="prior"):
         train_run("gla", world["fd"], tmp_path / "g", 0, base_runs={"la": world["runs"]["la"]})
     fd = make_features_dir(tmp_path / "f", text=False)
-    with pytest.raises(ValueError, match="text tower"):
+    with pytest.raises(NoTextTowerError, match="text tower"):
         train_run("gla", fd, tmp_path / "g2", 0, prior=world["prior"],
                   base_runs={"la": world["runs"]["la"]})
 

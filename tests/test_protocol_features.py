@@ -1,4 +1,5 @@
-"""LIFT's protocol in the feature stage (issue 10 items 1-5, issue 12 item 4, issue 15 item 4).
+"""LIFT's protocol in the feature stage (docs/protocol.md: head feature, zero-shot, prompts,
+test transform, TTE, train views), device decoding and unreadable images.
 
 Each check is against an independent computation: a forward hook on open_clip's
 ``ln_post``, open_clip's own ``encode_image``/``encode_text``, PIL resizing and cropping
@@ -21,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from test_extract import CLASSNAMES, MODEL, local_backbone, make_split_dir  # noqa: E402
 
 from lt_bench.backbones import BackboneSpec, LoadedBackbone  # noqa: E402
-from lt_bench.backbones.base import ensure_model_configs  # noqa: E402
+from lt_bench.backbones.spec import ensure_model_configs  # noqa: E402
 from lt_bench.errors import InputValidationError, UserError  # noqa: E402
 from lt_bench.features.encode import extract_split  # noqa: E402
 from lt_bench.features.extract import extract_all  # noqa: E402

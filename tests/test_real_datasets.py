@@ -453,7 +453,7 @@ def test_cifar_groups_by_ir100_counts_hand_values():
     p = cifar.cifar_lt_profile(cifar.GROUPS_IMB_RATIO)
     assert (p[34], p[35], p[69], p[70]) == (102, 98, 20, 19)
     assert group_counts(np.asarray(p)) == {"many": 35, "medium": 35, "few": 30}
-    # IR 10's own counts would have no few class at all (issue 10 item 10)
+    # IR 10's own counts would have no few class at all (docs/protocol.md, CIFAR-100-LT groups)
     assert group_counts(np.asarray(cifar.cifar_lt_profile(10)))["few"] == 0
 
 

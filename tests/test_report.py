@@ -271,7 +271,7 @@ def test_snakemake_report_lists_tables_and_figures(tmp_path):
     assert "<title>Findings</title>" in shown and "Backdoor gain" in shown
 
 
-# --- what the paper tables say beyond the numbers (issue 14 "Tables", issue 10 item 11) ---
+# --- what the paper tables say beyond the numbers (footnotes, groups, published numbers) ---
 
 def _rewrite(run_dir: Path, **changes) -> None:
     f = run_dir / "metrics.json"

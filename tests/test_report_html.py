@@ -1,4 +1,5 @@
-"""The report's tables as a reader sees them: rendered by headless Chromium (issue 14).
+"""The report's tables as a reader sees them: rendered by headless Chromium (README.md,
+"Results report").
 
 Snakemake 9's report shows an HTML result inside the page (an iframe), so each table is
 also written as a self-contained HTML page; this test renders those pages in a real

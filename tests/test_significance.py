@@ -1,4 +1,5 @@
-"""Paired, class-stratified bootstrap intervals of top-1 differences (issue 13 §2)."""
+"""Paired, class-stratified bootstrap intervals of top-1 differences (the
+report's answer to "is this gap more than seed and test-set noise?")."""
 
 from __future__ import annotations
 

@@ -66,7 +66,7 @@ def test_unknown_toy_parameter_is_named():
         get_dataset("toy", num_class=3)
 
 
-# --- the regime knob (issue 13 §3) ---------------------------------------------------------
+# --- the regime knob (docs/architecture.md §5, "Two regimes") -------------------------------
 
 def test_representation_regime_families_share_attributes_and_differ_by_a_word():
     from lt_bench.data.toy import FAMILY_SIZE, class_attributes, num_families
@@ -90,7 +90,7 @@ def test_representation_regime_families_share_attributes_and_differ_by_a_word():
 def test_every_representation_caption_fits_the_toy_text_context():
     import open_clip
 
-    from lt_bench.backbones.base import ensure_model_configs
+    from lt_bench.backbones.spec import ensure_model_configs
     from lt_bench.data.toy import CAPTION_TEMPLATES, MAX_CLASSES
 
     ensure_model_configs()

@@ -273,7 +273,7 @@ def test_ingest_into_mlflow_server(runs, mlflow_server, tmp_path):
     assert len(_active_runs(_client(mlflow_server))) == 14
 
 
-# --- issue 14/15: times, names, headline, groups, figures, moves, failures -------------------
+# --- docs/mlflow.md: times, names, headline, groups, figures, moves, failures --------------
 
 T0 = 1_700_000_000.25  # a training's start, Unix seconds
 

@@ -1,6 +1,6 @@
-"""Bad input never becomes a "finished" run (issue 15): a table of bad inputs and faults,
-each run through the CLI as a user would, with the one line it must print and the exit
-status 2 — and no metrics.json left behind. Add a row for every bug found later.
+"""Bad input never becomes a "finished" run (docs/architecture.md §9): a table of bad inputs
+and faults, each run through the CLI as a user would, with the one line it must print and
+the exit status 2 — and no metrics.json left behind. Add a row for every bug found later.
 (Data-stage cases: tests/test_data_validation.py.)"""
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import pytest
 from synth_runs import FAST, TRAIN_COUNTS, make_features_dir, make_prior
 
 from lt_bench.cli import main
+from lt_bench.errors import InputValidationError, MissingInputError
 
 K = len(TRAIN_COUNTS)
 
@@ -509,7 +510,7 @@ def test_snakemake_from_another_folder_stops_with_a_message(tmp_path):
 @pytest.mark.slow
 def test_paths_with_spaces_quotes_and_non_ascii_reach_the_shell_intact(tmp_path):
     """A data_root such as /data/it's a dätä root must reach every rule's shell command as
-    one argument (quoted with shlex), not break it (issue 15)."""
+    one argument (quoted with shlex), not break it (docs/architecture.md §9)."""
     import shlex
     import subprocess
     import sys
@@ -652,3 +653,33 @@ def test_16_bit_png_is_scaled_to_8_bits_by_every_reader(tmp_path, capsys):
                  str(data), "--out", str(out)]) == 0, capsys.readouterr().err
     report = json.loads(out.read_text())
     assert report["ok"] and report["n_corrupt"] == 0 and report["n_sampled"] == 2
+
+
+# --- one convention: a UserError is one line and exit 2; a bare ValueError is a bug -------
+
+@pytest.mark.parametrize("error, user_error", [
+    (ValueError("a bug"), False), (KeyError("a bug"), False),
+    (AssertionError("a caller's bug"), False),
+    (InputValidationError("--x: bad; expected y"), True),
+    (MissingInputError("/nowhere: no such file"), True),
+    (PermissionError(13, "Permission denied", "/ro"), True),
+])
+def test_only_user_errors_are_one_line(monkeypatch, capsys, error, user_error):
+    """A command failing with ``error`` (injected: no input reaches these as a bare error any
+    more): a UserError or an OSError prints one line and exits 2; anything else is a bug and
+    shows its traceback (the exception reaches the caller)."""
+    import lt_bench.cli as cli
+
+    def fails(args):
+        raise error
+
+    monkeypatch.setattr(cli, "cmd_list", fails)
+    if not user_error:
+        with pytest.raises(type(error)):
+            main(["list", "methods"])
+        return
+    assert main(["list", "methods"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("lt-bench list: error: "), err
+    assert ("permission denied (/ro)" in err) if isinstance(error, PermissionError) else (
+        str(error) in err)

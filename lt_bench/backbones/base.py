@@ -1,4 +1,5 @@
-"""Backbone specs, the registry, and one loader for every kind of backbone.
+"""One loader for every kind of backbone (the spec and the registry: :mod:`.spec`; a name's
+spec, registered or declared: :func:`.declared.resolve_spec`).
 
 Three kinds, one loader (:func:`load_backbone`):
 
@@ -20,7 +21,7 @@ Three kinds, one loader (:func:`load_backbone`):
 A checkpoint given to :func:`load_backbone` replaces the download of a registered real
 backbone (an offline machine, a mirror); the preprocessing is still the tag's.
 
-The cached feature (:meth:`LoadedBackbone.encode_feature`, issue 10 item 1)
+The cached feature (:meth:`LoadedBackbone.encode_feature`; docs/protocol.md, head feature)
     ``pre_projection`` for open_clip ViTs (real and toy CLIPs): the pooled ``ln_post`` CLS
     token *before* ``visual.proj`` (768-d for ViT-B/16), the feature LIFT's head acts on
     (``models/peft_vit.py``: ``x = self.ln_post(x[:, 0, :])``, ``# x = x @ self.proj``);
@@ -34,81 +35,37 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from lt_bench.errors import UserError
-from lt_bench.registry import Registry
+from lt_bench.backbones.declared import check_architecture, resolve_spec
+from lt_bench.backbones.spec import (  # noqa: F401  (re-exported: config, plan, plugins)
+    BACKBONES,
+    BackboneSpec,
+    ensure_model_configs,
+    looks_like_file,
+)
+from lt_bench.backbones.weights import (
+    WeightsError,
+    check_pinned,
+    locate_weights,
+    lock_path,
+    read_lock,
+    weights_source,
+)
+from lt_bench.errors import InputValidationError, MissingInputError, UserError
 
-if TYPE_CHECKING:  # torch is imported lazily: resolve_spec is on the CLI start-up path
+if TYPE_CHECKING:  # torch is imported lazily: this module is on the CLI start-up path
     import torch
 
 log = logging.getLogger(__name__)
-
-_CONFIG_DIR = Path(__file__).parent / "model_configs"
-_configs_added = False
-_CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
-
-
-def ensure_model_configs() -> None:
-    """Register lt-bench's custom open_clip model configs (idempotent)."""
-    global _configs_added
-    if not _configs_added:
-        import open_clip
-
-        open_clip.add_model_config(_CONFIG_DIR)
-        _configs_added = True
 
 
 class RefusedCheckpointError(UserError):
     """A checkpoint that is not a plain state dict (loading it could run code)."""
 
-
-@dataclass(frozen=True)
-class BackboneSpec:
-    name: str
-    #: "open_clip" (real or local checkpoint), "toy" (pre-trained by the pipeline), "timm"
-    library: str
-    #: open_clip model config name, or timm architecture name (without the tag)
-    model: str
-    #: open_clip pretrained tag / checkpoint path, or timm pretrained tag; None for toy
-    pretrained: str | None = None
-    #: CLIP-style models have a text tower, so zero-shot and text-initialised heads
-    has_text: bool = True
-    #: prompt templates for class text embeddings ("imagenet" = CLIP's 80 templates)
-    templates: str = "imagenet"
-    #: toy backbones: index into the pre-training seeds (its own class order)
-    toy_index: int | None = None
-    #: dimension of the stored image feature (None where unknown, e.g. local checkpoints):
-    #: the pre-projection width for open_clip ViTs (768 for ViT-B/16)
-    feature_dim: int | None = None
-    #: dimension of the joint image-text space (``encode_image``); None without text
-    embed_dim: int | None = None
-    description: str = ""
-    #: the weights' sha256 where declared (config ``backbones.<name>.sha256``): checked at
-    #: every load like ``resources/weights.lock``
-    sha256: str | None = None
-    #: for a local file: the pretrained tag it was fine-tuned from (its preprocessing is
-    #: used, its activation checked against ``model``; lt_bench.backbones.declared)
-    finetuned_from: str | None = None
-
-    @property
-    def preprocess_tag(self) -> str | None:
-        """The pretrained tag whose preprocessing the weights expect (None: the model's)."""
-        if self.finetuned_from:
-            return self.finetuned_from
-        return None if looks_like_file(self.pretrained) else self.pretrained
-
-    @property
-    def timm_name(self) -> str:
-        """``architecture.tag`` as timm names pretrained weights."""
-        tag = self.preprocess_tag
-        return f"{self.model}.{tag}" if tag else self.model
-
-
-BACKBONES: Registry[BackboneSpec] = Registry("backbone")
 
 #: ``extract.feature``: auto = pre_projection where the tower allows it
 FEATURE_KINDS = ("auto", "pre_projection", "encode_image")
@@ -151,7 +108,8 @@ class LoadedBackbone:
         ``encode_image`` (other open_clip towers, or ``requested="encode_image"``),
         ``timm_pooled`` (timm)."""
         if requested not in FEATURE_KINDS:
-            raise ValueError(f"unknown feature {requested!r}; valid: {', '.join(FEATURE_KINDS)}")
+            raise InputValidationError(f"unknown feature {requested!r}; "
+                                       f"valid: {', '.join(FEATURE_KINDS)}")
         if self.spec.library == "timm":
             return "timm_pooled"
         if requested == "encode_image" or self._proj() is None:
@@ -188,20 +146,6 @@ class LoadedBackbone:
         return float(ls.detach().float().exp().item()) if ls is not None else None
 
 
-def resolve_spec(name: str, declared: Mapping[str, Any] | None = None) -> BackboneSpec:
-    """A backbone declared in ``declared`` (config.yaml's ``backbones:`` mapping), else a
-    registered one (built-in, plugin, or declared in this process by ``--backbone-spec``)."""
-    if declared and name in declared:
-        from lt_bench.backbones.declared import spec_from_declaration
-
-        return spec_from_declaration(name, declared[name])
-    return BACKBONES.get(name)
-
-
-def looks_like_file(value: str | None) -> bool:
-    return bool(value) and (Path(value).suffix in _CHECKPOINT_SUFFIXES or "/" in value)
-
-
 def open_clip_tag_preprocess(model: str, tag: str | None) -> dict:
     """Preprocessing of an open_clip pretrained tag (mean, std, interpolation, resize mode).
 
@@ -224,15 +168,16 @@ def _load_open_clip(spec: BackboneSpec, checkpoint: str | Path | None,
 
     ensure_model_configs()
     if spec.library == "toy" and checkpoint is None:
-        raise ValueError(f"backbone {spec.name!r} is a toy CLIP: pass its checkpoint "
-                         f"(results/backbones/{spec.name}/checkpoint.pt, made by `lt-bench pretrain`)")
+        raise InputValidationError(f"backbone {spec.name!r} is a toy CLIP: pass its checkpoint "
+                                   f"(results/backbones/{spec.name}/checkpoint.pt, made by "
+                                   "`lt-bench pretrain`)")
     pretrained = str(checkpoint) if checkpoint is not None else spec.pretrained
     # weights from a file are preprocessed as their tag's (a registered backbone's download
     # replaced by a file; a declared file's finetuned_from), else as the model config says
     from_file = checkpoint is not None or looks_like_file(spec.pretrained)
     kwargs = open_clip_tag_preprocess(spec.model, spec.preprocess_tag) if from_file else {}
     if from_file and not Path(pretrained).is_file():
-        raise FileNotFoundError(f"checkpoint for backbone {spec.name!r} not found: {pretrained}")
+        raise MissingInputError(f"checkpoint for backbone {spec.name!r} not found: {pretrained}")
     import pickle
 
     try:
@@ -264,7 +209,7 @@ def _load_timm(spec: BackboneSpec, checkpoint: str | Path | None,
     from timm.data import create_transform, resolve_model_data_config
 
     if checkpoint is not None and not Path(checkpoint).is_file():
-        raise FileNotFoundError(f"checkpoint for backbone {spec.name!r} not found: {checkpoint}")
+        raise MissingInputError(f"checkpoint for backbone {spec.name!r} not found: {checkpoint}")
     name = spec.timm_name
     # With a local file timm loads it through its pretrained machinery (the classifier of
     # the file is dropped for num_classes=0), so the tag's preprocessing still applies.
@@ -292,15 +237,6 @@ def _pinned_checkpoint(spec: BackboneSpec, checkpoint: str | Path | None):
     pins ``spec``: found offline and checked by sha256 (a changed file is an error naming
     both hashes), so a pinned backbone never reaches the network and always loads the
     weights pinned. A declared local file is the checkpoint itself."""
-    from lt_bench.backbones.weights import (
-        WeightsError,
-        check_pinned,
-        locate_weights,
-        lock_path,
-        read_lock,
-        weights_source,
-    )
-
     lock = read_lock()
     if spec.name not in lock and not spec.sha256:
         if checkpoint is None and looks_like_file(spec.pretrained):
@@ -331,8 +267,6 @@ def load_backbone(name: str, checkpoint: str | Path | None = None,
 
     spec = resolve_spec(name)
     if spec.library != "toy":  # the model, the tag and their activation agree (declared.py)
-        from lt_bench.backbones.declared import check_architecture
-
         check_architecture(spec)
     checkpoint = _pinned_checkpoint(spec, checkpoint)
     device = torch.device(device)
@@ -341,7 +275,7 @@ def load_backbone(name: str, checkpoint: str | Path | None = None,
     elif spec.library in ("open_clip", "toy"):
         loaded = _load_open_clip(spec, checkpoint, device)
     else:
-        raise ValueError(f"backbone {name!r}: unknown library {spec.library!r}; "
-                         "valid: open_clip, toy, timm")
+        raise InputValidationError(f"backbone {name!r}: unknown library {spec.library!r}; "
+                                   "valid: open_clip, toy, timm")
     loaded.model.eval().to(device)
     return loaded

@@ -9,7 +9,7 @@ dimension of the stored feature (the pre-projection ``ln_post`` CLS token of ope
 ViTs, LIFT's head input) and ``embed_dim`` that of ``encode_image``/``encode_text``.
 """
 
-from lt_bench.backbones.base import BACKBONES, BackboneSpec
+from lt_bench.backbones.spec import BACKBONES, BackboneSpec
 
 TOY_MODEL = "lt-toy-vit-p8"
 MAX_TOY_BACKBONES = 6

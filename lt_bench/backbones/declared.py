@@ -1,4 +1,5 @@
-"""Backbones declared in config.yaml: the one way to bring your own weights (issue 21 §4).
+"""Backbones declared in config.yaml: the one way to bring your own weights (README.md,
+"Benchmark your own method").
 
     backbones:
       my_clip: {library: open_clip, model: ViT-B-16, pretrained: /models/my_clip.pt,
@@ -51,9 +52,11 @@ from __future__ import annotations
 
 import difflib
 import re
+from collections.abc import Mapping
 from typing import Any
 
-from lt_bench.backbones.base import BACKBONES, BackboneSpec, looks_like_file
+from lt_bench.backbones.prompts import PROMPT_SETS
+from lt_bench.backbones.spec import BACKBONES, BackboneSpec, looks_like_file
 from lt_bench.errors import UserError
 
 CONFIG_ORIGIN = "config"
@@ -75,8 +78,6 @@ class BackboneDeclarationError(UserError, ValueError):
 def spec_from_declaration(name: str, entry: Any) -> BackboneSpec:
     """The :class:`BackboneSpec` of ``backbones.<name>``; refuses a bad declaration in one
     line naming the key. Imports nothing heavy (planning calls it)."""
-    from lt_bench.backbones.prompts import PROMPT_SETS
-
     where = f"backbones.{name}"
 
     def bad(msg: str) -> BackboneDeclarationError:
@@ -119,6 +120,14 @@ def spec_from_declaration(name: str, entry: Any) -> BackboneSpec:
                                                  f"{entry['model']} / {pretrained}")
 
 
+def resolve_spec(name: str, declared: Mapping[str, Any] | None = None) -> BackboneSpec:
+    """A backbone declared in ``declared`` (config.yaml's ``backbones:`` mapping), else a
+    registered one (built-in, plugin, or declared in this process by ``--backbone-spec``)."""
+    if declared and name in declared:
+        return spec_from_declaration(name, declared[name])
+    return BACKBONES.get(name)
+
+
 def declare_backbone(name: str, entry: Any) -> str:
     """Register ``entry`` (a declaration, e.g. ``--backbone-spec``) as backbone ``name`` in
     this process (origin ``config``); returns ``name`` for :func:`load_backbone`."""
@@ -152,7 +161,7 @@ def _check_open_clip(spec: BackboneSpec) -> None:
     import open_clip
     from open_clip.pretrained import get_pretrained_cfg, list_pretrained_tags_by_model
 
-    from lt_bench.backbones.base import ensure_model_configs
+    from lt_bench.backbones.spec import ensure_model_configs
 
     ensure_model_configs()
     models = open_clip.list_models()

@@ -119,7 +119,7 @@ def prompts_report(dataset: str, split_dir, backbone: str, prompts: dict | None 
     """
     from pathlib import Path
 
-    from lt_bench.backbones.base import resolve_spec
+    from lt_bench.backbones.spec import BACKBONES
     from lt_bench.data.splits import read_classnames
 
     path = Path(split_dir) / "classnames.txt"
@@ -127,7 +127,7 @@ def prompts_report(dataset: str, split_dir, backbone: str, prompts: dict | None 
         raise UserError(f"{path} not found: run `lt-bench prepare {dataset}` (or pass the "
                         "--split-dir that holds the dataset's classnames.txt)")
     names = read_classnames(path)
-    spec = resolve_spec(backbone)
+    spec = BACKBONES.get(backbone)  # registered, or declared by --backbone-spec
     out = {"dataset": dataset, "backbone": backbone, "has_text": spec.has_text,
            "name_cleaning": "'_' -> ' ' (LIFT trainer.py get_tokenized_prompts, GLA zsclip.py)"}
     sets = {role: resolve_prompt_set(role, spec, prompts) for role in DEFAULT_PROMPTS}

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from lt_bench.errors import InputValidationError
+
 #: OpenAI CLIP's normalisation (LIFT's ``trainer.py`` and open_clip's ``OPENAI_DATASET_MEAN``)
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -30,8 +32,9 @@ TEST_KINDS = ("lift", "open_clip")
 _DEFAULT_INTERP = {"lift": "bilinear", "open_clip": "bicubic"}
 
 
-class TransformError(ValueError):
-    """An unknown transform kind or interpolation."""
+class TransformError(InputValidationError):
+    """An unknown transform kind or interpolation (``extract.test_transform``, a declared
+    backbone's preprocessing)."""
 
 
 def _interp(name: str):

@@ -24,7 +24,8 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from lt_bench.backbones.base import looks_like_file
+from lt_bench.backbones.declared import check_architecture, resolve_spec
+from lt_bench.backbones.spec import looks_like_file
 from lt_bench.errors import UserError
 from lt_bench.io import atomic_path, sha256_cached
 
@@ -61,17 +62,21 @@ def read_lock(path: str | os.PathLike | None = None) -> dict[str, LockEntry]:
     path = Path(path) if path is not None else lock_path()
     if not path.is_file():
         return {}
+    def refused(why: object) -> WeightsError:
+        return WeightsError(f"{path}: not a weights lock written by `lt-bench fetch-weights` "
+                            f"({why}); expected JSON with version {LOCK_VERSION} and "
+                            "weights: [{backbone, source, file, sha256}]")
+
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
-        if doc.get("version") != LOCK_VERSION:
-            raise ValueError(f"version {doc.get('version')!r}, expected {LOCK_VERSION}")
+        version = doc.get("version")
         entries = [LockEntry(**{k: str(e[k]) for k in ("backbone", "source", "file",
                                                          "sha256")})
-                   for e in doc["weights"]]
-    except (ValueError, KeyError, TypeError, AttributeError) as e:
-        raise WeightsError(f"{path}: not a weights lock written by `lt-bench fetch-weights` "
-                           f"({e}); expected JSON with version {LOCK_VERSION} and "
-                           "weights: [{backbone, source, file, sha256}]") from None
+                   for e in doc["weights"]] if version == LOCK_VERSION else []
+    except (ValueError, KeyError, TypeError, AttributeError) as e:  # bad JSON, a missing key
+        raise refused(e) from None
+    if version != LOCK_VERSION:
+        raise refused(f"version {version!r}, expected {LOCK_VERSION}")
     return {e.backbone: e for e in entries}
 
 
@@ -195,9 +200,6 @@ def fetch_weights(backbones: list[str], lock_file: str | os.PathLike, *,
     must match its declared sha256). Toy CLIPs are skipped (the pipeline pre-trains them).
     A backbone that cannot be fetched is one line naming it and what was tried.
     """
-    from lt_bench.backbones.base import resolve_spec
-    from lt_bench.backbones.declared import check_architecture
-
     lock_file = Path(lock_file)
     entries: dict[str, LockEntry] = {}  # the lock of exactly these backbones
     for name in backbones:

@@ -1,7 +1,7 @@
 """Safe tar extraction (docs/architecture.md §9).
 
 Tar members that would land outside the target are refused, naming the member.
-Extraction never deletes or overwrites a file it did not create (issue 15: a user's
+Extraction never deletes or overwrites a file it did not create (a user's
 ``places365_standard/`` was once replaced): the archive goes into a staging folder first
 and only entries the target does not have are moved in.
 """

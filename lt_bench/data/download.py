@@ -25,7 +25,7 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-from lt_bench.errors import UserError
+from lt_bench.errors import InputValidationError, UserError
 from lt_bench.io import git_blob_id, sha256_file
 
 log = logging.getLogger(__name__)
@@ -52,9 +52,9 @@ def parse_hash(known_hash: str) -> tuple[str, str]:
         alg, digest = "sha256", known_hash
     alg = alg.lower()
     if alg not in HASH_ALGORITHMS:
-        raise ValueError(
-            f"unknown hash algorithm {alg!r} in {known_hash!r}; valid: {', '.join(HASH_ALGORITHMS)}"
-        )
+        raise InputValidationError(
+                      f"unknown hash algorithm {alg!r} in {known_hash!r}; valid: {', '.join(HASH_ALGORITHMS)}"
+                  )
     return alg, digest.lower()
 
 
@@ -70,7 +70,7 @@ def file_hash(path: str | os.PathLike, alg: str) -> str:
             while block := f.read(CHUNK):
                 h.update(block)
         return h.hexdigest()
-    raise ValueError(f"unknown hash algorithm {alg!r}; valid: {', '.join(HASH_ALGORITHMS)}")
+    raise InputValidationError(f"unknown hash algorithm {alg!r}; valid: {', '.join(HASH_ALGORITHMS)}")
 
 
 def hash_matches(path: str | os.PathLike, known_hash: str) -> tuple[bool, str]:

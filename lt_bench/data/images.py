@@ -25,7 +25,7 @@ from lt_bench.data.base import DATASETS, DataRootError, Dataset, get_dataset
 from lt_bench.data.download import download, file_hash
 from lt_bench.data.lift import IMAGENET_LAYOUT
 from lt_bench.data.splits import read_split
-from lt_bench.errors import UserError
+from lt_bench.errors import InputValidationError, UserError
 from lt_bench.io import write_text
 
 log = logging.getLogger(__name__)
@@ -106,11 +106,11 @@ def to_rgb(im):
 
         a = np.asarray(im).astype(np.int64)
         if a.size and (a.min() < 0 or a.max() > 0xFFFF):
-            raise ValueError(f"{im.mode} image with pixel values {a.min()}..{a.max()}; "
-                             "expected 8- or 16-bit unsigned pixels")
+            raise InputValidationError(f"{im.mode} image with pixel values {a.min()}..{a.max()}; "
+                                       "expected 8- or 16-bit unsigned pixels")
         im = Image.fromarray((a >> 8).astype(np.uint8), "L")
     elif im.mode == "F":
-        raise ValueError("32-bit float image (mode F); expected 8- or 16-bit integer pixels")
+        raise InputValidationError("32-bit float image (mode F); expected 8- or 16-bit integer pixels")
     return im.convert("RGB")  # a loaded copy even where im is RGB already
 
 

@@ -1,4 +1,5 @@
-"""A user's own long-tailed dataset from OLTR split lists (issue 21 §5):
+"""A user's own long-tailed dataset from OLTR split lists (README.md, "Benchmark your own
+method"):
 
     datasets:
       my_lt: {type: oltr_lists, split_dir: /data/my_lt/splits, image_root: /data/my_lt/images}

@@ -119,12 +119,13 @@ def read_split(path: str | os.PathLike, num_classes: int | None = None
 def write_split(path: str | os.PathLike, paths: Sequence[str], labels: Sequence[int]) -> None:
     """Write a split list atomically; refuses entries that could not be read back."""
     if len(paths) != len(labels):
-        raise ValueError(f"{path}: {len(paths)} paths but {len(labels)} labels")
+        raise SplitFormatError(f"{path}: {len(paths)} paths but {len(labels)} labels")
     lines = []
     for i, (rel, label) in enumerate(zip(paths, labels, strict=True)):
         # A path with a newline, or with leading/trailing whitespace, would not parse back.
         if not rel or "\n" in rel or "\r" in rel or rel != rel.strip():
-            raise ValueError(f"{path}: entry {i}: path {rel!r} cannot be written to a split list")
+            raise SplitFormatError(f"{path}: entry {i}: path {rel!r} cannot be written to a "
+                                   "split list")
         lines.append(f"{rel} {int(label)}\n")
     with atomic_path(path) as tmp:
         tmp.write_text("".join(lines), encoding="utf-8")
@@ -135,7 +136,7 @@ def class_counts(labels: Sequence[int] | np.ndarray, num_classes: int) -> np.nda
     arr = np.asarray(labels, dtype=np.int64)
     if arr.size and (arr.min() < 0 or arr.max() >= num_classes):
         bad = int(arr.max()) if arr.max() >= num_classes else int(arr.min())
-        raise ValueError(f"label {bad} is out of range [0, {num_classes})")
+        raise SplitIntegrityError(f"label {bad} is out of range [0, {num_classes})")
     return np.bincount(arr, minlength=num_classes)
 
 
@@ -212,7 +213,7 @@ def write_classnames(path: str | os.PathLike, names: Sequence[str]) -> None:
     """Write ``classnames.txt`` atomically, one name per line."""
     for i, name in enumerate(names):
         if not name.strip() or "\n" in name or "\r" in name:
-            raise ValueError(f"{path}: class {i} has an invalid name {name!r}")
+            raise SplitFormatError(f"{path}: class {i} has an invalid name {name!r}")
     with atomic_path(path) as tmp:
         tmp.write_text("".join(f"{n.strip()}\n" for n in names), encoding="utf-8")
 
@@ -271,7 +272,7 @@ def _duplicates(paths: Sequence[str]) -> dict[str, int]:
 def check_split_integrity(split_dir: Path, *, allow_val_in_train: bool = False) -> dict:
     """Check the split lists of ``split_dir`` against each other; write ``splits_check.json``.
 
-    Refused with :class:`SplitIntegrityError` (issue 15: each of these gave a "finished"
+    Refused with :class:`SplitIntegrityError` (each of these once gave a "finished"
     run with wrong numbers): a path listed twice in one split; a path in two splits (a
     test image that is also a train image inflates every metric); a class with no
     training image (``log pi = -inf`` for it). Labels outside ``0..K-1``, with K the number

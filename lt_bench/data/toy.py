@@ -1,6 +1,6 @@
 """The toy world: a procedural long-tailed image dataset with readable class names.
 
-Two regimes say where a class's identity lives (issue 13 §3):
+Two regimes say where a class's identity lives (docs/architecture.md §5):
 
 ``compositional``
     Every class is a unique composition of shared attributes (shape x colour x texture),

@@ -27,7 +27,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from lt_bench.backbones.base import looks_like_file
+from lt_bench.backbones.spec import looks_like_file
 from lt_bench.doctor.check import FAIL, OK, WARN, Check
 from lt_bench.doctor.check import read_yaml as _yaml
 from lt_bench.doctor.disk import check_disk, estimate_bytes, run_bytes  # noqa: F401
@@ -152,8 +152,7 @@ def check_weights(backbones: list[str], lock_file: Path,
     """Per backbone (``declared``: config.yaml's ``backbones:``): its model, tag and
     activation agree, its weights are here offline and match the declared sha256 and the
     lock."""
-    from lt_bench.backbones.base import resolve_spec
-    from lt_bench.backbones.declared import check_architecture
+    from lt_bench.backbones.declared import check_architecture, resolve_spec
     from lt_bench.backbones.weights import (
         WeightsError,
         check_pinned,

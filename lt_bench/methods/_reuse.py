@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from lt_bench.errors import InputValidationError
 from lt_bench.methods._base import FitContext
 from lt_bench.methods._predictor import LinearPredictor, split_features_logits
 
@@ -23,11 +24,11 @@ NO_TUNE_REASON = ("the tune split overlaps train (Dataset.val_overlaps_train): k
 def base_linear(ctx: FitContext, method: str, name: str) -> LinearPredictor:
     """The linear predictor of base run ``name`` (a head whose weights can be reused)."""
     if name not in ctx.base_predictors:
-        raise ValueError(f"method {method!r} builds on a {name!r} run; none was given (--base)")
+        raise InputValidationError(f"method {method!r} builds on a {name!r} run; none was given (--base)")
     p = ctx.base_predictors[name]
     if getattr(p, "kind", None) != "linear":
-        raise ValueError(f"method {method!r} needs the {name!r} run's linear head; that run "
-                         f"has a predictor of kind {getattr(p, 'kind', None)!r}")
+        raise InputValidationError(f"method {method!r} needs the {name!r} run's linear head; that run "
+                                   f"has a predictor of kind {getattr(p, 'kind', None)!r}")
     return p
 
 
@@ -40,7 +41,7 @@ def val_logits(predictor, ctx: FitContext) -> np.ndarray:
 def float_grid(lo: float, hi: float, step: float) -> list[float]:
     """``lo, lo + step, …, hi`` (inclusive, rounded to 6 digits)."""
     if step <= 0 or hi < lo:
-        raise ValueError(f"bad grid: min {lo}, max {hi}, step {step} (need step > 0, max >= min)")
+        raise InputValidationError(f"bad grid: min {lo}, max {hi}, step {step} (need step > 0, max >= min)")
     n = int(np.floor((hi - lo) / step + 1e-9)) + 1
     return [round(lo + i * step, 6) for i in range(n)]
 

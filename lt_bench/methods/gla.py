@@ -9,6 +9,7 @@ T = 1 where the prior file records none); T_la by confidence = accuracy on val. 
 
 import numpy as np
 
+from lt_bench.errors import InputValidationError
 from lt_bench.methods._base import METHODS, FitContext, FitResult, Method
 from lt_bench.methods._predictor import LinearPredictor, LinearTerm
 from lt_bench.methods._reuse import base_linear, val_logits
@@ -23,10 +24,12 @@ class GLA(Method):
 
     def fit(self, ctx: FitContext) -> FitResult:
         if ctx.text.embeddings is None or ctx.text.logit_scale is None:
-            raise ValueError("gla needs a backbone with a text tower (zero-shot logits); "
-                             f"backbone {ctx.text.meta.get('backbone')!r} has none")
+            from lt_bench.features.store import NoTextTowerError
+
+            raise NoTextTowerError("gla needs a backbone with a text tower (zero-shot logits); "
+                                   f"backbone {ctx.text.meta.get('backbone')!r} has none")
         if ctx.pretrain_prior is None:
-            raise ValueError("gla needs the backbone's estimated prior q̂ (--prior)")
+            raise InputValidationError("gla needs the backbone's estimated prior q̂ (--prior)")
         from lt_bench.prior import calibrate_temperature
 
         la = base_linear(ctx, self.name, "la")

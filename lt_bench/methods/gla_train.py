@@ -8,6 +8,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from lt_bench.errors import InputValidationError
 from lt_bench.methods._base import METHODS, FitContext
 from lt_bench.methods._heads import HEAD_DEFAULTS, HeadMethod
 
@@ -22,7 +23,7 @@ class GLATrain(HeadMethod):
     def setup(self, ctx: FitContext) -> None:
         import torch
         if ctx.pretrain_prior is None:
-            raise ValueError("gla_train needs the backbone's estimated prior q̂ (--prior)")
+            raise InputValidationError("gla_train needs the backbone's estimated prior q̂ (--prior)")
         adjust = ctx.log_train_prior + np.log(np.asarray(ctx.pretrain_prior, dtype=np.float64))
         self.adjust = torch.as_tensor(adjust, dtype=torch.float32)
 

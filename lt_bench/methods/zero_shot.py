@@ -15,8 +15,10 @@ class ZeroShot(Method):
 
     def fit(self, ctx: FitContext) -> FitResult:
         if ctx.text.embeddings is None or ctx.text.logit_scale is None:
-            raise ValueError("zero_shot needs a backbone with a text tower; "
-                             f"backbone {ctx.text.meta.get('backbone')!r} has none")
+            from lt_bench.features.store import NoTextTowerError
+
+            raise NoTextTowerError("zero_shot needs a backbone with a text tower; "
+                                   f"backbone {ctx.text.meta.get('backbone')!r} has none")
         term = LinearTerm(ctx.text.embeddings, scale=ctx.text.logit_scale,
                           projection=ctx.text.projection)
         return FitResult(LinearPredictor([term]), info={"logit_scale": ctx.text.logit_scale})

@@ -2,7 +2,7 @@
 of its own world: zero-shot top-1 and ρ(per-class zero-shot accuracy, prior), GLA's q̂ and
 ρ(q̂, prior), and ρ(probe, prior) — per-class accuracy of a linear probe on the frozen
 image features against the pre-training prior: whether the inherited imbalance lives in
-the representation (issue 13 §3).
+the representation (docs/architecture.md §5, "Two regimes").
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ logits carry almost no label prior (measured: rho(q_hat, true prior) ~ 0), unlik
 CLIPs. Adding a softmax over the K class captions (0.5 ClipLoss + 0.5 CE) puts the
 pre-training prior into the logits as real CLIPs have it (docs/architecture.md §5).
 
-Why it is fast on a laptop CPU (issue 12 §3; ``benchmarks/toy_pretrain.py`` measures the
+Why it is fast on a laptop CPU (``benchmarks/toy_pretrain.py`` measures the
 old step against this one). Measured at one thread: the image tower's forward+backward is
 the cost (vision width 128: 2.8 ms/sample; width 64: 0.65 ms/sample), and the run needs
 steps more than samples (40k samples: 6.7 % zero-shot at batch 512 with vision width 96,
@@ -29,7 +29,8 @@ holds the two ground truths the benchmark is judged by: rho(q_hat, prior) (GLA's
 estimate from zero-shot logits on ``eval_per_class`` fresh images per class, as many as
 the dataset's val split) and rho(probe, prior): per-class accuracy of a linear probe on
 the frozen image features, trained on balanced data, against the pre-training prior -
-whether the inherited imbalance lives in the representation (issue 13 §3).
+whether the inherited imbalance lives in the representation (docs/architecture.md §5, "Two
+regimes").
 """
 
 from __future__ import annotations
@@ -42,8 +43,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from lt_bench.backbones.base import ensure_model_configs
 from lt_bench.backbones.catalog import TOY_MODEL
+from lt_bench.backbones.spec import ensure_model_configs
 from lt_bench.data.toy import CAPTION_TEMPLATES, check_regime, class_names
 from lt_bench.errors import InputValidationError
 from lt_bench.io import atomic_path, write_json

@@ -64,8 +64,8 @@ def fit_prior(logits: np.ndarray, labels: np.ndarray, max_iter: int = 500) -> np
     k = z.shape[1]
     missing = np.setdiff1d(np.arange(k), np.unique(labels))
     if len(missing):
-        raise ValueError(f"prior estimation needs every class in the labelled split; "
-                         f"{len(missing)} class(es) have no sample (e.g. {missing[:5].tolist()})")
+        raise InputValidationError(f"prior estimation needs every class in the labelled split; "
+                                   f"{len(missing)} class(es) have no sample (e.g. {missing[:5].tolist()})")
     theta = torch.zeros(k, dtype=torch.float64, requires_grad=True)
     opt = torch.optim.LBFGS([theta], lr=1.0, max_iter=max_iter, tolerance_grad=1e-12,
                             tolerance_change=1e-14, history_size=50,

@@ -7,6 +7,7 @@ import argparse
 from pathlib import Path
 
 from lt_bench.argtypes import name_path
+from lt_bench.errors import MissingInputError
 
 
 def _run_dirs(a) -> list[Path]:
@@ -30,7 +31,7 @@ def cmd_tables(a) -> None:
     runs = collect_runs(a.runs_root, a.metrics)
     sig = read_significance(a.significance) if a.significance else None
     if a.significance and sig is None:
-        raise FileNotFoundError(f"--significance {a.significance}: no such file (made by "
+        raise MissingInputError(f"--significance {a.significance}: no such file (made by "
                                 "`lt-bench significance`)")
     tables = write_all_tables(runs, Path(a.out_dir), a.method_order, sig)
     tables["published"] = write_published_table(tables["main"], Path(a.out_dir),

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from lt_bench.errors import MissingInputError
 from lt_bench.runs.layout import METRICS_JSON, find_run_dirs  # noqa: F401  (re-exported)
 from lt_bench.runs.run_folder import IDENTITY, RunFolder
 
@@ -36,7 +37,7 @@ def collect_runs(runs_root: Path | str, metrics_files: list[Path | str] | None =
         row["label"] = label_of(str(row.get("method")), r.hparams)
         rows.append(row)
     if not rows:
-        raise FileNotFoundError(f"no finished runs ({METRICS_JSON}) under {runs_root}")
+        raise MissingInputError(f"no finished runs ({METRICS_JSON}) under {runs_root}")
     return pd.DataFrame(rows)
 
 
@@ -47,7 +48,7 @@ def collect_per_class(run_dirs: list[Path | str]) -> pd.DataFrame:
     for r in map(RunFolder.open, run_dirs):
         path = r.path / "per_class.parquet"
         if not path.is_file():
-            raise FileNotFoundError(f"{r.path}: finished run without per_class.parquet")
+            raise MissingInputError(f"{r.path}: finished run without per_class.parquet")
         df = pd.read_parquet(path)
         for k, v in r.identity.items():
             df[k] = v
@@ -55,5 +56,5 @@ def collect_per_class(run_dirs: list[Path | str]) -> pd.DataFrame:
         df["run_dir"] = str(r.path)
         frames.append(df)
     if not frames:
-        raise FileNotFoundError("no run folders given")
+        raise MissingInputError("no run folders given")
     return pd.concat(frames, ignore_index=True)

@@ -1,4 +1,4 @@
-"""The findings section, generated from the tables (issue 13 §4), never written by hand.
+"""The findings section, generated from the tables, never written by hand.
 
 Per dataset, single backbone and track: the **D-gap** (Many − Few top-1) and the
 **P-gap** inside the Few data group (Few/P-Many − Few/P-Few of the D×P table) of

@@ -31,7 +31,7 @@ def save(fig, stem: Path | str) -> list[Path]:
     stem = Path(stem)
     out = []
     # constrained layout already fits every artist into the canvas; "tight" would measure
-    # all text once more per format (a third of the D×P figures' time, issue 12)
+    # all text once more per format (measured: a third of the D×P figures' time)
     bbox = None if isinstance(fig.get_layout_engine(), ConstrainedLayoutEngine) else "tight"
     for fmt, meta in (("png", {"Software": None}), ("pdf", {"CreationDate": None})):
         path = stem.with_name(f"{stem.name}.{fmt}")

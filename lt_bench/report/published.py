@@ -1,4 +1,4 @@
-"""Published numbers beside ours (issue 10): ``published_numbers.csv`` and its table.
+"""Published numbers beside ours: ``published_numbers.csv`` and its table.
 
 The data file has one row per published number: ``dataset``, ``backbone``, ``method``,
 ``metric`` (``top1``/``many``/``medium``/``few`` in percent, or another named quantity),

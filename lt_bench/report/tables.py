@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from lt_bench.errors import InputValidationError
 from lt_bench.io import atomic_path
 from lt_bench.report import format as fmt
 from lt_bench.report import render
@@ -48,7 +49,7 @@ def summarize(runs: pd.DataFrame, metrics: list[str], keys: list[str] = KEYS) ->
     """Mean and sample std (ddof=1; NaN for one seed) over seeds, in percent."""
     missing = [m for m in metrics if m not in runs.columns]
     if missing:
-        raise KeyError(f"metric(s) {missing} not in the runs; available: {sorted(runs.columns)}")
+        raise InputValidationError(f"metric(s) {missing} not in the runs; available: {sorted(runs.columns)}")
     pct = runs[keys + metrics].copy()
     pct[metrics] = pct[metrics].astype(float) * 100
     g = pct.groupby(keys, sort=True)

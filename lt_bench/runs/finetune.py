@@ -63,14 +63,15 @@ def write_finetuned_run(out_dir: Path, *, labels: dict[str, np.ndarray],
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    # the fine-tuning loop builds both arguments: a miss is its bug, not a user's input
     if "head.weight" not in trainable:
-        raise ValueError("write_finetuned_run: trainable has no 'head.weight'")
+        raise AssertionError("write_finetuned_run: trainable has no 'head.weight'")
     with atomic_path(out_dir / "trainable.safetensors") as tmp:
         save_file({n: np.ascontiguousarray(v, dtype=np.float32)
                    for n, v in trainable.items()}, str(tmp))
     for s in EVAL_SPLITS:
         if view not in features[s]:
-            raise ValueError(f"write_finetuned_run: no {view!r} features for {s}")
+            raise AssertionError(f"write_finetuned_run: no {view!r} features for {s}")
         write_run_features(labels[s], features[s], run_features_path(out_dir, s))
     spec = {"kind": "finetuned", "view": view, "views": sorted(features["test"]),
             "scale": float(scale), "head": "trainable.safetensors", "head_key": "head.weight",

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from lt_bench.errors import InputValidationError
+from lt_bench.errors import InputValidationError, MissingInputError
 from lt_bench.io import atomic_path, read_json, write_json
 
 # the layout, the runs index and the stored files have their own modules; re-exported
@@ -209,7 +209,7 @@ def unfinish(out_dir: Path) -> None:
 def read_run_config(run_path: Path) -> dict[str, Any]:
     cfg = Path(run_path) / "config.json"
     if not cfg.is_file():
-        raise FileNotFoundError(f"{run_path}: not a run folder (no config.json)")
+        raise MissingInputError(f"{run_path}: not a run folder (no config.json)")
     return read_json(cfg)
 
 

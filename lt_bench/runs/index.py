@@ -12,6 +12,7 @@ import logging
 import os
 from pathlib import Path
 
+from lt_bench.errors import MissingInputError
 from lt_bench.runs.layout import METRICS_JSON, RUN_DIR, below, coordinates, find_run_dirs
 
 log = logging.getLogger(__name__)
@@ -74,7 +75,7 @@ def selected_run_dirs(metrics: list[str] | None, runs_root: str | os.PathLike,
     dirs = [d for d in report_run_dirs(runs_root)
             if dataset is None or coordinates(d).dataset == dataset]
     if not dirs:
-        raise FileNotFoundError(
+        raise MissingInputError(
             f"no finished runs ({METRICS_JSON}) under {runs_root}"
             + (f" for dataset {dataset!r}" if dataset else "")
             + f"; expected run folders {RUN_DIR}")

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lt_bench.errors import MissingInputError
 from lt_bench.runs.layout import logits_path, resolve_recorded, run_features_path
 
 # the seam's reader is the run folder's; re-exported for the callers that import it here
@@ -62,7 +63,7 @@ class StoredRun:
     def split_logits(self, split: str) -> tuple[np.ndarray, np.ndarray]:
         path = logits_path(self.run_path, split)
         if not path.is_file():
-            raise FileNotFoundError(f"{self.run_path}: no stored {split} logits ({path.name}); "
+            raise MissingInputError(f"{self.run_path}: no stored {split} logits ({path.name}); "
                                     "a fine-tuning run stores val and test logits only")
         return read_logits(path)
 
@@ -120,7 +121,7 @@ class FinetunedRun:
 
             path = self.source / self.head_file
             if not path.is_file():
-                raise FileNotFoundError(f"{self.run_path}: the fine-tuned head {path} is missing")
+                raise MissingInputError(f"{self.run_path}: the fine-tuned head {path} is missing")
             with safe_open(str(path), framework="numpy") as f:  # only the head's tensor
                 self._weight = f.get_tensor(self.head_key).astype(np.float32)
         return self._weight

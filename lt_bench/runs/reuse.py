@@ -1,10 +1,10 @@
 """Fits keyed by everything that decides them, so a rerun refits only what changed.
 
-The workflow fits all heads of one (dataset, backbone, seed) in one process (issue 12:
-start-up and feature loading paid once, not per method). Snakemake reruns such a job as a
-whole when any one method's hyper-parameters change, and deletes its outputs first, so
-the job itself must know which fits are still valid. Each finished run is copied to
-``<reuse_dir>/<fit key>/``; the key hashes the method, its resolved hyper-parameters, the
+The workflow fits all heads of one (dataset, backbone, seed) in one process (start-up and
+feature loading paid once, not per method: benchmarks/README.md, "heads.py"). Snakemake
+reruns such a job as a whole when any one method's hyper-parameters change, and deletes
+its outputs first, so the job itself must know which fits are still valid. Each finished
+run is copied to ``<reuse_dir>/<fit key>/``; the key hashes the method, its resolved hyper-parameters, the
 seed, the content of the features and prior files, the keys of its base runs, the tune
 flag, the device type, the D-group counts, the run folder, and the lt_bench source code.
 A later job whose run has the same key copies the folder back instead of fitting:
