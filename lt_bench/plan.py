@@ -139,7 +139,8 @@ class Plan:
                                                   if m in variants}
         specs = {n: {k: v for k, v in e.items() if display or k != "display"}
                  for n, e in wanted.items()}
-        return ["--variants", json.dumps(specs, sort_keys=True)] if specs else []
+        # config order, not sorted: a generated display lists the keys as the user wrote them
+        return ["--variants", json.dumps(specs, ensure_ascii=False)] if specs else []
 
     def run_list_variants(self, runs: list[dict[str, Any]]) -> list[str]:
         """:meth:`variants_arg` for a ``--runs`` list: its methods and their member methods."""

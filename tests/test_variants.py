@@ -212,7 +212,7 @@ def test_a_tau_sweep_runs_through_the_workflow(tmp_path):
         "backdoor_tau05": {"base": "backdoor", "members": "la_tau05"}})
     cfg["suites"]["tiny"].update(methods=["la", "la_tau05", "la_tau15", "backdoor",
                                           "backdoor_tau05"], seeds=[0])
-    (wf / "variants.yaml").write_text(yaml.safe_dump(cfg, allow_unicode=True))
+    (wf / "variants.yaml").write_text(yaml.safe_dump(cfg, allow_unicode=True, sort_keys=False))
     r = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "2", "--configfile",
                         "variants.yaml"], cwd=wf, capture_output=True, text=True)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
@@ -226,11 +226,15 @@ def test_a_tau_sweep_runs_through_the_workflow(tmp_path):
     members = json.loads((runs / "ensemble/backdoor_tau05/seed0/predictor.json").read_text())
     assert [Path(m).parts[-2] for m in members["members"]] == ["la_tau05", "la_tau05"]
     md = (wf / "results/tables/main.md").read_text()
-    assert "LA (τ=0.5)" in md and "LA (τ=1.5, mine)" in md and "backdoor (members=" in md
+    # a display from the keys that differ from la's defaults, in the order written
+    assert "| LA (τ=0.5, epochs=2) |" in md and "| LA (τ=1.5, mine) |" in md
+    assert "| backdoor (members=la_tau05) |" in md
     sig = __import__("pandas").read_csv(wf / "results/tables/significance.csv")
     base = sig[sig["kind"] == "vs_base"]
     assert {(a, b) for a, b in zip(base["a_method"], base["b_method"], strict=True)} == {
         ("la_tau05", "la"), ("la_tau15", "la"), ("backdoor_tau05", "backdoor")}
+    assert len(base) == 5  # la variants on each backbone, the backdoor's on "ensemble"
+    assert "backdoor_tau05" not in set(sig[sig["kind"] == "control_vs_backdoor"]["a_method"])
     with sqlite3.connect(wf / "results/mlflow/mlflow.db") as con:
         tagged = con.execute("SELECT t.value, b.value FROM tags t LEFT JOIN tags b ON "
                              "b.run_uuid = t.run_uuid AND b.key = 'base_method' "

@@ -275,7 +275,7 @@ def comparisons(run_dirs: list[Path | str], n_boot: int = N_BOOT, seed: int = 0,
             continue
         for other, oruns in sorted(groups.items()):
             if other[0] == ds and other != key and other[2] not in BACKDOORS \
-                    and _any_ensemble(oruns):
+                    and _any_ensemble(oruns) and base_of(other[2]) != CONTROLLED:  # vs_base
                 add("control_vs_backdoor", ds, other, key, oruns, runs, "backdoor")
     return pd.DataFrame(_bootstrap_rows(pending, n_boot, seed), columns=COLUMNS)
 
