@@ -170,6 +170,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lt-bench", description=__doc__.split("\n\n")[0])
     p.add_argument("-v", "--verbose", action="store_true",
                    help="debug logging, and a traceback with every error")
+    p.add_argument("--variants", metavar="JSON|CONFIG",
+                   help="method variants this command may name, as config.yaml declares them: "
+                   "'{\"la_tau05\": {\"base\": \"la\", \"tau\": 0.5}}' or a config file "
+                   "(its methods: entries that name a base); the workflow passes each job its own")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_core_commands(sub)
     add_data_commands(sub)  # prepare, verify-images, split-stats, download
@@ -221,6 +225,11 @@ def main(argv: list[str] | None = None) -> int:
                         stream=sys.stderr)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
+        if args.variants:  # before the command: it looks variants up like any method
+            from lt_bench.methods import declare_variants
+            from lt_bench.methods._variants import read_variants_arg
+
+            declare_variants(read_variants_arg(args.variants))
         rc = args.func(args)
     except (UserError, OSError, ValueError, KeyError) as e:  # OSError: disk full, permissions
         if args.verbose or not (isinstance(e, UserError | OSError) or _unconverted_user_error(e)):

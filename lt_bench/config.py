@@ -1,10 +1,14 @@
 """Checks of config.yaml that need the registries, and resolution of the grid.
 
-The JSON schema (workflow/schemas/config.schema.yaml) catches typos and types; this
-module catches names that only the registries know (unknown suite, dataset, backbone or
-method), checks the backbones and datasets the config declares (``backbones:``, and
-``datasets:`` entries with a ``type``: lt_bench/backbones/declared.py, lt_bench/data/oltr.py)
-and resolves each method's hyper-parameters for one dataset.
+The JSON schema (workflow/schemas/config.schema.yaml) catches typos and types of the
+fixed keys; this module catches names that only the registries know (unknown suite,
+dataset, backbone or method), checks the backbones and datasets the config declares
+(``backbones:``, and ``datasets:`` entries with a ``type``: lt_bench/backbones/declared.py,
+lt_bench/data/oltr.py), checks every ``methods.<name>`` entry against the method registry
+(:func:`check_methods`: the registered class is the one declaration of a method's keys,
+their types and values; the schema has no per-method part), expands ``methods: all`` and
+resolves each method's hyper-parameters for one dataset. A variant (``methods.<name>``
+naming a ``base``) resolves in lt_bench/methods/_variants.py.
 """
 
 from __future__ import annotations
@@ -15,6 +19,10 @@ from typing import Any
 
 class ConfigError(ValueError):
     pass
+
+
+#: a suite's ``methods:`` that means every method the suite can run (:func:`all_methods`)
+ALL = "all"
 
 
 @dataclass(frozen=True)
@@ -67,10 +75,84 @@ def declared_datasets(config: dict[str, Any]) -> list[str]:
     return out
 
 
+def method_names(config: dict[str, Any]) -> list[str]:
+    """Every method name the config may use: the registered ones and its variants."""
+    from lt_bench.methods import config_variants, registered_names
+
+    return registered_names() + [v for v in config_variants(config)
+                                 if v not in registered_names()]
+
+
+def method_class(config: dict[str, Any], name: str):
+    """The class of method ``name`` under ``config`` (a variant's is made from its base);
+    a problem with the variant's entry is a ConfigError naming it."""
+    from lt_bench.errors import UserError
+    from lt_bench.methods import resolve_method
+
+    try:
+        return resolve_method(name, config)
+    except UserError as e:
+        raise ConfigError(str(e)) from None
+
+
+def check_methods(config: dict[str, Any]) -> None:
+    """Every ``methods.<name>`` entry against the registry: a variant's (its base, keys,
+    display), or a registered method's keys (unknown key: one line naming the method, the
+    key and the valid keys), their types where the defaults make them unambiguous, and the
+    class's validate() on the values."""
+    from lt_bench.errors import UserError
+    from lt_bench.methods import METHODS, registered_names
+    from lt_bench.methods._variants import check_types, is_variant
+
+    registered = registered_names()
+    for name, entry in (config.get("methods") or {}).items():
+        if is_variant(entry):
+            method_class(config, name)
+            continue
+        if name not in registered:
+            raise ConfigError(f"methods: unknown method {name!r}; valid methods: "
+                              f"{', '.join(registered)} (or a variant: "
+                              f"{name}: {{base: METHOD, ...}})")
+        cls = METHODS.get(name)
+        given = entry or {}
+        if not isinstance(given, dict):
+            raise ConfigError(f"methods.{name}: expected a mapping of {name}'s "
+                              f"hyper-parameters, got {given!r}")
+        unknown = sorted(set(given) - set(cls.defaults))
+        if unknown:
+            raise ConfigError(f"methods.{name}: unknown hyper-parameter(s) {unknown}; "
+                              f"valid: {sorted(cls.defaults) or 'none'}")
+        try:
+            check_types(f"methods.{name}", given, cls.defaults)
+            cls(**given)
+        except UserError as e:
+            raise ConfigError(f"methods.{name}: {e}" if not str(e).startswith("methods.")
+                              else str(e)) from None
+
+
+def all_methods(config: dict[str, Any], backbones: list[str]) -> list[str]:
+    """``methods: all``: every registered method (built-in and plugins) and every variant
+    of the config (each after its base), except the ensembles over backbones that need
+    more backbones (``min_members``) than the suite has: they would have no run."""
+    from lt_bench.methods import config_variants, registered_names
+
+    variants = config_variants(config)
+    names = []
+    for n in registered_names():
+        names += [n] + [v for v, e in variants.items() if e.get("base") == n]
+    out = []
+    for n in names:
+        cls = method_class(config, n)
+        if cls.consumes == "runs" and getattr(cls, "vary", None) == "backbone" \
+                and len(backbones) < cls.min_members:
+            continue
+        out.append(n)
+    return out
+
+
 def resolve_suite(config: dict[str, Any]) -> Suite:
     from lt_bench.backbones import BACKBONES
     from lt_bench.data import DATASETS
-    from lt_bench.methods import METHODS
 
     name = config.get("suite", "demo")
     suites = config.get("suites", {})
@@ -82,29 +164,46 @@ def resolve_suite(config: dict[str, Any]) -> Suite:
     datasets, backbones = declared_datasets(config), declared_backbones(config)
     _check_names("dataset", s["datasets"], DATASETS, f"{where}.datasets", datasets)
     _check_names("backbone", s["backbones"], BACKBONES, f"{where}.backbones", backbones)
-    _check_names("method", s["methods"], METHODS, f"{where}.methods")
-    for m in config.get("methods", {}):
-        if m not in METHODS:
-            raise ConfigError(f"methods: unknown method {m!r}; valid methods: "
-                              f"{', '.join(METHODS.names())}")
-    for m in s["methods"]:
-        members = METHODS.get(m).defaults.get("members") if METHODS.get(m).consumes == "runs" \
-            else None
+    check_methods(config)
+    valid = method_names(config)
+    methods = all_methods(config, s["backbones"]) if s["methods"] == ALL else list(s["methods"])
+    for m in methods:
+        if m not in valid:
+            raise ConfigError(f"{where}.methods: unknown method {m!r}; valid methods: "
+                              f"{', '.join(valid)}")
+    for m in methods:
+        cls = method_class(config, m)
+        members = cls.defaults.get("members") if cls.consumes == "runs" else None
         given = (config.get("methods", {}).get(m) or {}).get("members", members)
-        if given is not None and given not in METHODS:
+        if given is not None and given not in valid:
             raise ConfigError(f"methods.{m}.members: unknown method {given!r}; valid methods: "
-                              f"{', '.join(METHODS.names())}")
-        for req in METHODS.get(m).requires:
-            if req not in s["methods"]:
+                              f"{', '.join(valid)}")
+        for req in cls.requires:
+            if req not in methods:
                 raise ConfigError(f"{where}.methods: {m!r} builds on {req!r}, which is not "
                                   "in the suite; add it")
     for d in config.get("method_overrides", {}):
         if d not in DATASETS and d not in datasets:
             raise ConfigError(f"method_overrides: unknown dataset {d!r}; valid datasets: "
                               f"{', '.join(DATASETS.names() + datasets)}")
+    _check_values(config, methods, s["datasets"])
     ft = s.get("finetune_seeds")
-    return Suite(name, list(s["datasets"]), list(s["backbones"]), list(s["methods"]),
+    return Suite(name, list(s["datasets"]), list(s["backbones"]), methods,
                  [int(x) for x in s["seeds"]], None if ft is None else [int(x) for x in ft])
+
+
+def _check_values(config: dict[str, Any], methods: list[str], datasets: list[str]) -> None:
+    """Each suite method's class validates its resolved hyper-parameters on each dataset
+    (overrides included): a bad value stops the plan, not one job of it."""
+    from lt_bench.errors import UserError
+
+    for d in datasets:
+        for m in methods:
+            try:
+                method_class(config, m)(**method_hparams(config, m, d))
+            except UserError as e:
+                msg = str(e).removeprefix(f"methods.{m}: ")
+                raise ConfigError(f"methods.{m} on dataset {d}: {msg}") from None
 
 
 #: the key of ``method_overrides.<dataset>`` holding overrides of every fine-tuned method
@@ -118,19 +217,33 @@ def method_hparams(config: dict[str, Any], method: str, dataset: str) -> dict[st
     trained heads, not zero-shot). ``finetune: {...}`` holds overrides of every method that
     fine-tunes the backbone (consumes images), one setting for all of them (the toy world's
     shorter fine-tuning must keep the CE control like-for-like with the LA runs); a
-    method's own name holds overrides of that method only, applied last.
-    """
-    from lt_bench.methods import METHODS
+    method's name holds overrides of that method only, applied last.
 
-    cls = METHODS.get(method)
+    A variant (lt_bench/methods/_variants.py): its base's class defaults < the dataset's
+    overrides (of every method, of fine-tuning, and of its base by name) < **its own keys**
+    < overrides named for the variant. Its own keys win over the overrides of its base: they
+    are what makes it a variant (a τ sweep must not collapse on a dataset that overrides
+    ``la``'s τ); the keys it does not set follow the dataset's policy as its base does
+    (LDAM-DRW's ``drw_epoch`` on ImageNet-LT).
+    """
+    from lt_bench.methods import METHODS, config_variants
+    from lt_bench.methods._variants import VARIANT_KEYS
+
+    cls = method_class(config, method)
+    variants = config_variants(config)
+    known = set(method_names(config))
     given = dict(config.get("methods", {}).get(method) or {})
+    if method in variants:
+        own, given = {k: v for k, v in given.items() if k not in VARIANT_KEYS}, {}
+    else:
+        own = {}
     unknown = set(given) - set(cls.defaults)
     if unknown:
         raise ConfigError(f"methods.{method}: unknown hyper-parameter(s) {sorted(unknown)}; "
                           f"valid: {sorted(cls.defaults) or 'none'}")
     over = dict(config.get("method_overrides", {}).get(dataset) or {})
     # a method's name holds overrides of that method only (toy: {adaptformer_la: {epochs: 2}})
-    per_method = {k: over.pop(k) for k in list(over) if k in METHODS}
+    per_method = {k: over.pop(k) for k in list(over) if k in known}
     finetune = over.pop(FINETUNE_GROUP, None) or {}
     tuners = [c for _, c in METHODS.items() if c.consumes == "images"]
     if not isinstance(finetune, dict):
@@ -149,11 +262,13 @@ def method_hparams(config: dict[str, Any], method: str, dataset: str) -> dict[st
         if not isinstance(sub, dict):
             raise ConfigError(f"method_overrides.{dataset}.{name}: expected a mapping of "
                               f"{name}'s hyper-parameters, got {sub!r}")
-        wrong = set(sub) - set(METHODS.get(name).defaults)
+        valid = method_class(config, name).defaults
+        wrong = set(sub) - set(valid)
         if wrong:
             raise ConfigError(f"method_overrides.{dataset}.{name}: unknown hyper-parameter(s) "
-                              f"{sorted(wrong)}; valid: {sorted(METHODS.get(name).defaults)}")
+                              f"{sorted(wrong)}; valid: {sorted(valid)}")
     mine = per_method.get(method) or {}
     group = finetune if cls.consumes == "images" else {}
+    base = per_method.get(cls.variant_of) or {} if method in variants else {}
     return {**cls.defaults, **given, **{k: v for k, v in over.items() if k in cls.defaults},
-            **group, **mine}
+            **group, **base, **own, **mine}

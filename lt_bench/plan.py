@@ -8,12 +8,13 @@ defaults, in one place. Imports no torch: ``snakemake -n`` stays fast.
 
 from __future__ import annotations
 
+import json
 import os
-from dataclasses import dataclass
-from functools import cache, cached_property
+from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
-from lt_bench.config import method_hparams, resolve_suite
+from lt_bench.config import method_class, method_hparams, method_names, resolve_suite
 from lt_bench.runs import layout
 
 RUNS = layout.RUNS_ROOT
@@ -33,16 +34,10 @@ def metrics_file(dataset: str, backbone: str, method: str, seed: int | str) -> s
     return layout.metrics_path(run_dir(dataset, backbone, method, seed)).as_posix()
 
 
-@cache
-def _method(name: str):
-    from lt_bench.methods import METHODS
-
-    return METHODS.get(name)
-
-
 @dataclass
 class Plan:
     config: dict[str, Any]
+    _classes: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @cached_property
     def suite(self):
@@ -118,13 +113,42 @@ class Plan:
 
     # --- methods and runs -----------------------------------------------------------------
 
-    @staticmethod
-    def consumes(method: str) -> str:
-        return _method(method).consumes
+    def method(self, name: str):
+        """The class of method ``name`` under this config: a registered method, or a
+        variant of one (lt_bench/methods/_variants.py)."""
+        if name not in self._classes:
+            self._classes[name] = method_class(self.config, name)
+        return self._classes[name]
 
-    @staticmethod
-    def requires(method: str) -> tuple[str, ...]:
-        return tuple(_method(method).requires)
+    def consumes(self, method: str) -> str:
+        return self.method(method).consumes
+
+    def requires(self, method: str) -> tuple[str, ...]:
+        return tuple(self.method(method).requires)
+
+    def variants_arg(self, methods=None, display: bool = False) -> list[str]:
+        """``["--variants", JSON]`` declaring the config's variants among ``methods`` (all
+        where None) to a job's ``lt-bench`` (it resolves them as the plan does); [] where
+        there is none, so a config without variants gives the same commands as before.
+        Jobs that make runs get no ``display`` (a new display name reruns no fitting; the
+        report jobs, ``display=True``, get it)."""
+        from lt_bench.methods import config_variants
+
+        variants = config_variants(self.config)
+        wanted = variants if methods is None else {m: variants[m] for m in dict.fromkeys(methods)
+                                                  if m in variants}
+        specs = {n: {k: v for k, v in e.items() if display or k != "display"}
+                 for n, e in wanted.items()}
+        # config order, not sorted: a generated display lists the keys as the user wrote them
+        return ["--variants", json.dumps(specs, ensure_ascii=False)] if specs else []
+
+    def run_list_variants(self, runs: list[dict[str, Any]]) -> list[str]:
+        """:meth:`variants_arg` for a ``--runs`` list: its methods and their member methods."""
+        names = [r["method"] for r in runs]
+        names += [self.runs_method(r["method"], d).member_method for r in runs
+                  if self.consumes(r["method"]) == "runs"
+                  for d in self.suite.datasets]
+        return self.variants_arg(names)
 
     def hparams(self, method: str, dataset: str) -> dict[str, Any]:
         return method_hparams(self.config, method, dataset)
@@ -132,7 +156,7 @@ class Plan:
     def runs_method(self, method: str, dataset: str):
         """The runs-consuming ``method`` with its hyper-parameters on ``dataset``: what
         declares its members (``lt_bench.methods._base.RunsMethod``)."""
-        return _method(method)(**self.hparams(method, dataset))
+        return self.method(method)(**self.hparams(method, dataset))
 
     def seeds_for(self, method: str) -> list[int]:
         """The suite's seeds; runs from images use ``finetune_seeds`` where the suite sets it
@@ -198,11 +222,10 @@ class Plan:
         return None
 
     def methods_consuming(self, kind: str) -> list[str]:
-        """Registered methods that consume ``kind`` (rule wildcard constraints: member runs of
-        a method outside the suite's list, e.g. ce for backdoor_ce, are still made)."""
-        from lt_bench.methods import METHODS
-
-        return [m for m in METHODS.names() if self.consumes(m) == kind]
+        """Registered methods and the config's variants that consume ``kind`` (rule wildcard
+        constraints: member runs of a method outside the suite's list, e.g. ce for
+        backdoor_ce, are still made)."""
+        return [m for m in method_names(self.config) if self.consumes(m) == kind]
 
     def base_runs(self, dataset: str, backbone: str, method: str,
                   seed: int | str) -> dict[str, str]:

@@ -111,6 +111,14 @@ class Registry(Generic[T]):
         self._origins[name] = origin
         return obj
 
+    def undeclare(self, origin: str) -> list[str]:
+        """Forget every entry declared with ``origin`` (a process that resolves another
+        config, the tests); their names."""
+        gone = [n for n, o in self._origins.items() if o == origin]
+        for n in gone:
+            del self._entries[n], self._origins[n]
+        return gone
+
     # -- lookups (each loads the plugins first, and refuses a broken one)
 
     def get(self, name: str) -> T:

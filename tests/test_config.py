@@ -39,8 +39,6 @@ def test_schema_fills_defaults():
 @pytest.mark.parametrize("mutate,needle", [
     (lambda c: c["toy_pretrain"].update(num_pair=3), "'num_pair' was unexpected"),
     (lambda c: c.update(suit="paper"), "'suit' was unexpected"),
-    (lambda c: c["methods"].update(ce={"lrr": 0.1}), "'lrr' was unexpected"),
-    (lambda c: c["methods"].update(ce={"lr": -1}), "-1 is less than or equal to"),
     (lambda c: c["suites"]["demo"].update(seeds=["zero"]), "'zero' is not of type 'integer'"),
     (lambda c: c["suites"]["demo"].update(seeds=[0, 0]), r"\[0, 0\] has non-unique elements"),
     (lambda c: c["suites"]["demo"].update(finetune_seeds=[1, 1]),
@@ -62,6 +60,16 @@ def test_schema_violations_name_the_key(config, mutate, needle):
     (lambda c: c["suites"]["demo"].update(backbones=["toyclip9x"]),
      "unknown backbone 'toyclip9x'; valid backbones: .*toyclip0"),
     (lambda c: c["method_overrides"].update(inat="x"), "unknown dataset 'inat'"),
+    # methods.<name>: checked against the registered class (no per-method schema part)
+    (lambda c: c["methods"].update(ce={"lrr": 0.1}),
+     r"methods.ce: unknown hyper-parameter\(s\) \['lrr'\]; valid: \[.*'lr'"),
+    (lambda c: c["methods"].update(ce={"lr": -1}),
+     "methods.ce: method 'ce': hyper-parameter lr = -1 is invalid; expected a number > 0"),
+    (lambda c: c["methods"].update(la={"tau": "big"}),
+     r"methods.la: tau = 'big'; expected a number \(the method's default is 1.0\)"),
+    (lambda c: c["methods"].update(crt={"init": "stage1"}),
+     "methods.crt: method 'crt': init = 'stage1'; valid: text, class_mean, random"),
+    (lambda c: c["methods"].update(lx={}), "methods: unknown method 'lx'; valid methods: "),
 ])
 def test_registry_errors_list_valid_names(config, mutate, needle):
     bad = copy.deepcopy(config)

@@ -1,5 +1,6 @@
-"""The schema's `methods.<name>` properties are exactly each method's `defaults` keys, and the
-shipped configs run every registered method with valid hyper-parameters."""
+"""A method is declared once, in its registered class (name, display name, defaults,
+validate()): the schema keeps no per-method part, and the shipped configs run every
+registered method with valid hyper-parameters."""
 
 from __future__ import annotations
 
@@ -8,36 +9,29 @@ import yaml
 from conftest import REPO
 from snakemake.utils import validate
 
-from lt_bench.config import method_hparams, resolve_suite
+from lt_bench.config import ConfigError, method_hparams, resolve_suite
 from lt_bench.methods import METHODS
 
 SCHEMA = yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text())
 
 
-def schema_keys(entry: dict) -> set[str]:
-    """Property names a method's schema entry accepts: those of a $ref'd definition plus
-    its own, minus the ones it forbids (``name: {not: {}}``)."""
-    props: dict = {}
-    if "$ref" in entry:
-        name = entry["$ref"].removeprefix("#/$defs/")
-        props.update(SCHEMA["$defs"][name].get("properties", {}))
-    props.update(entry.get("properties", {}))
-    return {k for k, v in props.items() if not (isinstance(v, dict) and v.get("not") == {})}
+def test_the_schema_names_no_method():
+    """methods: is an object of objects; lt-bench checks each entry (a copy of a method's
+    keys here would be a second declaration, and cannot know plugins or variants)."""
+    entry = SCHEMA["properties"]["methods"]
+    assert "properties" not in entry and entry["additionalProperties"] == {"type": "object"}
+    assert not {"head", "finetune", "tau_grid"} & set(SCHEMA["$defs"])  # methods' key lists
 
 
-@pytest.mark.parametrize("name", METHODS.names())
-def test_schema_matches_method_defaults(name):
-    entries = SCHEMA["properties"]["methods"]["properties"]
-    assert name in entries, f"method {name!r} has no entry under methods: in the schema"
-    entry = entries[name]
-    closed = (entry.get("additionalProperties") is False
-              or entry.get("unevaluatedProperties") is False)
-    assert closed, f"schema entry of {name!r} must reject unknown keys"
-    assert schema_keys(entry) == set(METHODS.get(name).defaults)
-
-
-def test_schema_lists_no_unknown_method():
-    assert set(SCHEMA["properties"]["methods"]["properties"]) <= set(METHODS.names())
+@pytest.mark.parametrize("name", [n for n in METHODS.names()
+                                  if METHODS.origin(n) == "built-in"])
+def test_every_built_in_method_declares_itself_once(name):
+    """Its class carries the name it is registered under, a display name and defaults that
+    its own validate() accepts."""
+    cls = METHODS.get(name)
+    assert cls.name == name
+    assert isinstance(cls.display, str) and cls.display.strip(), name
+    cls()  # the defaults are valid
 
 
 @pytest.mark.parametrize("path", ["config.yaml", "tests/data/tiny_config.yaml"])
@@ -74,5 +68,22 @@ def test_demo_suite_runs_every_method_but_the_fine_tuning_ablations():
 def test_crt_rejects_an_unknown_init():
     cfg = yaml.safe_load((REPO / "config.yaml").read_text())
     cfg["methods"]["crt"] = {"init": "stage1"}
-    with pytest.raises(Exception, match="stage1"):
-        validate(cfg, str(REPO / "workflow/schemas/config.schema.yaml"))
+    validate(cfg, str(REPO / "workflow/schemas/config.schema.yaml"))  # the schema lets it by
+    with pytest.raises(ConfigError, match="methods.crt: method 'crt': init = 'stage1'; valid"):
+        resolve_suite(cfg)
+
+
+def test_a_suite_may_run_all_methods():
+    """methods: all = every registered method and the config's variants (each after its
+    base), the ensembles over backbones only where the suite has enough backbones."""
+    cfg = yaml.safe_load((REPO / "config.yaml").read_text())
+    cfg["methods"]["la_tau05"] = {"base": "la", "tau": 0.5}
+    cfg["suites"]["demo"]["methods"] = "all"
+    got = resolve_suite(cfg).methods
+    builtin = [n for n in METHODS.names() if METHODS.origin(n) != "config"]
+    assert got == [m for n in builtin for m in ([n, "la_tau05"] if n == "la" else [n])]
+    cfg["suites"]["demo"]["backbones"] = ["toyclip0"]
+    one = resolve_suite(cfg).methods
+    over_backbones = {n for n in builtin if METHODS.get(n).consumes == "runs"
+                      and METHODS.get(n).vary == "backbone"}
+    assert over_backbones and set(got) - set(one) == over_backbones

@@ -69,9 +69,9 @@ def test_fine_tuning_track_prefers_fine_tuned_ce():
     main, dxp = _tables({("b", "ce"): (20.0, 10.0), ("b", "adaptformer_ce"): (15.0, 30.0),
                          ("b", "adaptformer_la"): (5.0, 12.0)})
     (ft,) = [x for x in gap_lines(main, dxp, "toy") if "fine-tuning" in x]
-    assert "against adaptformer_ce, AdaptFormer + LA narrows the D-gap but it persists " \
+    assert "against AdaptFormer + CE, AdaptFormer + LA narrows the D-gap but it persists " \
            "(+15.0 → +5.0)" in ft
-    assert "against adaptformer_ce, AdaptFormer + LA narrows the P-gap but it persists " \
+    assert "against AdaptFormer + CE, AdaptFormer + LA narrows the P-gap but it persists " \
            "(+30.0 → +12.0)" in ft
 
 

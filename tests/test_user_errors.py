@@ -219,6 +219,29 @@ def _train(world, *extra, method="ce", fd="bb0", out="x"):
             "--params", json.dumps(FAST), *extra]
 
 
+def _variant_fit(world, variants: dict, method: str = "v"):
+    """`lt-bench fit` of a variant declared as the workflow declares it to a job."""
+    return ["--variants", json.dumps(variants), *_train(world, method=method, out=method)]
+
+
+def _config_with(world, name: str, entry: dict) -> list[str]:
+    """`lt-bench doctor` on config.yaml with ``methods.<name>: entry`` (as a user writes it)."""
+    import yaml
+    from conftest import REPO
+
+    cfg = yaml.safe_load((REPO / "config.yaml").read_text())
+    cfg["methods"][name] = entry
+    path = world["root"] / f"config_{name}.yaml"
+    path.write_text(yaml.safe_dump(cfg, allow_unicode=True))
+    return ["doctor", "--configfile", str(path)]
+
+
+def _forget_variants(world):
+    from lt_bench.methods import METHODS
+
+    METHODS.undeclare("config")
+
+
 def _runs_copy(w, name: str, edit) -> Path:
     """A runs root holding a copy of bb0's ce run of seed 0, its files changed by ``edit``."""
     import shutil
@@ -422,6 +445,35 @@ CASES = {
     "k-NN bank that is not a split it may use": (
         lambda w: _train(w, "--params", '{"bank": "test"}', method="knn", out="knnbank"),
         "bank = 'test'; valid: train, val"),
+    "a variant of an unknown base": (
+        lambda w: _variant_fit(w, {"v": {"base": "lx", "tau": 0.5}}),
+        "methods.v: unknown base 'lx'; valid bases: adaptformer_ce, ", _forget_variants),
+    "a variant key its base does not accept": (
+        lambda w: _variant_fit(w, {"v": {"base": "la", "gamma": 2.0}}),
+        "methods.v: unknown hyper-parameter(s) ['gamma'] for base 'la'; valid: ['batch_size'",
+        _forget_variants),
+    "a variant named like a registered method": (
+        lambda w: _variant_fit(w, {"ce": {"base": "la", "tau": 0.5}}, method="ce"),
+        "methods.ce: a variant (it names a base) cannot take the name of the registered "
+        "method 'ce'; choose another name", _forget_variants),
+    "a variant of a variant": (
+        lambda w: _variant_fit(w, {"la_tau05": {"base": "la", "tau": 0.5},
+                                   "v": {"base": "la_tau05", "epochs": 3}}),
+        "methods.v: base 'la_tau05' is itself a variant; a variant's base is a registered "
+        "method", _forget_variants),
+    "a variant whose display is not a string": (
+        lambda w: _variant_fit(w, {"v": {"base": "la", "display": 3}}),
+        "methods.v: display = 3; expected a non-empty string", _forget_variants),
+    "a variant value of the wrong type": (
+        lambda w: _variant_fit(w, {"v": {"base": "la", "tau": "0.5"}}),
+        "methods.v: tau = '0.5'; expected a number (the method's default is 1.0)",
+        _forget_variants),
+    "config.yaml with a variant of an unknown base": (
+        lambda w: _config_with(w, "la_tau05", {"base": "lla", "tau": 0.5}),
+        "methods.la_tau05: unknown base 'lla'; valid bases: "),
+    "config.yaml with a method key its class does not accept": (
+        lambda w: _config_with(w, "la", {"tua": 0.5}),
+        "methods.la: unknown hyper-parameter(s) ['tua']; valid: ['batch_size'"),
     "TTE row of a run that is not a fine-tuning": (
         lambda w: ["combine", "--method", "adaptformer_la_tte", "--members",
                    str(w["runs"][("bb0", "la", 0)]), "--out", str(w["root"] / "bad" / "tte")],

@@ -13,9 +13,11 @@ from lt_bench.errors import InputValidationError, UserError
 
 log = logging.getLogger(__name__)
 
+#: the PEFT modules lt_bench.finetune.peft injects (here: checking a config imports no torch)
+PEFT_KINDS = ("adaptformer", "vpt", "lora")
 #: LIFT's recipe; every value is JSON-able (the run's config.yaml holds them)
 FINETUNE_DEFAULTS: dict[str, Any] = {
-    "peft": "adaptformer",   # one of lt_bench.finetune.peft.PEFT_KINDS
+    "peft": "adaptformer",   # one of PEFT_KINDS
     "bottleneck": None,      # AdaptFormer width; None = 2^max(0, floor(log2(K / 2L)))
     "vpt_length": 10,        # VPT-deep prompts per block
     "lora_rank": None,       # LoRA rank on q and v; None = the bottleneck formula (LIFT)
@@ -79,8 +81,6 @@ def resolve_hparams(hparams: dict[str, Any]) -> dict[str, Any]:
         raise FinetuneConfigError(f"unknown fine-tuning option(s) {sorted(unknown)}; "
                                   f"valid: {sorted(FINETUNE_DEFAULTS)}")
     hp = {**FINETUNE_DEFAULTS, **hparams}
-    from lt_bench.finetune.peft import PEFT_KINDS
-
     if hp["peft"] not in PEFT_KINDS:
         raise FinetuneConfigError(f"finetune.peft must be one of {list(PEFT_KINDS)}, "
                                   f"got {hp['peft']!r}")

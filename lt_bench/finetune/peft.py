@@ -30,8 +30,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from lt_bench.errors import InputValidationError
+from lt_bench.finetune.options import PEFT_KINDS  # noqa: F401  (the one list, torch-free)
 
-PEFT_KINDS = ("adaptformer", "vpt", "lora")
 #: LIFT's VPT length when none is given (``peft_vit.py``: ``vpt_len = 10``)
 VPT_LENGTH = 10
 

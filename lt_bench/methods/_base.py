@@ -95,7 +95,12 @@ class FitResult:
 
 
 class Method:
+    #: the registered name, written once (``@METHODS.register()`` reads it)
     name: ClassVar[str]
+    #: the name in the tables ("LA"); None: the name itself (a plugin that sets none)
+    display: ClassVar[str | None] = None
+    #: the registered method a config variant was declared from (lt_bench.methods._variants)
+    variant_of: ClassVar[str | None] = None
     #: what the method is computed from: "features", "runs" or "images" (see module doc)
     consumes: ClassVar[str] = "features"
     #: every accepted hyper-parameter with its default; others are config errors
@@ -198,6 +203,11 @@ METHODS: Registry[type[Method]] = Registry("method")
 
 def get_method(name: str, **hparams: Any) -> Method:
     return METHODS.get(name)(**hparams)
+
+
+def display_of(cls: type[Method]) -> str:
+    """The name of a method's rows in the tables: its ``display``, else its name."""
+    return cls.display if isinstance(cls.display, str) and cls.display else cls.name
 
 
 #: the largest integer hyper-parameter (epochs, batch sizes, k) accepted without a bound of

@@ -30,7 +30,7 @@ class FinetuneMethod(Method):
                         "loss_params": {}}
 
     def validate(self) -> None:
-        from lt_bench.finetune.loop import resolve_hparams
+        from lt_bench.finetune.options import resolve_hparams  # no torch: the plan validates
         from lt_bench.methods._heads import HeadMethod
 
         resolve_hparams(self.engine_hparams())  # refuses bad values with the key's name

@@ -4,9 +4,10 @@ from lt_bench.methods._base import METHODS
 from lt_bench.methods._finetune import FinetuneMethod
 
 
-@METHODS.register("adaptformer_ce")
+@METHODS.register()
 class AdaptformerCe(FinetuneMethod):
     name = "adaptformer_ce"
+    display = "AdaptFormer + CE"
     peft = "adaptformer"
     loss = "ce"
     description = "AdaptFormer, plain cross-entropy (the reviewers' control)"

@@ -4,9 +4,10 @@ from lt_bench.methods._base import METHODS
 from lt_bench.methods._finetune import FinetuneMethod
 
 
-@METHODS.register("adaptformer_la")
+@METHODS.register()
 class AdaptformerLa(FinetuneMethod):
     name = "adaptformer_la"
+    display = "AdaptFormer + LA"
     peft = "adaptformer"
     loss = "la"
     description = "AdaptFormer in every block, logit-adjusted loss (the paper's members)"

@@ -8,9 +8,10 @@ from lt_bench.methods._base import METHODS
 from lt_bench.methods._finetune import FinetunedViewMethod
 
 
-@METHODS.register("adaptformer_la_tte")
+@METHODS.register()
 class AdaptFormerLATTE(FinetunedViewMethod):
     name = "adaptformer_la_tte"
+    display = "AdaptFormer + LA, TTE (five crops)"
     defaults: ClassVar[dict[str, Any]] = {"members": "adaptformer_la", "seed_offsets": [0],
                                           "view": "tte"}
     description = "AdaptFormer-LA, five-crop test-time ensembling (the same fine-tuning)"

@@ -15,8 +15,9 @@ from lt_bench.methods._base import METHODS
 from lt_bench.methods._ensemble import EnsembleMethod
 
 
-@METHODS.register("backdoor")
+@METHODS.register()
 class Backdoor(EnsembleMethod):
     name = "backdoor"
+    display = "backdoor"
     defaults: ClassVar[dict[str, Any]] = {"rule": "sum", "members": "la"}
     description = "causal backdoor adjustment: Σ over backbones of the member runs' logits"

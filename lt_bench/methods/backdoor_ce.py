@@ -7,8 +7,9 @@ from lt_bench.methods._base import METHODS
 from lt_bench.methods._ensemble import EnsembleMethod
 
 
-@METHODS.register("backdoor_ce")
+@METHODS.register()
 class BackdoorCE(EnsembleMethod):
     name = "backdoor_ce"
+    display = "backdoor (CE members)"
     defaults: ClassVar[dict[str, Any]] = {"rule": "sum", "members": "ce"}
     description = "control: the backdoor's sum over backbones, of CE member runs"

@@ -8,8 +8,9 @@ from lt_bench.methods._base import METHODS
 from lt_bench.methods._ensemble import EnsembleMethod
 
 
-@METHODS.register("backdoor_finetuned")
+@METHODS.register()
 class BackdoorFinetuned(EnsembleMethod):
     name = "backdoor_finetuned"
+    display = "backdoor (AdaptFormer-LA members)"
     defaults: ClassVar[dict[str, Any]] = {"rule": "sum", "members": "adaptformer_la"}
     description = "causal backdoor adjustment over the fine-tuned AdaptFormer-LA runs"

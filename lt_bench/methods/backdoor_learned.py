@@ -12,9 +12,10 @@ from lt_bench.methods._combine import fit_member_weights
 from lt_bench.methods._ensemble import EnsembleMethod
 
 
-@METHODS.register("backdoor_learned")
+@METHODS.register()
 class BackdoorLearned(EnsembleMethod):
     name = "backdoor_learned"
+    display = "backdoor (learned weights)"
     rules: ClassVar[tuple[str, ...]] = ("weighted_sum",)
     defaults: ClassVar[dict[str, Any]] = {"rule": "weighted_sum", "members": "la",
                                           "max_weight": 100.0}

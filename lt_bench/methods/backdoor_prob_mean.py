@@ -8,9 +8,10 @@ from lt_bench.methods._base import METHODS
 from lt_bench.methods._ensemble import EnsembleMethod
 
 
-@METHODS.register("backdoor_prob_mean")
+@METHODS.register()
 class BackdoorProbMean(EnsembleMethod):
     name = "backdoor_prob_mean"
+    display = "backdoor (prob. mean)"
     rules: ClassVar[tuple[str, ...]] = ("prob_mean",)  # the sum is `backdoor` itself
     defaults: ClassVar[dict[str, Any]] = {"rule": "prob_mean", "members": "la"}
     description = "control: mean over backbones of the member runs' probabilities"

@@ -16,9 +16,10 @@ from lt_bench.methods._base import METHODS
 from lt_bench.methods._ensemble import EnsembleMethod
 
 
-@METHODS.register("backdoor_same_backbone")
+@METHODS.register()
 class BackdoorSameBackbone(EnsembleMethod):
     name = "backdoor_same_backbone"
+    display = "backdoor (one backbone, M seeds)"
     vary: ClassVar[str] = "seed"
     defaults: ClassVar[dict[str, Any]] = {"rule": "sum", "members": "la",
                                           "seed_offsets": [0, 1000, 2000]}

@@ -17,9 +17,10 @@ from lt_bench.methods._combine import stack
 from lt_bench.methods._ensemble import EnsembleMethod
 
 
-@METHODS.register("backdoor_vote")
+@METHODS.register()
 class BackdoorVote(EnsembleMethod):
     name = "backdoor_vote"
+    display = "backdoor (majority vote)"
     rules: ClassVar[tuple[str, ...]] = ("vote",)
     defaults: ClassVar[dict[str, Any]] = {"rule": "vote", "members": "la"}
     description = "control: majority vote of the members' argmaxes (ties: the logit sum)"

@@ -7,9 +7,10 @@ from lt_bench.methods._heads import HEAD_DEFAULTS
 from lt_bench.methods.la import LogitAdjusted
 
 
-@METHODS.register("bs")
+@METHODS.register()
 class BalancedSoftmax(LogitAdjusted):
     name = "bs"
+    display = "BS"
     defaults: ClassVar[dict[str, Any]] = dict(HEAD_DEFAULTS)  # no τ: it is fixed to 1
     description = "balanced softmax CE(z + log π, y) (= la at τ = 1)"
 

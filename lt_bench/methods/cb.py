@@ -7,9 +7,10 @@ from lt_bench.methods._heads import HEAD_DEFAULTS, HeadMethod
 from lt_bench.methods._losses import class_balanced_weights, weighted_ce
 
 
-@METHODS.register("cb")
+@METHODS.register()
 class ClassBalanced(HeadMethod):
     name = "cb"
+    display = "CB"
     defaults: ClassVar[dict[str, Any]] = {**HEAD_DEFAULTS, "beta": 0.9999}
     description = "class-balanced CE, w_k = (1−β)/(1−β^n_k)"
 

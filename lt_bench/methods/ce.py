@@ -4,7 +4,8 @@ from lt_bench.methods._base import METHODS
 from lt_bench.methods._heads import HeadMethod
 
 
-@METHODS.register("ce")
+@METHODS.register()
 class CrossEntropy(HeadMethod):
     name = "ce"
+    display = "CE"
     description = "cosine head, cross-entropy"

@@ -24,9 +24,10 @@ from lt_bench.methods._base import METHODS
 from lt_bench.methods._heads import HEAD_DEFAULTS, HeadMethod
 
 
-@METHODS.register("crt")
+@METHODS.register()
 class ClassifierRetraining(HeadMethod):
     name = "crt"
+    display = "cRT"
     defaults: ClassVar[dict[str, Any]] = {**HEAD_DEFAULTS, "init": "random",
                                           "sampler": "class_aware", "num_samples_cls": 4}
     description = "classifier re-initialised, re-trained with class-aware sampling"

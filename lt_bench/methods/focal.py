@@ -7,9 +7,10 @@ from lt_bench.methods._heads import HEAD_DEFAULTS, HeadMethod
 from lt_bench.methods._losses import focal_loss
 
 
-@METHODS.register("focal")
+@METHODS.register()
 class Focal(HeadMethod):
     name = "focal"
+    display = "focal"
     defaults: ClassVar[dict[str, Any]] = {**HEAD_DEFAULTS, "gamma": 2.0}
     description = "focal loss −(1−p_y)^γ log p_y"
 

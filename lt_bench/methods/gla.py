@@ -15,9 +15,10 @@ from lt_bench.methods._predictor import LinearPredictor, LinearTerm
 from lt_bench.methods._reuse import base_linear, val_logits
 
 
-@METHODS.register("gla")
+@METHODS.register()
 class GLA(Method):
     name = "gla"
+    display = "GLA"
     requires = ("la",)
     needs_prior = True
     description = "post-hoc ensemble z_zs/T − log q̂ + z_la (debiased zero-shot + LA head)"

@@ -13,9 +13,10 @@ from lt_bench.methods._base import METHODS, FitContext
 from lt_bench.methods._heads import HEAD_DEFAULTS, HeadMethod
 
 
-@METHODS.register("gla_train")
+@METHODS.register()
 class GLATrain(HeadMethod):
     name = "gla_train"
+    display = "GLA (trained)"
     defaults: ClassVar[dict[str, Any]] = dict(HEAD_DEFAULTS)
     needs_prior = True
     description = "cosine head, CE(z + log π + log q̂, y)"

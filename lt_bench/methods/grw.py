@@ -7,9 +7,10 @@ from lt_bench.methods._heads import HEAD_DEFAULTS, HeadMethod
 from lt_bench.methods._losses import inverse_frequency_weights, weighted_ce
 
 
-@METHODS.register("grw")
+@METHODS.register()
 class GeneralisedReweighting(HeadMethod):
     name = "grw"
+    display = "GRW"
     defaults: ClassVar[dict[str, Any]] = {**HEAD_DEFAULTS, "exponent": 1.0}
     description = "inverse-frequency weighted CE, w_k ∝ π_k^(−exponent)"
 

@@ -161,9 +161,10 @@ def load_knn(folder) -> KNNPredictor:
 BANKS = ("train", "val")
 
 
-@METHODS.register("knn")
+@METHODS.register()
 class KNN(Method):
     name = "knn"
+    display = "k-NN"
     defaults: ClassVar[dict[str, Any]] = {"k": 10, "k_grid": [1, 3, 5, 10, 20, 50, 100],
                                           "temperature": 0.07, "bank": "train"}
     description = "cosine k-NN on the frozen train features, k tuned on val"
@@ -222,11 +223,12 @@ class KNN(Method):
                                      "temperature": hp["temperature"]})
 
 
-@METHODS.register("knn_authors")
+@METHODS.register()
 class KNNAuthors(KNN):
     """The authors' k-NN probe (Pre-train-Imbalance ``trainer.py: knn_test``)."""
 
     name = "knn_authors"
+    display = "k-NN (authors': val bank, k 200)"
     defaults: ClassVar[dict[str, Any]] = {"k": 200, "k_grid": [200], "temperature": 0.1,
                                           "bank": "val"}
     description = "the authors' k-NN probe: class-balanced val bank, k = 200, T = 0.1"

@@ -10,9 +10,10 @@ from lt_bench.methods._base import METHODS
 from lt_bench.methods._finetune import FinetunedViewMethod
 
 
-@METHODS.register("knn_finetuned")
+@METHODS.register()
 class KNNFinetuned(FinetunedViewMethod):
     name = "knn_finetuned"
+    display = "k-NN on AdaptFormer-LA features (authors')"
     defaults: ClassVar[dict[str, Any]] = {"members": "adaptformer_la", "seed_offsets": [0],
                                           "view": "centre", "k": 200, "temperature": 0.1,
                                           "bank": "val"}

@@ -9,9 +9,10 @@ from lt_bench.methods._base import METHODS, FitContext
 from lt_bench.methods._heads import HEAD_DEFAULTS, HeadMethod
 
 
-@METHODS.register("la")
+@METHODS.register()
 class LogitAdjusted(HeadMethod):
     name = "la"
+    display = "LA"
     defaults: ClassVar[dict[str, Any]] = {**HEAD_DEFAULTS, "tau": 1.0}
     description = "logit-adjusted loss CE(z + τ log π, y)"
 

@@ -18,9 +18,10 @@ def adjusted(p: LinearPredictor, shift: np.ndarray) -> LinearPredictor:
     return LinearPredictor(list(p.terms), np.asarray(bias, dtype=np.float64))
 
 
-@METHODS.register("la_posthoc")
+@METHODS.register()
 class LogitAdjustedPostHoc(Method):
     name = "la_posthoc"
+    display = "LA (post-hoc)"
     defaults: ClassVar[dict[str, Any]] = {"tau": 1.0, "tau_min": 0.0, "tau_max": 2.0,
                                           "tau_step": 0.1}
     requires = ("ce",)

@@ -12,9 +12,10 @@ from lt_bench.methods._heads import HEAD_DEFAULTS, HeadMethod
 from lt_bench.methods._losses import lade_regulariser
 
 
-@METHODS.register("lade")
+@METHODS.register()
 class LADE(HeadMethod):
     name = "lade"
+    display = "LADE"
     defaults: ClassVar[dict[str, Any]] = {**HEAD_DEFAULTS, "alpha": 0.1, "remine_lambda": 0.1}
     description = "LADE: CE(z + log π, y) + α·LADE regulariser"
 

@@ -19,9 +19,10 @@ from lt_bench.methods._heads import HEAD_DEFAULTS, HeadMethod
 from lt_bench.methods._losses import class_balanced_weights, ldam_loss, ldam_margins
 
 
-@METHODS.register("ldam")
+@METHODS.register()
 class LDAM(HeadMethod):
     name = "ldam"
+    display = "LDAM"
     defaults: ClassVar[dict[str, Any]] = {**HEAD_DEFAULTS, "max_margin": 0.5,
                                           "drw_epoch": None, "drw_beta": 0.9999}
     description = "label-distribution-aware margin z_y − s·m_y (optional DRW)"

@@ -4,9 +4,10 @@ from lt_bench.methods._base import METHODS
 from lt_bench.methods._finetune import FinetuneMethod
 
 
-@METHODS.register("lora_la")
+@METHODS.register()
 class LoraLa(FinetuneMethod):
     name = "lora_la"
+    display = "LoRA + LA"
     peft = "lora"
     loss = "la"
     description = "LoRA on the attention projections, logit-adjusted loss"

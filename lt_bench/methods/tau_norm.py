@@ -18,9 +18,10 @@ def tau_normalised(p: LinearPredictor, tau: float) -> LinearPredictor:
     return LinearPredictor(terms, p.bias)
 
 
-@METHODS.register("tau_norm")
+@METHODS.register()
 class TauNorm(Method):
     name = "tau_norm"
+    display = "τ-norm"
     defaults: ClassVar[dict[str, Any]] = {"tau": 1.0, "tau_min": 0.0, "tau_max": 2.0,
                                           "tau_step": 0.1}
     requires = ("ce",)

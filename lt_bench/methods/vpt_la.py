@@ -4,9 +4,10 @@ from lt_bench.methods._base import METHODS
 from lt_bench.methods._finetune import FinetuneMethod
 
 
-@METHODS.register("vpt_la")
+@METHODS.register()
 class VptLa(FinetuneMethod):
     name = "vpt_la"
+    display = "VPT + LA"
     peft = "vpt"
     loss = "la"
     description = "VPT-deep (10 prompts per block), logit-adjusted loss"

@@ -8,9 +8,10 @@ from lt_bench.methods._base import METHODS, FitContext, FitResult, Method
 from lt_bench.methods._predictor import LinearPredictor, LinearTerm
 
 
-@METHODS.register("zero_shot")
+@METHODS.register()
 class ZeroShot(Method):
     name = "zero_shot"
+    display = "zero-shot"
     description = "CLIP text classifier (prompt ensemble), no training"
 
     def fit(self, ctx: FitContext) -> FitResult:

@@ -10,35 +10,6 @@ from __future__ import annotations
 import html
 import math
 
-#: paper names of the methods (code ids stay in CSV and MLflow)
-DISPLAY_NAMES = {
-    "zero_shot": "zero-shot",
-    "ce": "CE",
-    "focal": "focal",
-    "ldam": "LDAM",  # "LDAM-DRW" where DRW ran: label_of(method, hparams)
-    "cb": "CB",
-    "grw": "GRW",
-    "la": "LA",
-    "bs": "BS",
-    "lade": "LADE",
-    "crt": "cRT",
-    "tau_norm": "τ-norm",
-    "lws": "LWS",
-    "la_posthoc": "LA (post-hoc)",
-    "gla": "GLA",
-    "gla_train": "GLA (trained)",
-    "knn": "k-NN",
-    "knn_authors": "k-NN (authors': val bank, k 200)",
-    "knn_finetuned": "k-NN on AdaptFormer-LA features (authors')",
-    "backdoor": "backdoor",
-    "backdoor_ce": "backdoor (CE members)",
-    "backdoor_prob_mean": "backdoor (prob. mean)",
-    "backdoor_learned": "backdoor (learned weights)",
-    "backdoor_same_backbone": "backdoor (one backbone, M seeds)",
-    "backdoor_finetuned": "backdoor (AdaptFormer-LA members)",
-    "adaptformer_la": "AdaptFormer + LA",
-    "adaptformer_la_tte": "AdaptFormer + LA, TTE (five crops)",
-}
 TEX_NAMES = {"tau_norm": r"$\tau$-norm"}
 
 DET_MARK = "†"  # deterministic: every seed gave the same metrics
@@ -49,11 +20,20 @@ FOOTNOTE_MARKS = "abcdefghijklmnopqrstuvwxyz"
 
 
 def display_name(method: str, label: str | None = None) -> str:
-    """The paper name of a method; ``label``: the one its runs' hyper-parameters give
-    (:func:`label_of`), which wins where there is one."""
+    """The paper name of a method: its class's ``display`` (lt_bench/methods; a variant's
+    is its ``display:`` or made from its keys, "LA (τ=0.5)"), else the code id (a method
+    this process does not know, a plugin's without ``display``; code ids stay in CSV and
+    MLflow); ``label``: the one its runs' hyper-parameters give (:func:`label_of`), which
+    wins where there is one."""
     if isinstance(label, str) and label:
         return label
-    return DISPLAY_NAMES.get(method, method)
+    from lt_bench.errors import UserError
+    from lt_bench.methods import METHODS, display_of
+
+    try:
+        return display_of(METHODS.get(method)) if method in METHODS else method
+    except UserError:  # a broken plugin: the tables still print, under code ids
+        return method
 
 
 def label_of(method: str, hparams: dict | None) -> str:

@@ -15,6 +15,8 @@ around the seed average; the spread over seeds is reported separately (mean ± s
 Replicates come from ``numpy.random.default_rng(seed)``: the same seed, the same interval.
 
 Comparisons the tables make (``comparisons``): each method vs LA on the same backbone;
+each variant of a method (a config's ``methods.<name>: {base: ...}``) vs its base, same
+backbone label (``vs_base``);
 **each backdoor** (``BACKDOORS``: the frozen-feature one over LA heads, the fine-tuned one
 over AdaptFormer-LA runs; one per track) vs its own best single member chosen on val (per
 seed, the member with the best ``val_top1``); each ensemble control (any other run
@@ -217,6 +219,9 @@ def comparisons(run_dirs: list[Path | str], n_boot: int = N_BOOT, seed: int = 0,
     interval excludes 0. ``loader(run_dir, split) -> (labels, logits)`` defaults to
     ``lt_bench.runs.run_logits``.
     """
+    from lt_bench.methods._variants import base_of
+    from lt_bench.report.format import display_name
+
     groups = _index(run_dirs)
     correct = _Correct(loader)
     if loader is None:  # the seam's own logits: share member rebuilds between ensembles
@@ -237,10 +242,16 @@ def comparisons(run_dirs: list[Path | str], n_boot: int = N_BOOT, seed: int = 0,
 
     for key, runs in sorted(groups.items()):
         ds, bb, method = key
+        # a config's variant (lt_bench/methods/_variants.py) vs its base, same backbone
+        # label (an ensemble's variant vs its base ensemble too)
+        base = base_of(method)
+        if base is not None and (ds, bb, base) in groups:
+            add("vs_base", ds, key, (ds, bb, base), runs, groups[(ds, bb, base)],
+                display_name(base))
         if _any_ensemble(runs):
             continue
         la = groups.get((ds, bb, "la"))
-        if method != "la" and la:
+        if method != "la" and la and base != "la":  # a variant of la: its vs_base row
             add("vs_la", ds, key, (ds, bb, "la"), runs, la, "LA")
     for key, runs in sorted(groups.items()):
         ds, bb, method = key
@@ -264,7 +275,7 @@ def comparisons(run_dirs: list[Path | str], n_boot: int = N_BOOT, seed: int = 0,
             continue
         for other, oruns in sorted(groups.items()):
             if other[0] == ds and other != key and other[2] not in BACKDOORS \
-                    and _any_ensemble(oruns):
+                    and _any_ensemble(oruns) and base_of(other[2]) != CONTROLLED:  # vs_base
                 add("control_vs_backdoor", ds, other, key, oruns, runs, "backdoor")
     return pd.DataFrame(_bootstrap_rows(pending, n_boot, seed), columns=COLUMNS)
 

@@ -343,6 +343,10 @@ def read_run_folder(run_dir, suite: str, commit: str | None = None,
         "git_commit": str(config.get("git_commit") or commit or "unknown"),
     }
     tags["mlflow.source.git.commit"] = tags["git_commit"]
+    from lt_bench.methods._variants import base_of
+
+    if (base := base_of(ident["method"])) is not None:  # a config's variant of ``base``
+        tags["base_method"] = base
     if config.get("weights"):  # "sha256:<hex>" of the backbone's weights file, or the tag
         tags["weights"] = str(config["weights"])
     for kind in ("feature_sha256", "split_sha256"):

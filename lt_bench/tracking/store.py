@@ -173,10 +173,17 @@ def relocate_sqlite_store(db: Path, artifact_root: Path) -> int:
 
 
 def method_defaults(methods: set[str]) -> dict[str, dict[str, Any] | None]:
-    """Each method's default hyper-parameters from the registry (None: not registered)."""
+    """Each method's default hyper-parameters from the registry (None: not registered); a
+    variant's are its base's, so its MLflow names show its keys (``la_tau05 … τ=0.5``)."""
     from lt_bench.methods import METHODS
 
-    return {m: (dict(METHODS.get(m).defaults) if m in METHODS else None) for m in methods}
+    def defaults(m: str) -> dict[str, Any] | None:
+        if m not in METHODS:
+            return None
+        cls = METHODS.get(m)
+        return dict(METHODS.get(cls.variant_of).defaults if cls.variant_of else cls.defaults)
+
+    return {m: defaults(m) for m in methods}
 
 
 def ingest(run_dirs: list[Path | str], suite: str, tracking_uri: str | None = None,

@@ -265,7 +265,7 @@ def _setting_content(key: str, seeds: list, suite: str) -> dict[str, Any]:
     tags = {"kind": KIND_SETTING, "state": STATE_CURRENT, "setting_key": key,
             "group": t0.get("group", ""), "group_key": t0.get("group_key", ""), "suite": suite,
             **{k: t0.get(k, "") for k in ("dataset", "backbone", "method")},
-            "mlflow.note.content": desc}
+            **{k: t0[k] for k in ("base_method",) if t0.get(k)}, "mlflow.note.content": desc}
     name = f"{name} ×{len(seeds)}"
     fp = stable_hash({"m": metrics, "t": tags, "n": name}, n=16)
     return {"name": name, "metrics": metrics, "tags": {**tags, TAG_FINGERPRINT: fp},

@@ -46,13 +46,14 @@ rule ensemble_of_runs:
         method=methods_regex("runs", exclude=COMBINED_METHODS),
     params:
         runs=lambda wc: json.dumps(PLAN.combine_run(wc.dataset, wc.backbone, wc.method, wc.seed)),
+        variants=lambda wc: PLAN.run_list_variants(PLAN.combine_run(wc.dataset, wc.backbone, wc.method, wc.seed)),
     log:
         "logs/ensemble_of_runs/{dataset}/{backbone}/{method}/seed{seed}.log",
     threads: 1
     conda:
         "../envs/lt-bench.yaml"
     shell:
-        "lt-bench combine --runs {params.runs:q} 2> {log:q}"
+        "lt-bench {params.variants:q} combine --runs {params.runs:q} 2> {log:q}"
 
 
 if COMBINED_METHODS:
@@ -66,6 +67,7 @@ if COMBINED_METHODS:
             seed="|".join(str(s) for s in SUITE.seeds),
         params:
             runs=lambda wc: json.dumps(PLAN.combine_runs(wc.dataset, wc.seed)),
+            variants=lambda wc: PLAN.run_list_variants(PLAN.combine_runs(wc.dataset, wc.seed)),
         log:
             "logs/combine_runs/{dataset}/seed{seed}.log",
 

@@ -83,6 +83,11 @@ def backbone_spec_arg(wc):
     return ["--backbone-spec", json.dumps(spec, sort_keys=True)] if spec else []
 
 
+#: ``--variants JSON`` (an argv list, [] without variants) declaring every variant of the
+#: config to a report job (display names, bases, ensembles' predictors: lt_bench/plan.py)
+REPORT_VARIANTS = PLAN.variants_arg(display=True)
+
+
 def hparams_json(wc):
     return json.dumps(PLAN.hparams(wc.method, wc.dataset), sort_keys=True)
 

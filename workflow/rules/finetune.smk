@@ -19,6 +19,7 @@ rule finetune:
         method=methods_regex("images"),
     params:
         hparams=hparams_json,
+        variants=lambda wc: PLAN.variants_arg([wc.method]),
         dataset_params=lambda wc: json.dumps(PLAN.dataset_params(wc.dataset), sort_keys=True),
         image_root=opt_arg("--image-root-from", "images"),
         checkpoint=opt_arg("--checkpoint", "checkpoint"),
@@ -40,7 +41,7 @@ rule finetune:
     conda:
         "../envs/lt-bench.yaml"
     shell:
-        "lt-bench finetune --method {wildcards.method:q} --dataset {wildcards.dataset:q}"
+        "lt-bench {params.variants:q} finetune --method {wildcards.method:q} --dataset {wildcards.dataset:q}"
         " --dataset-params {params.dataset_params:q} --split-dir resources/data/{wildcards.dataset:q}"
         " {params.image_root:q} --backbone {wildcards.backbone:q} {params.backbone_spec:q} {params.checkpoint:q}"
         " --features-dir results/features/{wildcards.dataset:q}/{wildcards.backbone:q}"

@@ -44,13 +44,14 @@ rule significance:
         "results/tables/significance.csv",
     params:
         n_boot=REPORT.get("bootstrap_replicates", 2000),
+        variants=REPORT_VARIANTS,
     log:
         "logs/report/significance.log",
     threads: 1
     conda:
         "../envs/lt-bench.yaml"
     shell:
-        "lt-bench significance --metrics $(cat {input:q}) --n-boot {params.n_boot:q}"
+        "lt-bench {params.variants:q} significance --metrics $(cat {input:q}) --n-boot {params.n_boot:q}"
         " --out {output:q} > {log:q} 2>&1"
 
 
@@ -81,12 +82,13 @@ rule aggregate:
         runs=report_table("runs", "all runs", "csv", "runs_table"),
     params:
         methods=SUITE.methods,
+        variants=REPORT_VARIANTS,
     log:
         "logs/report/aggregate.log",
     conda:
         "../envs/lt-bench.yaml"
     shell:
-        "lt-bench tables --metrics $(cat {input.runs:q}) --method-order {params.methods:q}"
+        "lt-bench {params.variants:q} tables --metrics $(cat {input.runs:q}) --method-order {params.methods:q}"
         " --significance {input.significance:q} --out-dir results/tables > {log:q} 2>&1"
 
 
@@ -103,13 +105,15 @@ rule findings:
             labels={"section": "findings"},
         ),
         md="results/tables/findings.md",
+    params:
+        variants=REPORT_VARIANTS,
     log:
         "logs/report/findings.log",
     conda:
         "../envs/lt-bench.yaml"
     shell:
         # the toy regime from resources/data/toy/toy_meta.json (prepared before any run)
-        "lt-bench findings --tables-dir results/tables --data-dir resources/data > {log:q} 2>&1"
+        "lt-bench {params.variants:q} findings --tables-dir results/tables --data-dir resources/data > {log:q} 2>&1"
 
 
 rule figure_accuracy:
@@ -134,12 +138,13 @@ rule figure_accuracy:
         by_qhat_pdf="results/figures/{dataset}/acc_vs_qhat.pdf",
     params:
         methods=FIGURE_METHODS,
+        variants=REPORT_VARIANTS,
     log:
         "logs/report/figure_accuracy/{dataset}.log",
     conda:
         "../envs/lt-bench.yaml"
     shell:
-        "lt-bench figures accuracy --metrics $(cat {input:q}) --methods {params.methods:q}"
+        "lt-bench {params.variants:q} figures accuracy --metrics $(cat {input:q}) --methods {params.methods:q}"
         " --out-dir results/figures/{wildcards.dataset:q} > {log:q} 2>&1"
 
 
@@ -191,11 +196,12 @@ rule figure_dxp:
         summary_pdf="results/figures/{dataset}/dxp_vs_la.pdf",
     params:
         methods=SUITE.methods,
+        variants=REPORT_VARIANTS,
     log:
         "logs/report/figure_dxp/{dataset}.log",
     conda:
         "../envs/lt-bench.yaml"
     shell:
-        "lt-bench figures dxp --metrics $(cat {input:q}) --dataset {wildcards.dataset:q}"
+        "lt-bench {params.variants:q} figures dxp --metrics $(cat {input:q}) --dataset {wildcards.dataset:q}"
         " --methods {params.methods:q} --out-dir results/figures/{wildcards.dataset:q}"
         " > {log:q} 2>&1"

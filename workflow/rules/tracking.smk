@@ -28,6 +28,7 @@ rule ingest_mlflow:
         # a smoke run has its own experiment, lt-bench/<suite>-smoke (lt_bench/smoke.py)
         suite=SUITE.name + (SMOKE_SUFFIX if config.get("smoke") else ""),
         store=PLAN.tracking_store_id(),  # common.smk
+        variants=REPORT_VARIANTS,
     log:
         "logs/ingest_mlflow.log",
     conda:
@@ -35,5 +36,5 @@ rule ingest_mlflow:
     shell:
         # $(cat index.txt): each line a relative metrics.json path built from schema-checked
         # names (safe pattern), so word splitting cannot cut or inject
-        "lt-bench ingest --suite {params.suite:q} --metrics $(cat {input.runs:q})"
+        "lt-bench {params.variants:q} ingest --suite {params.suite:q} --metrics $(cat {input.runs:q})"
         " --figures-root results/figures --out {output:q} 2> {log:q}"

@@ -32,6 +32,7 @@ if HEAD_METHODS:
         params:
             runs=lambda wc: json.dumps(PLAN.head_runs(wc.dataset, wc.backbone, wc.seed)),
             args=head_job_args,
+            variants=PLAN.variants_arg(HEAD_METHODS),
         log:
             "logs/fit_heads/{dataset}/{backbone}/seed{seed}.log",
         benchmark:
@@ -43,7 +44,7 @@ if HEAD_METHODS:
             "../envs/lt-bench.yaml"
         shell:
             "echo \"host=$(hostname) slurm_job=${{SLURM_JOB_ID:-none}} gpus=${{CUDA_VISIBLE_DEVICES:-none}}\" > {log:q};"
-            " lt-bench fit --runs {params.runs:q}"
+            " lt-bench {params.variants:q} fit --runs {params.runs:q}"
             " --features-dir results/features/{wildcards.dataset:q}/{wildcards.backbone:q}"
             " {params.args:q} --threads {threads:q} 2>> {log:q}"
 
@@ -60,6 +61,7 @@ if MEMBER_SEED_RUNS:
         params:
             runs=lambda wc: json.dumps(PLAN.head_runs(wc.dataset, wc.backbone)),
             args=head_job_args,
+            variants=PLAN.variants_arg(m for m, _ in MEMBER_SEED_RUNS),
         log:
             "logs/fit_member_seeds/{dataset}/{backbone}.log",
         benchmark:
