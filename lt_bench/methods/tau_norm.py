@@ -22,7 +22,7 @@ def tau_normalised(p: LinearPredictor, tau: float) -> LinearPredictor:
 class TauNorm(Method):
     name = "tau_norm"
     defaults: ClassVar[dict[str, Any]] = {"tau": 1.0, "tau_min": 0.0, "tau_max": 2.0,
-                                          "tau_step": 0.1}
+                                          "tau_step": 0.1, "view": "auto"}
     requires = ("ce",)
     description = "post-hoc τ-normalisation of the CE head, τ tuned on val"
 

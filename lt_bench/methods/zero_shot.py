@@ -4,6 +4,8 @@
 so the stored projection P maps it to open_clip's ``encode_image`` first.
 """
 
+from typing import Any, ClassVar
+
 from lt_bench.methods._base import METHODS, FitContext, FitResult, Method
 from lt_bench.methods._predictor import LinearPredictor, LinearTerm
 
@@ -11,6 +13,7 @@ from lt_bench.methods._predictor import LinearPredictor, LinearTerm
 @METHODS.register("zero_shot")
 class ZeroShot(Method):
     name = "zero_shot"
+    defaults: ClassVar[dict[str, Any]] = {"view": "auto"}  # store.split_view
     description = "CLIP text classifier (prompt ensemble), no training"
 
     def fit(self, ctx: FitContext) -> FitResult:
