@@ -17,12 +17,11 @@ import pytest
 from safetensors.numpy import load_file
 from synth_runs import FAST, make_features_dir
 
+from lt_bench.features.eval_views import default_view, split_view
 from lt_bench.features.store import (
-    default_view,
     features_table,
     read_features,
     read_text_embeddings,
-    split_view,
     write_table,
 )
 from lt_bench.methods._reuse import float_grid

@@ -9,7 +9,7 @@ Protocol (issue 10, LIFT ``trainer.py``)
     ``tte="fivecrop"`` adds the ``crops`` column to the non-train splits, encoded in the
     same pass as the centre view (each image decoded once); ``tte="both"`` writes the same
     columns and records ``default_view: centre`` (runs read the centre view unless they ask
-    for ``view: fivecrop``: ``store.split_view``); ``train_views``
+    for ``view: fivecrop``: ``eval_views.split_view``); ``train_views``
     > 0 writes ``train_views.parquet`` (``features/views.py``). Both are recorded in the
     metadata (``feature``, ``transform``, ``crops``).
 Shards

@@ -21,7 +21,7 @@ def resolve_test_transform(bb, test_transform: str) -> str:
         return test_transform
     return "open_clip" if bb.spec.library == "toy" else "lift"
 #: ``fivecrop``: the crops (runs read them by default); ``both``: the same columns, runs
-#: read the centre view by default and the crops with ``view: fivecrop`` (store.split_view)
+#: read the centre view by default and the crops with ``view: fivecrop`` (eval_views.split_view)
 TTE_MODES = ("none", "fivecrop", "both")
 
 

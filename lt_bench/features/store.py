@@ -7,13 +7,9 @@
     Provenance as JSON under the ``lt_bench`` schema metadata key, including ``feature``
     (``pre_projection`` | ``encode_image`` | ``timm_pooled``) and ``transform``.
 
-    **Views** of val/test (:func:`split_view`): ``centre`` is the ``feature`` column (the
-    test transform, always there); ``fivecrop`` is the five crops, whose logits a run
-    averages (LIFT's TTE). Both come from one extraction pass (each image decoded once,
-    encoded through both transforms). Which view a run reads when it asks for none
-    (``view: auto``) is the file's ``default_view``: ``centre`` under ``extract.tte:
-    both`` (metadata ``default_view``), the crops under ``fivecrop`` (files without the key:
-    ``fivecrop`` where they have crops, so ``fivecrop`` extractions read as before).
+    The val/test **views** a run may read (``centre``: the ``feature`` column; ``fivecrop``:
+    the crops) and the metadata ``default_view`` (``extract.tte: both``) are read by
+    ``features/eval_views.py``.
 ``train_views.parquet`` (``extract.train_views: V`` > 0)
     ``path``, ``label``, ``view`` int16, ``feature``; view-major (all N rows of view 0,
     then view 1, ...); read with :func:`read_feature_views`.
@@ -33,7 +29,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -200,51 +196,6 @@ class TextEmbeddings:
         if self.projection is None:
             return t
         return _l2n(t @ self.projection.T).astype(np.float32)
-
-
-#: the views a features-consuming run may read (``view`` hyper-parameter); ``auto``: the
-#: file's default view
-VIEWS = ("auto", "centre", "fivecrop")
-
-
-def default_view(split: FeatureSplit) -> str:
-    """The view ``auto`` reads: the file's ``default_view`` (``extract.tte: both`` records
-    ``centre``), else the crops where there are crops (``fivecrop``), else ``centre``."""
-    return split.meta.get("default_view") or ("fivecrop" if split.crops is not None
-                                              else "centre")
-
-
-def check_view(view: Any, method: str) -> None:
-    """``view`` is one of :data:`VIEWS`; one line naming the method otherwise."""
-    if view not in VIEWS:
-        raise InputValidationError(f"method {method!r}: view = {view!r}; valid: "
-                                   f"{', '.join(VIEWS)}")
-
-
-def resolve_view(split: FeatureSplit, view: str | None) -> str:
-    """The view ``view`` names on ``split``: itself, or :func:`default_view` for ``auto``
-    (and None: run folders written before views, whose reader took the crops if any)."""
-    return default_view(split) if view in (None, "auto") else view
-
-
-def split_view(split: FeatureSplit, view: str | None, where: str | Path) -> FeatureSplit:
-    """``split`` as a run of ``view`` reads it: ``centre`` without crops (its ``feature``
-    column), ``fivecrop`` with them (logits averaged over the crops by the reader);
-    ``auto``/None is :func:`default_view`. The arrays are shared, not copied. A
-    ``fivecrop`` view of a split without crops is one line naming ``where`` (the features
-    folder) and the fix."""
-    view = resolve_view(split, view)
-    if view == "centre":
-        return split if split.crops is None else replace(split, crops=None)
-    if view != "fivecrop":
-        raise InputValidationError(f"view {view!r}; valid: {', '.join(VIEWS)}")
-    if split.crops is None:
-        raise InputValidationError(
-            f"features folder {where}: view 'fivecrop' asked, but its "
-            f"{split.meta.get('split', 'val/test')} features have no five-crop view (extracted "
-            "with extract.tte: none); re-extract them with extract.tte: both (centre and "
-            "five-crop views) or use view: centre")
-    return split
 
 
 def _fixed_list(values: np.ndarray, dtype: pa.DataType) -> pa.FixedSizeListArray:

@@ -13,7 +13,7 @@ from lt_bench.methods._predictor import LinearPredictor, LinearTerm
 @METHODS.register("zero_shot")
 class ZeroShot(Method):
     name = "zero_shot"
-    defaults: ClassVar[dict[str, Any]] = {"view": "auto"}  # store.split_view
+    defaults: ClassVar[dict[str, Any]] = {"view": "auto"}  # eval_views.split_view
     description = "CLIP text classifier (prompt ensemble), no training"
 
     def fit(self, ctx: FitContext) -> FitResult:

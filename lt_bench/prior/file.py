@@ -9,7 +9,7 @@ fresh balanced images of the pre-training world). Columns:
 - ``q_hat`` float64: the estimated prior, finite, > 0, summing to 1;
 - ``q_true`` float64, optional: the known pre-training prior (toy CLIPs), same checks;
 - ``q_hat_{view}`` float64, optional: q̂ estimated on another val view of the features
-  (``centre`` / ``fivecrop``, ``lt_bench.features.store.split_view``) than ``q_hat``'s,
+  (``centre`` / ``fivecrop``, ``lt_bench.features.eval_views.split_view``) than ``q_hat``'s,
   where the features hold both (``extract.tte: fivecrop`` or ``both``); its T under
   ``views.{view}.temperature`` in the metadata. A run reads the q̂ of the view it reports
   (:meth:`PriorFile.of_view`).

@@ -27,7 +27,7 @@ def zero_shot_logits(features_dir: Path, split: str = "val", view: str | None = 
                      ) -> tuple[np.ndarray, np.ndarray]:
     """(labels, logits) of the CLIP text classifier ``s · cos(e(x), t_k)`` on ``split``
     (``e(x)`` is ``encode_image``: the stored projection maps pre-projection features), on
-    its ``view`` (None/``auto``: the file's default; ``store.split_view``). On the five-crop
+    its ``view`` (None/``auto``: the file's default; ``eval_views.split_view``). On the five-crop
     view the logits are averaged over the crops, as a run's val/test logits are: T and q̂
     are fitted on what the runs report."""
     from lt_bench.features.store import read_features
@@ -37,7 +37,8 @@ def zero_shot_logits(features_dir: Path, split: str = "val", view: str | None = 
 
 
 def _view_logits(features_dir: Path, split, view: str | None) -> tuple[np.ndarray, np.ndarray]:
-    from lt_bench.features.store import read_text_embeddings, split_view
+    from lt_bench.features.eval_views import split_view
+    from lt_bench.features.store import read_text_embeddings
 
     text = read_text_embeddings(features_dir / "text.parquet")
     if text.embeddings is None or text.logit_scale is None:
@@ -55,11 +56,12 @@ def prior_from_features(features_dir: Path, out: Path, true_prior: Path | None =
                         split: str = "val", solver: str = "argmin") -> dict[str, Any]:
     """Estimate q̂ from a features folder and write the prior file; returns its metadata.
 
-    ``q_hat`` is estimated on the val split's default view (``store.default_view``); where
+    ``q_hat`` is estimated on the val split's default view (``eval_views.default_view``); where
     the split has both views (``extract.tte: fivecrop`` / ``both``) the other one's q̂ is a
     ``q_hat_{view}`` column beside it, so a run of either view fits on what it reports."""
     features_dir = Path(features_dir)
-    from lt_bench.features.store import default_view, read_features
+    from lt_bench.features.eval_views import default_view
+    from lt_bench.features.store import read_features
 
     val = read_features(features_dir / f"{split}.parquet")
     view = default_view(val)

@@ -303,7 +303,8 @@ class FeatureRun:
         self.view = folder.config.get("view")  # None (older runs): the file's default view
 
     def split_logits(self, split: str) -> tuple[np.ndarray, np.ndarray]:
-        from lt_bench.features.store import read_features_shared, split_view
+        from lt_bench.features.eval_views import split_view
+        from lt_bench.features.store import read_features_shared
         from lt_bench.methods._predictor import split_features_logits
 
         feats = split_view(read_features_shared(self.features_dir / f"{split}.parquet"),

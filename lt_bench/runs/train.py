@@ -2,7 +2,7 @@
 features, save its predictor, and finish through :func:`lt_bench.runs.folder.write_run`.
 
 The val/test view a run reads is its ``view`` hyper-parameter (``auto``, ``centre``,
-``fivecrop``; ``lt_bench.features.store.split_view``): its knobs are fitted on that val
+``fivecrop``; ``lt_bench.features.eval_views.split_view``): its knobs are fitted on that val
 view and its test logits come from that test view ("fit on what is reported"); q̂ and its
 T are the prior file's estimate on the same view. The train split has one view. The
 resolved view is recorded in ``config.json`` (``view``), which the seam reads back."""
@@ -160,7 +160,7 @@ def train_runs(features_dir: Path, runs: list[dict[str, Any]], *, prior: Path | 
 
     runs = check_run_list(runs)
     methods = []  # every name and hyper-parameter checked before anything is fitted
-    from lt_bench.features.store import check_view
+    from lt_bench.features.eval_views import check_view
 
     for r in runs:
         cls = METHODS.get(r["method"])
@@ -186,7 +186,7 @@ def train_runs(features_dir: Path, runs: list[dict[str, Any]], *, prior: Path | 
 def _fit_one(feats: _Features, run: dict[str, Any], m, *, tune: bool, device: str,
              reuse_dir: Path | None) -> dict[str, Any]:
     """One run of ``train_runs``: ``m`` is its method, built from ``run["params"]``."""
-    from lt_bench.features.store import default_view, resolve_view, split_view
+    from lt_bench.features.eval_views import default_view, resolve_view, split_view
     from lt_bench.methods import FitContext
     from lt_bench.runs import reuse
 
