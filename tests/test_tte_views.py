@@ -112,6 +112,8 @@ def test_a_head_of_view_fivecrop_reads_the_crop_average(folders):
         np.testing.assert_allclose(z_auto, _cosine(w, 25.0, s.features), rtol=1e-4, atol=1e-4)
     metrics = json.loads((r_five / "metrics.json").read_text())
     assert metrics["top1"] == pytest.approx(float((want.argmax(1) == labels).mean()))
+    assert metrics["inference_cost"] == 5.0  # five forward passes an image
+    assert json.loads((r_auto / "metrics.json").read_text())["inference_cost"] == 1.0
     cfg = json.loads((r_five / "config.json").read_text())
     assert cfg["view"] == "fivecrop" and cfg["hparams"]["view"] == "fivecrop"
     assert json.loads((r_auto / "config.json").read_text())["view"] == "centre"

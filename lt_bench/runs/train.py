@@ -249,6 +249,9 @@ def _fit_one(feats: _Features, run: dict[str, Any], m, *, tune: bool, device: st
                         # for a backbone's rows
                         history=result.history, pretrain_prior=pf.q_hat if pf else None,
                         group_counts=feats.group_counts, started_at=started,
-                        extra_metrics={"n_trainable_params": n_params, "inference_cost": 1.0})
+                        # five forward passes an image on the crops (as the fine-tuning's
+                        # TTE view, runs/finetune.py)
+                        extra_metrics={"n_trainable_params": n_params,
+                                       "inference_cost": 5.0 if view == "fivecrop" else 1.0})
     reuse.store(reuse_dir, key, out_dir)
     return metrics
