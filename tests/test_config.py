@@ -84,7 +84,7 @@ def test_method_hparams_layering(config):
     cfg["method_overrides"] = {"toy": {"epochs": 20}}
     hp = method_hparams(cfg, "la", "toy")
     assert hp["tau"] == 0.5 and hp["epochs"] == 20 and hp["lr"] == 0.01
-    assert method_hparams(cfg, "zero_shot", "toy") == {}  # overrides skip unknown keys
+    assert method_hparams(cfg, "zero_shot", "toy") == {"view": "auto"}  # skips unknown keys
 
 
 def test_method_overrides_of_one_method(config):

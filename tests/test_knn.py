@@ -168,6 +168,7 @@ def test_knn_defaults_are_ours_and_the_authors():
     from lt_bench.methods import METHODS
 
     assert METHODS.get("knn").defaults | {} == {
-        "k": 10, "k_grid": [1, 3, 5, 10, 20, 50, 100], "temperature": 0.07, "bank": "train"}
+        "k": 10, "k_grid": [1, 3, 5, 10, 20, 50, 100], "temperature": 0.07, "bank": "train",
+        "view": "auto"}
     a = METHODS.get("knn_authors").defaults
     assert (a["k"], a["temperature"], a["bank"]) == (200, 0.1, "val")

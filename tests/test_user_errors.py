@@ -289,6 +289,13 @@ CASES = {
         "epochs = 0 is invalid"),
     "unknown hyper-parameter": (
         lambda w: _train(w, "--params", '{"lr": 0.1, "lrr": 1}'), "unknown hyper-parameter"),
+    "five-crop view of features extracted without it": (
+        lambda w: _train(w, "--params", json.dumps({**FAST, "view": "fivecrop"})),
+        "features have no five-crop view (extracted with extract.tte: none); re-extract them with "
+        "extract.tte: both"),
+    "unknown view": (
+        lambda w: _train(w, "--params", json.dumps({**FAST, "view": "tte"})),
+        "method 'ce': view = 'tte'; valid: auto, centre, fivecrop"),
     "unknown method": (
         lambda w: _train(w, method="lx"), "unknown method 'lx'"),
     "base run of another backbone": (

@@ -60,7 +60,7 @@ def run_bytes(consumes: str, n_eval: int, k: int, d: int) -> int:
 def estimate_bytes(plan) -> tuple[int, list[str]]:
     """Bytes the suite writes under results/ (features + runs + MLflow), and what is unknown."""
     cfg = plan.config.get("extract") or {}
-    crops = 6 if cfg.get("tte") == "fivecrop" else 1
+    crops = 6 if cfg.get("tte") in ("fivecrop", "both") else 1
     views = int(cfg.get("train_views") or 0)
     total, unknown, shapes = 0, [], {}
     for d in plan.suite.datasets:

@@ -6,7 +6,10 @@ Protocol (issue 10, LIFT ``trainer.py``)
     The stored feature is the backbone's :meth:`~LoadedBackbone.encode_feature`
     (pre-projection ``ln_post`` CLS token for open_clip ViTs); images go through LIFT's test
     transform (``Resize(S*8/7)`` + ``CenterCrop(S)``) unless ``test_transform="open_clip"``;
-    ``tte="fivecrop"`` adds the ``crops`` column to the non-train splits; ``train_views``
+    ``tte="fivecrop"`` adds the ``crops`` column to the non-train splits, encoded in the
+    same pass as the centre view (each image decoded once); ``tte="both"`` writes the same
+    columns and records ``default_view: centre`` (runs read the centre view unless they ask
+    for ``view: fivecrop``: ``eval_views.split_view``); ``train_views``
     > 0 writes ``train_views.parquet`` (``features/views.py``). Both are recorded in the
     metadata (``feature``, ``transform``, ``crops``).
 Shards
@@ -100,7 +103,9 @@ def extract_all(dataset: str, split_dir: Path, image_root: Path, backbone_name: 
         split_file = split_dir / f"{split}.txt"
         with_tte = crops_tf is not None and split != "train"
         meta = {**base_meta, "split": split, "split_sha256": sha256_file(split_file),
-                **({"tte": tf_info["tte"]} if with_tte else {})}
+                **({"tte": tf_info["tte"]} if with_tte else {}),
+                # only under both, so fivecrop files (and their runs' numbers) are unchanged
+                **({"default_view": "centre"} if with_tte and tte == "both" else {})}
         stats[split] = extract_split(
             bb, split_file, image_root, out_dir / f"{split}.parquet", meta,
             batch_size=batch_size, num_workers=num_workers, shard_size=shard_size, device=dev,

@@ -8,7 +8,7 @@ config key         flag                    default     meaning
 =================  ======================  ==========  =======================================
 feature            ``--feature``           auto        auto: pre-projection for open_clip ViTs
 test_transform     ``--test-transform``    auto        lift: Resize(S*8/7)+CenterCrop; open_clip; auto: lift, toy CLIPs open_clip
-tte                ``--tte``               none        fivecrop: ``crops`` column on val/test
+tte                ``--tte``               none        fivecrop: ``crops`` column on val/test; both: same, centre read by default
 train_views        ``--train-views``       0           V augmented views -> train_views.parquet
 view_seed          ``--view-seed``         0           seed of the views
 decode             ``--decode``            cpu         gpu: batched nvJPEG (CPU fallback)
@@ -32,7 +32,7 @@ PROMPT_OPTIONS = {
     "head_init": ("--head-init-prompts", "single", str),
 }
 CHOICES = {"feature": ("auto", "pre_projection", "encode_image"),
-           "test_transform": ("auto", "lift", "open_clip"), "tte": ("none", "fivecrop"),
+           "test_transform": ("auto", "lift", "open_clip"), "tte": ("none", "fivecrop", "both"),
            "decode": ("cpu", "gpu")}
 
 

@@ -20,7 +20,9 @@ def resolve_test_transform(bb, test_transform: str) -> str:
     if test_transform != "auto":
         return test_transform
     return "open_clip" if bb.spec.library == "toy" else "lift"
-TTE_MODES = ("none", "fivecrop")
+#: ``fivecrop``: the crops (runs read them by default); ``both``: the same columns, runs
+#: read the centre view by default and the crops with ``view: fivecrop`` (eval_views.split_view)
+TTE_MODES = ("none", "fivecrop", "both")
 
 
 def eval_transforms(bb, test_transform: str = "lift", tte: str = "none"):
@@ -48,7 +50,7 @@ def eval_transforms(bb, test_transform: str = "lift", tte: str = "none"):
         tf = lift_test_transform(size, mean, std, kind=test_transform, interpolation=interp)
     info = {"test": transform_meta(test_transform, size, mean, std, interp)}
     crops = None
-    if tte == "fivecrop":
+    if tte in ("fivecrop", "both"):  # one pass: both transforms of each decoded image
         crops = five_crop_transform(size, mean, std)
         info["tte"] = transform_meta("fivecrop", size, mean, std)
     return tf, crops, info

@@ -2,10 +2,14 @@
 
 ``{split}.parquet``
     ``path`` string, ``label`` int32, ``feature`` fixed_size_list<float16, D>; with
-    test-time ensembling (``extract.tte: fivecrop``) val/test also have ``crops``
-    fixed_size_list<float16, C·D> (row-major C x D) and metadata ``crops: C``. Provenance
-    as JSON under the ``lt_bench`` schema metadata key, including ``feature``
+    test-time ensembling (``extract.tte: fivecrop`` or ``both``) val/test also have
+    ``crops`` fixed_size_list<float16, C·D> (row-major C x D) and metadata ``crops: C``.
+    Provenance as JSON under the ``lt_bench`` schema metadata key, including ``feature``
     (``pre_projection`` | ``encode_image`` | ``timm_pooled``) and ``transform``.
+
+    The val/test **views** a run may read (``centre``: the ``feature`` column; ``fivecrop``:
+    the crops) and the metadata ``default_view`` (``extract.tte: both``) are read by
+    ``features/eval_views.py``.
 ``train_views.parquet`` (``extract.train_views: V`` > 0)
     ``path``, ``label``, ``view`` int16, ``feature``; view-major (all N rows of view 0,
     then view 1, ...); read with :func:`read_feature_views`.

@@ -33,6 +33,9 @@ HEAD_DEFAULTS: dict[str, Any] = {
     "init": "text",  # "text" | "class_mean" | "random"
     "sampler": "instance",  # "instance" | "class_balanced" | "class_aware" (SAMPLERS)
     "lr_schedule": "cosine_epoch",  # LIFT: cosine over epochs, stepped per epoch | "cosine_step"
+    # the val/test view read and reported (lt_bench/features/eval_views.py split_view): auto =
+    # the extraction's default (the crops under extract.tte: fivecrop), centre, fivecrop
+    "view": "auto",
 }
 
 

@@ -7,6 +7,8 @@ temperature-calibrated zero-shot logit that q̂ was estimated on (``lt-bench pri
 T = 1 where the prior file records none); T_la by confidence = accuracy on val. Nothing is trained.
 """
 
+from typing import Any, ClassVar
+
 import numpy as np
 
 from lt_bench.errors import InputValidationError
@@ -19,6 +21,7 @@ from lt_bench.methods._reuse import base_linear, val_logits
 class GLA(Method):
     name = "gla"
     display = "GLA"
+    defaults: ClassVar[dict[str, Any]] = {"view": "auto"}  # q̂, T_la fitted on this view
     requires = ("la",)
     needs_prior = True
     description = "post-hoc ensemble z_zs/T − log q̂ + z_la (debiased zero-shot + LA head)"

@@ -17,6 +17,15 @@ Two variants (``bank``):
   theirs. The val split's own logits (``val_top1``) leave each val image out of its own
   neighbours (leave-one-out); the test split is theirs exactly.
 
+Under a five-crop view (``view: fivecrop``, or ``auto`` on ``extract.tte: fivecrop``
+features) every crop of a query votes on its own and the logits are the mean over the
+crops of each crop's logits, as the run reports them (``split_features_logits``); ``k`` is
+tuned on those crop-averaged val logits, i.e. on the view that is reported. The bank is
+always the train split's single view. The val bank (``bank: val``) answers val
+leave-one-out only on the centre view (a crop of a val image would find the image itself),
+so ``knn_authors`` reads the centre view (``view: centre``) and ``bank: val`` refuses
+``fivecrop``.
+
 The run saves k, the temperature and the bank's path and sha256, so ``lt-bench logits``
 rebuilds the logits without refitting.
 """
@@ -166,7 +175,8 @@ class KNN(Method):
     name = "knn"
     display = "k-NN"
     defaults: ClassVar[dict[str, Any]] = {"k": 10, "k_grid": [1, 3, 5, 10, 20, 50, 100],
-                                          "temperature": 0.07, "bank": "train"}
+                                          "temperature": 0.07, "bank": "train",
+                                          "view": "auto"}
     description = "cosine k-NN on the frozen train features, k tuned on val"
 
     def validate(self) -> None:
@@ -183,6 +193,10 @@ class KNN(Method):
         if isinstance(t, bool) or not isinstance(t, (int, float)) or not t > 0:
             raise InputValidationError(f"method {self.name!r}: temperature = {t!r}; "
                                        "expected a number > 0")
+        if hp["bank"] == "val" and hp.get("view") == "fivecrop":
+            raise InputValidationError(
+                f"method {self.name!r}: bank = 'val' with view = 'fivecrop'; the val bank "
+                "answers val leave-one-out on the centre view only; use view: centre")
 
     def fit(self, ctx: FitContext) -> FitResult:
         hp = self.hparams
@@ -197,12 +211,19 @@ class KNN(Method):
         default = min(int(hp["k"]), n)
         neighbours: dict[str, np.ndarray] = {}
 
+        # the val view the run reports: its five crops where it has them (each crop votes,
+        # the crops' logits are averaged: split_features_logits), else the centre view
+        crops = ctx.val.crops
+        queries = ctx.val.features if crops is None else crops.reshape(-1, crops.shape[-1])
+
         def val_top1(k: int) -> float:
             if not neighbours:  # one neighbour search serves every k of the grid
-                sims, idx = knn_neighbours(ctx.val.features, ctx.train.features, max(grid))
+                sims, idx = knn_neighbours(queries, ctx.train.features, max(grid))
                 neighbours.update(sims=sims, labels=ctx.train.labels[idx])
             z = knn_vote_logits(neighbours["sims"], neighbours["labels"], k,
                                 hp["temperature"], ctx.num_classes)
+            if crops is not None:
+                z = z.reshape(len(crops), crops.shape[1], -1).mean(1)
             return top1(z, ctx.val.labels)
 
         k, info = choose("k", grid, default, val_top1, ctx)
@@ -215,6 +236,13 @@ class KNN(Method):
         """The authors' probe: the val split is the bank, k and T as given (nothing is
         tuned: val answers itself leave-one-out)."""
         hp = self.hparams
+        if ctx.val.crops is not None:  # view auto on fivecrop features
+            from lt_bench.errors import InputValidationError
+
+            raise InputValidationError(
+                f"method {self.name!r}: bank = 'val' reads the centre view only (val answers "
+                f"itself leave-one-out), but the features at {ctx.features_dir} give the "
+                "five-crop view by default (extract.tte: fivecrop); set view: centre")
         path = Path(ctx.features_dir) / "val.parquet"
         pred = KNNPredictor(int(hp["k"]), hp["temperature"], str(path), sha256_file(path),
                             ctx.num_classes, bank="val")
@@ -230,5 +258,5 @@ class KNNAuthors(KNN):
     name = "knn_authors"
     display = "k-NN (authors': val bank, k 200)"
     defaults: ClassVar[dict[str, Any]] = {"k": 200, "k_grid": [200], "temperature": 0.1,
-                                          "bank": "val"}
+                                          "bank": "val", "view": "centre"}
     description = "the authors' k-NN probe: class-balanced val bank, k = 200, T = 0.1"

@@ -23,7 +23,7 @@ class TauNorm(Method):
     name = "tau_norm"
     display = "τ-norm"
     defaults: ClassVar[dict[str, Any]] = {"tau": 1.0, "tau_min": 0.0, "tau_max": 2.0,
-                                          "tau_step": 0.1}
+                                          "tau_step": 0.1, "view": "auto"}
     requires = ("ce",)
     description = "post-hoc τ-normalisation of the CE head, τ tuned on val"
 

@@ -4,6 +4,8 @@
 so the stored projection P maps it to open_clip's ``encode_image`` first.
 """
 
+from typing import Any, ClassVar
+
 from lt_bench.methods._base import METHODS, FitContext, FitResult, Method
 from lt_bench.methods._predictor import LinearPredictor, LinearTerm
 
@@ -12,6 +14,7 @@ from lt_bench.methods._predictor import LinearPredictor, LinearTerm
 class ZeroShot(Method):
     name = "zero_shot"
     display = "zero-shot"
+    defaults: ClassVar[dict[str, Any]] = {"view": "auto"}  # eval_views.split_view
     description = "CLIP text classifier (prompt ensemble), no training"
 
     def fit(self, ctx: FitContext) -> FitResult:

@@ -7,9 +7,15 @@ fresh balanced images of the pre-training world). Columns:
 
 - ``label`` int32: one row per class, labels 0..K−1;
 - ``q_hat`` float64: the estimated prior, finite, > 0, summing to 1;
-- ``q_true`` float64, optional: the known pre-training prior (toy CLIPs), same checks.
+- ``q_true`` float64, optional: the known pre-training prior (toy CLIPs), same checks;
+- ``q_hat_{view}`` float64, optional: q̂ estimated on another val view of the features
+  (``centre`` / ``fivecrop``, ``lt_bench.features.eval_views.split_view``) than ``q_hat``'s,
+  where the features hold both (``extract.tte: fivecrop`` or ``both``); its T under
+  ``views.{view}.temperature`` in the metadata. A run reads the q̂ of the view it reports
+  (:meth:`PriorFile.of_view`).
 
-Schema metadata ``lt_bench`` (JSON): ``temperature`` T, ``dataset``, ``backbone`` and how
+Schema metadata ``lt_bench`` (JSON): ``temperature`` T, ``dataset``, ``backbone``, ``view``
+(of ``q_hat``; files without it were estimated on the features' default view) and how
 q̂ was estimated. Runs, the report and toy pre-training read and write it only here.
 
 Older toy CLIPs wrote their true prior alone (``label``, ``classname``, ``prior``); that
@@ -44,6 +50,22 @@ class PriorFile:
     temperature: float | None
     q_true: np.ndarray | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    #: q̂ and T of the other val views (``q_hat_{view}`` columns), by view
+    views: dict[str, tuple[np.ndarray, float | None]] = field(default_factory=dict)
+
+    def of_view(self, view: str, default_view: str, used_with: str = "the run"
+                ) -> tuple[np.ndarray, float | None]:
+        """(q̂, T) estimated on ``view`` of the val features; ``q_hat`` is of the file's
+        ``view`` (``default_view``, the features' own, for files that do not record it).
+        One line naming the file and the fix where it holds no estimate of ``view``."""
+        if view == self.meta.get("view", default_view):
+            return self.q_hat, self.temperature
+        if view in self.views:
+            return self.views[view]
+        raise InputValidationError(
+            f"prior file {self.path} holds q̂ of the {self.meta.get('view', default_view)} "
+            f"view only; {used_with} reads the {view} view: re-estimate it with `lt-bench "
+            "prior` from features with both views (extract.tte: both)")
 
 
 def check_distribution(q: np.ndarray, what: str, where: str | Path) -> np.ndarray:
@@ -63,8 +85,11 @@ def check_distribution(q: np.ndarray, what: str, where: str | Path) -> np.ndarra
 
 
 def write_prior(out: Path | str, q_hat: np.ndarray, meta: dict[str, Any],
-                q_true: np.ndarray | None = None) -> None:
-    """Write a prior file atomically; refuses what :func:`read_prior` would refuse."""
+                q_true: np.ndarray | None = None,
+                views: dict[str, np.ndarray] | None = None) -> None:
+    """Write a prior file atomically; refuses what :func:`read_prior` would refuse.
+    ``views``: q̂ of other val views (``q_hat_{view}`` columns; their T in
+    ``meta["views"]``)."""
     import pyarrow as pa
 
     from lt_bench.features.store import META_KEY, write_table
@@ -77,6 +102,12 @@ def write_prior(out: Path | str, q_hat: np.ndarray, meta: dict[str, Any],
             raise InputValidationError(f"prior file {out}: q_true has {len(q_true)} classes, "
                                        f"q_hat {len(q_hat)}")
         cols["q_true"] = pa.array(q_true)
+    for name, q in (views or {}).items():
+        q = check_distribution(q, f"q_hat_{name}", out)
+        if len(q) != len(q_hat):
+            raise InputValidationError(f"prior file {out}: q_hat_{name} has {len(q)} classes, "
+                                       f"q_hat {len(q_hat)}")
+        cols[f"q_hat_{name}"] = pa.array(q)
     table = pa.table(cols).replace_schema_metadata(
         {META_KEY: json.dumps(meta, sort_keys=True, default=str)})
     write_table(table, out)
@@ -163,7 +194,11 @@ def read_prior(path: Path | str, num_classes: int | None = None, *,
     _check_identity(meta, path, dataset, backbone, used_with)
     q_true = (_column(table, "q_true", order, path) if "q_true" in table.column_names
               else None)
-    return PriorFile(path, q_hat, meta.get("temperature"), q_true, meta)
+    views = {c.removeprefix("q_hat_"): (_column(table, c, order, path),
+                                         (meta.get("views") or {}).get(
+                                             c.removeprefix("q_hat_"), {}).get("temperature"))
+             for c in table.column_names if c.startswith("q_hat_")}
+    return PriorFile(path, q_hat, meta.get("temperature"), q_true, meta, views)
 
 
 def read_true_prior(path: Path | str, num_classes: int | None = None) -> np.ndarray:

@@ -23,36 +23,51 @@ from lt_bench.prior.file import read_true_prior, write_prior
 log = logging.getLogger(__name__)
 
 
-def zero_shot_logits(features_dir: Path, split: str = "val") -> tuple[np.ndarray, np.ndarray]:
+def zero_shot_logits(features_dir: Path, split: str = "val", view: str | None = None
+                     ) -> tuple[np.ndarray, np.ndarray]:
     """(labels, logits) of the CLIP text classifier ``s · cos(e(x), t_k)`` on ``split``
-    (``e(x)`` is ``encode_image``: the stored projection maps pre-projection features).
-    Where the split has test-time crops (five-crop TTE) the logits are averaged over them,
-    as every run's val/test logits are: T and q̂ are fitted on what the runs report."""
-    from lt_bench.features.store import read_features, read_text_embeddings
+    (``e(x)`` is ``encode_image``: the stored projection maps pre-projection features), on
+    its ``view`` (None/``auto``: the file's default; ``eval_views.split_view``). On the five-crop
+    view the logits are averaged over the crops, as a run's val/test logits are: T and q̂
+    are fitted on what the runs report."""
+    from lt_bench.features.store import read_features
 
     features_dir = Path(features_dir)
+    return _view_logits(features_dir, read_features(features_dir / f"{split}.parquet"), view)
+
+
+def _view_logits(features_dir: Path, split, view: str | None) -> tuple[np.ndarray, np.ndarray]:
+    from lt_bench.features.eval_views import split_view
+    from lt_bench.features.store import read_text_embeddings
+
     text = read_text_embeddings(features_dir / "text.parquet")
     if text.embeddings is None or text.logit_scale is None:
         raise InputValidationError(
             f"{features_dir}: backbone {text.meta.get('backbone')!r} has no text tower, so "
             "no zero-shot logits and no prior estimate")
-    feats = read_features(features_dir / f"{split}.parquet")
+    feats = split_view(split, view, features_dir)
     if feats.crops is not None:
         z = np.asarray(text.zero_shot_logits(feats.crops), dtype=np.float64).mean(1)
         return feats.labels, z
     return feats.labels, np.asarray(text.zero_shot_logits(feats.features), dtype=np.float64)
 
 
-
 def prior_from_features(features_dir: Path, out: Path, true_prior: Path | None = None,
                         split: str = "val", solver: str = "argmin") -> dict[str, Any]:
-    """Estimate q̂ from a features folder and write the prior file; returns its metadata."""
-    features_dir = Path(features_dir)
-    labels, logits = zero_shot_logits(features_dir, split)
-    from lt_bench.features.store import read_meta
+    """Estimate q̂ from a features folder and write the prior file; returns its metadata.
 
+    ``q_hat`` is estimated on the val split's default view (``eval_views.default_view``); where
+    the split has both views (``extract.tte: fivecrop`` / ``both``) the other one's q̂ is a
+    ``q_hat_{view}`` column beside it, so a run of either view fits on what it reports."""
+    features_dir = Path(features_dir)
+    from lt_bench.features.eval_views import default_view
+    from lt_bench.features.store import read_features
+
+    val = read_features(features_dir / f"{split}.parquet")
+    view = default_view(val)
+    labels, logits = _view_logits(features_dir, val, view)
     q_hat, t = estimate_prior(logits, labels, solver=solver)
-    val_meta = read_meta(features_dir / f"{split}.parquet")
+    val_meta = val.meta
     acc = float((logits.argmax(1) == labels).mean())
     meta: dict[str, Any] = {
         "temperature": t, "split": split, "zero_shot_top1": acc,
@@ -63,6 +78,15 @@ def prior_from_features(features_dir: Path, out: Path, true_prior: Path | None =
         "feature_sha256": sha256_file(features_dir / f"{split}.parquet"),
         "method": "GLA: T by confidence = accuracy; q̂ = argmin CE(z/T − log q, y)",
     }
+    others: dict[str, np.ndarray] = {}
+    if val.crops is not None:  # both views stored: the other view's q̂ too
+        meta["view"] = view
+        meta["views"] = {}
+        for other in ({"centre", "fivecrop"} - {view}):
+            _, z = _view_logits(features_dir, val, other)
+            others[other], t_other = estimate_prior(z, labels, solver=solver)
+            meta["views"][other] = {"temperature": t_other,
+                                    "zero_shot_top1": float((z.argmax(1) == labels).mean())}
     if solver != "argmin":  # recorded only off the default, so default files are unchanged
         meta.update(solver=solver, method="GLA: T by confidence = accuracy; q̂ by GLA's "
                     f"pp_solver ({GLA_SGD_STEPS} Lagrangian SGD steps from uniform)")
@@ -70,7 +94,7 @@ def prior_from_features(features_dir: Path, out: Path, true_prior: Path | None =
     if true_prior is not None:
         q_true = read_true_prior(Path(true_prior), logits.shape[1])
         meta.update(true_prior=str(true_prior), **prior_agreement(q_hat, q_true))
-    write_prior(Path(out), q_hat, meta, q_true)
+    write_prior(Path(out), q_hat, meta, q_true, others)
     log.info("prior %s: T %.4g, zero-shot top1 %.4f%s", out, t, acc,
              f", spearman {meta['spearman']:.3f}" if q_true is not None else "")
     return meta

@@ -300,12 +300,15 @@ class FeatureRun:
         self.features_dir = resolve_recorded(folder.config["features_dir"], folder.path)
         check_features_fresh(folder.path, folder.config, self.features_dir)
         self.predictor = load_feature_predictor(folder)
+        self.view = folder.config.get("view")  # None (older runs): the file's default view
 
     def split_logits(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+        from lt_bench.features.eval_views import split_view
         from lt_bench.features.store import read_features_shared
         from lt_bench.methods._predictor import split_features_logits
 
-        feats = read_features_shared(self.features_dir / f"{split}.parquet")
+        feats = split_view(read_features_shared(self.features_dir / f"{split}.parquet"),
+                           self.view, self.features_dir)
         return feats.labels, split_features_logits(self.predictor, feats)
 
 

@@ -1,5 +1,11 @@
 """A run of a features-consuming method: fit it on one (dataset, backbone, seed)'s cached
-features, save its predictor, and finish through :func:`lt_bench.runs.folder.write_run`."""
+features, save its predictor, and finish through :func:`lt_bench.runs.folder.write_run`.
+
+The val/test view a run reads is its ``view`` hyper-parameter (``auto``, ``centre``,
+``fivecrop``; ``lt_bench.features.eval_views.split_view``): its knobs are fitted on that val
+view and its test logits come from that test view ("fit on what is reported"); q̂ and its
+T are the prior file's estimate on the same view. The train split has one view. The
+resolved view is recorded in ``config.json`` (``view``), which the seam reads back."""
 
 from __future__ import annotations
 
@@ -154,12 +160,15 @@ def train_runs(features_dir: Path, runs: list[dict[str, Any]], *, prior: Path | 
 
     runs = check_run_list(runs)
     methods = []  # every name and hyper-parameter checked before anything is fitted
+    from lt_bench.features.eval_views import check_view
+
     for r in runs:
         cls = METHODS.get(r["method"])
         if cls.consumes != "features":  # the CLI routes each kind to its verb (runs/cli.py)
             raise InputValidationError(
                 f"method {r['method']!r} consumes {cls.consumes}, not cached features")
         methods.append(cls(**(r.get("params") or {})))
+        check_view(methods[-1].hparams.get("view", "auto"), r["method"])
         if cls.needs_prior and prior is None:
             raise InputValidationError(
                 f"method {r['method']!r} needs the backbone's estimated prior "
@@ -177,13 +186,21 @@ def train_runs(features_dir: Path, runs: list[dict[str, Any]], *, prior: Path | 
 def _fit_one(feats: _Features, run: dict[str, Any], m, *, tune: bool, device: str,
              reuse_dir: Path | None) -> dict[str, Any]:
     """One run of ``train_runs``: ``m`` is its method, built from ``run["params"]``."""
+    from lt_bench.features.eval_views import default_view, resolve_view, split_view
     from lt_bench.methods import FitContext
     from lt_bench.runs import reuse
 
     started = time.time()
     method, seed, out_dir = run["method"], int(run["seed"]), Path(run["out"])
     base_runs = {k: Path(v) for k, v in (run.get("base") or {}).items()}
-    meta, splits, pf = feats.meta, feats.splits, feats.prior
+    meta, pf = feats.meta, feats.prior
+    # the val/test view this run reads, fits its knobs on and reports; train has one view
+    splits = {"train": feats.splits["train"],
+              **{s: split_view(feats.splits[s], m.hparams.get("view"), feats.dir)
+                 for s in ("val", "test")}}
+    view = resolve_view(feats.splits["val"], m.hparams.get("view"))
+    q_hat, q_temperature = (pf.of_view(view, default_view(feats.splits["val"]),
+                                       f"{method} (view {view})") if pf else (None, None))
     check_base_runs(method, m.requires, base_runs, meta.get("dataset"),
                     meta.get("backbone"), seed)
     gc = None if feats.group_counts is None else np.asarray(feats.group_counts).tolist()
@@ -198,8 +215,7 @@ def _fit_one(feats: _Features, run: dict[str, Any], m, *, tune: bool, device: st
         return hit
     ctx = FitContext(train=splits["train"], val=splits["val"], text=feats.text,
                      train_counts=feats.counts, seed=seed,
-                     pretrain_prior=pf.q_hat if pf else None,
-                     pretrain_prior_temperature=pf.temperature if pf else None,
+                     pretrain_prior=q_hat, pretrain_prior_temperature=q_temperature,
                      base_predictors={n: load_run_predictor(d) for n, d in base_runs.items()},
                      tune=tune, features_dir=feats.dir, device=device,
                      train_views=feats.views, device_memo=feats.device_memo)
@@ -219,6 +235,7 @@ def _fit_one(feats: _Features, run: dict[str, Any], m, *, tune: bool, device: st
         "num_classes": len(feats.text.classnames),
         "prior": str(feats.prior_path) if feats.prior_path else None,
         "tune": tune, "device": device,
+        "view": view,  # the val/test view read (the seam reads this one back)
         "base_runs": {n: str(v) for n, v in base_runs.items()},
         "fit_key": key,
     }
@@ -228,8 +245,13 @@ def _fit_one(feats: _Features, run: dict[str, Any], m, *, tune: bool, device: st
                        )) if result.history else 0
     metrics = write_run(out_dir, logits, train_counts=feats.counts, config=config,
                         info={**result.info, "fit_seconds": fit_seconds},
-                        history=result.history, pretrain_prior=ctx.pretrain_prior,
+                        # P-groups from the file's own q̂ whatever the view: one grouping
+                        # for a backbone's rows
+                        history=result.history, pretrain_prior=pf.q_hat if pf else None,
                         group_counts=feats.group_counts, started_at=started,
-                        extra_metrics={"n_trainable_params": n_params, "inference_cost": 1.0})
+                        # five forward passes an image on the crops (as the fine-tuning's
+                        # TTE view, runs/finetune.py)
+                        extra_metrics={"n_trainable_params": n_params,
+                                       "inference_cost": 5.0 if view == "fivecrop" else 1.0})
     reuse.store(reuse_dir, key, out_dir)
     return metrics

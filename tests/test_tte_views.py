@@ -1,0 +1,269 @@
+"""Both test-time views of a features folder (``extract.tte: both``) and the ``view``
+hyper-parameter of the features-consuming methods: a run reads, fits its knobs on and
+reports the view it asks for ("fit on what is reported"; docs/protocol.md, TTE rows).
+
+Every expectation is computed here by hand from the stored arrays (numpy), never taken
+from the library's own output.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+from synth_runs import FAST, make_features_dir
+
+from lt_bench.features.eval_views import default_view, split_view
+from lt_bench.features.store import (
+    features_table,
+    read_features,
+    read_text_embeddings,
+    write_table,
+)
+from lt_bench.methods._reuse import float_grid
+from lt_bench.runs import run_logits, train_run
+
+
+def _unit(x):
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def _tte_dir(plain: Path, out: Path, *, both: bool, seed: int = 11, spread: float = 1.5,
+             ) -> Path:
+    """``plain``'s folder with five crops on val/test (corners = shifted views, the centre
+    crop last, torchvision's order); ``both`` records ``default_view: centre`` as
+    ``extract.tte: both`` does, else it is a ``fivecrop`` extraction."""
+    out.mkdir(parents=True)
+    for f in ("train.parquet", "text.parquet"):
+        shutil.copy(plain / f, out / f)
+    rng = np.random.default_rng(seed)
+    for split in ("val", "test"):
+        s = read_features(plain / f"{split}.parquet")
+        corners = s.features[:, None, :] + rng.normal(0, spread, (len(s), 4, s.features.shape[1]))
+        crops = np.concatenate([corners, s.features[:, None, :]], 1).astype(np.float32)
+        meta = {**s.meta, **({"default_view": "centre"} if both else {})}
+        write_table(features_table(s.paths, s.labels, s.features, meta, crops=crops),
+                    out / f"{split}.parquet")
+    return out
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tte_views")
+    plain = make_features_dir(root / "none")
+    return {"root": root, "none": plain,
+            # the same images and crops, written as a fivecrop and as a both extraction
+            "fivecrop": _tte_dir(plain, root / "fivecrop" / "toy" / "bb0", both=False),
+            "both": _tte_dir(plain, root / "both" / "toy" / "bb0", both=True)}
+
+
+def _fit(folders, tag, method, kind, **kw):
+    out = folders["root"] / "runs" / tag
+    train_run(method, folders[kind], out, seed=0, **kw)
+    return out
+
+
+def _weight(run):
+    return load_file(str(run / "predictor.safetensors"))["term0.weight"].astype(np.float64)
+
+
+def _cosine(w, scale, x, power=1.0):
+    """``s · x̂ · (w / ‖w‖^p)ᵀ`` for (N, D) or (N, C, D) features."""
+    return scale * _unit(x) @ (w / np.linalg.norm(w, axis=1, keepdims=True) ** power).T
+
+
+def test_the_store_keeps_both_views_and_names_the_default(folders):
+    plain, five = (read_features(folders[k] / "test.parquet") for k in ("none", "fivecrop"))
+    both = read_features(folders["both"] / "test.parquet")
+    # round trip: the centre column and the five crops (float16 storage) as written
+    assert both.crops.shape == (len(plain), 5, plain.features.shape[1])
+    np.testing.assert_array_equal(both.features, plain.features)
+    np.testing.assert_array_equal(both.crops[:, 4], plain.features)  # the centre crop, last
+    np.testing.assert_array_equal(both.crops, five.crops)
+    assert [default_view(s) for s in (plain, five, both)] == ["centre", "fivecrop", "centre"]
+    centre = split_view(both, "auto", folders["both"])
+    assert centre.crops is None and centre.features is both.features  # shared, not copied
+    assert split_view(both, "fivecrop", folders["both"]).crops is both.crops
+    assert split_view(five, None, folders["fivecrop"]).crops is five.crops  # older runs
+    assert split_view(five, "centre", folders["fivecrop"]).crops is None
+
+
+def test_a_head_of_view_fivecrop_reads_the_crop_average(folders):
+    """la on ``both`` features: view fivecrop reports s·ŵ·mean_c(x̂_c) (the crops' mean
+    unit feature: the mean of the crops' logits), on val and test, through the run's
+    metrics and the seam; view auto there reports the centre; the head is the same."""
+    hp = {**FAST}
+    r_five = _fit(folders, "la_five", "la", "both", hparams={**hp, "view": "fivecrop"})
+    r_auto = _fit(folders, "la_auto", "la", "both", hparams=hp)
+    w = _weight(r_five)
+    np.testing.assert_array_equal(w, _weight(r_auto))  # train has one view: same head
+    for split in ("val", "test"):
+        s = read_features(folders["both"] / f"{split}.parquet")
+        xbar = _unit(s.crops.astype(np.float64)).mean(1)  # mean of the unit crop features
+        wn = w / np.linalg.norm(w, axis=1, keepdims=True)
+        want = 25.0 * xbar @ wn.T
+        labels, z = run_logits(r_five, split)
+        np.testing.assert_allclose(z, want, rtol=1e-4, atol=1e-4)
+        _, z_auto = run_logits(r_auto, split)
+        np.testing.assert_allclose(z_auto, _cosine(w, 25.0, s.features), rtol=1e-4, atol=1e-4)
+    metrics = json.loads((r_five / "metrics.json").read_text())
+    assert metrics["top1"] == pytest.approx(float((want.argmax(1) == labels).mean()))
+    assert metrics["inference_cost"] == 5.0  # five forward passes an image
+    assert json.loads((r_auto / "metrics.json").read_text())["inference_cost"] == 1.0
+    cfg = json.loads((r_five / "config.json").read_text())
+    assert cfg["view"] == "fivecrop" and cfg["hparams"]["view"] == "fivecrop"
+    assert json.loads((r_auto / "config.json").read_text())["view"] == "centre"
+
+
+def test_numbers_are_unchanged_for_none_and_fivecrop(folders):
+    """auto on a none extraction is the centre and on a fivecrop one the crops, as before
+    views: the same runs on both's explicit views give bit-identical logits."""
+    pairs = {"none": ("both", "centre"), "fivecrop": ("both", "fivecrop")}
+    for kind, (kind2, view2) in pairs.items():
+        a = _fit(folders, f"ce_{kind}", "ce", kind, hparams=FAST)
+        b = _fit(folders, f"ce_{kind2}_{view2}", "ce", kind2, hparams={**FAST, "view": view2})
+        for split in ("val", "test"):
+            np.testing.assert_array_equal(run_logits(a, split)[1], run_logits(b, split)[1])
+        assert json.loads((a / "config.json").read_text())["view"] == (
+            "centre" if kind == "none" else "fivecrop")
+
+
+def test_posthoc_tau_is_fitted_on_the_view_it_reports(folders):
+    ce = _fit(folders, "ce_base", "ce", "both", hparams=FAST)
+    w = _weight(ce)
+    val = read_features(folders["both"] / "val.parquet")
+    counts = np.bincount(read_features(folders["both"] / "train.parquet").labels)
+    log_pi = np.log(counts / counts.sum())
+    grid = float_grid(0.0, 2.0, 0.1)
+
+    def best(z_of):
+        scores = [float((z_of(t).argmax(1) == val.labels).mean()) for t in grid]
+        ties = [t for t, s in zip(grid, scores, strict=True) if s == max(scores)]
+        return min(ties, key=lambda t: abs(t - 1.0))
+
+    want = {"centre": best(lambda t: _cosine(w, 25.0, val.features) - t * log_pi),
+            "fivecrop": best(lambda t: _cosine(w, 25.0, val.crops).mean(1) - t * log_pi)}
+    want_tn = {"centre": best(lambda t: _cosine(w, 25.0, val.features, t)),
+               "fivecrop": best(lambda t: _cosine(w, 25.0, val.crops, t).mean(1))}
+    for view in ("centre", "fivecrop"):
+        for method, expect in (("la_posthoc", want), ("tau_norm", want_tn)):
+            m = train_run(method, folders["both"], folders["root"] / "runs" / f"{method}_{view}",
+                          0, hparams={"view": view}, base_runs={"ce": ce})
+            assert m["info"]["tau"] == pytest.approx(expect[view]), (method, view)
+    # the case discriminates: the views pick another τ for at least one knob
+    assert (want["centre"], want_tn["centre"]) != (want["fivecrop"], want_tn["fivecrop"])
+
+
+def _knn_votes(q, bank, bank_labels, k, t, num_classes):
+    """Weighted cosine k-NN logits log(p + 1e-6), written out in numpy."""
+    sims = _unit(q.astype(np.float64)) @ _unit(bank.astype(np.float64)).T
+    order = np.argsort(-sims, axis=1, kind="stable")[:, :k]
+    s = np.take_along_axis(sims, order, 1)
+    wts = np.exp((s - s[:, :1]) / t)
+    votes = np.zeros((len(q), num_classes))
+    for i in range(len(q)):
+        np.add.at(votes[i], bank_labels[order[i]], wts[i])
+    return np.log(votes / votes.sum(1, keepdims=True) + 1e-6)
+
+
+def test_knn_tunes_k_on_the_five_crop_val(folders, tmp_path):
+    """Features where the best k differs between the views: k-NN of view fivecrop picks
+    the k whose crop-averaged val logits are best, view centre the centre's."""
+    grid, t = [1, 3, 5, 10, 20, 50], 0.07
+    train = read_features(folders["none"] / "train.parquet")
+    k_classes = int(train.labels.max()) + 1
+
+    def best_k(val, five):
+        def acc(k):
+            if five:
+                n, c, d = val.crops.shape
+                z = _knn_votes(val.crops.reshape(n * c, d), train.features, train.labels, k, t,
+                               k_classes).reshape(n, c, -1).mean(1)
+            else:
+                z = _knn_votes(val.features, train.features, train.labels, k, t, k_classes)
+            return float((z.argmax(1) == val.labels).mean())
+        scores = [acc(k) for k in grid]
+        ties = [k for k, s in zip(grid, scores, strict=True) if s == max(scores)]
+        return min(ties, key=lambda k: abs(k - 10))
+
+    # a crop noise where the views disagree on k (searched once, deterministically)
+    for seed in range(40):
+        fd = _tte_dir(folders["none"], tmp_path / f"s{seed}" / "toy" / "bb0", both=True,
+                      seed=seed, spread=2.0)
+        val = read_features(fd / "val.parquet")
+        centre, five = best_k(val, False), best_k(val, True)
+        if centre != five:
+            break
+    else:
+        pytest.fail("no crop noise separates the views' best k")
+    hp = {"k_grid": grid, "temperature": t}
+    m = train_run("knn", fd, tmp_path / "knn_five", 0, hparams={**hp, "view": "fivecrop"})
+    assert m["info"]["k"] == five
+    m = train_run("knn", fd, tmp_path / "knn_centre", 0, hparams=hp)  # auto: centre
+    assert m["info"]["k"] == centre
+    # what the five-crop run reports is what k was tuned on: the crops' averaged votes
+    labels, z = run_logits(tmp_path / "knn_five", "val")
+    n, c, d = val.crops.shape
+    want = _knn_votes(val.crops.reshape(n * c, d), train.features, train.labels, five, t,
+                      k_classes).reshape(n, c, -1).mean(1)
+    np.testing.assert_allclose(z, want, rtol=1e-4, atol=1e-4)
+
+
+def test_the_val_bank_reads_the_centre_view(folders, tmp_path):
+    """knn_authors answers val leave-one-out: it reads the centre view (its default),
+    even on fivecrop features; bank val with view fivecrop is refused."""
+    from lt_bench.errors import InputValidationError
+
+    a = train_run("knn_authors", folders["fivecrop"], tmp_path / "ka", 0)
+    b = train_run("knn_authors", folders["none"], tmp_path / "kb", 0)
+    assert a["top1"] == b["top1"] and a["val_top1"] == b["val_top1"]
+    with pytest.raises(InputValidationError, match="view: centre"):
+        train_run("knn_authors", folders["fivecrop"], tmp_path / "kc", 0,
+                  hparams={"view": "fivecrop"})
+    with pytest.raises(InputValidationError, match="set view: centre"):
+        train_run("knn", folders["fivecrop"], tmp_path / "kd", 0, hparams={"bank": "val"})
+
+
+def test_prior_and_gla_use_the_view_reported(folders, tmp_path):
+    """`lt-bench prior` on both views writes q̂ of each; gla of view fivecrop fits on the
+    crops' q̂ and T, of view centre on the centre's; each equals GLA's estimate on that
+    view's zero-shot logits computed here."""
+    from lt_bench.prior import estimate_prior, prior_from_features, read_prior
+
+    prior = tmp_path / "prior.parquet"
+    prior_from_features(folders["both"], prior)
+    pf = read_prior(prior)
+    val = read_features(folders["both"] / "val.parquet")
+    text = read_text_embeddings(folders["both"] / "text.parquet")
+
+    def zs(x):
+        return text.logit_scale * _unit(x.astype(np.float64)) @ text.embeddings.T
+
+    q_c, t_c = estimate_prior(zs(val.features), val.labels)
+    q_f, t_f = estimate_prior(zs(val.crops).mean(1), val.labels)
+    assert pf.meta["view"] == "centre"
+    np.testing.assert_allclose(pf.q_hat, q_c, rtol=1e-5)
+    np.testing.assert_allclose(pf.views["fivecrop"][0], q_f, rtol=1e-5)
+    assert pf.views["fivecrop"][1] == pytest.approx(t_f) and pf.temperature == pytest.approx(t_c)
+    assert not np.allclose(q_c, q_f, rtol=1e-3)  # the views' estimates differ
+    la = _fit(folders, "la_gla_base", "la", "both", hparams=FAST)
+    for view, (q, t) in (("centre", (q_c, t_c)), ("fivecrop", (q_f, t_f))):
+        out = tmp_path / f"gla_{view}"
+        m = train_run("gla", folders["both"], out, 0, prior=prior, hparams={"view": view},
+                      base_runs={"la": la})
+        assert m["info"]["temperature"] == pytest.approx(t)
+        bias = load_file(str(out / "predictor.safetensors"))["bias"]
+        np.testing.assert_allclose(bias, -np.log(q), rtol=1e-5, atol=1e-5)  # la has no bias
+    # a prior of the centre view only (a none extraction's) refuses a five-crop run
+    only = tmp_path / "only.parquet"
+    prior_from_features(folders["none"], only)
+    from lt_bench.errors import InputValidationError
+
+    with pytest.raises(InputValidationError, match="holds q̂ of the centre view only"):
+        train_run("gla", folders["both"], tmp_path / "gla_x", 0, prior=only,
+                  hparams={"view": "fivecrop"}, base_runs={"la": la})
+
