@@ -2,10 +2,11 @@
 
 Synthesizes, at the paper suite's real shapes and run counts, what the GPU jobs leave behind
 (features, priors, every run folder the plan lists: head runs, the same-backbone control's
-extra-seed members, fine-tuned runs, ensembles), written through the project's own writers
-(``features_table``/``write_table``, ``write_text_embeddings``, ``write_prior``, predictors'
-``save``, ``write_logits``, ``write_run``; ensembles through the real ``_combine`` of
-``lt-bench combine --runs``), so every file is exactly the contract. Then runs the head-node
+extra-seed members, fine-tuned runs with their views, ensembles), written through the
+project's own writers (``features_table``/``write_table``, ``write_text_embeddings``,
+``write_prior``, predictors' ``save``, ``write_run``, ``write_finetuned_run``; ensembles
+and the views of a fine-tuning through the real ``_combine`` of ``lt-bench combine``), so
+every file is exactly the contract. Then runs the head-node
 stages as the workflow's rules do (report.smk, analysis.smk, tracking.smk: the same
 ``lt-bench`` verbs), each as a subprocess, and prints per stage (and dataset): wall time,
 peak RSS (``os.wait4``'s rusage of that very child) and bytes written; plus the disk
@@ -14,8 +15,9 @@ footprint per run kind and for the whole suite.
 ``--fraction F`` shrinks every split's N (never K, D or the run counts). With two or more
 fractions (``--fraction 0.02 0.05``) each figure is fitted as ``a + b·F`` and extrapolated
 to F = 1 (linear in N; a stage whose cost grows like N² is under-estimated by that line,
-which is why the per-fraction figures are printed too). Disk: N-sized files (features,
-stored logits) scale by 1/F, K-sized ones (predictors, per-class tables) do not.
+which is why the per-fraction figures are printed too). Disk: N-sized files (features, a
+fine-tuning's stored features, every run's predictions) scale by their real rows / rows
+written, K-sized ones (predictors, per-class tables) do not.
 
 ``--head-job DATASET`` measures instead the memory of one head job (``lt-bench fit
 --runs`` with every head method of the plan at seed 0, features read once) at that
@@ -24,7 +26,9 @@ dataset's shape × F, ``--epochs`` epochs per trained head.
 Synthetic signal: a class mean per class, features = mean + noise; a head's weights =
 the class means + noise (methods and seeds differ in the noise), so accuracy, the D×P cells
 and significance carry realistic numbers. Logits for ``write_run`` are computed in float32
-here (the predictors rebuild them in float64; equal up to rounding).
+here (the predictors rebuild them in float64; equal up to rounding; ``--exact`` uses the
+seam's own), and a k-NN run's search is replaced by the linear stand-in above
+``KNN_EXACT_MAC`` (its predictor is saved as the real one; the tail never rebuilds it).
 
     nice -n 10 python benchmarks/scale.py --fraction 0.02 0.05 --root /tmp/scale
     nice -n 10 python benchmarks/scale.py --head-job inat2018 --fraction 0.05 0.1 --epochs 1
@@ -136,32 +140,53 @@ def _unit(x):
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
+#: a synthetic k-NN run's real neighbour search above this many multiply-adds (N_eval ×
+#: N_train × D) is replaced by the linear stand-in's logits (F = 1: 74 TMAC over the 9 k-NN
+#: runs, ~77 min on one core, a head job's cost, not the tail's: nothing in the tail
+#: rebuilds a run's logits now that significance reads its stored predictions)
+KNN_EXACT_MAC = 2e11
+
+
 def feature_run(world, backbone, method, seed, feats, fdir: str, out: Path, q, prior: str,
-                train_sha: str, shas: dict):
-    """One head-job run: the method's predictor (linear, or k-NN), its logits, write_run."""
-    from lt_bench.methods._predictor import LinearPredictor, LinearTerm
+                train_sha: str, shas: dict, exact: bool = False):
+    """One head-job run: the method's predictor (linear, or k-NN), its logits, write_run.
+    ``exact``: the logits are the seam's (``split_features_logits`` of the saved predictor,
+    float64, every k-NN search real), so ``lt-bench logits`` of every synthetic run equals
+    its metrics' (a before/after of significance on these files compares like with like);
+    otherwise a float32 product (equal up to rounding) and k-NN as ``KNN_EXACT_MAC`` says."""
+    from lt_bench.features.store import FeatureSplit
+    from lt_bench.methods._predictor import (
+        LinearPredictor,
+        LinearTerm,
+        split_features_logits,
+    )
     from lt_bench.runs.folder import write_run
 
     rng = np.random.default_rng(abs(hash((world.dataset, backbone, method, seed))) % 2**32)
     out.mkdir(parents=True, exist_ok=True)
     history = []
+    noise = 0.6 + 0.1 * (hash(method) % 5)
+    w = world.means + noise * rng.standard_normal(world.means.shape).astype(np.float32) \
+        / np.sqrt(D)
+    bias = None
+    if method in ("la", "bs", "la_posthoc", "gla", "gla_train", "lade", "tau_norm"):
+        bias = (-np.log(world.counts / world.counts.sum())).astype(np.float32) * 0.5
+    wn = _unit(w)
+    logits = {s: (LOGIT_SCALE * _unit(feats[s]) @ wn.T
+                  + (0 if bias is None else bias)).astype(np.float32)
+              for s in ("val", "test")}
     if method == "knn":
         from lt_bench.methods.knn import KNNPredictor
 
         pred = KNNPredictor(10, 0.07, f"{fdir}/train.parquet", train_sha, world.k)
-        logits = {s: pred.logits(feats[s]) for s in ("val", "test")}
+        macs = sum(len(feats[s]) for s in ("val", "test")) * len(world.labels["train"]) * D
+        if exact or macs <= KNN_EXACT_MAC:
+            logits = {s: pred.logits(feats[s]) for s in ("val", "test")}
     else:
-        noise = 0.6 + 0.1 * (hash(method) % 5)
-        w = world.means + noise * rng.standard_normal(world.means.shape).astype(np.float32) \
-            / np.sqrt(D)
-        bias = None
-        if method in ("la", "bs", "la_posthoc", "gla", "gla_train", "lade", "tau_norm"):
-            bias = (-np.log(world.counts / world.counts.sum())).astype(np.float32) * 0.5
         pred = LinearPredictor([LinearTerm(w, scale=LOGIT_SCALE)], bias)
-        wn = _unit(w)
-        logits = {s: (LOGIT_SCALE * _unit(feats[s]) @ wn.T
-                      + (0 if bias is None else bias)).astype(np.float32)
-                  for s in ("val", "test")}
+        if exact:
+            logits = {s: split_features_logits(pred, FeatureSplit(
+                [], world.labels[s], feats[s])) for s in ("val", "test")}
         if method not in ("zero_shot", "tau_norm", "la_posthoc", "gla"):
             history = [{"epoch": e, "train_loss": 2.0 / (e + 1), "val_top1": 0.5, "lr": 0.01}
                        for e in range(10)]
@@ -178,43 +203,37 @@ def feature_run(world, backbone, method, seed, feats, fdir: str, out: Path, q, p
 
 
 def finetuned_run(world, backbone, method, seed, out: Path, q, prior: str, split_sha: dict):
-    """A fine-tuned run as lt_bench/runs/finetune.py leaves it today: stored val/test
-    logits (K float32 per image), trainable.safetensors (AdaptFormer's adapters + head)."""
-    from safetensors.numpy import save_file
-
-    from lt_bench.io import write_json
-    from lt_bench.runs.folder import logits_path, write_logits, write_run
+    """A fine-tuned run as ``lt-bench finetune`` leaves it (``write_finetuned_run``): the
+    pre-head features of both test-time views (float16), the trained parameters
+    (AdaptFormer's adapters + the K × D head, float32) and the seam's logits evaluated."""
+    from lt_bench.runs.finetune import write_finetuned_run
 
     rng = np.random.default_rng(abs(hash((world.dataset, backbone, method, seed))) % 2**32)
-    out.mkdir(parents=True, exist_ok=True)
-    logits = {}
+    labels, views = {}, {}
     for s in ("val", "test"):
-        y = world.labels[s]
-        z = rng.standard_normal((len(y), world.k), np.float32)
-        z[np.arange(len(y)), y] += 2.5
-        logits[s] = (y, z)
-        write_logits(y, z, logits_path(out, s))
-    # AdaptFormer (bottleneck 64, 12 blocks) + the K x D head, float32
-    save_file({"adapters": np.zeros(12 * 2 * (D * 64 + 64), np.float32),
-               "head.weight": np.zeros((world.k, D), np.float32)},
-              str(out / "trainable.safetensors"))
-    write_json(out / "predictor.json", {"kind": "stored", "splits": ["val", "test"],
-                                        "trainable": "trainable.safetensors"})
+        y = labels[s] = world.labels[s]
+        centre = 1.5 * world.means[y] + rng.standard_normal((len(y), D), np.float32) / np.sqrt(D)
+        views[s] = {"centre": centre, "tte": _unit(centre + 0.3 * rng.standard_normal(
+            centre.shape, np.float32) / np.sqrt(D))}
+    head = world.means + 0.5 * rng.standard_normal(world.means.shape, np.float32) / np.sqrt(D)
+    trainable = {"adapters": np.zeros(12 * 2 * (D * 64 + 64), np.float32), "head.weight": head}
     config = {"method": method, "consumes": "images", "hparams": {}, "seed": seed,
               "dataset": world.dataset, "backbone": backbone, "features_dir": None,
-              "split_sha256": split_sha, "num_classes": world.k, "prior": prior, "device": "cuda"}
-    write_run(out, logits, train_counts=world.counts, config=config,
-              info={"train_seconds": 3600.0, "loss": "la"},
-              history=[{"epoch": e, "train_loss": 1.0 / (e + 1)} for e in range(10)],
-              pretrain_prior=q, extra_metrics={"n_trainable_params": 1_200_000,
-                                               "inference_cost": 1.0})
+              "split_sha256": split_sha, "num_classes": world.k, "prior": prior,
+              "device": "cuda", "precision": "fp16", "view": "centre"}
+    write_finetuned_run(out, labels=labels, features=views, trainable=trainable,
+                        scale=LOGIT_SCALE, view="centre", train_counts=world.counts,
+                        config=config, info={"train_seconds": 3600.0, "loss": "la"},
+                        history=[{"epoch": e, "train_loss": 1.0 / (e + 1)} for e in range(10)],
+                        pretrain_prior=q, extra_metrics={"n_trainable_params": 1_200_000,
+                                                         "inference_cost": 1.0})
 
 
-def synthesize(root: Path, fraction: float, datasets: list[str]) -> dict[str, float]:
+def synthesize(root: Path, fraction: float, datasets: list[str], exact: bool = False
+               ) -> dict[str, float]:
     """Every file of the paper suite's GPU stages under root/results; seconds per part."""
     from lt_bench.features.store import read_meta
     from lt_bench.io import sha256_file
-    from lt_bench.methods import METHODS
     from lt_bench.runs.cli import _check_combine, _combine
 
     plan = paper_plan()
@@ -240,7 +259,7 @@ def synthesize(root: Path, fraction: float, datasets: list[str]) -> dict[str, fl
             for job in jobs:
                 for r in job:
                     feature_run(world, b, r["method"], r["seed"], feats, fdir, Path(r["out"]),
-                                q, prior, train_sha, shas)
+                                q, prior, train_sha, shas, exact)
             t["feature runs"] += time.time() - t0
             t0 = time.time()
             for (dd, bb, m, seed) in plan.per_backbone_runs(consumes="images"):
@@ -254,9 +273,9 @@ def synthesize(root: Path, fraction: float, datasets: list[str]) -> dict[str, fl
             for r in plan.combine_runs(d, seed):
                 _quiet(_combine, r, _check_combine(r))
         combined = set(plan.combined_methods())
-        for (dd, bb, m, seed) in plan.ensemble_runs():  # rule ensemble_of_runs
-            # the synthetic fine-tunings store logits, not features: no views of them
-            if dd == d and m not in combined and not getattr(METHODS.get(m), "derived", False):
+        # rule ensemble_of_runs: the fine-tuned backdoor and the views of each fine-tuning
+        for (dd, bb, m, seed) in plan.ensemble_runs():
+            if dd == d and m not in combined:
                 [r] = plan.combine_run(dd, bb, m, seed)
                 _quiet(_combine, r, _check_combine(r))
         t["ensembles"] += time.time() - t0
@@ -396,8 +415,14 @@ def run_stages(root: Path, datasets: list[str], only: list[str] | None = None) -
 def run_kind(run: Path) -> str:
     spec = json.loads((run / "predictor.json").read_text())
     kind = spec.get("kind")
-    return {"linear": "head (linear)", "knn": "head (k-NN)", "stored": "fine-tuned",
+    if kind == "finetuned":
+        return "fine-tuned view" if spec.get("source") else "fine-tuned"
+    return {"linear": "head (linear)", "knn": "head (k-NN)", "stored": "fine-tuned (logits)",
             "ensemble": "ensemble"}.get(kind, kind)
+
+
+#: a run's files with one row per image of a split (scaled to the real N in the disk table)
+N_SIZED = ("logits_", "features_", "predictions_")
 
 
 def disk_footprint(root: Path, fraction: float) -> dict[str, dict]:
@@ -416,7 +441,9 @@ def disk_footprint(root: Path, fraction: float) -> dict[str, dict]:
         val/test >= K/10 rows at small F)."""
         import pyarrow.parquet as pq
 
-        split = path.stem.removeprefix("logits_")
+        split = path.stem
+        for prefix in N_SIZED:
+            split = split.removeprefix(prefix)
         dataset = next(p for p in path.parts if p in SHAPES)
         k, n_tr, n_va, n_te, _ = SHAPES[dataset]
         full = {"train": n_tr, "val": n_va, "test": n_te}[split]
@@ -432,7 +459,7 @@ def disk_footprint(root: Path, fraction: float) -> dict[str, dict]:
         key = f"runs: {run_kind(run)} ({run.parts[-4]})"
         out.setdefault(key, {"files": 0, "bytes": 0, "full": 0.0, "runs": set()})["runs"].add(run)
         for f in run.iterdir():
-            add(key, f, f.name.startswith("logits_"))
+            add(key, f, f.name.startswith(N_SIZED))
     if (res / "mlflow").exists():
         for f in (res / "mlflow").rglob("*"):
             if f.is_file():
@@ -505,6 +532,11 @@ def main(argv=None) -> None:
                     help="scratch folder; one subfolder per fraction (deleted first)")
     ap.add_argument("--datasets", nargs="+", default=list(SHAPES), choices=list(SHAPES))
     ap.add_argument("--keep", action="store_true", help="keep the synthetic results folders")
+    ap.add_argument("--exact", action="store_true",
+                    help="write every head run's metrics from the seam's own logits (float64, "
+                         "real k-NN searches), so that a stage rebuilding logits (an older "
+                         "significance) gives what the stored predictions give: for a "
+                         "byte-for-byte before/after at a small F (slow at F = 1)")
     ap.add_argument("--reuse", action="store_true",
                     help="reuse the synthetic folders a --keep run left (skip synthesis; the "
                          "stages' outputs are deleted first): before/after on the same files")
@@ -550,7 +582,7 @@ def main(argv=None) -> None:
             root.mkdir(parents=True)
             print(f"F = {f:g}: synthesizing under {root} ...", flush=True)
             t0 = time.time()
-            synth = synthesize(root, f, a.datasets)
+            synth = synthesize(root, f, a.datasets, a.exact)
             print(f"  synthesis {time.time() - t0:.0f} s: "
                   + ", ".join(f"{k} {v:.0f} s" for k, v in synth.items()), flush=True)
         t1 = time.time()

@@ -134,6 +134,58 @@ def test_every_kind_opens_and_its_seam_gives_its_metrics(world, name):
     assert run.finished and run.metrics == read_json(path / "metrics.json")
 
 
+
+@pytest.mark.parametrize("name", list(KINDS))
+def test_stored_predictions_are_the_argmax_of_the_seams_logits(world, name):
+    """Every kind of run stores, when written, the per-image arg-max of the logits its
+    metrics were computed from; it equals numpy's arg-max of what the seam (``lt-bench
+    logits``) gives, on val and test, and the folder stays one of our run folders."""
+    from lt_bench.runs.folder import is_run_folder
+    from lt_bench.runs.layout import predictions_path
+
+    path = world[("la", "bb0", 0)] if name == "la" else world[name]
+    run = RunFolder.open(path)
+    for split in ("val", "test"):
+        assert predictions_path(path, split).is_file()
+        labels, pred = run.predictions(split)
+        y, z = run_logits(path, split)
+        np.testing.assert_array_equal(labels, y)
+        np.testing.assert_array_equal(pred, np.asarray(z).argmax(1))
+    assert is_run_folder(path)  # a rerun may replace it (a fine-tuning's features too)
+
+
+def test_predictions_break_ties_as_argmax_and_old_folders_fall_back(tmp_path):
+    """Tied logits: the stored prediction is the first tied class, as ``numpy.argmax`` of
+    the seam's logits; a run folder written before predictions were stored gives the same
+    arrays from its rebuilt logits; train has none."""
+    from lt_bench.runs.folder import write_run
+    from lt_bench.runs.layout import predictions_path
+
+    rng = np.random.default_rng(3)
+    k = len(TRAIN_COUNTS)
+    out = tmp_path / "results" / "runs" / "toy" / "bb1" / "tied" / "seed0"
+    out.mkdir(parents=True)
+    logits = {}
+    for s in ("val", "test"):
+        y = np.repeat(np.arange(k), 5)
+        z = rng.integers(0, 2, size=(len(y), k)).astype(np.float32)  # many ties per row
+        logits[s] = (y, z)
+        write_logits(y, z, out / f"logits_{s}.parquet")
+    write_predictor_spec(out, {"kind": "stored"})
+    write_run(out, logits, train_counts=np.array(TRAIN_COUNTS),
+              config=_config("tied", "bb1", "images"), info={})
+    run = RunFolder.open(out)
+    y, z = logits["test"]
+    assert (z == z.max(1, keepdims=True)).sum(1).max() > 1
+    stored = run.predictions("test")
+    np.testing.assert_array_equal(stored[1], z.argmax(1))
+    np.testing.assert_array_equal(stored[0], y)
+    predictions_path(out, "test").unlink()
+    for got, want in zip(RunFolder.open(out).predictions("test"), stored, strict=True):
+        np.testing.assert_array_equal(got, want)
+    with pytest.raises(UserError, match="valid: val, test"):
+        run.predictions("train")
+
 def test_consumes_is_what_the_method_consumed(world):
     expected = {world[("la", "bb0", 0)]: "features", world["knn"]: "features",
                 world["backdoor"]: "runs", world["same"]: "runs",

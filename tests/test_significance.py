@@ -239,10 +239,12 @@ def test_real_runs_rebuilt_logits_agree_with_their_metrics(tmp_path):
                                                                          abs=1e-3)
 
 
-def test_shared_member_rebuilds_give_the_same_table_byte_for_byte(tmp_path):
-    """`lt-bench significance` rebuilds the members of the ensembles that combine the same
-    runs once (``_Correct.prefetch_ensembles``); the table is byte-identical to the one
-    made run by run through the seam (``loader=run_logits``, no sharing)."""
+def test_stored_predictions_and_shared_rebuilds_give_the_same_table_byte_for_byte(tmp_path):
+    """`lt-bench significance` reads each run's stored test predictions
+    (``RunFolder.predictions``); the table is byte-identical to the one made run by run
+    from the seam's rebuilt logits (``loader=run_logits``), and so is the one made from
+    run folders written before predictions were stored (the fallback: members of the
+    ensembles that combine the same runs rebuilt once, ``_Correct.prefetch_ensembles``)."""
     from synth_runs import FAST, make_features_dir, make_prior
 
     from lt_bench.cli import main
@@ -267,15 +269,26 @@ def test_shared_member_rebuilds_give_the_same_table_byte_for_byte(tmp_path):
                          *[str(runs / f"bb{i}" / member / f"seed{s}") for i in range(3)],
                          "--out", str(out)]) == 0
             ensembles.append(out)
-    shared = tmp_path / "shared.csv"
-    assert main(["significance", "--runs-root", str(tmp_path / "runs"), "--n-boot", "200",
-                 "--out", str(shared)]) == 0
+
+    def significance(name):
+        out = tmp_path / name
+        assert main(["significance", "--runs-root", str(tmp_path / "runs"), "--n-boot",
+                     "200", "--out", str(out)]) == 0
+        return out
+
+    stored = significance("stored.csv")
     dirs = sorted(p.parent for p in runs.glob("*/*/seed*/metrics.json"))
     one_by_one = write_significance(comparisons(dirs, n_boot=200, loader=run_logits),
                                     tmp_path / "one_by_one.csv")
-    assert shared.read_bytes() == one_by_one.read_bytes()
+    assert stored.read_bytes() == one_by_one.read_bytes()
     # ce vs la on each backbone, the backdoor vs its best member, its 3 controls vs it
-    assert len(shared.read_text().splitlines()) == 1 + 3 + 1 + 3
+    assert len(stored.read_text().splitlines()) == 1 + 3 + 1 + 3
+    # run folders of an earlier version: no predictions files, the same table
+    old = list(runs.glob("*/*/seed*/predictions_*.parquet"))
+    assert len(old) == 2 * len(dirs)
+    for p in old:
+        p.unlink()
+    assert significance("rebuilt.csv").read_bytes() == stored.read_bytes()
     # the prefetch fills the members' own correctness too, equal to a rebuild of its own
     correct = _Correct()
     correct.prefetch_ensembles(ensembles)

@@ -109,7 +109,12 @@ def paired_bootstraps(labels: np.ndarray, pairs: list[tuple[np.ndarray, np.ndarr
 # --- runs ---------------------------------------------------------------------------------
 
 class _Correct:
-    """Per run folder: (labels, correct) on test, rebuilt once from the saved predictor."""
+    """Per run folder: (labels, correct) on test, read once. Each run's stored predictions
+    (``RunFolder.predictions``: the arg-max ``write_run`` stored of the logits its metrics
+    were computed from) — O(N) per run, where rebuilding the logits was a float64
+    N × D × K product (~150 GMAC a run at iNat2018's shape: ~2 h for the paper suite,
+    benchmarks/README.md "scale.py"). With ``loader(run_dir, split) -> (labels, logits)``
+    (tests, ``lt-bench compare``'s callers), the arg-max of its logits instead."""
 
     def __init__(self, loader: Callable | None = None):
         self._loader = loader
@@ -118,11 +123,13 @@ class _Correct:
     def __call__(self, run_dir: Path) -> tuple[np.ndarray, np.ndarray]:
         key = str(run_dir)
         if key not in self._cache:
-            loader = self._loader
-            if loader is None:
-                from lt_bench.runs import run_logits as loader
-            labels, logits = loader(Path(run_dir), "test")
-            self._set(key, labels, logits)
+            if self._loader is None:
+                from lt_bench.runs.run_folder import RunFolder
+
+                labels, pred = RunFolder.open(run_dir).predictions("test")
+                self._cache[key] = (labels, pred == labels)
+            else:
+                self._set(key, *self._loader(Path(run_dir), "test"))
         return self._cache[key]
 
     def _set(self, key: str, labels, logits) -> None:
@@ -130,19 +137,21 @@ class _Correct:
                             np.asarray(labels))
 
     def prefetch_ensembles(self, run_dirs: list[Path]) -> None:
-        """Correctness of the ensemble runs among ``run_dirs`` and of their members, each
+        """Correctness of the ensemble runs among ``run_dirs`` that stored no predictions
+        (run folders written before ``write_run`` stored them) and of their members, each
         member set's test logits rebuilt once for every ensemble that combines exactly
         those members (the backdoor, its probability-mean and learned-weight controls all
-        combine the same LA runs). Without this, every ensemble rebuilds its members and
-        each member rebuilds its own logits again: at iNat2018's shape (24,426 × 8,142)
-        one rebuild is a ~150 GMAC float64 product. The logits are those of the seam
-        (``EnsembleRun``: same members, its method's ``combine`` and state), so the result is
-        the one ``__call__`` gives; only one member set is held at a time."""
+        combine the same LA runs). Without this, every such ensemble rebuilds its members
+        and each member rebuilds its own logits again. The logits are those of the seam
+        (``EnsembleRun``: same members, its method's ``combine`` and state), so the result
+        is the one ``__call__`` gives; only one member set is held at a time."""
+        from lt_bench.runs.layout import predictions_path
         from lt_bench.runs.run_folder import RunFolder, run_logits
 
         groups: dict[tuple[str, ...], list] = {}
         for d in map(RunFolder.open, run_dirs):
-            if str(d) in self._cache or d.predictor_spec["kind"] != "ensemble":
+            if str(d) in self._cache or predictions_path(d, "test").is_file() \
+                    or d.predictor_spec["kind"] != "ensemble":
                 continue
             e = d.predictor  # the seam's EnsembleRun: members, rule, weights
             groups.setdefault(tuple(map(str, e.members)), []).append((d, e))

@@ -38,6 +38,7 @@ from lt_bench.runs.layout import (  # noqa: F401
     METRICS_JSON,
     find_run_dirs,
     logits_path,
+    predictions_path,
     project_root_of,
     resolve_recorded,
     run_dir,
@@ -47,8 +48,10 @@ from lt_bench.runs.stored import (  # noqa: F401
     FEATURE_VIEWS,
     arrow_column,
     read_logits,
+    read_predictions,
     read_run_features,
     write_logits,
+    write_predictions,
     write_run_features,
 )
 
@@ -113,8 +116,10 @@ def write_run(out_dir: Path, logits_by_split: dict[str, tuple[np.ndarray, np.nda
               group_counts: np.ndarray | None = None, started_at: float | None = None,
               extra_metrics: dict[str, Any] | None = None) -> dict[str, Any]:
     """Finish a run of any kind: evaluate the val and test logits, write config.json,
-    history.json, per_class.parquet and, last, metrics.json. ``group_counts`` define the
-    D-groups where they differ from the train counts (CIFAR-100-LT IR 10/50: IR-100's)."""
+    history.json, per_class.parquet, the val/test predictions (``predictions_{split}``:
+    the arg-max of exactly these logits, read by significance instead of rebuilding them)
+    and, last, metrics.json. ``group_counts`` define the D-groups where they differ from
+    the train counts (CIFAR-100-LT IR 10/50: IR-100's)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -130,6 +135,8 @@ def write_run(out_dir: Path, logits_by_split: dict[str, tuple[np.ndarray, np.nda
     write_json(out_dir / "config.json", config)
     write_json(out_dir / "history.json", history or [])
     groups = train_counts if group_counts is None else group_counts
+    for split in EVAL_SPLITS:
+        write_predictions(*logits_by_split[split], predictions_path(out_dir, split))
     y_val, z_val = logits_by_split["val"]
     y_test, z_test = logits_by_split["test"]
     val_m, _ = evaluate(z_val, y_val, groups, pretrain_prior)
@@ -162,7 +169,10 @@ def write_run(out_dir: Path, logits_by_split: dict[str, tuple[np.ndarray, np.nda
 RUN_FILES = frozenset({
     "config.json", "history.json", "metrics.json", "per_class.parquet", "predictor.json",
     "predictor.safetensors", "trainable.safetensors", "finetune_state.pt",
-    *(f"logits_{s}.parquet" for s in SPLITS)})
+    *(f"logits_{s}.parquet" for s in SPLITS),
+    # a fine-tuning's stored pre-head features (runs.stored) and every run's predictions
+    *(f"features_{s}.parquet" for s in EVAL_SPLITS),
+    *(f"predictions_{s}.parquet" for s in EVAL_SPLITS)})
 
 
 def is_run_folder(folder: Path) -> bool:

@@ -113,3 +113,8 @@ def logits_path(run_path: str | os.PathLike, split: str) -> Path:
 def run_features_path(run_path: str | os.PathLike, split: str) -> Path:
     """A fine-tuning's stored pre-head features of ``split``."""
     return Path(run_path) / f"features_{split}.parquet"
+
+
+def predictions_path(run_path: str | os.PathLike, split: str) -> Path:
+    """A run's stored per-image arg-max of its ``split`` logits (``runs.stored``)."""
+    return Path(run_path) / f"predictions_{split}.parquet"

@@ -27,7 +27,7 @@ from lt_bench.predictor_spec import (
     load_predictor,
     read_predictor_spec,
 )
-from lt_bench.runs.folder import SPLITS, read_metrics
+from lt_bench.runs.folder import EVAL_SPLITS, SPLITS, read_metrics
 from lt_bench.runs.layout import (
     CONFIG_JSON,
     METRICS_JSON,
@@ -35,6 +35,7 @@ from lt_bench.runs.layout import (
     config_path,
     is_ensemble_backbone,
     metrics_path,
+    predictions_path,
     resolve_recorded,
 )
 
@@ -213,6 +214,26 @@ class RunFolder(os.PathLike):
         if split not in SPLITS:
             raise InputValidationError(f"unknown split {split!r}; valid: {', '.join(SPLITS)}")
         return self.predictor.split_logits(split)
+
+    def predictions(self, split: str = "test") -> tuple[np.ndarray, np.ndarray]:
+        """(labels, predicted class) of the run on ``split`` (val or test), int64, in
+        split-list order: the arg-max of the logits its metrics were computed from, stored
+        by ``write_run`` (``predictions_{split}.parquet``) so that readers needing only
+        right/wrong per image (significance, compare) never rebuild K-wide logits. The
+        run is checked fresh first, as the seam checks it. A run folder written before
+        the file existed: ``numpy.argmax`` of the seam's logits (the same numbers: ties
+        to the first class either way)."""
+        from lt_bench.runs.stored import read_predictions
+
+        if split not in EVAL_SPLITS:
+            raise InputValidationError(f"predictions of split {split!r}; valid: "
+                                       f"{', '.join(EVAL_SPLITS)}")
+        path = predictions_path(self.path, split)
+        if not path.is_file():
+            labels, logits = self.split_logits(split)
+            return np.asarray(labels, dtype=np.int64), np.asarray(logits).argmax(1)
+        self.check_fresh()
+        return read_predictions(path)
 
     def check_fresh(self) -> None:
         """A :class:`StaleRunError` where the run is no longer finished or its recorded

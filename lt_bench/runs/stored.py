@@ -1,6 +1,8 @@
 """Files a run stores beside its predictor: val/test logits (run folders of earlier
-versions, predictor kind ``stored``) and a fine-tuning's pre-head features, from which the
-seam recomputes its logits (docs/architecture.md §3.5)."""
+versions, predictor kind ``stored``), a fine-tuning's pre-head features, from which the
+seam recomputes its logits (docs/architecture.md §3.5), and every run's per-image
+predictions (the arg-max of the logits its metrics were computed from), which the
+significance bootstrap reads instead of rebuilding K-wide logits."""
 
 from __future__ import annotations
 
@@ -107,3 +109,30 @@ def read_run_features(path: Path, view: str = "centre") -> tuple[np.ndarray, np.
     col = table.column(column).combine_chunks()
     feats = col.flatten().to_numpy().reshape(-1, col.type.list_size).astype(np.float32)
     return table.column("label").to_numpy().astype(np.int64), feats
+
+
+# --- stored predictions (every run: what significance needs, without the logits) -------
+
+def write_predictions(labels: np.ndarray, logits: np.ndarray, out: Path) -> Path:
+    """Contract: ``label`` int32 and ``prediction`` int32 (``numpy.argmax`` of ``logits``
+    along classes: ties go to the first class, as for the seam's logits), split-list
+    order. 8 bytes a row where the logits are 4 × K (benchmarks/README.md, scale.py)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    cols = {"label": np.asarray(labels, dtype=np.int32),
+            "prediction": np.asarray(logits).argmax(1).astype(np.int32)}
+    with atomic_path(Path(out)) as tmp:
+        pq.write_table(pa.Table.from_arrays([arrow_column(v) for v in cols.values()],
+                                            names=list(cols)), tmp)
+    return Path(out)
+
+
+def read_predictions(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(labels int64, predictions int64) of a predictions file."""
+    import pyarrow.parquet as pq
+
+    with pq.ParquetFile(path) as f:  # not read_table: no pyarrow.dataset (pandas) import
+        table = f.read(columns=["label", "prediction"])
+    return (table.column("label").to_numpy().astype(np.int64),
+            table.column("prediction").to_numpy().astype(np.int64))
