@@ -219,7 +219,8 @@ def main(argv: list[str] | None = None) -> int:
             e, FileNotFoundError) else str(e)
         print(f"lt-bench {args.command}: error: {msg}", file=sys.stderr)
         return EXIT_USER_ERROR
-    except RuntimeError as e:  # library RuntimeErrors (corrupt file, no free GPU, download)
+    except RuntimeError as e:  # not UserErrors: a backbone's weights that open_clip / timm
+        # could not download (lt_bench/backbones/base.py), torch's own (CUDA out of memory)
         if args.verbose:
             raise
         print(f"lt-bench {args.command}: error: {e} (run with -v for the traceback)",

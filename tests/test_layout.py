@@ -178,6 +178,28 @@ def test_user_errors_are_user_error_subclasses():
                      "caller's bug")
 
 
+def bare_error_classes(path: Path) -> list[str]:
+    """Classes in ``path`` derived from a bare error only (``class E(ValueError)``): raised,
+    they would be bugs to the CLI, so a user error's class names a UserError base too."""
+    return [node.name for node in ast.walk(ast.parse(path.read_text()))
+            if isinstance(node, ast.ClassDef) and node.bases
+            and all(isinstance(b, ast.Name) and b.id in BARE_ERRORS for b in node.bases)]
+
+
+def test_error_classes_on_a_bare_error_are_user_errors_too():
+    bad = [f"{p.relative_to(PKG)}: {c}" for p in _module_files() for c in bare_error_classes(p)]
+    assert not bad, (f"error classes derived from {'/'.join(BARE_ERRORS)} only: {bad}; add "
+                     "a UserError base (lt_bench/errors.py), e.g. class E(UserError, ValueError)")
+
+
+def test_the_bare_error_class_scan_finds_them(tmp_path):
+    src = tmp_path / "m.py"
+    src.write_text("class A(ValueError):\n    pass\n\nclass B(UserError, ValueError):\n"
+                   "    pass\n\nclass C(KeyError, FileNotFoundError):\n    pass\n\n"
+                   "class D(B):\n    pass\n")
+    assert bare_error_classes(src) == ["A", "C"]
+
+
 def test_the_bare_raise_scan_finds_them(tmp_path):
     src = tmp_path / "m.py"
     src.write_text("def f(x):\n    if x:\n        raise ValueError('no')\n"

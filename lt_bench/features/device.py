@@ -29,7 +29,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from lt_bench.errors import InputValidationError
+from lt_bench.errors import InputValidationError, UserError
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ DEFAULT_WAIT_S = 6 * 3600
 POLL_S = 1.0
 
 
-class NoFreeGPUError(RuntimeError):
+class NoFreeGPUError(UserError, RuntimeError):
     """Every GPU stayed claimed by other lt-bench jobs for the whole wait."""
 
 

@@ -2,7 +2,7 @@
 every split list (``encode.py``: one resumable, deterministic pass each), the optional
 train views (``views.py``) and ``text.parquet`` (``text.py``).
 
-Protocol (issue 10, LIFT ``trainer.py``)
+Protocol (docs/protocol.md, LIFT ``trainer.py``)
     The stored feature is the backbone's :meth:`~LoadedBackbone.encode_feature`
     (pre-projection ``ln_post`` CLS token for open_clip ViTs); images go through LIFT's test
     transform (``Resize(S*8/7)`` + ``CenterCrop(S)``) unless ``test_transform="open_clip"``;

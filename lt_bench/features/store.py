@@ -45,8 +45,9 @@ PROJECTION_KEY = b"lt_bench_projection"
 FEATURE_KINDS = ("pre_projection", "encode_image", "timm_pooled")
 
 
-class CorruptFileError(RuntimeError):
-    pass
+class CorruptFileError(UserError, RuntimeError):
+    """A feature or text file that is not readable Parquet, or lacks lt_bench's metadata;
+    the message names it and says to delete it and rerun the stage that made it."""
 
 
 class NonFiniteFeatureError(InputValidationError):
