@@ -185,26 +185,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-#: modules whose bare ValueError / KeyError (ConfigError, UnknownNameError among them) are
-#: still user errors: converted at integration to UserError subclasses, then this list goes.
-#: Anywhere else such an error is a bug and shows its traceback. (A FileNotFoundError is an
-#: OSError and printed as one, like a PermissionError.)
-_NOT_YET_CONVERTED = ("lt_bench/config.py", "lt_bench/registry.py", "lt_bench/features/",
-                      "lt_bench/methods/_heads.py", "lt_bench/methods/knn.py",
-                      "lt_bench/runs/stored.py", "lt_bench/runs/run_folder.py")
-
-
-def _unconverted_user_error(e: BaseException) -> bool:
-    """Whether ``e`` is a bare library error raised in one of :data:`_NOT_YET_CONVERTED`."""
-    if not isinstance(e, ValueError | KeyError):
-        return False
-    tb = e.__traceback__
-    while tb is not None and tb.tb_next is not None:
-        tb = tb.tb_next
-    where = Path(tb.tb_frame.f_code.co_filename).as_posix() if tb is not None else ""
-    return any(f"/{m}" in where for m in _NOT_YET_CONVERTED)
-
-
 def _describe_os_error(e: OSError) -> str:
     import errno
 
@@ -231,15 +211,16 @@ def main(argv: list[str] | None = None) -> int:
 
             declare_variants(read_variants_arg(args.variants))
         rc = args.func(args)
-    except (UserError, OSError, ValueError, KeyError) as e:  # OSError: disk full, permissions
-        if args.verbose or not (isinstance(e, UserError | OSError) or _unconverted_user_error(e)):
-            raise  # -v, or a bug: the traceback
+    except (UserError, OSError) as e:  # OSError: disk full, permissions
+        # anything else (a bare ValueError, KeyError, AssertionError) is a bug: its traceback
+        if args.verbose:
+            raise
         msg = _describe_os_error(e) if isinstance(e, OSError) and not isinstance(
-            e, FileNotFoundError) else (str(e.args[0]) if isinstance(e, KeyError) and e.args
-                                        else str(e))
+            e, FileNotFoundError) else str(e)
         print(f"lt-bench {args.command}: error: {msg}", file=sys.stderr)
         return EXIT_USER_ERROR
-    except RuntimeError as e:  # library RuntimeErrors (corrupt file, no free GPU, download)
+    except RuntimeError as e:  # not UserErrors: a backbone's weights that open_clip / timm
+        # could not download (lt_bench/backbones/base.py), torch's own (CUDA out of memory)
         if args.verbose:
             raise
         print(f"lt-bench {args.command}: error: {e} (run with -v for the traceback)",

@@ -16,9 +16,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from lt_bench.errors import UserError
 
-class ConfigError(ValueError):
-    pass
+
+class ConfigError(UserError, ValueError):
+    """A config.yaml value the registries refuse (an unknown name, a bad method entry). A
+    ``ValueError`` too, for callers that catch config errors as before."""
 
 
 #: a suite's ``methods:`` that means every method the suite can run (:func:`all_methods`)

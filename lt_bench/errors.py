@@ -26,3 +26,9 @@ class MissingInputError(UserError, FileNotFoundError):
     """An input file or folder the user named, or an earlier stage should have made, is not
     there (a checkpoint, a run's stored logits, a ``predictor.json``, the runs of a report).
     A ``FileNotFoundError`` too, so callers that look for a missing file still catch it."""
+
+
+class DuplicateNameError(UserError, ValueError):
+    """A name registered twice in one registry (lt_bench/registry.py): a plugin or a
+    config declaration that reuses a taken method, backbone or dataset name. A
+    ``ValueError`` too, for callers that catch the registries' errors as before."""

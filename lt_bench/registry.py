@@ -29,7 +29,7 @@ import importlib
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
-from lt_bench.errors import UserError
+from lt_bench.errors import DuplicateNameError, UserError
 
 T = TypeVar("T")
 
@@ -44,8 +44,9 @@ _BUILT_IN_MODULES = ("lt_bench.data", "lt_bench.backbones", "lt_bench.methods")
 _origin = BUILT_IN
 
 
-class UnknownNameError(KeyError):
-    """Raised when a name is not registered; the message lists the valid names."""
+class UnknownNameError(UserError, KeyError):
+    """Raised when a name is not registered; the message lists the valid names. A
+    ``KeyError`` too, for callers that look a name up and catch a missing one."""
 
     def __str__(self) -> str:  # KeyError quotes its message; we want it plain
         return str(self.args[0])
@@ -78,8 +79,8 @@ class Registry(Generic[T]):
             if key in self._lazy:  # the lazily named module registers the entry itself
                 del self._lazy[key]
             elif key in self._entries and self._entries[key] is not obj:
-                raise ValueError(f"{self.kind} {key!r} is registered twice (first by "
-                                 f"{self._origins[key]})")
+                raise DuplicateNameError(f"{self.kind} {key!r} is registered twice (first by "
+                                         f"{self._origins[key]})")
             self._entries[key] = obj
             self._origins[key] = _origin
             return obj
@@ -94,7 +95,8 @@ class Registry(Generic[T]):
         """Register ``"package.module:attr"`` (``attr`` may be dotted, e.g.
         ``Class.method``), imported on the first :meth:`get` of ``name``."""
         if name in self._entries and self._lazy.get(name) != target:
-            raise ValueError(f"{self.kind} {name!r} is registered twice")
+            raise DuplicateNameError(f"{self.kind} {name!r} is registered twice (first by "
+                                     f"{self._origins[name]})")
         self._entries[name] = None  # type: ignore[assignment]
         self._origins[name] = _origin
         self._lazy[name] = target
@@ -105,8 +107,9 @@ class Registry(Generic[T]):
         is a clash."""
         self._load()
         if name in self._entries and self._origins[name] != origin:
-            raise ValueError(f"{self.kind} {name!r} is declared in the {origin} but is already "
-                             f"registered ({self._origins[name]}); choose another name")
+            raise DuplicateNameError(f"{self.kind} {name!r} is declared in the {origin} but is "
+                                     f"already registered ({self._origins[name]}); choose "
+                                     "another name")
         self._entries[name] = obj
         self._origins[name] = origin
         return obj

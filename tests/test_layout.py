@@ -157,13 +157,6 @@ def test_the_circle_finder_names_a_circle_as_a_path():
 #: bare library errors that a user error must not be (docs/architecture.md: user errors are
 #: lt_bench.errors.UserError subclasses; an uncaught ValueError is a bug, with a traceback)
 BARE_ERRORS = ("ValueError", "KeyError", "FileNotFoundError")
-#: files allowed bare raises for now, with how many: files other helpers held while the rest
-#: was converted; converted at integration (then lt_bench/cli.py's _NOT_YET_CONVERTED goes)
-BARE_RAISES_ALLOWED = {
-    "features/device.py": 2, "features/encode.py": 2, "features/extract.py": 1,
-    "features/store.py": 1, "methods/_heads.py": 3, "methods/knn.py": 3, "registry.py": 3,
-    "runs/run_folder.py": 1, "runs/stored.py": 2,
-}
 
 
 def bare_raises(path: Path) -> list[int]:
@@ -179,13 +172,32 @@ def bare_raises(path: Path) -> list[int]:
 
 def test_user_errors_are_user_error_subclasses():
     found = {str(p.relative_to(PKG)): n for p in _module_files() if (n := bare_raises(p))}
-    bad = [f"{f}:{n}" for f, lines in sorted(found.items()) for n in lines
-           if len(lines) > BARE_RAISES_ALLOWED.get(f, 0)]
+    bad = [f"{f}:{n}" for f, lines in sorted(found.items()) for n in lines]
     assert not bad, (f"bare {'/'.join(BARE_ERRORS)} raised at {bad}: raise a UserError "
                      "subclass (lt_bench/errors.py) for a user's mistake, AssertionError for a "
                      "caller's bug")
-    stale = {f: n for f, n in BARE_RAISES_ALLOWED.items() if len(found.get(f, [])) < n}
-    assert not stale, f"BARE_RAISES_ALLOWED counts more than there are: {stale}"
+
+
+def bare_error_classes(path: Path) -> list[str]:
+    """Classes in ``path`` derived from a bare error only (``class E(ValueError)``): raised,
+    they would be bugs to the CLI, so a user error's class names a UserError base too."""
+    return [node.name for node in ast.walk(ast.parse(path.read_text()))
+            if isinstance(node, ast.ClassDef) and node.bases
+            and all(isinstance(b, ast.Name) and b.id in BARE_ERRORS for b in node.bases)]
+
+
+def test_error_classes_on_a_bare_error_are_user_errors_too():
+    bad = [f"{p.relative_to(PKG)}: {c}" for p in _module_files() for c in bare_error_classes(p)]
+    assert not bad, (f"error classes derived from {'/'.join(BARE_ERRORS)} only: {bad}; add "
+                     "a UserError base (lt_bench/errors.py), e.g. class E(UserError, ValueError)")
+
+
+def test_the_bare_error_class_scan_finds_them(tmp_path):
+    src = tmp_path / "m.py"
+    src.write_text("class A(ValueError):\n    pass\n\nclass B(UserError, ValueError):\n"
+                   "    pass\n\nclass C(KeyError, FileNotFoundError):\n    pass\n\n"
+                   "class D(B):\n    pass\n")
+    assert bare_error_classes(src) == ["A", "C"]
 
 
 def test_the_bare_raise_scan_finds_them(tmp_path):

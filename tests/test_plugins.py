@@ -62,7 +62,7 @@ def test_a_plugin_registers_with_its_distribution_as_origin(widgets):
     ("import no_such_package_anywhere\n",
      "ModuleNotFoundError: No module named 'no_such_package_anywhere'"),
     ("import lt_bench_test_widgets as t\nt.R.register('taken')(float)\n",
-     "ValueError: dataset 'taken' is registered twice (first by built-in)"),
+     "DuplicateNameError: dataset 'taken' is registered twice (first by built-in)"),
 ])
 def test_a_broken_plugin_fails_its_registry_only_in_one_line(widgets, code, says):
     reg, site = widgets

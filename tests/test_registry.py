@@ -4,6 +4,7 @@ import pytest
 
 from lt_bench.backbones import BACKBONES
 from lt_bench.data import DATASETS
+from lt_bench.errors import DuplicateNameError, UserError
 from lt_bench.methods import METHODS, get_method
 from lt_bench.registry import Registry, UnknownNameError
 
@@ -20,8 +21,20 @@ def test_unknown_name_lists_valid_names():
 def test_double_registration_is_an_error():
     r = Registry("widget")
     r.register("a")(int)
-    with pytest.raises(ValueError, match="registered twice"):
+    with pytest.raises(ValueError, match="registered twice") as e:
         r.register("a")(float)
+    # a user's error (a plugin or config reusing a name): one line at the CLI, exit 2
+    assert isinstance(e.value, DuplicateNameError) and isinstance(e.value, UserError)
+    r.declare("mine", str, "config")
+    with pytest.raises(DuplicateNameError, match="'a' is declared in the config but is "
+                                                 r"already registered \(built-in\)"):
+        r.declare("a", str, "config")
+
+
+def test_unknown_name_is_a_user_error_and_still_a_key_error():
+    with pytest.raises(KeyError) as e:
+        Registry("widget").get("x")
+    assert isinstance(e.value, UnknownNameError) and isinstance(e.value, UserError)
 
 
 def test_a_lazy_entry_is_imported_on_its_first_lookup():

@@ -17,7 +17,9 @@ import pytest
 from synth_runs import FAST, TRAIN_COUNTS, make_features_dir, make_prior
 
 from lt_bench.cli import main
-from lt_bench.errors import InputValidationError, MissingInputError
+from lt_bench.config import ConfigError
+from lt_bench.errors import DuplicateNameError, InputValidationError, MissingInputError
+from lt_bench.registry import UnknownNameError
 
 K = len(TRAIN_COUNTS)
 
@@ -268,6 +270,59 @@ def _other_test_split(d: Path) -> None:
     _edit_json(d / "config.json", lambda o: o["split_sha256"].update(test="0" * 64))
 
 
+def _split_copy(w, name: str, edit) -> list[str]:
+    """`lt-bench extract` of a copy of the toy split lists changed by ``edit`` (toyclip0
+    with a user's checkpoint, on the CPU)."""
+    import shutil
+
+    from conftest import save_random_toy_checkpoint
+
+    d = w["root"] / "splits_copies" / name
+    if not d.exists():
+        shutil.copytree(_toy_split(w), d)
+        edit(d)
+    ck = w["root"] / "toy_random.pt"
+    if not ck.exists():
+        save_random_toy_checkpoint(ck)
+    return ["extract", "--dataset", "toy", "--split-dir", str(d), "--backbone", "toyclip0",
+            "--checkpoint", str(ck), "--out-dir", str(w["root"] / "ext_copies" / name),
+            "--device", "cpu"]
+
+
+def _features_copy(w, name: str, *, fit_knn: bool = False) -> Path:
+    """A copy of bb0's features folder (a knn run fitted on it first with ``fit_knn``)."""
+    import shutil
+
+    dst = w["root"] / name / "toy" / "bb0"
+    if not dst.exists():
+        shutil.copytree(w["fd"]["bb0"], dst)
+        if fit_knn:
+            assert main(["fit", "--method", "knn", "--features-dir", str(dst), "--out",
+                         str(w["root"] / name / "knn")]) == 0
+    return dst
+
+
+def _knn_logits_without_train_features(w) -> list[str]:
+    fd = _features_copy(w, "knn_gone", fit_knn=True)
+    (fd / "train.parquet").unlink(missing_ok=True)
+    return ["logits", str(w["root"] / "knn_gone" / "knn"), "--out",
+            str(w["root"] / "knn_gone" / "logits.parquet")]
+
+
+def _fit_without_val_features(w) -> list[str]:
+    fd = _features_copy(w, "no_val")
+    (fd / "val.parquet").unlink(missing_ok=True)
+    return _train(w, fd=fd, out="no_val")
+
+
+def _extract_on_gpus(w, **env) -> tuple[list[str], dict]:
+    """`lt-bench extract` with no --device (it claims a GPU) and the GPU variables ``env``
+    (LT_BENCH_FAKE_GPUS: the machine's GPU count, as the tests of claiming set it)."""
+    env = {"LT_BENCH_GPU_LOCK_DIR": str(w["root"] / "gpu_locks"),
+           "CUDA_VISIBLE_DEVICES": None, **env}
+    return _split_copy(w, "gpu", lambda d: None)[:-2], env
+
+
 CASES = {
     "prior with a zero": (
         lambda w: _train(w, "--prior", str(_bad_prior(w, "zero", [0.5, 0.5, 0, 0, 0, 0]))),
@@ -485,13 +540,39 @@ CASES = {
         lambda w: ["combine", "--method", "adaptformer_la_tte", "--members",
                    str(w["runs"][("bb0", "la", 0)]), "--out", str(w["root"] / "bad" / "tte")],
         "is a run of method 'la'; expected 'adaptformer_la'"),
+    "extract with a split list missing": (
+        lambda w: _split_copy(w, "no_val", lambda d: (d / "val.txt").unlink()),
+        "val.txt not found; run the prepare stage for dataset 'toy' first"),
+    "extract of an empty split list": (
+        lambda w: _split_copy(w, "empty", lambda d: (d / "train.txt").write_text("")),
+        "train.txt: the split list is empty; expected one '<image path> <label>' line per "
+        "image"),
+    "fit on a features folder missing a split's file": (
+        _fit_without_val_features,
+        "val.parquet; run the extract stage that makes it"),
+    "logits of a knn run whose train features are gone": (
+        _knn_logits_without_train_features,
+        "train.parquet not found; the run rebuilds its logits from them: re-extract them, or "
+        "rerun the knn run"),
+    "LT_BENCH_GPU_WAIT_S not a number": (
+        lambda w: _extract_on_gpus(w, LT_BENCH_FAKE_GPUS="2", LT_BENCH_GPU_WAIT_S="soon"),
+        "LT_BENCH_GPU_WAIT_S must be a number of seconds, got 'soon'"),
+    "LT_BENCH_FAKE_GPUS not an integer": (
+        lambda w: _extract_on_gpus(w, LT_BENCH_FAKE_GPUS="four"),
+        "LT_BENCH_FAKE_GPUS must be an integer (GPUs to pretend), got 'four'"),
 }
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_bad_input_is_one_clear_line_and_exit_2(world, case, capsys):
+def test_bad_input_is_one_clear_line_and_exit_2(world, case, capsys, monkeypatch):
     argv, expected, *kept = CASES[case]  # kept: checks that nothing computed was lost
     args = argv(world)
+    args, env = args if isinstance(args, tuple) else (args, {})  # env: variables set/unset
+    for name, value in env.items():
+        if value is None:
+            monkeypatch.delenv(name, raising=False)
+        else:
+            monkeypatch.setenv(name, value)
     capsys.readouterr()
     try:
         rc = main(args)
@@ -721,6 +802,9 @@ def test_16_bit_png_is_scaled_to_8_bits_by_every_reader(tmp_path, capsys):
     (AssertionError("a caller's bug"), False),
     (InputValidationError("--x: bad; expected y"), True),
     (MissingInputError("/nowhere: no such file"), True),
+    (ConfigError("suites.s.methods: unknown method 'lx'"), True),
+    (UnknownNameError("unknown method 'lx'; valid methods: ce"), True),
+    (DuplicateNameError("method 'la' is registered twice (first by built-in)"), True),
     (PermissionError(13, "Permission denied", "/ro"), True),
 ])
 def test_only_user_errors_are_one_line(monkeypatch, capsys, error, user_error):

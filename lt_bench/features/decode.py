@@ -1,4 +1,5 @@
-"""Decoding JPEGs on the extraction device (``extract.decode: gpu``, issue 12 item 4).
+"""Decoding JPEGs on the extraction device (``extract.decode: gpu``), for machines whose CPU
+workers decode slower than the GPU encodes (CPU decode speed: docs/architecture.md §7).
 
 Workers only read file bytes; the main process decodes a whole batch with torchvision's
 batched ``decode_jpeg(list, device="cuda")`` (nvJPEG), then resizes, crops and normalises

@@ -29,6 +29,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from lt_bench.errors import InputValidationError, UserError
+
 log = logging.getLogger(__name__)
 
 DEFAULT_LOCK_DIR = "/tmp/lt-bench-gpu-locks"
@@ -36,7 +38,7 @@ DEFAULT_WAIT_S = 6 * 3600
 POLL_S = 1.0
 
 
-class NoFreeGPUError(RuntimeError):
+class NoFreeGPUError(UserError, RuntimeError):
     """Every GPU stayed claimed by other lt-bench jobs for the whole wait."""
 
 
@@ -63,7 +65,8 @@ def gpu_count() -> int:
         try:
             return max(0, int(fake))
         except ValueError:
-            raise ValueError(f"LT_BENCH_FAKE_GPUS must be an integer, got {fake!r}") from None
+            raise InputValidationError(f"LT_BENCH_FAKE_GPUS must be an integer (GPUs to "
+                                       f"pretend), got {fake!r}") from None
     import torch
 
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
@@ -78,7 +81,8 @@ def _wait_seconds() -> float:
     try:
         return DEFAULT_WAIT_S if raw in (None, "") else float(raw)
     except ValueError:
-        raise ValueError(f"LT_BENCH_GPU_WAIT_S must be a number of seconds, got {raw!r}") from None
+        raise InputValidationError(f"LT_BENCH_GPU_WAIT_S must be a number of seconds, got "
+                                   f"{raw!r}") from None
 
 
 def _open_lock(path: Path) -> int:

@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader
 from lt_bench.backbones.base import LoadedBackbone
 from lt_bench.backbones.weights import weights_id
 from lt_bench.data.splits import read_split
-from lt_bench.errors import UserError
+from lt_bench.errors import InputValidationError, UserError
 from lt_bench.features.images import (
     ImageListDataset,
     ImageReadError,
@@ -71,7 +71,8 @@ def _check_decode(decode: str, device: torch.device, device_transforms) -> bool:
                         "use decode: cpu")
     on_device = decode != "cpu"
     if on_device and device_transforms is None:
-        raise ValueError("decode on the device needs device_transforms")
+        raise AssertionError("decode on the device needs device_transforms (the caller "
+                             "builds them from the backbone's transforms)")
     return on_device
 
 
@@ -220,7 +221,8 @@ def _how(kind: str, decode: str, seed: int | None, source: _Source) -> dict[str,
 def _read_list(split_file: Path) -> tuple[list[str], np.ndarray]:
     paths, labels = read_split(split_file)
     if not paths:
-        raise ValueError(f"{split_file}: the split list is empty")
+        raise InputValidationError(f"{split_file}: the split list is empty; expected one "
+                                   "'<image path> <label>' line per image")
     return paths, np.asarray(labels, dtype=np.int64)
 
 

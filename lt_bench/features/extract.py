@@ -2,7 +2,7 @@
 every split list (``encode.py``: one resumable, deterministic pass each), the optional
 train views (``views.py``) and ``text.parquet`` (``text.py``).
 
-Protocol (issue 10, LIFT ``trainer.py``)
+Protocol (docs/protocol.md, LIFT ``trainer.py``)
     The stored feature is the backbone's :meth:`~LoadedBackbone.encode_feature`
     (pre-projection ``ln_post`` CLS token for open_clip ViTs); images go through LIFT's test
     transform (``Resize(S*8/7)`` + ``CenterCrop(S)``) unless ``test_transform="open_clip"``;
@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from lt_bench.backbones.weights import weights_id
-from lt_bench.errors import UserError
+from lt_bench.errors import MissingInputError, UserError
 from lt_bench.features.encode import describe_transform, extract_split
 from lt_bench.features.shards import shard_dir_for
 from lt_bench.io import sha256_file
@@ -132,7 +132,7 @@ def extract_all(dataset: str, split_dir: Path, image_root: Path, backbone_name: 
 def _check_lists(split_dir: Path, splits, dataset: str) -> None:
     for split in splits:
         if not (split_dir / f"{split}.txt").is_file():
-            raise FileNotFoundError(f"split list {split_dir / f'{split}.txt'} not found; "
+            raise MissingInputError(f"split list {split_dir / f'{split}.txt'} not found; "
                                     f"run the prepare stage for dataset {dataset!r} first")
 
 

@@ -14,9 +14,10 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from lt_bench.data.images import to_rgb
+from lt_bench.errors import UserError
 
 
-class ImageReadError(RuntimeError):
+class ImageReadError(UserError, RuntimeError):
     """A listed image is missing or cannot be decoded; the message names the file."""
 
 

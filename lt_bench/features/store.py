@@ -37,7 +37,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from lt_bench.errors import InputValidationError, UserError
+from lt_bench.errors import InputValidationError, MissingInputError, UserError
 from lt_bench.io import atomic_path
 
 META_KEY = b"lt_bench"
@@ -45,8 +45,9 @@ PROJECTION_KEY = b"lt_bench_projection"
 FEATURE_KINDS = ("pre_projection", "encode_image", "timm_pooled")
 
 
-class CorruptFileError(RuntimeError):
-    pass
+class CorruptFileError(UserError, RuntimeError):
+    """A feature or text file that is not readable Parquet, or lacks lt_bench's metadata;
+    the message names it and says to delete it and rerun the stage that made it."""
 
 
 class NonFiniteFeatureError(InputValidationError):
@@ -265,7 +266,8 @@ def read_meta(path: str | Path) -> dict[str, Any]:
 def _read(path: str | Path, columns=None) -> pa.Table:
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"feature file not found: {path}")
+        raise MissingInputError(f"feature file not found: {path}; run the extract stage "
+                                "that makes it")
     try:
         # ParquetFile, not pq.read_table: read_table goes through pyarrow.dataset, whose
         # import pulls in pandas (1-2 s of every job that reads features, on 2 cores)

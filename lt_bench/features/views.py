@@ -1,4 +1,4 @@
-"""Augmented train views (``extract.train_views: V``, issue 10 item 5).
+"""Augmented train views (``extract.train_views: V``; docs/protocol.md, train augmentation).
 
 LIFT's heads see a fresh ``RandomResizedCrop`` + flip view of every train image each
 epoch (``trainer.py``: ``transform_train``); a cached feature is one fixed view. This

@@ -72,7 +72,7 @@ def initial_weight(ctx: FitContext, init: str, rng: np.random.Generator) -> np.n
         return class_means(ctx.train.features, ctx.train.labels, ctx.num_classes)
     if init == "random":
         return random_unit_rows(ctx.num_classes, ctx.train.features.shape[1], rng)
-    raise ValueError(f"unknown head init {init!r}; valid: text, class_mean, random")
+    raise InputValidationError(f"head init = {init!r}; valid: text, class_mean, random")
 
 
 def cosine_head(weight: np.ndarray, scale: float, device: str = "cpu"):
@@ -165,11 +165,11 @@ def batch_indices(labels: np.ndarray, batch_size: int, sampler: str,
         order = np.array([rng.choice(by_class[c]) for c in picks])
     elif sampler == "class_aware":
         if class_aware is None:
-            raise ValueError("sampler 'class_aware' needs its ClassAwareSampler (state "
-                             "carries over between epochs)")
+            raise AssertionError("sampler 'class_aware' needs its ClassAwareSampler (state "
+                                 "carries over between epochs)")
         order = class_aware.epoch()
     else:
-        raise ValueError(f"unknown sampler {sampler!r}; valid: {', '.join(SAMPLERS)}")
+        raise InputValidationError(f"sampler = {sampler!r}; valid: {', '.join(SAMPLERS)}")
     return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
 
 

@@ -38,6 +38,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from lt_bench.errors import InputValidationError, MissingInputError
 from lt_bench.io import sha256_file
 from lt_bench.methods._base import METHODS, FitContext, FitResult, Method
 from lt_bench.methods._reuse import choose, top1
@@ -118,12 +119,15 @@ class KNNPredictor:
         if self._train is None:
             path = Path(self.train_features)
             if not path.is_file():
-                raise FileNotFoundError(f"k-NN predictor: train features {path} not found")
+                raise MissingInputError(f"k-NN predictor: train features {path} not found; "
+                                        "the run rebuilds its logits from them: re-extract "
+                                        "them, or rerun the knn run")
             sha = sha256_file(path)
             if sha != self.train_sha256:
-                raise ValueError(f"k-NN predictor: train features {path} changed since the run "
-                                 f"(sha256 {sha[:12]}…, run recorded {self.train_sha256[:12]}…); "
-                                 "rerun the knn run")
+                raise InputValidationError(
+                    f"k-NN predictor: train features {path} changed since the run "
+                    f"(sha256 {sha[:12]}…, run recorded {self.train_sha256[:12]}…); "
+                    "rerun the knn run")
             # keeps pyarrow off `list methods`; shared: every seed's k-NN run reads it
             from lt_bench.features.store import read_features_shared
 
@@ -180,8 +184,6 @@ class KNN(Method):
     description = "cosine k-NN on the frozen train features, k tuned on val"
 
     def validate(self) -> None:
-        from lt_bench.errors import InputValidationError
-
         hp = self.hparams
         if hp["bank"] not in BANKS:
             raise InputValidationError(f"method {self.name!r}: bank = {hp['bank']!r}; "
@@ -201,8 +203,8 @@ class KNN(Method):
     def fit(self, ctx: FitContext) -> FitResult:
         hp = self.hparams
         if ctx.features_dir is None:
-            raise ValueError("knn needs the features folder (FitContext.features_dir) to "
-                             "record which bank features its logits are rebuilt from")
+            raise AssertionError("knn needs the features folder (FitContext.features_dir) "
+                                 "to record which bank features its logits are rebuilt from")
         if hp["bank"] == "val":
             return self._fit_val_bank(ctx)
         path = Path(ctx.features_dir) / "train.parquet"
@@ -237,8 +239,6 @@ class KNN(Method):
         tuned: val answers itself leave-one-out)."""
         hp = self.hparams
         if ctx.val.crops is not None:  # view auto on fivecrop features
-            from lt_bench.errors import InputValidationError
-
             raise InputValidationError(
                 f"method {self.name!r}: bank = 'val' reads the centre view only (val answers "
                 f"itself leave-one-out), but the features at {ctx.features_dir} give the "

@@ -184,7 +184,7 @@ class RunFolder(os.PathLike):
         :attr:`members`) where the run recorded it, else the member with the highest
         ``val_top1`` / ``top1`` (ties: the first); None without members or numbers."""
         if on not in ("val", "test"):
-            raise ValueError(f"best_member: on {on!r}; valid: val, test")
+            raise AssertionError(f"best_member: on {on!r}; valid: val, test")
         recorded = self.metrics.get("best_member") if self.finished else None
         if isinstance(recorded, dict) and recorded.get(on) is not None:
             return self.members[int(recorded[on])]

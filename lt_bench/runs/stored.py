@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lt_bench.errors import InputValidationError
+from lt_bench.errors import InputValidationError, MissingInputError
 from lt_bench.io import atomic_path
 
 
@@ -75,7 +75,7 @@ def write_run_features(labels: np.ndarray, views: dict[str, np.ndarray], out: Pa
 
     unknown = set(views) - set(FEATURE_VIEWS)
     if unknown or not views:
-        raise ValueError(f"feature views {sorted(views)}; valid: {sorted(FEATURE_VIEWS)}")
+        raise AssertionError(f"feature views {sorted(views)}; valid: {sorted(FEATURE_VIEWS)}")
     cols = {"label": arrow_column(np.asarray(labels, dtype=np.int32))}
     for view, x in views.items():
         x = np.ascontiguousarray(x, dtype=np.float16)
@@ -96,7 +96,7 @@ def read_run_features(path: Path, view: str = "centre") -> tuple[np.ndarray, np.
 
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path.parent}: no stored {path.stem} "
+        raise MissingInputError(f"{path.parent}: no stored {path.stem} "
                                 "(a fine-tuning run stores val and test features only)")
     column = FEATURE_VIEWS[view]
     names = pq.read_schema(path).names

@@ -55,7 +55,7 @@ from lt_bench.tracking.records import (
 log = logging.getLogger(__name__)
 
 #: MLflow retries an HTTP request 7 times with exponential backoff (4 min 15 s against a
-#: server that is down, issue 15); a user's own setting wins over these.
+#: server that is down; docs/mlflow.md, Failures); a user's own setting wins over these.
 HTTP_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
             "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
 PROBE_TIMEOUT_S = 5

@@ -1,7 +1,8 @@
 # Data (docs/architecture.md §3 stage 1): split lists for every dataset, and for real datasets an image
 # check (and, when allowed, the Places365/iNat2018 download) before any job reads images.
 # data_root is only read by those jobs, so `snakemake -n` builds the whole DAG without data.
-# Input functions: common.smk (reads_data_root, image_dir, images_verified).
+# Input functions: common.smk (image_dir_arg, image_dir_note, images_verified), over
+# lt_bench/plan.py's Plan.reads_data_root and Plan.image_dir.
 
 
 # Both local under a cluster executor: prepare_dataset fetches the pinned split lists (LIFT)

@@ -27,7 +27,7 @@ rule ingest_mlflow:
     params:
         # a smoke run has its own experiment, lt-bench/<suite>-smoke (lt_bench/smoke.py)
         suite=SUITE.name + (SMOKE_SUFFIX if config.get("smoke") else ""),
-        store=PLAN.tracking_store_id(),  # common.smk
+        store=PLAN.tracking_store_id(),  # lt_bench/plan.py: another store re-ingests
         variants=REPORT_VARIANTS,
     log:
         "logs/ingest_mlflow.log",
