@@ -219,12 +219,13 @@ def main(argv: list[str] | None = None) -> int:
             e, FileNotFoundError) else str(e)
         print(f"lt-bench {args.command}: error: {msg}", file=sys.stderr)
         return EXIT_USER_ERROR
-    except RuntimeError as e:  # not UserErrors: a backbone's weights that open_clip / timm
-        # could not download (lt_bench/backbones/base.py), torch's own (CUDA out of memory)
-        if args.verbose:
+    except RuntimeError as e:
+        # torch's CUDA out of memory (a RuntimeError; torch is not imported at start-up):
+        # the user's batch size or device, one line. Any other RuntimeError is a bug.
+        if args.verbose or "out of memory" not in str(e):
             raise
-        print(f"lt-bench {args.command}: error: {e} (run with -v for the traceback)",
-              file=sys.stderr)
+        print(f"lt-bench {args.command}: error: {e} (lower the batch size, or run with -v "
+              "for the traceback)", file=sys.stderr)
         return EXIT_USER_ERROR
     return int(rc or 0)
 

@@ -32,3 +32,9 @@ class DuplicateNameError(UserError, ValueError):
     """A name registered twice in one registry (lt_bench/registry.py): a plugin or a
     config declaration that reuses a taken method, backbone or dataset name. A
     ``ValueError`` too, for callers that catch the registries' errors as before."""
+
+
+class WeightsUnavailableError(UserError, RuntimeError):
+    """A backbone's pretrained weights could not be fetched (no network, a hub that is
+    down) and no local file was given (lt_bench/backbones/base.py). A ``RuntimeError``
+    too, as open_clip and timm raise it, for callers that catch theirs."""

@@ -7,6 +7,9 @@ well under a second per model.
 
 from __future__ import annotations
 
+import os
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -199,13 +202,20 @@ def test_text_embeddings_match_open_clips_zero_shot_classifier(toy_checkpoint):
     np.testing.assert_allclose(ours.norm(dim=1).numpy(), 1.0, atol=1e-5)
 
 
-def test_offline_download_failure_says_how_to_get_the_weights(monkeypatch):
-    import open_clip
+def test_offline_download_failure_says_how_to_get_the_weights(tmp_path):
+    """The real open_clip download, offline, into an empty Hugging Face cache: a
+    WeightsUnavailableError (a UserError: the CLI prints it as one line, exit 2)."""
+    import subprocess
+    import sys
 
-    def fail(*a, **k):
-        raise RuntimeError("Failed to download weights for tag 'openai': offline")
-
-    monkeypatch.setattr(open_clip, "create_model_and_transforms", fail)
-    with pytest.raises(RuntimeError, match=r"(?s)clip_vit_b16.*fetch-weights.*--checkpoint.*"
-                                           r"backbones:"):
-        load_backbone("clip_vit_b16")
+    code = ("from lt_bench.backbones import load_backbone\n"
+            "from lt_bench.errors import WeightsUnavailableError\n"
+            "try:\n    load_backbone('clip_vit_b16')\n"
+            "except WeightsUnavailableError as e:\n    print('CAUGHT', e)\n")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"),
+           "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                       timeout=300, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert re.search(r"(?s)CAUGHT backbone 'clip_vit_b16'.*fetch-weights.*--checkpoint.*"
+                     r"backbones:", r.stdout), r.stdout

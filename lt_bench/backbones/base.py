@@ -55,7 +55,12 @@ from lt_bench.backbones.weights import (
     read_lock,
     weights_source,
 )
-from lt_bench.errors import InputValidationError, MissingInputError, UserError
+from lt_bench.errors import (
+    InputValidationError,
+    MissingInputError,
+    UserError,
+    WeightsUnavailableError,
+)
 
 if TYPE_CHECKING:  # torch is imported lazily: this module is on the CLI start-up path
     import torch
@@ -192,7 +197,7 @@ def _load_open_clip(spec: BackboneSpec, checkpoint: str | Path | None,
     except RuntimeError as e:
         if "Failed to download" not in str(e):
             raise
-        raise RuntimeError(
+        raise WeightsUnavailableError(
             f"backbone {spec.name!r}: could not get the weights of open_clip "
             f"{spec.model!r} / {pretrained!r} ({e}). open_clip downloads them on first use "
             "(Hugging Face Hub or the publisher's URL) into ~/.cache; on a machine without "
@@ -224,7 +229,7 @@ def _load_timm(spec: BackboneSpec, checkpoint: str | Path | None,
     except RuntimeError as e:
         if checkpoint is not None:
             raise
-        raise RuntimeError(
+        raise WeightsUnavailableError(
             f"backbone {spec.name!r}: could not get the weights of timm {name!r} ({e}); on a "
             "machine without network pass a local file as --checkpoint") from e
     preprocess = create_transform(**resolve_model_data_config(model), is_training=False)

@@ -8,8 +8,7 @@ Imported only once mlflow is (inside ``store.ingest``).
   (a new run; the old one kept, ``state = superseded``, ``lt_bench.superseded_by``);
 * setting runs: one per group of seeds (``kind = setting``), mean and sample sd over the
   current seeds, the seed runs nested under it;
-* the summary run: one per suite (``kind = summary``), the report's figures once and
-  ``settings.csv``.
+* the summary run: one per suite (``kind = summary``), the figures once, ``settings.csv``.
 """
 
 from __future__ import annotations
@@ -24,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from lt_bench.io import sha256_file, stable_hash
+from lt_bench.tracking.races import set_experiment_tag
 from lt_bench.tracking.records import (
     EXPERIMENT_KIND_TAG,
     HEADLINE,
@@ -123,31 +123,6 @@ def _get_experiment(client, suite: str, artifact_root: Path | str | None) -> str
         if exp is None:
             raise
         return exp.experiment_id
-
-
-def _set_experiment_tag(client, exp_id: str, key: str, value: str) -> None:
-    """``client.set_experiment_tag``, once more if another writer set the same tag at the
-    same instant: MLflow's SQL store sets a tag with ``session.merge`` (a read, then an
-    INSERT; ``mlflow/store/tracking/sqlalchemy_store.py`` ``set_experiment_tag``), so two
-    ingestions into one lab server can both read "absent" and the second INSERT breaks the
-    primary key. Read again, the row exists and the retry is an UPDATE."""
-    from mlflow.exceptions import MlflowException
-
-    for attempt in range(3):
-        try:
-            client.set_experiment_tag(exp_id, key, value)
-            return
-        except MlflowException as e:
-            if attempt == 2 or not _duplicate_key(e):
-                raise
-            time.sleep(0.2 * (attempt + 1))
-
-
-def _duplicate_key(e: BaseException) -> bool:
-    """A unique-constraint violation, as PostgreSQL, MySQL or SQLite word it."""
-    text = str(e)
-    return any(s in text for s in ("UniqueViolation", "duplicate key value",
-                                   "UNIQUE constraint failed", "Duplicate entry"))
 
 
 def _search_all(client, experiment_id: str, filter_string: str) -> list:
@@ -453,9 +428,9 @@ def write_all(client, suite, artifact_root, records, figures):
     from mlflow.entities import ViewType  # noqa: F401  (fail early if mlflow is broken)
 
     exp_id = _get_experiment(client, suite, artifact_root)
-    _set_experiment_tag(client, exp_id, *EXPERIMENT_KIND_TAG)
+    set_experiment_tag(client, exp_id, *EXPERIMENT_KIND_TAG)
     for key, view in VIEWS.items():
-        _set_experiment_tag(client, exp_id, f"mlflow.sharedViewState.{key}", json.dumps(view))
+        set_experiment_tag(client, exp_id, f"mlflow.sharedViewState.{key}", json.dumps(view))
     runs_before = _search_all(client, exp_id, "")
     existing = _current_by_tag(runs_before, "run_key")
     runs, counts = [], {"created": 0, "updated": 0, "superseded": 0, "replaced": 0,
@@ -480,7 +455,6 @@ def write_all(client, suite, artifact_root, records, figures):
     seed_runs = [r for rs in _current_by_tag(all_runs, "run_key").values() for r in rs[:1]]
     counts.update(_write_settings(client, exp_id, suite, seed_runs, all_runs, touched))
     summary_id, n_settings = _write_summary(client, exp_id, suite, figures)
-    kinds = {KIND_SEED: len(seed_runs), KIND_SETTING: n_settings}
-    _set_experiment_tag(client, exp_id, "mlflow.note.content",
-                        _experiment_note(suite, kinds, exp_id))
+    note = _experiment_note(suite, {KIND_SEED: len(seed_runs), KIND_SETTING: n_settings}, exp_id)
+    set_experiment_tag(client, exp_id, "mlflow.note.content", note)
     return runs, counts, exp_id, len(seed_runs), summary_id
