@@ -87,7 +87,7 @@ def check_data(plan, dataset: str, results: Path, sample: int) -> list[Check]:
     out: list[Check] = []
     try:
         ds = plan.dataset(dataset)
-    except (UserError, ValueError) as e:
+    except UserError as e:
         return [Check("data", dataset, FAIL, str(e), f"fix datasets.{dataset} in the config")]
     split_dir = Path("resources/data") / dataset
     if not plan.reads_data_root(dataset):
