@@ -14,8 +14,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
-from lt_bench.config import (ConfigError, method_class, method_hparams, method_names,
-                             resolve_suite)
+from lt_bench.config import ConfigError, method_class, method_hparams, method_names, resolve_suite
 from lt_bench.runs import layout
 
 RUNS = layout.RUNS_ROOT

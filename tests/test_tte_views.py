@@ -381,7 +381,7 @@ def test_a_twin_without_five_crop_features_stops_the_plan():
                 f"^suites.demo.methods: '{culprit}' reads the five-crop view .view: fivecrop. "
                 "on toy, which extract.tte: none does not store; set suites.demo.extract: "
                 r"\{tte: both\} \(centre and five crops\)$")):
-            Plan(bad).suite
+            _ = Plan(bad).suite
         for fix in ({"suites": {**bad["suites"], "demo": {**bad["suites"]["demo"],
                                                           "extract": {"tte": "both"}}}},
                     {"extract": {**bad["extract"], "tte": "both"}}):
