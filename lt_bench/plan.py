@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
-from lt_bench.config import method_class, method_hparams, method_names, resolve_suite
+from lt_bench.config import ConfigError, method_class, method_hparams, method_names, resolve_suite
 from lt_bench.runs import layout
 
 RUNS = layout.RUNS_ROOT
@@ -41,7 +41,38 @@ class Plan:
 
     @cached_property
     def suite(self):
-        return resolve_suite(self.config)
+        suite = resolve_suite(self.config)
+        self._check_views(suite)
+        return suite
+
+    # --- extraction ------------------------------------------------------------------------
+
+    def _extract_of(self, suite: str) -> dict[str, Any]:
+        own = ((self.config.get("suites") or {}).get(suite) or {}).get("extract") or {}
+        return {**(self.config.get("extract") or {}), **own}
+
+    def extract_options(self) -> dict[str, Any]:
+        """The ``extract:`` settings of this suite's extraction jobs: the top-level
+        ``extract:`` with the suite's own ``extract:`` over it (schema: only ``tte``; the
+        paper suites extract both views so every row has its TTE twin, the demo none)."""
+        return self._extract_of(self.suite.name)
+
+    def _check_views(self, suite) -> None:
+        """A run that reads the five-crop view (``view: fivecrop``: a ``_tte`` twin, or an
+        ensemble's such members) needs features that have it: one line at plan time naming
+        the method and the fix, not a failed head job after the extraction."""
+        if self._extract_of(suite.name).get("tte", "none") != "none":
+            return
+        names = list(suite.methods) + [self.runs_method(m, d).member_method
+                                       for m in suite.methods if self.consumes(m) == "runs"
+                                       for d in suite.datasets]
+        for m in dict.fromkeys(names):
+            for d in suite.datasets:
+                if self.consumes(m) == "features" and self.hparams(m, d).get("view") == "fivecrop":
+                    raise ConfigError(
+                        f"suites.{suite.name}.methods: {m!r} reads the five-crop view (view: "
+                        f"fivecrop) on {d}, which extract.tte: none does not store; set "
+                        f"suites.{suite.name}.extract: {{tte: both}} (centre and five crops)")
 
     # --- datasets ------------------------------------------------------------------------
 

@@ -8,6 +8,7 @@ job that needs the images, saying what is missing, where it looked and how to ge
 
 from __future__ import annotations
 
+import copy
 import os
 import re
 import subprocess
@@ -58,11 +59,25 @@ def job_stats(text: str) -> dict[str, int]:
     return counts
 
 
+#: Frozen methods of the paper suites without a TTE twin, with the reason (every other
+#: features method has ``<m>_tte: {base: <m>, view: fivecrop}``: docs/protocol.md, "Both
+#: TTE rows")
+NO_TTE_TWIN: dict[str, str] = {
+    "knn_authors": "its val bank has one view (five-crop queries are refused); the authors' "
+                   "config: tte False",
+}
+
+
 def expected_jobs(suite: dict) -> dict[str, int]:
-    """Jobs per stage implied by a suite: one per dataset / (dataset, backbone) / run."""
+    """Jobs per stage implied by a suite: one per dataset / (dataset, backbone) / run. The
+    TTE twins add runs, not jobs: a twin is fitted in its base's head job (one per dataset,
+    backbone, seed), backdoor_tte in the combine job of its (dataset, seed)."""
     from lt_bench.backbones.declared import resolve_spec
+    from lt_bench.config import method_class
     from lt_bench.data import DATASETS
-    from lt_bench.methods import METHODS
+
+    class METHODS:  # noqa: N801 - the suite's methods, variants (the TTE twins) included
+        get = staticmethod(lambda m: method_class(_config(), m))
 
     d, b, s = suite["datasets"], suite["backbones"], suite["seeds"]
     s_ft = suite.get("finetune_seeds") or s
@@ -125,7 +140,7 @@ def test_dry_run_builds_the_whole_dag_without_data(suite_name, tmp_path):
 
 def test_paper_suite_is_the_published_grid():
     from lt_bench.config import method_hparams, resolve_suite
-    from lt_bench.methods import METHODS
+    from lt_bench.methods import METHODS, config_variants
 
     cfg = _config()
     paper = cfg["suites"]["paper"]
@@ -134,7 +149,9 @@ def test_paper_suite_is_the_published_grid():
     assert paper["backbones"] == ["clip_vit_b16", "openclip_vit_b16", "metaclip_vit_b16"]
     assert paper["seeds"] == [0, 1, 2]
     assert set(PAPER_EXCLUDED_METHODS) <= set(METHODS.names())
-    assert sorted(paper["methods"]) == sorted(set(METHODS.names()) - set(PAPER_EXCLUDED_METHODS)), (
+    variants = config_variants(cfg)
+    registered = [m for m in paper["methods"] if m not in variants]
+    assert sorted(registered) == sorted(set(METHODS.names()) - set(PAPER_EXCLUDED_METHODS)), (
         "the paper suite should run every registered method (or list it, with its reason, "
         "in PAPER_EXCLUDED_METHODS)")
     assert len(paper["methods"]) == len(set(paper["methods"]))
@@ -146,6 +163,72 @@ def test_paper_suite_is_the_published_grid():
     assert method_hparams(cfg, "ce", "imagenet_lt")["epochs"] == METHODS.get("ce").defaults["epochs"]
     cifar = cfg["suites"]["cifar100_lt"]
     assert cifar["datasets"] == ["cifar100_lt_ir100", "cifar100_lt_ir50", "cifar100_lt_ir10"]
+
+
+@pytest.mark.parametrize("suite_name", ["paper", "cifar100_lt"])
+def test_paper_suites_have_both_tte_rows(suite_name):
+    """Every frozen method of the suite has its TTE twin (``<m>_tte: {base: <m>, view:
+    fivecrop}``, labelled "<its row> (TTE)") but those of NO_TTE_TWIN, the backdoor its twin
+    over the twins of its members, AdaptFormer-LA its TTE row; the suite extracts both views
+    (its own ``extract: {tte: both}``), so one extraction serves both rows; the demo none."""
+    from lt_bench.methods import METHODS, config_variants
+    from lt_bench.plan import Plan
+
+    cfg = {**_config(), "suite": suite_name}
+    plan = Plan(cfg)
+    methods, variants = plan.suite.methods, config_variants(cfg)
+    frozen = [m for m in methods if m not in variants and plan.consumes(m) == "features"]
+    assert set(NO_TTE_TWIN) <= set(METHODS.names())
+    twins = {m: f"{m}_tte" for m in frozen if m not in NO_TTE_TWIN}
+    for base, twin in twins.items():
+        assert twin in methods and variants[twin] == {"base": base, "view": "fivecrop"}
+        assert methods.index(twin) == methods.index(base) + 1  # rows side by side
+        assert plan.method(twin).display.startswith(plan.method(base).display.rstrip(")"))
+        assert plan.method(twin).display.endswith("TTE)")
+        for d in plan.suite.datasets:  # like-for-like: the twin differs in its view only
+            hp, hp_base = plan.hparams(twin, d), plan.hparams(base, d)
+            assert hp.pop("view") == "fivecrop" and hp_base.pop("view") == "auto"
+            assert hp == hp_base
+    assert not [m for m in methods if m.endswith("_tte") and m in variants
+                and m not in twins.values() and m != "backdoor_tte"]
+    assert variants["backdoor_tte"]["members"] == "la_tte"
+    assert plan.method("backdoor_tte").display == "backdoor (TTE)"
+    assert {"adaptformer_la", "adaptformer_la_tte"} <= set(methods)
+    assert plan.method("adaptformer_la_tte").display == "AdaptFormer + LA (TTE)"
+    assert plan.hparams("adaptformer_la", plan.suite.datasets[0])["tte"] == "both"
+    assert plan.extract_options()["tte"] == "both"
+    assert Plan(_config()).extract_options()["tte"] == "none"  # the demo: unchanged
+
+
+def test_paper_suite_runs_count_the_tte_twins():
+    """The paper suite's runs, counted from its definition: each method at each (dataset,
+    backbone, seed), ensembles once per (dataset, seed) [per backbone for the same-backbone
+    control]; the fine-tuned at the fine-tuning seeds. The twins double the frozen rows
+    (a frozen twin: one run more per dataset x backbone x seed; backdoor_tte: one per dataset
+    x seed)."""
+    from lt_bench.methods import config_variants
+    from lt_bench.plan import Plan
+
+    cfg = {**_config(), "suite": "paper"}
+    plan = Plan(cfg)
+    s = plan.suite
+    nd, nb, ns = len(s.datasets), len(s.backbones), len(s.seeds)
+    per_backbone = [m for m in s.methods if plan.consumes(m) != "runs"]
+    over_backbones = [m for m in s.methods if plan.consumes(m) == "runs"
+                      and plan.method(m).vary == "backbone"]
+    per_backbone_ens = [m for m in s.methods if plan.consumes(m) == "runs"
+                        and plan.method(m).vary != "backbone"]
+    want = nd * ns * (nb * len(per_backbone) + len(over_backbones) + nb * len(per_backbone_ens))
+    assert len(plan.suite_runs()) == want
+    variants = config_variants(cfg)
+    twins = [m for m in s.methods if m in variants]
+    frozen = [m for m in per_backbone if m not in variants and plan.consumes(m) == "features"]
+    assert len(twins) == len(frozen) - len(NO_TTE_TWIN) + 1  # + backdoor_tte
+    # without the twins: nb runs fewer per frozen twin, one per backdoor_tte (dataset, seed)
+    bare = copy.deepcopy(cfg)
+    bare["suites"]["paper"]["methods"] = [m for m in s.methods if m not in variants]
+    assert len(plan.suite_runs()) - len(Plan(bare).suite_runs()) == nd * ns * (
+        nb * (len(twins) - 1) + 1)
 
 
 def test_cifar_imbalance_ratios_get_their_own_folders():

@@ -151,7 +151,7 @@ def test_smoke_run_of_a_paper_shaped_suite(tmp_path):
     paper = config["suites"]["paper"]
     config["suites"]["paper_shaped"] = {
         "datasets": ["imagenet_lt", "places_lt"], "backbones": ["toyclip0", "toyclip1"],
-        "methods": paper["methods"], "seeds": [0]}
+        "methods": paper["methods"], "extract": paper["extract"], "seeds": [0]}
     config["suite"] = "paper_shaped"
     config["data_root"] = str(data_root)
     for d in ("imagenet_lt", "places_lt"):

@@ -9,6 +9,7 @@ from the library's own output.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -267,3 +268,122 @@ def test_prior_and_gla_use_the_view_reported(folders, tmp_path):
         train_run("gla", folders["both"], tmp_path / "gla_x", 0, prior=only,
                   hparams={"view": "fivecrop"}, base_runs={"la": la})
 
+
+
+# --- the paper suites' TTE twins (methods.<m>_tte: {base: <m>, view: fivecrop}) ----------
+
+def _same_numbers(a: Path, b: Path) -> None:
+    """Two run folders hold the same predictor and metrics (timings and names aside)."""
+    for name in (p.name for p in a.iterdir() if p.name.startswith(("predictor", "pred"))):
+        assert (a / name).read_bytes() == (b / name).read_bytes(), name
+    for split in ("val", "test"):
+        la, za = run_logits(a, split)
+        lb, zb = run_logits(b, split)
+        np.testing.assert_array_equal(la, lb)
+        np.testing.assert_array_equal(za, zb)
+    ma, mb = (json.loads((r / "metrics.json").read_text()) for r in (a, b))
+    for key in ("top1", "val_top1", "groups", "inference_cost", "n_trainable_params"):
+        assert ma.get(key) == mb.get(key), key
+
+
+def test_a_tte_twin_is_its_base_fitted_on_the_five_crop_view(folders, tmp_path):
+    """la_tte in one job after la (as the paper suite's head job runs them) equals la
+    fitted alone with view fivecrop, bit for bit, without a second training: the twin
+    takes la's fit (``fit_shared_with``) and reads the crops; la itself is the run it is
+    without the twin. A twin differing in more than the view (epochs) fits its own."""
+    from lt_bench.methods import METHODS, declare_variants
+    from lt_bench.runs.train import train_runs
+
+    try:
+        declare_variants({"la_tte": {"base": "la", "view": "fivecrop"},
+                          "la_tte_e1": {"base": "la", "view": "fivecrop", "epochs": 1}})
+        # params as the plan resolves them: the variant's own epochs over FAST's
+        runs = [{"method": m, "seed": 0, "out": tmp_path / "job" / m, "params": {**FAST, **hp},
+                 "base": {}} for m, hp in (("la", {}), ("la_tte", {"view": "fivecrop"}),
+                                           ("la_tte_e1", {"view": "fivecrop", "epochs": 1}))]
+        job = train_runs(folders["both"], runs)
+        alone_five = _fit(folders, "la_alone_five", "la", "both",
+                          hparams={**FAST, "view": "fivecrop"})
+        alone = _fit(folders, "la_alone", "la", "both", hparams=FAST)
+        _same_numbers(tmp_path / "job" / "la_tte", alone_five)
+        _same_numbers(tmp_path / "job" / "la", alone)
+        cfg = json.loads((tmp_path / "job" / "la_tte" / "config.json").read_text())
+        assert cfg["view"] == "fivecrop" and cfg["method"] == "la_tte"
+        assert job[1]["info"]["fit_shared_with"] == str(tmp_path / "job" / "la")
+        assert "fit_shared_with" not in job[0]["info"] and "fit_shared_with" not in job[2]["info"]
+        assert job[1]["info"]["train_seconds"] == job[0]["info"]["train_seconds"]
+        assert job[0]["top1"] != job[1]["top1"]  # the views differ (spread 1.5 crops)
+    finally:
+        METHODS.undeclare("config")
+
+
+def test_only_view_free_fits_are_shared():
+    """The share key exists for trained heads only (HeadMethod's own fit), equal for runs
+    differing in view alone; not for a fit that reads the view (a prior, a val knob)."""
+    from lt_bench.methods import METHODS
+    from lt_bench.runs.train import view_free_share_key
+
+    def key(method, **hp):
+        return view_free_share_key({"method": method, "seed": 0},
+                                   METHODS.get(method)(**hp))
+
+    for m in ("ce", "focal", "ldam", "cb", "grw", "la", "bs", "lade", "crt"):
+        assert key(m) is not None and key(m) == key(m, view="fivecrop") != key(m, epochs=3)
+    for m in ("gla_train", "tau_norm", "la_posthoc", "gla", "knn", "zero_shot"):
+        assert key(m) is None
+
+
+@pytest.mark.parametrize("mutate,needle", [
+    # a suite's own extract: (schema: only tte, one of its values)
+    (lambda c: c["suites"]["paper"].update(extract={"train_views": 2}),
+     r"^config.yaml suites.paper.extract: Additional properties are not allowed "
+     r"\('train_views' was unexpected\)$"),
+    (lambda c: c["suites"]["paper"].update(extract={"tte": "five"}),
+     r"^config.yaml suites.paper.extract.tte: 'five' is not one of \['none', 'fivecrop', "
+     r"'both'\]$"),
+])
+def test_a_suites_extract_is_schema_checked(mutate, needle):
+    """Run as a user would: the workflow's schema check, its one line."""
+    import copy
+
+    import yaml
+    from conftest import REPO
+    from snakemake.exceptions import WorkflowError
+    from snakemake.utils import validate
+
+    cfg = yaml.safe_load((REPO / "config.yaml").read_text())
+    bad = copy.deepcopy(cfg)
+    mutate(bad)
+    with pytest.raises(WorkflowError) as e:
+        validate(bad, str(REPO / "workflow" / "schemas" / "config.schema.yaml"))
+    err = e.value.__cause__ or e.value.__context__  # the line common.smk prints
+    line = f"config.yaml {'.'.join(map(str, err.absolute_path))}: {err.message}"
+    assert re.search(needle, line), line
+
+
+def test_a_twin_without_five_crop_features_stops_the_plan():
+    """A five-crop run (a twin, or an ensemble's twin members) in a suite that extracts
+    tte none is one line at plan time naming the method and the fix; the suite's own
+    extract: {tte: both} (or the global one) makes it valid."""
+    import copy
+
+    import yaml
+    from conftest import REPO
+
+    from lt_bench.config import ConfigError
+    from lt_bench.plan import Plan
+
+    cfg = yaml.safe_load((REPO / "config.yaml").read_text())
+    for methods, culprit in ((["la", "la_tte"], "la_tte"), (["backdoor_tte"], "la_tte")):
+        bad = copy.deepcopy(cfg)
+        bad["suites"]["demo"]["methods"] = methods
+        with pytest.raises(ConfigError, match=(
+                f"^suites.demo.methods: '{culprit}' reads the five-crop view .view: fivecrop. "
+                "on toy, which extract.tte: none does not store; set suites.demo.extract: "
+                r"\{tte: both\} \(centre and five crops\)$")):
+            _ = Plan(bad).suite
+        for fix in ({"suites": {**bad["suites"], "demo": {**bad["suites"]["demo"],
+                                                          "extract": {"tte": "both"}}}},
+                    {"extract": {**bad["extract"], "tte": "both"}}):
+            ok = Plan({**bad, **fix})
+            assert ok.suite.methods == methods and ok.extract_options()["tte"] == "both"

@@ -71,6 +71,27 @@ def test_display_names_come_from_the_classes(config):
     assert display_name("la_same") == "LA (la_same)"
 
 
+def test_a_tte_twin_is_labelled_tte():
+    """A variant whose change is view: fivecrop is "<base display> (TTE)", the word of
+    LIFT's tables, with the other changed keys beside it and inside a parenthesis the base
+    display already has; the shipped twins read so in the tables (report.format)."""
+    from lt_bench.report.format import display_name, label_of
+
+    declare_variants({"la_tte": {"base": "la", "view": "fivecrop"},
+                      "la_tau05_tte": {"base": "la", "tau": 0.5, "view": "fivecrop"},
+                      "la_centre": {"base": "la", "view": "centre"},
+                      "la_posthoc_tte": {"base": "la_posthoc", "view": "fivecrop"},
+                      "ldam_tte": {"base": "ldam", "view": "fivecrop"}})
+    assert display_name("la_tte") == f"{METHODS.get('la').display} (TTE)" == "LA (TTE)"
+    assert display_name("la_tau05_tte") == "LA (τ=0.5, TTE)"
+    assert display_name("la_centre") == "LA (view=centre)"
+    base = METHODS.get("la_posthoc").display
+    assert base.endswith(")") and display_name("la_posthoc_tte") == base[:-1] + ", TTE)"
+    assert label_of("ldam_tte", {"drw_epoch": 8}) == "LDAM-DRW (TTE)"
+    # the fine-tuning track's TTE row reads the same way
+    assert display_name("adaptformer_la_tte") == METHODS.get("adaptformer_la").display + " (TTE)"
+
+
 def test_overrides_apply_to_variants_but_not_over_their_own_keys(config):
     """Base defaults < dataset overrides (every method, the base by name) < the variant's
     own keys < overrides named for the variant."""
@@ -116,7 +137,14 @@ def test_plan_places_variants_as_methods(config):
 
 
 def test_a_config_without_variants_passes_no_variants():
+    from lt_bench.methods import config_variants
+
     cfg = yaml.safe_load((REPO / "config.yaml").read_text())
+    # the shipped config declares the paper suites' TTE twins; without them (and those
+    # suites) it is a config without variants
+    for name in config_variants(cfg):
+        del cfg["methods"][name]
+    cfg["suites"] = {"demo": cfg["suites"]["demo"]}
     plan = Plan(cfg)
     assert plan.variants_arg() == [] and plan.variants_arg(display=True) == []
     assert all(set(r) == {"method", "seed", "out", "params", "base"}

@@ -59,7 +59,7 @@ def run_bytes(consumes: str, n_eval: int, k: int, d: int) -> int:
 
 def estimate_bytes(plan) -> tuple[int, list[str]]:
     """Bytes the suite writes under results/ (features + runs + MLflow), and what is unknown."""
-    cfg = plan.config.get("extract") or {}
+    cfg = plan.extract_options()  # the suite's own extract: over the top-level one
     crops = 6 if cfg.get("tte") in ("fivecrop", "both") else 1
     views = int(cfg.get("train_views") or 0)
     total, unknown, shapes = 0, [], {}

@@ -7,7 +7,8 @@ declared in config.yaml's ``methods:`` (README, "Benchmark your own method")::
 
 A variant is a subclass of its base made here: ``name`` the variant's, ``defaults`` the
 **base class's defaults ⊕ the variant's own keys**, ``display`` its ``display:`` or one made
-from the keys whose value differs from the base's defaults ("LA (τ=0.5)"), ``variant_of``
+from the keys whose value differs from the base's defaults ("LA (τ=0.5)"; ``view: fivecrop``
+reads "TTE": "LA (TTE)"), ``variant_of``
 the base's name. Everything else is the base's — what it consumes, its ``requires`` (a
 variant of ``gla`` builds on the suite's ``la`` runs, as ``gla`` does), its member axis,
 ``validate()``, ``fit`` — so a variant runs wherever its base runs, under its own name: its
@@ -45,6 +46,10 @@ NAME = re.compile(r"^[a-z0-9][a-z0-9_]*$")
 #: hyper-parameter names shown as their symbol in a generated display (those the LaTeX
 #: tables render: lt_bench/report/format.py tex_escape)
 SYMBOLS = {"tau": "τ", "rho": "ρ"}
+#: (key, value) pairs a generated display shows as a word: a method's TTE twin
+#: (``{base: la, view: fivecrop}``) is "LA (TTE)", the label of LIFT's tables for the
+#: five-crop test-time ensemble, beside its base's row (docs/protocol.md, "Both TTE rows")
+WORDS = {("view", "fivecrop"): "TTE"}
 
 _made: dict[tuple[str, str], type[Method]] = {}
 
@@ -85,6 +90,20 @@ def check_types(where: str, given: dict[str, Any], defaults: dict[str, Any]) -> 
                 raise InputValidationError(
                     f"{where}: {key} = {value!r}; expected {text} (the method's default "
                     f"is {default!r})")
+
+
+def _knob(key: str, value: Any) -> str:
+    """One changed key of a generated display: its word (:data:`WORDS`), else ``k=v``."""
+    word = WORDS.get((key, value)) if isinstance(value, str) else None
+    return word or f"{SYMBOLS.get(key, key)}={_short(value)}"
+
+
+def _noted(display: str, note: str) -> str:
+    """``display`` with a variant's note: "LA (τ=0.5)"; inside a closing parenthesis it
+    already has, "LA (post-hoc, TTE)" rather than "LA (post-hoc) (TTE)"."""
+    if display.endswith(")") and "(" in display:
+        return f"{display[:-1]}, {note})"
+    return f"{display} ({note})"
 
 
 def _short(value: Any) -> str:
@@ -130,17 +149,16 @@ def variant_class(name: str, entry: dict[str, Any], siblings=()) -> type[Method]
             f"{sorted(base_cls.defaults) or 'none'}")
     check_types(where, own, base_cls.defaults)
     knobs = {k: v for k, v in own.items() if base_cls.defaults.get(k) != v}
-    suffix = (" (" + ", ".join(f"{SYMBOLS.get(k, k)}={_short(v)}" for k, v in knobs.items())
-              + ")") if knobs else f" ({name})"
+    note = ", ".join(_knob(k, v) for k, v in knobs.items()) if knobs else name
     attrs: dict[str, Any] = {
         "name": name, "defaults": {**base_cls.defaults, **own}, "variant_of": base,
-        "display": display or display_of(base_cls) + suffix,
+        "display": display or _noted(display_of(base_cls), note),
         "description": f"variant of {base}: {json.dumps(own, default=str)}",
         "__module__": base_cls.__module__, "__doc__": f"The variant {name!r} of {base!r}."}
     base_label = getattr(base_cls, "label", None)
     if base_label is not None:  # LDAM's "LDAM-DRW" where DRW ran, then the variant's keys
         attrs["label"] = staticmethod(
-            (lambda hp: display) if display else (lambda hp: base_label(hp) + suffix))
+            (lambda hp: display) if display else (lambda hp: _noted(base_label(hp), note)))
     cls = type(f"{base_cls.__name__}Variant_{name}", (base_cls,), attrs)
     try:
         cls()  # the base's validate() on the variant's values

@@ -11,7 +11,7 @@ from lt_bench.methods._finetune import FinetunedViewMethod
 @METHODS.register()
 class AdaptFormerLATTE(FinetunedViewMethod):
     name = "adaptformer_la_tte"
-    display = "AdaptFormer + LA, TTE (five crops)"
+    display = "AdaptFormer + LA (TTE)"  # as a frozen twin: "LA (TTE)"
     defaults: ClassVar[dict[str, Any]] = {"members": "adaptformer_la", "seed_offsets": [0],
                                           "view": "tte"}
     description = "AdaptFormer-LA, five-crop test-time ensembling (the same fine-tuning)"

@@ -5,12 +5,18 @@ The val/test view a run reads is its ``view`` hyper-parameter (``auto``, ``centr
 ``fivecrop``; ``lt_bench.features.eval_views.split_view``): its knobs are fitted on that val
 view and its test logits come from that test view ("fit on what is reported"); q̂ and its
 T are the prior file's estimate on the same view. The train split has one view. The
-resolved view is recorded in ``config.json`` (``view``), which the seam reads back."""
+resolved view is recorded in ``config.json`` (``view``), which the seam reads back.
+
+A trained head's fit does not depend on the view (:func:`view_free_share_key`), so the runs
+of one job that differ only in ``view`` (``la`` and its TTE twin ``la_tte``) share one fit:
+the second run takes the first's predictor, history and info (``fit_shared_with``) and
+evaluates it on its own view, the numbers a separate fit would give."""
 
 from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -149,6 +155,25 @@ class _Features:
         self.device_memo: dict = {}  # features moved to the device once per process
 
 
+def view_free_share_key(run: dict[str, Any], m) -> str | None:
+    """The key under which runs of one job (one features folder, one device) share a fit
+    when they differ only in ``view``, else None. Only :class:`HeadMethod`'s own fit is
+    view-free: it trains on train and logs the centre val column (``ctx.val.features``) in
+    its history (lt_bench/methods/_heads.py). A method with a prior (``gla_train``: q̂ of
+    its view), any other ``fit`` (post-hoc knobs, k-NN's k and GLA's T are fitted on the
+    run's val view) fits per view."""
+    import json
+
+    from lt_bench.methods._heads import HeadMethod
+
+    cls = type(m)
+    if not isinstance(m, HeadMethod) or cls.fit is not HeadMethod.fit or cls.needs_prior:
+        return None
+    hp = {k: v for k, v in m.hparams.items() if k != "view"}
+    return json.dumps([cls.variant_of or run["method"], hp, int(run["seed"]),
+                       run.get("base") or {}], sort_keys=True, default=str)
+
+
 def train_runs(features_dir: Path, runs: list[dict[str, Any]], *, prior: Path | None = None,
                tune: bool | None = None, device: str = "cpu",
                group_counts: np.ndarray | None = None,
@@ -176,15 +201,19 @@ def train_runs(features_dir: Path, runs: list[dict[str, Any]], *, prior: Path | 
     feats = _Features(features_dir, prior, group_counts)
     if tune is None:
         tune = may_tune(feats.meta.get("dataset"))
+    # fits kept for a later run of this job that differs only in view (keys seen twice)
+    keys = [view_free_share_key(r, m) for r, m in zip(runs, methods, strict=True)]
+    shared = {k: None for k in keys if k is not None and keys.count(k) > 1}
     out = []
     for i, (r, m) in enumerate(zip(runs, methods, strict=True), 1):
         log.info("run %d/%d: %s seed %s -> %s", i, len(runs), r["method"], r["seed"], r["out"])
-        out.append(_fit_one(feats, r, m, tune=tune, device=device, reuse_dir=reuse_dir))
+        out.append(_fit_one(feats, r, m, tune=tune, device=device, reuse_dir=reuse_dir,
+                            shared=shared))
     return out
 
 
 def _fit_one(feats: _Features, run: dict[str, Any], m, *, tune: bool, device: str,
-             reuse_dir: Path | None) -> dict[str, Any]:
+             reuse_dir: Path | None, shared: dict | None = None) -> dict[str, Any]:
     """One run of ``train_runs``: ``m`` is its method, built from ``run["params"]``."""
     from lt_bench.features.eval_views import default_view, resolve_view, split_view
     from lt_bench.methods import FitContext
@@ -221,7 +250,15 @@ def _fit_one(feats: _Features, run: dict[str, Any], m, *, tune: bool, device: st
                      train_views=feats.views, device_memo=feats.device_memo)
     unfinish(out_dir)
     t0 = time.time()
-    result = m.fit(ctx)
+    share = view_free_share_key(run, m) if shared is not None else None
+    if share in (shared or {}) and shared[share] is not None:  # la_tte after la: one fit
+        first, by = shared[share]
+        result = replace(first, info={**first.info, "fit_shared_with": by})
+        log.info("%s: the fit of %s (only the view differs)", out_dir, by)
+    else:
+        result = m.fit(ctx)
+        if share in (shared or {}):
+            shared[share] = (result, str(out_dir))
     fit_seconds = time.time() - t0
     result.predictor.save(out_dir)
     config = {

@@ -8,7 +8,10 @@
 
 from lt_bench.features.options import cli_flags as _extract_flags
 
-_TRAIN_VIEWS = int(config["extract"].get("train_views", 0) or 0)
+# the suite's extraction settings: the top-level `extract:` with the suite's own over it
+# (suites.<name>.extract: the paper suites' tte both; lt_bench/plan.py extract_options)
+_EXTRACT = PLAN.extract_options()
+_TRAIN_VIEWS = int(_EXTRACT.get("train_views", 0) or 0)
 
 
 rule extract_features:
@@ -34,10 +37,10 @@ rule extract_features:
         image_root=opt_arg("--image-root-from", "images"),
         checkpoint=opt_arg("--checkpoint", "checkpoint"),
         backbone_spec=backbone_spec_arg,
-        batch_size=config["extract"]["batch_size"],
-        num_workers=config["extract"]["num_workers"],
-        shard_size=config["extract"]["shard_size"],
-        protocol=_extract_flags(config["extract"], config.get("prompts")),
+        batch_size=_EXTRACT["batch_size"],
+        num_workers=_EXTRACT["num_workers"],
+        shard_size=_EXTRACT["shard_size"],
+        protocol=_extract_flags(_EXTRACT, config.get("prompts")),
     log:
         "logs/extract_features/{dataset}/{backbone}.log",
     benchmark:
