@@ -133,21 +133,48 @@ def check_methods(config: dict[str, Any]) -> None:
                               else str(e)) from None
 
 
-def all_methods(config: dict[str, Any], backbones: list[str]) -> list[str]:
+def suite_extract(config: dict[str, Any], suite: str) -> dict[str, Any]:
+    """The ``extract:`` settings of ``suite``'s extraction jobs: the top-level ``extract:``
+    with the suite's own ``extract:`` over it (schema: only ``tte``; the paper suites
+    extract both views so every row has its TTE twin, the demo none)."""
+    own = ((config.get("suites") or {}).get(suite) or {}).get("extract") or {}
+    return {**(config.get("extract") or {}), **own}
+
+
+def reads_fivecrop(config: dict[str, Any], method: str, datasets: list[str]) -> bool:
+    """Whether ``method`` (or, for an ensemble, its members) reads the five-crop view on one
+    of ``datasets``: a ``_tte`` twin (``view: fivecrop``), or an ensemble of such twins."""
+    cls = method_class(config, method)
+    for d in datasets:
+        hp = method_hparams(config, method, d)
+        if cls.consumes == "features" and hp.get("view") == "fivecrop":
+            return True
+        if cls.consumes == "runs" and hp.get("members") not in (None, method) \
+                and reads_fivecrop(config, hp["members"], [d]):
+            return True
+    return False
+
+
+def all_methods(config: dict[str, Any], suite: str) -> list[str]:
     """``methods: all``: every registered method (built-in and plugins) and every variant
-    of the config (each after its base), except the ensembles over backbones that need
-    more backbones (``min_members``) than the suite has: they would have no run."""
+    of the config (each after its base), except what the suite could not run: the
+    ensembles over backbones that need more backbones (``min_members``) than it has, and
+    the five-crop readers (the TTE twins) where it extracts no five-crop view."""
     from lt_bench.methods import config_variants, registered_names
 
+    s = config["suites"][suite]
     variants = config_variants(config)
     names = []
     for n in registered_names():
         names += [n] + [v for v, e in variants.items() if e.get("base") == n]
+    no_crops = suite_extract(config, suite).get("tte", "none") == "none"
     out = []
     for n in names:
         cls = method_class(config, n)
         if cls.consumes == "runs" and getattr(cls, "vary", None) == "backbone" \
-                and len(backbones) < cls.min_members:
+                and len(s["backbones"]) < cls.min_members:
+            continue
+        if no_crops and reads_fivecrop(config, n, s["datasets"]):
             continue
         out.append(n)
     return out
@@ -169,7 +196,7 @@ def resolve_suite(config: dict[str, Any]) -> Suite:
     _check_names("backbone", s["backbones"], BACKBONES, f"{where}.backbones", backbones)
     check_methods(config)
     valid = method_names(config)
-    methods = all_methods(config, s["backbones"]) if s["methods"] == ALL else list(s["methods"])
+    methods = all_methods(config, name) if s["methods"] == ALL else list(s["methods"])
     for m in methods:
         if m not in valid:
             raise ConfigError(f"{where}.methods: unknown method {m!r}; valid methods: "

@@ -14,7 +14,14 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
-from lt_bench.config import ConfigError, method_class, method_hparams, method_names, resolve_suite
+from lt_bench.config import (
+    ConfigError,
+    method_class,
+    method_hparams,
+    method_names,
+    resolve_suite,
+    suite_extract,
+)
 from lt_bench.runs import layout
 
 RUNS = layout.RUNS_ROOT
@@ -47,21 +54,15 @@ class Plan:
 
     # --- extraction ------------------------------------------------------------------------
 
-    def _extract_of(self, suite: str) -> dict[str, Any]:
-        own = ((self.config.get("suites") or {}).get(suite) or {}).get("extract") or {}
-        return {**(self.config.get("extract") or {}), **own}
-
     def extract_options(self) -> dict[str, Any]:
-        """The ``extract:`` settings of this suite's extraction jobs: the top-level
-        ``extract:`` with the suite's own ``extract:`` over it (schema: only ``tte``; the
-        paper suites extract both views so every row has its TTE twin, the demo none)."""
-        return self._extract_of(self.suite.name)
+        """The ``extract:`` settings of this suite's extraction jobs (config.suite_extract)."""
+        return suite_extract(self.config, self.suite.name)
 
     def _check_views(self, suite) -> None:
         """A run that reads the five-crop view (``view: fivecrop``: a ``_tte`` twin, or an
         ensemble's such members) needs features that have it: one line at plan time naming
         the method and the fix, not a failed head job after the extraction."""
-        if self._extract_of(suite.name).get("tte", "none") != "none":
+        if suite_extract(self.config, suite.name).get("tte", "none") != "none":
             return
         names = list(suite.methods) + [self.runs_method(m, d).member_method
                                        for m in suite.methods if self.consumes(m) == "runs"

@@ -9,7 +9,7 @@ import yaml
 from conftest import REPO
 from snakemake.utils import validate
 
-from lt_bench.config import ConfigError, method_hparams, resolve_suite
+from lt_bench.config import ConfigError, method_hparams, resolve_suite, suite_extract
 from lt_bench.methods import METHODS
 
 SCHEMA = yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text())
@@ -77,12 +77,15 @@ def test_crt_rejects_an_unknown_init():
 
 def test_a_suite_may_run_all_methods():
     """methods: all = every registered method and the config's variants (each after its
-    base), the ensembles over backbones only where the suite has enough backbones."""
+    base), the ensembles over backbones only where the suite has enough backbones, the
+    five-crop readers (the shipped TTE twins, an ensemble of them) only where the suite
+    extracts the five-crop view."""
     cfg = yaml.safe_load((REPO / "config.yaml").read_text())
-    # without the paper suites' TTE twins (variants too: with them, all = 15 more)
-    cfg["methods"] = {n: e for n, e in cfg["methods"].items() if "base" not in (e or {})}
+    twins = [n for n, e in cfg["methods"].items() if (e or {}).get("view") == "fivecrop"]
+    assert "la_tte" in twins and cfg["methods"]["backdoor_tte"]["members"] == "la_tte"
     cfg["methods"]["la_tau05"] = {"base": "la", "tau": 0.5}
     cfg["suites"]["demo"]["methods"] = "all"
+    assert suite_extract(cfg, "demo").get("tte") == "none"
     got = resolve_suite(cfg).methods
     builtin = [n for n in METHODS.names() if METHODS.origin(n) != "config"]
     assert got == [m for n in builtin for m in ([n, "la_tau05"] if n == "la" else [n])]
@@ -91,3 +94,10 @@ def test_a_suite_may_run_all_methods():
     over_backbones = {n for n in builtin if METHODS.get(n).consumes == "runs"
                       and METHODS.get(n).vary == "backbone"}
     assert over_backbones and set(got) - set(one) == over_backbones
+    # with five-crop features the twins join, each after its base, and so does the
+    # ensemble of twins
+    cfg["suites"]["demo"]["backbones"] = ["toyclip0", "toyclip1"]
+    cfg["suites"]["demo"]["extract"] = {"tte": "both"}
+    crops = resolve_suite(cfg).methods
+    assert set(crops) - set(got) == set(twins) | {"backdoor_tte"}
+    assert all(crops.index(t) > crops.index(cfg["methods"][t]["base"]) for t in twins)

@@ -83,9 +83,10 @@ def backbone_spec_arg(wc):
     return ["--backbone-spec", json.dumps(spec, sort_keys=True)] if spec else []
 
 
-#: ``--variants JSON`` (an argv list, [] without variants) declaring every variant of the
-#: config to a report job (display names, bases, ensembles' predictors: lt_bench/plan.py)
-REPORT_VARIANTS = PLAN.variants_arg(display=True)
+#: ``--variants JSON`` (an argv list, [] without variants) declaring the suite's variants
+#: to a report job (display names, bases, ensembles' predictors: lt_bench/plan.py); only
+#: the suite's, so a variant another suite runs (the paper's TTE twins) reruns no report
+REPORT_VARIANTS = PLAN.variants_arg(PLAN.suite.methods, display=True)
 
 
 def hparams_json(wc):
