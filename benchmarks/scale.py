@@ -229,17 +229,48 @@ def finetuned_run(world, backbone, method, seed, out: Path, q, prior: str, split
                                                          "inference_cost": 1.0})
 
 
-def synthesize(root: Path, fraction: float, datasets: list[str], exact: bool = False
-               ) -> dict[str, float]:
-    """Every file of the paper suite's GPU stages under root/results; seconds per part."""
+def ensemble_jobs(plan, d: str, seeds) -> list[tuple[str, list[dict]]]:
+    """(job, ``--runs`` list) of the workflow's ensemble jobs of dataset ``d``: combine_runs
+    per seed (every ensemble of feature runs), then ensemble_of_runs (the fine-tuned
+    backdoor and the views of each fine-tuning; one run per job in the workflow, one
+    process per dataset here: each run frees its logits before the next)."""
+    combined = set(plan.combined_methods())
+    jobs = [(f"combine_runs seed{seed}", plan.combine_runs(d, seed)) for seed in seeds]
+    rest = [r for (dd, bb, m, seed) in plan.ensemble_runs() if dd == d and m not in combined
+            for r in plan.combine_run(dd, bb, m, seed)]
+    return jobs + ([("ensemble_of_runs (all)", rest)] if rest else [])
+
+
+def run_ensemble_jobs(plan, root: Path, d: str, jobs, code: Path) -> list[dict]:
+    """Each ensemble job as the workflow runs it (``lt-bench combine --runs``, a process of
+    its own, lt_bench imported from ``code``): wall, peak RSS, bytes written."""
+    (root / "logs").mkdir(exist_ok=True)
+    env = {**os.environ, "PYTHONPATH": str(code)}
+    rows = []
+    for job, runs in jobs:
+        cmd = lt(*plan.run_list_variants(runs), "combine", "--runs", json.dumps(runs))
+        log = root / "logs" / f"{job.split()[0]}_{d}_{len(rows)}.log"
+        wall, rss, nbytes = measure(cmd, root, log, env)
+        rows.append({"stage": job, "dataset": d, "runs": len(runs), "wall": wall, "rss": rss,
+                     "bytes": nbytes})
+        print(f"  {job:22s} {d:12s} {len(runs):3d} runs {wall:8.1f} s {rss:8.0f} MiB "
+              f"{nbytes / 2**20:9.1f} MiB", flush=True)
+    return rows
+
+
+def synthesize(root: Path, fraction: float, datasets: list[str], exact: bool = False,
+               code: Path = REPO, combine_only: bool = False) -> tuple[dict[str, float], list]:
+    """Every file of the paper suite's GPU stages under root/results; seconds per part and
+    the ensemble jobs' rows. ``combine_only``: only the member runs of seed 0's combine_runs
+    job and that job (its memory at the dataset's shape; ``--combine-job``)."""
     from lt_bench.features.store import read_meta
     from lt_bench.io import sha256_file
-    from lt_bench.runs.cli import _check_combine, _combine
 
     plan = paper_plan()
     os.chdir(root)
     t = {"features": 0.0, "feature runs": 0.0, "fine-tuned runs": 0.0, "ensembles": 0.0}
     s = plan.suite
+    ens_rows: list[dict] = []
     for d in datasets:
         world = World(d, fraction)
         for bi, b in enumerate(s.backbones):
@@ -256,30 +287,26 @@ def synthesize(root: Path, fraction: float, datasets: list[str], exact: bool = F
             t["features"] += time.time() - t0
             t0 = time.time()
             jobs = [plan.head_runs(d, b, seed) for seed in s.seeds] + [plan.head_runs(d, b)]
+            wanted = set(plan.combine_inputs(d, s.seeds[0])) if combine_only else None
             for job in jobs:
                 for r in job:
+                    if wanted is not None and f"{r['out']}/metrics.json" not in wanted:
+                        continue
                     feature_run(world, b, r["method"], r["seed"], feats, fdir, Path(r["out"]),
                                 q, prior, train_sha, shas, exact)
             t["feature runs"] += time.time() - t0
             t0 = time.time()
             for (dd, bb, m, seed) in plan.per_backbone_runs(consumes="images"):
-                if (dd, bb) == (d, b):
+                if (dd, bb) == (d, b) and not combine_only:
                     finetuned_run(world, b, m, seed, Path(plan_run_dir(dd, bb, m, seed)), q,
                                   prior, shas["split_sha256"])
             t["fine-tuned runs"] += time.time() - t0
             del feats
         t0 = time.time()
-        for seed in s.seeds:  # rule combine_runs, one job per (dataset, seed)
-            for r in plan.combine_runs(d, seed):
-                _quiet(_combine, r, _check_combine(r))
-        combined = set(plan.combined_methods())
-        # rule ensemble_of_runs: the fine-tuned backdoor and the views of each fine-tuning
-        for (dd, bb, m, seed) in plan.ensemble_runs():
-            if dd == d and m not in combined:
-                [r] = plan.combine_run(dd, bb, m, seed)
-                _quiet(_combine, r, _check_combine(r))
+        jobs = ensemble_jobs(plan, d, s.seeds)
+        ens_rows += run_ensemble_jobs(plan, root, d, jobs[:1] if combine_only else jobs, code)
         t["ensembles"] += time.time() - t0
-    return t
+    return t, ens_rows
 
 
 def paper_plan():
@@ -297,14 +324,6 @@ def plan_run_dir(d, b, m, seed) -> str:
     from lt_bench.plan import run_dir
 
     return run_dir(d, b, m, seed)
-
-
-def _quiet(fn, *args):
-    import contextlib
-    import io
-
-    with contextlib.redirect_stdout(io.StringIO()):
-        fn(*args)
 
 
 # --- measurement -------------------------------------------------------------------------
@@ -383,7 +402,8 @@ def head_node_stages(plan, datasets: list[str]) -> list[tuple[str, str, list[str
     return stages
 
 
-def run_stages(root: Path, datasets: list[str], only: list[str] | None = None) -> list[dict]:
+def run_stages(root: Path, datasets: list[str], only: list[str] | None = None,
+               code: Path = REPO) -> list[dict]:
     plan = paper_plan()
     os.chdir(root)
     (root / "logs").mkdir(exist_ok=True)
@@ -398,7 +418,7 @@ def run_stages(root: Path, datasets: list[str], only: list[str] | None = None) -
         Path(f"results/runs/{d}/index.txt").write_text("".join(f"{f}\n" for f in runs))
         rows.append({"stage": "runs index", "dataset": d, "runs": len(runs),
                      "wall": time.time() - t0, "rss": 0.0, "bytes": len("".join(runs))})
-    env = {**os.environ, "PYTHONPATH": str(REPO), "MLFLOW_TRACKING_URI": "",
+    env = {**os.environ, "PYTHONPATH": str(code), "MLFLOW_TRACKING_URI": "",
            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     env.pop("MLFLOW_TRACKING_URI")
     for stage, d, cmd in head_node_stages(plan, datasets):
@@ -544,6 +564,13 @@ def main(argv=None) -> None:
                     "before/after of one stage with --reuse")
     ap.add_argument("--head-job", choices=list(SHAPES),
                     help="measure one head job's memory at this dataset's shape instead")
+    ap.add_argument("--combine-job", choices=list(SHAPES),
+                    help="measure instead one combine_runs job (seed 0's ensembles of feature "
+                         "runs, `lt-bench combine --runs`) at this dataset's shape: only its "
+                         "member runs are synthesized")
+    ap.add_argument("--code", default=str(REPO),
+                    help="the tree whose lt_bench the measured jobs import (e.g. a `git "
+                         "archive` of a baseline commit): a before/after on the same files")
     ap.add_argument("--epochs", type=int, default=1, help="--head-job: epochs per trained head")
     ap.add_argument("--methods", nargs="+", help="--head-job: only these head methods")
     a = ap.parse_args(argv)
@@ -569,7 +596,26 @@ def main(argv=None) -> None:
         print(f"  peak RSS at F = 1 (linear fit a + b·F over the fractions): "
               f"{ca + cb:,.0f} MiB  (a = {ca:,.0f} MiB fixed, b = {cb:,.0f} MiB per unit F)")
         return
-    per_f = []
+    code = Path(a.code).resolve()
+    if a.combine_job:
+        rows = []
+        for f in a.fraction:
+            root = Path(a.root) / f"combine_{a.combine_job}_{f:g}"
+            shutil.rmtree(root, ignore_errors=True)
+            root.mkdir(parents=True)
+            t0 = time.time()
+            _, [r] = synthesize(root, f, [a.combine_job], code=code, combine_only=True)
+            rows.append({**r, "fraction": f})
+            print(f"  F={f:g}: {r['runs']} ensembles (code {code}): wall {r['wall']:.0f} s, "
+                  f"peak RSS {r['rss']:,.0f} MiB (all, synthesis included: "
+                  f"{time.time() - t0:.0f} s)", flush=True)
+            if not a.keep:
+                shutil.rmtree(root, ignore_errors=True)
+        ca, cb = fit_line([r["fraction"] for r in rows], [r["rss"] for r in rows])
+        print(f"  peak RSS at F = 1 (linear fit a + b·F over the fractions): "
+              f"{ca + cb:,.0f} MiB  (a = {ca:,.0f} MiB fixed, b = {cb:,.0f} MiB per unit F)")
+        return
+    per_f, ens = [], []
     for f in a.fraction:
         root = Path(a.root) / f"paper_{f:g}"
         if a.reuse and (root / "results/runs").is_dir():
@@ -582,11 +628,12 @@ def main(argv=None) -> None:
             root.mkdir(parents=True)
             print(f"F = {f:g}: synthesizing under {root} ...", flush=True)
             t0 = time.time()
-            synth = synthesize(root, f, a.datasets, a.exact)
+            synth, ens_rows = synthesize(root, f, a.datasets, a.exact, code)
+            ens += [{**r, "fraction": f} for r in ens_rows]
             print(f"  synthesis {time.time() - t0:.0f} s: "
                   + ", ".join(f"{k} {v:.0f} s" for k, v in synth.items()), flush=True)
         t1 = time.time()
-        rows = run_stages(root, a.datasets, a.stages)
+        rows = run_stages(root, a.datasets, a.stages, code)
         tail = time.time() - t1
         disk = disk_footprint(root, f)
         per_f.append((f, rows, tail, disk))
@@ -638,6 +685,14 @@ def main(argv=None) -> None:
               + f" | {mib(e['full'])} |")
     print("| **total** | | | " + " | ".join(mib(v) for v in total)
           + f" | **{mib(total_full)}** |")
+    if ens:
+        print()
+        print("Ensemble jobs (before the tail; `lt-bench combine --runs`, one process each)")
+        print("| F | job | dataset | runs | wall s | peak RSS MiB | written MiB |")
+        print("| --- | --- | --- | --- | --- | --- | --- |")
+        for r in ens:
+            print(f"| {r['fraction']:g} | {r['stage']} | {r['dataset']} | {r['runs']} | "
+                  f"{r['wall']:.1f} | {r['rss']:,.0f} | {r['bytes'] / 2**20:,.1f} |")
 
 
 if __name__ == "__main__":
