@@ -134,3 +134,27 @@ def test_ensemble_run_in_blocks_writes_the_same_run(members, method, monkeypatch
     assert stored  # the argmax of each split's logits (lt_bench/runs/folder.py)
     for f in stored:
         assert (outs["one"] / f).read_bytes() == (outs["many"] / f).read_bytes()
+
+
+def test_evaluate_in_row_blocks_gives_the_whole_splits_metrics(monkeypatch):
+    """lt_bench.metrics.evaluate takes argmax and softmax confidence a row block at a
+    time (iNat2018: a float64 copy and a softmax of 1.6 GB each): same metrics as the
+    whole split's softmax, with a float32 input as runs store it."""
+    from scipy.special import softmax
+
+    import lt_bench.metrics as metrics_mod
+
+    rng = np.random.default_rng(9)
+    z = (rng.standard_normal((N, K)) * 3).astype(np.float32)
+    z[5, 2] = z[5, 7]  # a tie: the first index wins, blocked or not
+    y = rng.integers(0, K, N)
+    counts = rng.integers(1, 200, K)
+    p = softmax(z.astype(np.float64), axis=1)
+    ece = metrics_mod.expected_calibration_error(p, y)
+    for elements in (BLOCK * K, 1, 10**9):
+        monkeypatch.setattr(metrics_mod, "BLOCK_ELEMENTS", elements)
+        m, per_class = metrics_mod.evaluate(z, y, counts)
+        assert m["ece"] == ece
+        assert m["top1"] == float((z.argmax(1) == y).mean())
+        np.testing.assert_array_equal(
+            per_class["accuracy"], metrics_mod.per_class_accuracy(z.argmax(1), y, K))
