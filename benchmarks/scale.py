@@ -492,7 +492,8 @@ def disk_footprint(root: Path, fraction: float) -> dict[str, dict]:
 # --- the head job at one dataset's shape -------------------------------------------------
 
 def head_job(root: Path, dataset: str, fraction: float, epochs: int,
-             methods: list[str] | None) -> dict:
+             methods: list[str] | None, max_steps: int | None = None,
+             code: Path = REPO) -> dict:
     plan = paper_plan()
     os.chdir(root)
     b = plan.suite.backbones[0]
@@ -509,10 +510,11 @@ def head_job(root: Path, dataset: str, fraction: float, epochs: int,
     for r in runs:
         if "epochs" in _defaults(r["method"]):
             r["params"] = {**r["params"], "epochs": epochs}
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    cmd = lt("fit", "--features-dir", str(fdir), "--prior",
-             f"results/prior/{dataset}/{b}.parquet", "--runs", json.dumps(runs),
-             "--threads", "1")
+    env = {**os.environ, "PYTHONPATH": str(code)}
+    args = ["fit", "--features-dir", str(fdir), "--prior", f"results/prior/{dataset}/{b}.parquet",
+            "--runs", json.dumps(runs), "--threads", "1"]
+    cmd = (lt(*args) if max_steps is None else  # benchmarks/scale_bounded_fit.py
+           [sys.executable, str(REPO / "benchmarks/scale_bounded_fit.py"), str(max_steps), *args])
     (root / "logs").mkdir(exist_ok=True)
     wall, rss, nbytes = measure(cmd, root, root / "logs" / "head_job.log", env)
     n_train = len(world.labels["train"])
@@ -573,6 +575,10 @@ def main(argv=None) -> None:
                          "archive` of a baseline commit): a before/after on the same files")
     ap.add_argument("--epochs", type=int, default=1, help="--head-job: epochs per trained head")
     ap.add_argument("--methods", nargs="+", help="--head-job: only these head methods")
+    ap.add_argument("--max-steps", type=int,
+                    help="--head-job: each trained head's epoch cut to its first S batches "
+                         "(benchmarks/scale_bounded_fit.py): the memory of the full-shape job "
+                         "in minutes (a step holds one batch, whatever the number of steps)")
     a = ap.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     load = os.getloadavg()[0]
@@ -584,10 +590,13 @@ def main(argv=None) -> None:
             root = Path(a.root) / f"head_{a.head_job}_{f:g}"
             shutil.rmtree(root, ignore_errors=True)
             root.mkdir(parents=True)
-            r = head_job(root, a.head_job, f, a.epochs, a.methods)
+            r = head_job(root, a.head_job, f, a.epochs, a.methods, a.max_steps,
+                         Path(a.code).resolve())
             rows.append(r)
             print(f"  F={f:g}: N_train {r['n_train']:,} K {r['k']:,} {r['methods']} methods, "
-                  f"{a.epochs} epoch(s): wall {r['wall']:.0f} s, peak RSS {r['rss']:,.0f} MiB "
+                  f"{a.epochs} epoch(s)"
+                  + (f" of {a.max_steps} steps" if a.max_steps else "")
+                  + f": wall {r['wall']:.0f} s, peak RSS {r['rss']:,.0f} MiB "
                   f"(train features float32: {r['features_f32_mib']:,.0f} MiB; synthesis "
                   f"{r['synth']:.0f} s)", flush=True)
             if not a.keep:
