@@ -31,8 +31,8 @@ log = logging.getLogger(__name__)
 RULES = ("sum", "prob_mean", "weighted_sum")
 #: the default upper bound of a fitted member weight (backdoor_learned's ``max_weight``)
 MAX_WEIGHT = 100.0
-#: elements (rows × K) of one row block of the weight fit's float64 temporaries (64 MiB)
-BLOCK_ELEMENTS = 2**23
+#: elements (rows × K) of one row block of the weight fit's float64 temporaries (8 MiB)
+BLOCK_ELEMENTS = 2**20
 
 
 def stack(logits: list[np.ndarray]) -> np.ndarray:

@@ -56,9 +56,10 @@ COMPUTE_KEYS = ("n_trainable_params", "inference_cost", "train_seconds")
 #: predictor.json keys that are not the combiner's state
 _SPEC_KEYS = ("kind", "method", "members")
 #: elements (rows × K) of a row block combined at once: each member's block in float64 is
-#: 64 MiB whatever N (iNat2018's 24,426 × 8,142 test split: 1,030 rows), where one
-#: (M, N, K) float64 stack of three members was 4.8 GB
-BLOCK_ELEMENTS = 2**23
+#: 8 MiB whatever N (iNat2018's K = 8,142: 128 rows), so a rule's temporaries (prob_mean's
+#: log-sum-exps copy the (M, rows, K) stack ~6 times) stay ~0.2 GB, where the (M, N, K)
+#: float64 stack of three members of iNat2018's test split alone was 4.8 GB
+BLOCK_ELEMENTS = 2**20
 
 
 def combine_blocks(method: type[EnsembleMethod], logits: list[np.ndarray],
