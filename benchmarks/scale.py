@@ -5,8 +5,8 @@ Synthesizes, at the paper suite's real shapes and run counts, what the GPU jobs 
 extra-seed members, fine-tuned runs with their views, ensembles), written through the
 project's own writers (``features_table``/``write_table``, ``write_text_embeddings``,
 ``write_prior``, predictors' ``save``, ``write_run``, ``write_finetuned_run``; ensembles
-and the views of a fine-tuning through the real ``_combine`` of ``lt-bench combine``), so
-every file is exactly the contract. Then runs the head-node
+and the views of a fine-tuning by ``lt-bench combine --runs``, one process per job as the
+workflow runs them, each measured), so every file is exactly the contract. Then runs the head-node
 stages as the workflow's rules do (report.smk, analysis.smk, tracking.smk: the same
 ``lt-bench`` verbs), each as a subprocess, and prints per stage (and dataset): wall time,
 peak RSS (``os.wait4``'s rusage of that very child) and bytes written; plus the disk
@@ -21,7 +21,12 @@ written, K-sized ones (predictors, per-class tables) do not.
 
 ``--head-job DATASET`` measures instead the memory of one head job (``lt-bench fit
 --runs`` with every head method of the plan at seed 0, features read once) at that
-dataset's shape × F, ``--epochs`` epochs per trained head.
+dataset's shape × F, ``--epochs`` epochs per trained head (``--max-steps S``: each epoch
+cut to S batches, benchmarks/scale_bounded_fit.py). ``--combine-job DATASET``: one
+combine_runs job (seed 0's ensembles of feature runs) at that shape × F, only its members
+synthesized; ``--code DIR`` runs the measured jobs on another tree's ``lt_bench`` (a
+before/after on the same files). The synthesis is benchmarks/scale_synth.py, the
+measurement of one process benchmarks/scale_measure.py.
 
 Synthetic signal: a class mean per class, features = mean + noise; a head's weights =
 the class means + noise (methods and seeds differ in the noise), so accuracy, the D×P cells
@@ -32,6 +37,7 @@ seam's own), and a k-NN run's search is replaced by the linear stand-in above
 
     nice -n 10 python benchmarks/scale.py --fraction 0.02 0.05 --root /tmp/scale
     nice -n 10 python benchmarks/scale.py --head-job inat2018 --fraction 0.05 0.1 --epochs 1
+    nice -n 10 python benchmarks/scale.py --combine-job inat2018 --fraction 1
 """
 
 from __future__ import annotations
@@ -40,7 +46,6 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -50,300 +55,18 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-D = 768
-#: (K, train, val, test, head/tail ratio of the train counts): LIFT's split lists
-SHAPES = {
-    "imagenet_lt": (1000, 115_846, 20_000, 50_000, 256.0),
-    "places_lt": (365, 62_500, 7_300, 36_500, 996.0),
-    "inat2018": (8142, 437_513, 24_426, 24_426, 500.0),
-}
-LOGIT_SCALE = 30.0
+from scale_measure import lt, measure  # noqa: E402  (benchmarks/: the script's folder)
+from scale_synth import (  # noqa: E402
+    SHAPES,
+    D,
+    World,
+    paper_plan,
+    synthesize,
+    write_features,
+    write_prior_file,
+)
 
-
-# --- synthesis ---------------------------------------------------------------------------
-
-def train_counts(k: int, n: int, ratio: float) -> np.ndarray:
-    """Exponentially decaying counts (head/tail = ratio), every class ≥ 1, summing to n."""
-    w = ratio ** (-np.arange(k) / max(k - 1, 1))
-    c = np.maximum(1, np.floor(w / w.sum() * n)).astype(np.int64)
-    c[0] += n - c.sum() if n > c.sum() else 0
-    return c
-
-
-class World:
-    """One dataset's synthetic class geometry and splits at fraction F."""
-
-    def __init__(self, dataset: str, fraction: float, seed: int = 0):
-        k, n_tr, n_va, n_te, ratio = SHAPES[dataset]
-        self.dataset, self.k = dataset, k
-        rng = np.random.default_rng([seed, k])
-        self.means = rng.standard_normal((k, D)).astype(np.float32) / np.sqrt(D)
-        self.counts = train_counts(k, max(k, round(n_tr * fraction)), ratio)
-        self.labels = {
-            "train": np.repeat(np.arange(k), self.counts).astype(np.int64),
-            "val": rng.integers(0, k, max(k // 10, round(n_va * fraction))),
-            "test": rng.integers(0, k, max(k // 10, round(n_te * fraction))),
-        }
-        self.classnames = [f"class_{i:05d}" for i in range(k)]
-
-
-def write_features(world: World, backbone: str, out: Path, seed: int) -> dict[str, np.ndarray]:
-    """The features folder of one (dataset, backbone): {split}.parquet and text.parquet."""
-    from lt_bench.features.store import (
-        features_table,
-        read_features,
-        write_table,
-        write_text_embeddings,
-    )
-    from lt_bench.io import sha256_file
-
-    out.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng([seed, world.k, 7])
-    base = {"backbone": backbone, "dataset": world.dataset, "pretrained": "synthetic",
-            "feature": "encode_image", "transform": "synthetic"}
-    feats = {}
-    for split, y in world.labels.items():
-        x = np.empty((len(y), D), np.float16)
-        for i in range(0, len(y), 32768):  # chunks: iNat's train is 437.5k x 768
-            yy = y[i:i + 32768]
-            x[i:i + len(yy)] = (1.2 * world.means[yy] * np.sqrt(D)
-                                + rng.standard_normal((len(yy), D), np.float32)) / np.sqrt(D)
-        split_file = out / f"{split}.split.txt"  # stands in for the split list's hash
-        split_file.write_text(f"{world.dataset} {split} {len(y)}\n")
-        meta = {**base, "split": split, "split_sha256": sha256_file(split_file)}
-        split_file.unlink()
-        paths = [f"{split}/{i}.jpg" for i in range(len(y))]
-        write_table(features_table(paths, y, x, meta), out / f"{split}.parquet")
-        del x
-        feats[split] = read_features(out / f"{split}.parquet").features  # what runs see
-    emb = world.means / np.linalg.norm(world.means, axis=1, keepdims=True)
-    write_text_embeddings(out / "text.parquet", world.classnames, emb,
-                          {**base, "split": "text", "logit_scale": 100.0},
-                          init_embeddings=emb)
-    return feats
-
-
-def write_prior_file(world: World, backbone: str, out: Path, seed: int) -> np.ndarray:
-    from lt_bench.prior import write_prior
-
-    rng = np.random.default_rng([seed, world.k, 11])
-    q = world.counts / world.counts.sum() * np.exp(0.3 * rng.standard_normal(world.k))
-    q /= q.sum()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    write_prior(out, q, {"temperature": 1.0, "split": "val", "dataset": world.dataset,
-                         "backbone": backbone, "num_classes": world.k,
-                         "method": "synthetic (benchmarks/scale.py)"})
-    return q
-
-
-def _unit(x):
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-
-
-#: a synthetic k-NN run's real neighbour search above this many multiply-adds (N_eval ×
-#: N_train × D) is replaced by the linear stand-in's logits (F = 1: 74 TMAC over the 9 k-NN
-#: runs, ~77 min on one core, a head job's cost, not the tail's: nothing in the tail
-#: rebuilds a run's logits now that significance reads its stored predictions)
-KNN_EXACT_MAC = 2e11
-
-
-def feature_run(world, backbone, method, seed, feats, fdir: str, out: Path, q, prior: str,
-                train_sha: str, shas: dict, exact: bool = False):
-    """One head-job run: the method's predictor (linear, or k-NN), its logits, write_run.
-    ``exact``: the logits are the seam's (``split_features_logits`` of the saved predictor,
-    float64, every k-NN search real), so ``lt-bench logits`` of every synthetic run equals
-    its metrics' (a before/after of significance on these files compares like with like);
-    otherwise a float32 product (equal up to rounding) and k-NN as ``KNN_EXACT_MAC`` says."""
-    from lt_bench.features.store import FeatureSplit
-    from lt_bench.methods._predictor import (
-        LinearPredictor,
-        LinearTerm,
-        split_features_logits,
-    )
-    from lt_bench.runs.folder import write_run
-
-    rng = np.random.default_rng(abs(hash((world.dataset, backbone, method, seed))) % 2**32)
-    out.mkdir(parents=True, exist_ok=True)
-    history = []
-    noise = 0.6 + 0.1 * (hash(method) % 5)
-    w = world.means + noise * rng.standard_normal(world.means.shape).astype(np.float32) \
-        / np.sqrt(D)
-    bias = None
-    if method in ("la", "bs", "la_posthoc", "gla", "gla_train", "lade", "tau_norm"):
-        bias = (-np.log(world.counts / world.counts.sum())).astype(np.float32) * 0.5
-    wn = _unit(w)
-    logits = {s: (LOGIT_SCALE * _unit(feats[s]) @ wn.T
-                  + (0 if bias is None else bias)).astype(np.float32)
-              for s in ("val", "test")}
-    if method == "knn":
-        from lt_bench.methods.knn import KNNPredictor
-
-        pred = KNNPredictor(10, 0.07, f"{fdir}/train.parquet", train_sha, world.k)
-        macs = sum(len(feats[s]) for s in ("val", "test")) * len(world.labels["train"]) * D
-        if exact or macs <= KNN_EXACT_MAC:
-            logits = {s: pred.logits(feats[s]) for s in ("val", "test")}
-    else:
-        pred = LinearPredictor([LinearTerm(w, scale=LOGIT_SCALE)], bias)
-        if exact:
-            logits = {s: split_features_logits(pred, FeatureSplit(
-                [], world.labels[s], feats[s])) for s in ("val", "test")}
-        if method not in ("zero_shot", "tau_norm", "la_posthoc", "gla"):
-            history = [{"epoch": e, "train_loss": 2.0 / (e + 1), "val_top1": 0.5, "lr": 0.01}
-                       for e in range(10)]
-    pred.save(out)
-    config = {"method": method, "consumes": "features", "hparams": {}, "seed": seed,
-              "dataset": world.dataset, "backbone": backbone, "features_dir": fdir,
-              **shas, "num_classes": world.k,
-              "prior": prior, "tune": True, "device": "cpu", "base_runs": {},
-              "fit_key": "synthetic"}
-    write_run(out, {s: (world.labels[s], logits[s]) for s in ("val", "test")},
-              train_counts=world.counts, config=config, info={"fit_seconds": 1.0},
-              history=history, pretrain_prior=q,
-              extra_metrics={"n_trainable_params": world.k * D, "inference_cost": 1.0})
-
-
-def finetuned_run(world, backbone, method, seed, out: Path, q, prior: str, split_sha: dict):
-    """A fine-tuned run as ``lt-bench finetune`` leaves it (``write_finetuned_run``): the
-    pre-head features of both test-time views (float16), the trained parameters
-    (AdaptFormer's adapters + the K × D head, float32) and the seam's logits evaluated."""
-    from lt_bench.runs.finetune import write_finetuned_run
-
-    rng = np.random.default_rng(abs(hash((world.dataset, backbone, method, seed))) % 2**32)
-    labels, views = {}, {}
-    for s in ("val", "test"):
-        y = labels[s] = world.labels[s]
-        centre = 1.5 * world.means[y] + rng.standard_normal((len(y), D), np.float32) / np.sqrt(D)
-        views[s] = {"centre": centre, "tte": _unit(centre + 0.3 * rng.standard_normal(
-            centre.shape, np.float32) / np.sqrt(D))}
-    head = world.means + 0.5 * rng.standard_normal(world.means.shape, np.float32) / np.sqrt(D)
-    trainable = {"adapters": np.zeros(12 * 2 * (D * 64 + 64), np.float32), "head.weight": head}
-    config = {"method": method, "consumes": "images", "hparams": {}, "seed": seed,
-              "dataset": world.dataset, "backbone": backbone, "features_dir": None,
-              "split_sha256": split_sha, "num_classes": world.k, "prior": prior,
-              "device": "cuda", "precision": "fp16", "view": "centre"}
-    write_finetuned_run(out, labels=labels, features=views, trainable=trainable,
-                        scale=LOGIT_SCALE, view="centre", train_counts=world.counts,
-                        config=config, info={"train_seconds": 3600.0, "loss": "la"},
-                        history=[{"epoch": e, "train_loss": 1.0 / (e + 1)} for e in range(10)],
-                        pretrain_prior=q, extra_metrics={"n_trainable_params": 1_200_000,
-                                                         "inference_cost": 1.0})
-
-
-def synthesize(root: Path, fraction: float, datasets: list[str], exact: bool = False
-               ) -> dict[str, float]:
-    """Every file of the paper suite's GPU stages under root/results; seconds per part."""
-    from lt_bench.features.store import read_meta
-    from lt_bench.io import sha256_file
-    from lt_bench.runs.cli import _check_combine, _combine
-
-    plan = paper_plan()
-    os.chdir(root)
-    t = {"features": 0.0, "feature runs": 0.0, "fine-tuned runs": 0.0, "ensembles": 0.0}
-    s = plan.suite
-    for d in datasets:
-        world = World(d, fraction)
-        for bi, b in enumerate(s.backbones):
-            t0 = time.time()
-            fdir = f"results/features/{d}/{b}"
-            feats = write_features(world, b, Path(fdir), bi)
-            prior = f"results/prior/{d}/{b}.parquet"
-            q = write_prior_file(world, b, Path(prior), bi)
-            train_sha = sha256_file(Path(fdir) / "train.parquet")
-            shas = {"feature_sha256": {sp: sha256_file(Path(fdir) / f"{sp}.parquet")
-                                       for sp in ("train", "val", "test")},
-                    "split_sha256": {sp: read_meta(Path(fdir) / f"{sp}.parquet")["split_sha256"]
-                                     for sp in ("train", "val", "test")}}
-            t["features"] += time.time() - t0
-            t0 = time.time()
-            jobs = [plan.head_runs(d, b, seed) for seed in s.seeds] + [plan.head_runs(d, b)]
-            for job in jobs:
-                for r in job:
-                    feature_run(world, b, r["method"], r["seed"], feats, fdir, Path(r["out"]),
-                                q, prior, train_sha, shas, exact)
-            t["feature runs"] += time.time() - t0
-            t0 = time.time()
-            for (dd, bb, m, seed) in plan.per_backbone_runs(consumes="images"):
-                if (dd, bb) == (d, b):
-                    finetuned_run(world, b, m, seed, Path(plan_run_dir(dd, bb, m, seed)), q,
-                                  prior, shas["split_sha256"])
-            t["fine-tuned runs"] += time.time() - t0
-            del feats
-        t0 = time.time()
-        for seed in s.seeds:  # rule combine_runs, one job per (dataset, seed)
-            for r in plan.combine_runs(d, seed):
-                _quiet(_combine, r, _check_combine(r))
-        combined = set(plan.combined_methods())
-        # rule ensemble_of_runs: the fine-tuned backdoor and the views of each fine-tuning
-        for (dd, bb, m, seed) in plan.ensemble_runs():
-            if dd == d and m not in combined:
-                [r] = plan.combine_run(dd, bb, m, seed)
-                _quiet(_combine, r, _check_combine(r))
-        t["ensembles"] += time.time() - t0
-    return t
-
-
-def paper_plan():
-    """lt_bench.plan.Plan of config.yaml's ``paper`` suite (what `--config suite=paper` plans)."""
-    import yaml
-
-    from lt_bench.plan import Plan
-
-    cfg = yaml.safe_load((REPO / "config.yaml").read_text())
-    cfg["suite"] = "paper"
-    return Plan(cfg)
-
-
-def plan_run_dir(d, b, m, seed) -> str:
-    from lt_bench.plan import run_dir
-
-    return run_dir(d, b, m, seed)
-
-
-def _quiet(fn, *args):
-    import contextlib
-    import io
-
-    with contextlib.redirect_stdout(io.StringIO()):
-        fn(*args)
-
-
-# --- measurement -------------------------------------------------------------------------
-
-def tree_bytes(path: Path) -> int:
-    total = 0
-    for dirpath, _, files in os.walk(path):
-        for f in files:
-            try:
-                total += os.stat(os.path.join(dirpath, f)).st_size
-            except OSError:
-                pass
-    return total
-
-
-#: runs one command and prints its rusage peak RSS: Linux keeps a process's peak RSS across
-#: fork + exec, so a stage forked from this (large) process would report at least our own
-WRAPPER = ("import os, subprocess, sys; p = subprocess.Popen(sys.argv[2:]); "
-           "_, st, ru = os.wait4(p.pid, 0); open(sys.argv[1], 'w').write(str(ru.ru_maxrss)); "
-           "sys.exit(os.waitstatus_to_exitcode(st))")
-
-
-def measure(cmd: list[str], cwd: Path, log: Path, env=None) -> tuple[float, float, int]:
-    """(wall s, peak RSS of the stage's process in MiB, bytes written under results/)."""
-    before = tree_bytes(cwd / "results")
-    rss_file = log.with_suffix(".rss")
-    t0 = time.time()
-    with open(log, "w") as fh:
-        code = subprocess.call([sys.executable, "-c", WRAPPER, str(rss_file), *cmd], cwd=cwd,
-                               stdout=fh, stderr=subprocess.STDOUT, env=env)
-    wall = time.time() - t0
-    if code != 0:
-        raise SystemExit(f"stage failed (exit {code}): {' '.join(cmd)[:300]}; see {log}")
-    return wall, int(rss_file.read_text()) / 1024, tree_bytes(cwd / "results") - before
-
-
-def lt(*args: str) -> list[str]:
-    return [sys.executable, "-m", "lt_bench.cli", *args]
-
+# --- the head-node stages ----------------------------------------------------------------
 
 def head_node_stages(plan, datasets: list[str]) -> list[tuple[str, str, list[str]]]:
     """(stage, dataset or "all", command) in the workflow's order; the commands are the
@@ -383,7 +106,8 @@ def head_node_stages(plan, datasets: list[str]) -> list[tuple[str, str, list[str
     return stages
 
 
-def run_stages(root: Path, datasets: list[str], only: list[str] | None = None) -> list[dict]:
+def run_stages(root: Path, datasets: list[str], only: list[str] | None = None,
+               code: Path = REPO) -> list[dict]:
     plan = paper_plan()
     os.chdir(root)
     (root / "logs").mkdir(exist_ok=True)
@@ -398,7 +122,7 @@ def run_stages(root: Path, datasets: list[str], only: list[str] | None = None) -
         Path(f"results/runs/{d}/index.txt").write_text("".join(f"{f}\n" for f in runs))
         rows.append({"stage": "runs index", "dataset": d, "runs": len(runs),
                      "wall": time.time() - t0, "rss": 0.0, "bytes": len("".join(runs))})
-    env = {**os.environ, "PYTHONPATH": str(REPO), "MLFLOW_TRACKING_URI": "",
+    env = {**os.environ, "PYTHONPATH": str(code), "MLFLOW_TRACKING_URI": "",
            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     env.pop("MLFLOW_TRACKING_URI")
     for stage, d, cmd in head_node_stages(plan, datasets):
@@ -472,7 +196,8 @@ def disk_footprint(root: Path, fraction: float) -> dict[str, dict]:
 # --- the head job at one dataset's shape -------------------------------------------------
 
 def head_job(root: Path, dataset: str, fraction: float, epochs: int,
-             methods: list[str] | None) -> dict:
+             methods: list[str] | None, max_steps: int | None = None,
+             code: Path = REPO) -> dict:
     plan = paper_plan()
     os.chdir(root)
     b = plan.suite.backbones[0]
@@ -489,10 +214,11 @@ def head_job(root: Path, dataset: str, fraction: float, epochs: int,
     for r in runs:
         if "epochs" in _defaults(r["method"]):
             r["params"] = {**r["params"], "epochs": epochs}
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    cmd = lt("fit", "--features-dir", str(fdir), "--prior",
-             f"results/prior/{dataset}/{b}.parquet", "--runs", json.dumps(runs),
-             "--threads", "1")
+    env = {**os.environ, "PYTHONPATH": str(code)}
+    args = ["fit", "--features-dir", str(fdir), "--prior", f"results/prior/{dataset}/{b}.parquet",
+            "--runs", json.dumps(runs), "--threads", "1"]
+    cmd = (lt(*args) if max_steps is None else  # benchmarks/scale_bounded_fit.py
+           [sys.executable, str(REPO / "benchmarks/scale_bounded_fit.py"), str(max_steps), *args])
     (root / "logs").mkdir(exist_ok=True)
     wall, rss, nbytes = measure(cmd, root, root / "logs" / "head_job.log", env)
     n_train = len(world.labels["train"])
@@ -544,8 +270,19 @@ def main(argv=None) -> None:
                     "before/after of one stage with --reuse")
     ap.add_argument("--head-job", choices=list(SHAPES),
                     help="measure one head job's memory at this dataset's shape instead")
+    ap.add_argument("--combine-job", choices=list(SHAPES),
+                    help="measure instead one combine_runs job (seed 0's ensembles of feature "
+                         "runs, `lt-bench combine --runs`) at this dataset's shape: only its "
+                         "member runs are synthesized")
+    ap.add_argument("--code", default=str(REPO),
+                    help="the tree whose lt_bench the measured jobs import (e.g. a `git "
+                         "archive` of a baseline commit): a before/after on the same files")
     ap.add_argument("--epochs", type=int, default=1, help="--head-job: epochs per trained head")
     ap.add_argument("--methods", nargs="+", help="--head-job: only these head methods")
+    ap.add_argument("--max-steps", type=int,
+                    help="--head-job: each trained head's epoch cut to its first S batches "
+                         "(benchmarks/scale_bounded_fit.py): the memory of the full-shape job "
+                         "in minutes (a step holds one batch, whatever the number of steps)")
     a = ap.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     load = os.getloadavg()[0]
@@ -557,10 +294,13 @@ def main(argv=None) -> None:
             root = Path(a.root) / f"head_{a.head_job}_{f:g}"
             shutil.rmtree(root, ignore_errors=True)
             root.mkdir(parents=True)
-            r = head_job(root, a.head_job, f, a.epochs, a.methods)
+            r = head_job(root, a.head_job, f, a.epochs, a.methods, a.max_steps,
+                         Path(a.code).resolve())
             rows.append(r)
             print(f"  F={f:g}: N_train {r['n_train']:,} K {r['k']:,} {r['methods']} methods, "
-                  f"{a.epochs} epoch(s): wall {r['wall']:.0f} s, peak RSS {r['rss']:,.0f} MiB "
+                  f"{a.epochs} epoch(s)"
+                  + (f" of {a.max_steps} steps" if a.max_steps else "")
+                  + f": wall {r['wall']:.0f} s, peak RSS {r['rss']:,.0f} MiB "
                   f"(train features float32: {r['features_f32_mib']:,.0f} MiB; synthesis "
                   f"{r['synth']:.0f} s)", flush=True)
             if not a.keep:
@@ -569,7 +309,26 @@ def main(argv=None) -> None:
         print(f"  peak RSS at F = 1 (linear fit a + b·F over the fractions): "
               f"{ca + cb:,.0f} MiB  (a = {ca:,.0f} MiB fixed, b = {cb:,.0f} MiB per unit F)")
         return
-    per_f = []
+    code = Path(a.code).resolve()
+    if a.combine_job:
+        rows = []
+        for f in a.fraction:
+            root = Path(a.root) / f"combine_{a.combine_job}_{f:g}"
+            shutil.rmtree(root, ignore_errors=True)
+            root.mkdir(parents=True)
+            t0 = time.time()
+            _, [r] = synthesize(root, f, [a.combine_job], code=code, combine_only=True)
+            rows.append({**r, "fraction": f})
+            print(f"  F={f:g}: {r['runs']} ensembles (code {code}): wall {r['wall']:.0f} s, "
+                  f"peak RSS {r['rss']:,.0f} MiB (all, synthesis included: "
+                  f"{time.time() - t0:.0f} s)", flush=True)
+            if not a.keep:
+                shutil.rmtree(root, ignore_errors=True)
+        ca, cb = fit_line([r["fraction"] for r in rows], [r["rss"] for r in rows])
+        print(f"  peak RSS at F = 1 (linear fit a + b·F over the fractions): "
+              f"{ca + cb:,.0f} MiB  (a = {ca:,.0f} MiB fixed, b = {cb:,.0f} MiB per unit F)")
+        return
+    per_f, ens = [], []
     for f in a.fraction:
         root = Path(a.root) / f"paper_{f:g}"
         if a.reuse and (root / "results/runs").is_dir():
@@ -582,11 +341,12 @@ def main(argv=None) -> None:
             root.mkdir(parents=True)
             print(f"F = {f:g}: synthesizing under {root} ...", flush=True)
             t0 = time.time()
-            synth = synthesize(root, f, a.datasets, a.exact)
+            synth, ens_rows = synthesize(root, f, a.datasets, a.exact, code)
+            ens += [{**r, "fraction": f} for r in ens_rows]
             print(f"  synthesis {time.time() - t0:.0f} s: "
                   + ", ".join(f"{k} {v:.0f} s" for k, v in synth.items()), flush=True)
         t1 = time.time()
-        rows = run_stages(root, a.datasets, a.stages)
+        rows = run_stages(root, a.datasets, a.stages, code)
         tail = time.time() - t1
         disk = disk_footprint(root, f)
         per_f.append((f, rows, tail, disk))
@@ -638,6 +398,14 @@ def main(argv=None) -> None:
               + f" | {mib(e['full'])} |")
     print("| **total** | | | " + " | ".join(mib(v) for v in total)
           + f" | **{mib(total_full)}** |")
+    if ens:
+        print()
+        print("Ensemble jobs (before the tail; `lt-bench combine --runs`, one process each)")
+        print("| F | job | dataset | runs | wall s | peak RSS MiB | written MiB |")
+        print("| --- | --- | --- | --- | --- | --- | --- |")
+        for r in ens:
+            print(f"| {r['fraction']:g} | {r['stage']} | {r['dataset']} | {r['runs']} | "
+                  f"{r['wall']:.1f} | {r['rss']:,.0f} | {r['bytes'] / 2**20:,.1f} |")
 
 
 if __name__ == "__main__":

@@ -45,7 +45,9 @@ class EnsembleMethod(RunsMethod):
     @classmethod
     def combine(cls, logits: list[np.ndarray], state: dict[str, Any]) -> np.ndarray:
         """The ensemble's float64 logits from its members' (in order) and the fitted
-        ``state``; a class method: the seam rebuilds a run from its predictor.json."""
+        ``state``; a class method: the seam rebuilds a run from its predictor.json. Row by
+        row (row i from the members' rows i): the run layer calls it on row blocks
+        (``lt_bench.runs.ensemble.combine_blocks``)."""
         return combine_by_rule(logits, state["rule"], state.get("weights"))
 
     def n_params(self, state: dict[str, Any]) -> int:

@@ -55,6 +55,25 @@ ABLATION_KEYS = ("top1", *D_GROUPS)
 COMPUTE_KEYS = ("n_trainable_params", "inference_cost", "train_seconds")
 #: predictor.json keys that are not the combiner's state
 _SPEC_KEYS = ("kind", "method", "members")
+#: elements (rows × K) of a row block combined at once: each member's block in float64 is
+#: 8 MiB whatever N (iNat2018's K = 8,142: 128 rows), so a rule's temporaries (prob_mean's
+#: log-sum-exps copy the (M, rows, K) stack ~6 times) stay ~0.2 GB, where the (M, N, K)
+#: float64 stack of three members of iNat2018's test split alone was 4.8 GB
+BLOCK_ELEMENTS = 2**20
+
+
+def combine_blocks(method: type[EnsembleMethod], logits: list[np.ndarray],
+                   state: dict[str, Any], dtype=np.float32, out: np.ndarray | None = None,
+                   block_rows: int | None = None) -> np.ndarray:
+    """``method.combine(logits, state)`` cast to ``dtype``, computed in row blocks into
+    ``out`` (allocated if None): the same bits as one call, as every combine is row by row
+    (lt_bench/methods/_combine.py), and memory bounded by one block of the members."""
+    n, k = np.shape(logits[0])
+    step = block_rows or max(1, BLOCK_ELEMENTS // max(k, 1))
+    out = np.empty((n, k), dtype) if out is None else out
+    for a in range(0, n, step):
+        out[a:a + step] = method.combine([z[a:a + step] for z in logits], state)
+    return out
 
 
 def ensemble_method(method: str, hparams: dict[str, Any] | None = None) -> EnsembleMethod:
@@ -106,7 +125,7 @@ class EnsembleRun:
 
     def combine(self, logits: list[np.ndarray]) -> np.ndarray:
         """float32 ensemble logits of member logits (in this run's member order)."""
-        return self.method.combine(logits, self.state).astype(np.float32)
+        return combine_blocks(self.method, logits, self.state)
 
     def split_logits(self, split: str) -> tuple[np.ndarray, np.ndarray]:
         labels, zs = self.member_logits(split)
@@ -217,15 +236,18 @@ def member_compute(run_dirs: list[Path]) -> dict[str, Any]:
 
 
 def _subset_metrics(method: EnsembleMethod, zs: list[np.ndarray], labels: np.ndarray,
-                    counts: np.ndarray, state_of) -> dict[str, Any]:
-    """The M-ablation: each subset's metrics, its combiner fitted by ``state_of(subset)``."""
+                    counts: np.ndarray, states: dict[tuple[int, ...], dict[str, Any]]
+                    ) -> dict[str, Any]:
+    """The M-ablation: each subset's metrics, its combiner fitted on val (``states``)."""
     from lt_bench.metrics import evaluate
 
     out: dict[str, Any] = {}
+    buf = np.empty(np.shape(zs[0]))  # one float64 N x K for every subset's logits
     for m in range(1, len(zs) + 1):
         rows = []
         for sub in itertools.combinations(range(len(zs)), m):
-            logits = method.combine([zs[i] for i in sub], state_of(sub))
+            logits = combine_blocks(type(method), [zs[i] for i in sub], states[sub],
+                                    np.float64, buf)
             rows.append(evaluate(logits, labels, counts)[0])
         for key in ABLATION_KEYS:
             vals = [r[key] for r in rows if r[key] is not None]
@@ -259,25 +281,28 @@ def ensemble_run(members: list[Path | str], out_dir: Path | str, method: str = "
     counts = _train_counts(run_dirs[0])
     q_hat, prior_paths = _mean_prior(run_dirs, cfgs)
     loader = EnsembleRun(run_dirs, type(m), {})  # reads member logits only
-    member_y, member_z = {}, {}
-    for s in EVAL_SPLITS:
-        member_y[s], member_z[s] = loader.member_logits(s)
-    y_test, y_val = member_y["test"], member_y["val"]
+    # one split's member logits at a time (iNat2018: 3 × 0.8 GB float32 per split) and the
+    # combines in row blocks: val first (the fits, every subset's for the M-ablation), then
+    # test (lt_bench/runs/ensemble.py BLOCK_ELEMENTS; benchmarks/README.md)
+    y_val, z_val = loader.member_logits("val")
     t0 = time.time()
     # fitted on val only: test logits never reach the fit
-    state, fit_info = m.fit(member_z["val"], y_val, [str(n) for n in names])
+    state, fit_info = m.fit(z_val, y_val, [str(n) for n in names])
     fit_seconds = time.time() - t0
-
-    def state_of(sub: tuple[int, ...]) -> dict[str, Any]:
-        if len(sub) == len(run_dirs):
-            return state
-        return m.fit([member_z["val"][i] for i in sub], y_val)[0]
-
+    every = range(len(run_dirs))
+    states = {sub: state if len(sub) == len(run_dirs) else m.fit([z_val[i] for i in sub],
+                                                                  y_val)[0]
+              for k in range(1, len(run_dirs) + 1) for sub in itertools.combinations(every, k)}
+    member_val = [float((z.argmax(1) == y_val).mean()) for z in z_val]
     ens = EnsembleRun(run_dirs, type(m), state)
-    logits = {s: (member_y[s], ens.combine(member_z[s])) for s in EVAL_SPLITS}
-    member_m = [evaluate(z, y_test, counts)[0] for z in member_z["test"]]
-    member_val = [float((z.argmax(1) == y_val).mean()) for z in member_z["val"]]
+    logits = {"val": (y_val, ens.combine(z_val))}
+    del z_val
+    y_test, z_test = loader.member_logits("test")
+    member_m = [evaluate(z, y_test, counts)[0] for z in z_test]
     best = _best_members(member_m, member_val)
+    ablation = _subset_metrics(m, z_test, y_test, counts, states)
+    logits["test"] = (y_test, ens.combine(z_test))
+    del z_test
     test_m, _ = evaluate(logits["test"][1], y_test, counts)
     compute = member_compute(run_dirs)
     if compute["n_trainable_params"] is not None:
@@ -303,7 +328,7 @@ def ensemble_run(members: list[Path | str], out_dir: Path | str, method: str = "
     oracle, chosen = member_m[best["test"]], member_m[best["val"]]
     extra = {
         "n_members": len(run_dirs),
-        **_subset_metrics(m, member_z["test"], y_test, counts, state_of),
+        **ablation,
         **{f"best_member_{k}": oracle[k] for k in ABLATION_KEYS},
         **{f"val_best_member_{k}": chosen[k] for k in ABLATION_KEYS},
         **{f"gain_{k}": _diff(test_m[k], oracle[k]) for k in ABLATION_KEYS},
