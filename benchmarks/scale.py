@@ -249,6 +249,22 @@ def mib(x: float) -> str:
     return f"{x / 2**20:,.1f}"
 
 
+def _rss_per_fraction(a, label: str, measure) -> None:
+    """``measure(root, F)`` (a row with ``rss`` and ``fraction``) in a fresh scratch folder
+    per ``--fraction``, then the peak RSS extrapolated to F = 1 by a + b·F."""
+    rows = []
+    for f in a.fraction:
+        root = Path(a.root) / f"{label}_{f:g}"
+        shutil.rmtree(root, ignore_errors=True)
+        root.mkdir(parents=True)
+        rows.append(measure(root, f))
+        if not a.keep:
+            shutil.rmtree(root, ignore_errors=True)
+    ca, cb = fit_line([r["fraction"] for r in rows], [r["rss"] for r in rows])
+    print(f"  peak RSS at F = 1 (linear fit a + b·F over the fractions): "
+          f"{ca + cb:,.0f} MiB  (a = {ca:,.0f} MiB fixed, b = {cb:,.0f} MiB per unit F)")
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--fraction", type=float, nargs="+", default=[0.02],
@@ -289,45 +305,29 @@ def main(argv=None) -> None:
     print(f"benchmarks/scale.py  {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}  "
           f"cpus {os.cpu_count()}  load {load:.1f}  fractions {a.fraction}")
     if a.head_job:
-        rows = []
-        for f in a.fraction:
-            root = Path(a.root) / f"head_{a.head_job}_{f:g}"
-            shutil.rmtree(root, ignore_errors=True)
-            root.mkdir(parents=True)
+        def one_head_job(root: Path, f: float) -> dict:
             r = head_job(root, a.head_job, f, a.epochs, a.methods, a.max_steps,
                          Path(a.code).resolve())
-            rows.append(r)
             print(f"  F={f:g}: N_train {r['n_train']:,} K {r['k']:,} {r['methods']} methods, "
                   f"{a.epochs} epoch(s)"
                   + (f" of {a.max_steps} steps" if a.max_steps else "")
                   + f": wall {r['wall']:.0f} s, peak RSS {r['rss']:,.0f} MiB "
                   f"(train features float32: {r['features_f32_mib']:,.0f} MiB; synthesis "
                   f"{r['synth']:.0f} s)", flush=True)
-            if not a.keep:
-                shutil.rmtree(root, ignore_errors=True)
-        ca, cb = fit_line([r["fraction"] for r in rows], [r["rss"] for r in rows])
-        print(f"  peak RSS at F = 1 (linear fit a + b·F over the fractions): "
-              f"{ca + cb:,.0f} MiB  (a = {ca:,.0f} MiB fixed, b = {cb:,.0f} MiB per unit F)")
-        return
+            return r
+
+        return _rss_per_fraction(a, f"head_{a.head_job}", one_head_job)
     code = Path(a.code).resolve()
     if a.combine_job:
-        rows = []
-        for f in a.fraction:
-            root = Path(a.root) / f"combine_{a.combine_job}_{f:g}"
-            shutil.rmtree(root, ignore_errors=True)
-            root.mkdir(parents=True)
+        def one_combine_job(root: Path, f: float) -> dict:
             t0 = time.time()
             _, [r] = synthesize(root, f, [a.combine_job], code=code, combine_only=True)
-            rows.append({**r, "fraction": f})
             print(f"  F={f:g}: {r['runs']} ensembles (code {code}): wall {r['wall']:.0f} s, "
                   f"peak RSS {r['rss']:,.0f} MiB (all, synthesis included: "
                   f"{time.time() - t0:.0f} s)", flush=True)
-            if not a.keep:
-                shutil.rmtree(root, ignore_errors=True)
-        ca, cb = fit_line([r["fraction"] for r in rows], [r["rss"] for r in rows])
-        print(f"  peak RSS at F = 1 (linear fit a + b·F over the fractions): "
-              f"{ca + cb:,.0f} MiB  (a = {ca:,.0f} MiB fixed, b = {cb:,.0f} MiB per unit F)")
-        return
+            return {**r, "fraction": f}
+
+        return _rss_per_fraction(a, f"combine_{a.combine_job}", one_combine_job)
     per_f, ens = [], []
     for f in a.fraction:
         root = Path(a.root) / f"paper_{f:g}"
