@@ -11,6 +11,7 @@ import math
 import numpy as np
 from scipy.special import softmax
 
+from lt_bench.blocks import row_blocks
 from lt_bench.errors import InputValidationError
 
 #: D-group thresholds on train counts, the one definition: Many = more than MANY_ABOVE,
@@ -47,22 +48,17 @@ def per_class_accuracy(pred: np.ndarray, labels: np.ndarray, num_classes: int) -
         return np.where(support > 0, correct / np.maximum(support, 1), np.nan)
 
 
-#: rows × classes of one row block of :func:`evaluate`'s float64 softmax (8 MiB): at
-#: iNat2018's 24,426 × 8,142 a float64 copy and a softmax of the whole split were ~5 GB
-BLOCK_ELEMENTS = 2**20
-
-
 def _row_maxima(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per row, in row blocks of float64: the logits' argmax, and the max and argmax of
-    their softmax (row by row, so the same bits as computed at once)."""
+    """Per row, in row blocks of float64 (lt_bench/blocks.py; at iNat2018's 24,426 × 8,142
+    a float64 copy and a softmax of the whole split were ~5 GB): the logits' argmax, and
+    the max and argmax of their softmax (row by row, so the same bits as computed at once)."""
     n, k = logits.shape
     pred, conf, p_arg = np.empty(n, np.intp), np.empty(n), np.empty(n, np.intp)
-    step = max(1, BLOCK_ELEMENTS // max(k, 1))
-    for a in range(0, n, step):
-        z = np.asarray(logits[a:a + step], dtype=np.float64)
-        pred[a:a + step] = z.argmax(1)
+    for b in row_blocks(n, k):
+        z = np.asarray(logits[b], dtype=np.float64)
+        pred[b] = z.argmax(1)
         p = softmax(z, axis=1)
-        conf[a:a + step], p_arg[a:a + step] = p.max(1), p.argmax(1)
+        conf[b], p_arg[b] = p.max(1), p.argmax(1)
     return pred, conf, p_arg
 
 

@@ -13,8 +13,8 @@ from scipy.optimize import minimize
 from scipy.special import logsumexp
 from synth_runs import FAST, make_features_dir, make_prior
 
+import lt_bench.blocks as blocks_mod
 import lt_bench.methods._combine as combine_mod
-import lt_bench.runs.ensemble as ensemble_mod
 from lt_bench.methods import METHODS
 from lt_bench.methods._combine import fit_member_weights
 from lt_bench.runs import train_run
@@ -90,7 +90,7 @@ def test_weight_fit_in_row_blocks_gives_the_same_weights(monkeypatch):
           enumerate(_members(seed=4))]
     expect_w, expect_nll = _fit_stacked(zs, y)
     for elements in (BLOCK * K, 1, 10**9):  # 15 blocks, one row each, one block
-        monkeypatch.setattr(combine_mod, "BLOCK_ELEMENTS", elements)
+        monkeypatch.setattr(blocks_mod, "BLOCK_ELEMENTS", elements)
         w, info = fit_member_weights(zs, y)
         assert np.array_equal(w, expect_w) and info["val_nll"] == expect_nll
 
@@ -122,8 +122,7 @@ def test_ensemble_run_in_blocks_writes_the_same_run(members, method, monkeypatch
     root, runs = members
     outs = {}
     for tag, elements in (("one", 10**9), ("many", 5 * 6)):  # K = 6: 5 rows a block
-        monkeypatch.setattr(ensemble_mod, "BLOCK_ELEMENTS", elements)
-        monkeypatch.setattr(combine_mod, "BLOCK_ELEMENTS", elements)
+        monkeypatch.setattr(blocks_mod, "BLOCK_ELEMENTS", elements)
         outs[tag] = root / tag / method
         ensemble_run(runs, outs[tag], method=method)
     a, b = (json.loads((outs[t] / "metrics.json").read_text()) for t in ("one", "many"))
@@ -152,7 +151,7 @@ def test_evaluate_in_row_blocks_gives_the_whole_splits_metrics(monkeypatch):
     p = softmax(z.astype(np.float64), axis=1)
     ece = metrics_mod.expected_calibration_error(p, y)
     for elements in (BLOCK * K, 1, 10**9):
-        monkeypatch.setattr(metrics_mod, "BLOCK_ELEMENTS", elements)
+        monkeypatch.setattr(blocks_mod, "BLOCK_ELEMENTS", elements)
         m, per_class = metrics_mod.evaluate(z, y, counts)
         assert m["ece"] == ece
         assert m["top1"] == float((z.argmax(1) == y).mean())

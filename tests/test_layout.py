@@ -17,6 +17,7 @@ PKG = Path(__file__).resolve().parents[1] / "lt_bench"
 #: floor of each top-level part of lt_bench (higher may import lower, never the reverse)
 FLOORS = {
     "errors": 0, "registry": 0, "io": 0, "workflow_copy": 0, "argtypes": 0, "predictor_spec": 0,
+    "blocks": 0,
     "data": 1, "backbones": 1, "features": 1, "finetune": 1, "metrics": 1, "prior": 1,
     "config": 2, "methods": 2, "pretrain": 2,
     "runs": 3, "plan": 3, "smoke": 3,

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from lt_bench.blocks import row_blocks
 from lt_bench.errors import InputValidationError
 
 log = logging.getLogger(__name__)
@@ -31,8 +32,6 @@ log = logging.getLogger(__name__)
 RULES = ("sum", "prob_mean", "weighted_sum")
 #: the default upper bound of a fitted member weight (backdoor_learned's ``max_weight``)
 MAX_WEIGHT = 100.0
-#: elements (rows × K) of one row block of the weight fit's float64 temporaries (8 MiB)
-BLOCK_ELEMENTS = 2**20
 
 
 def stack(logits: list[np.ndarray]) -> np.ndarray:
@@ -105,8 +104,7 @@ def fit_member_weights(val_logits: list[np.ndarray], labels: np.ndarray,
     rows = np.arange(len(y))
     # (M, N): each member's true-class logit
     z_true = np.stack([zc[rows, y] for zc in zs]).astype(np.float64)
-    step = max(1, BLOCK_ELEMENTS // shape[2])
-    blocks = [slice(a, a + step) for a in range(0, len(y), step)]
+    blocks = row_blocks(len(y), shape[2])
 
     def nll_and_grad(w):
         s = np.zeros(shape[1:])

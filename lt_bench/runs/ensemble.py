@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from lt_bench.blocks import row_blocks
 from lt_bench.errors import InputValidationError
 from lt_bench.io import read_json, sha256_cached
 from lt_bench.methods import METHODS
@@ -55,11 +56,6 @@ ABLATION_KEYS = ("top1", *D_GROUPS)
 COMPUTE_KEYS = ("n_trainable_params", "inference_cost", "train_seconds")
 #: predictor.json keys that are not the combiner's state
 _SPEC_KEYS = ("kind", "method", "members")
-#: elements (rows × K) of a row block combined at once: each member's block in float64 is
-#: 8 MiB whatever N (iNat2018's K = 8,142: 128 rows), so a rule's temporaries (prob_mean's
-#: log-sum-exps copy the (M, rows, K) stack ~6 times) stay ~0.2 GB, where the (M, N, K)
-#: float64 stack of three members of iNat2018's test split alone was 4.8 GB
-BLOCK_ELEMENTS = 2**20
 
 
 def combine_blocks(method: type[EnsembleMethod], logits: list[np.ndarray],
@@ -67,12 +63,13 @@ def combine_blocks(method: type[EnsembleMethod], logits: list[np.ndarray],
                    block_rows: int | None = None) -> np.ndarray:
     """``method.combine(logits, state)`` cast to ``dtype``, computed in row blocks into
     ``out`` (allocated if None): the same bits as one call, as every combine is row by row
-    (lt_bench/methods/_combine.py), and memory bounded by one block of the members."""
+    (lt_bench/methods/_combine.py), and memory bounded by one block of the members (each
+    member's block 8 MiB in float64 whatever N, lt_bench/blocks.py: the (M, N, K) float64
+    stack of three members of iNat2018's test split alone was 4.8 GB)."""
     n, k = np.shape(logits[0])
-    step = block_rows or max(1, BLOCK_ELEMENTS // max(k, 1))
     out = np.empty((n, k), dtype) if out is None else out
-    for a in range(0, n, step):
-        out[a:a + step] = method.combine([z[a:a + step] for z in logits], state)
+    for b in row_blocks(n, k, block_rows):
+        out[b] = method.combine([z[b] for z in logits], state)
     return out
 
 
@@ -283,7 +280,7 @@ def ensemble_run(members: list[Path | str], out_dir: Path | str, method: str = "
     loader = EnsembleRun(run_dirs, type(m), {})  # reads member logits only
     # one split's member logits at a time (iNat2018: 3 × 0.8 GB float32 per split) and the
     # combines in row blocks: val first (the fits, every subset's for the M-ablation), then
-    # test (lt_bench/runs/ensemble.py BLOCK_ELEMENTS; benchmarks/README.md)
+    # test (lt_bench/blocks.py; benchmarks/README.md)
     y_val, z_val = loader.member_logits("val")
     t0 = time.time()
     # fitted on val only: test logits never reach the fit
