@@ -141,18 +141,21 @@ def suite_extract(config: dict[str, Any], suite: str) -> dict[str, Any]:
     return {**(config.get("extract") or {}), **own}
 
 
-def reads_fivecrop(config: dict[str, Any], method: str, datasets: list[str]) -> bool:
-    """Whether ``method`` (or, for an ensemble, its members) reads the five-crop view on one
-    of ``datasets``: a ``_tte`` twin (``view: fivecrop``), or an ensemble of such twins."""
+def fivecrop_reader(config: dict[str, Any], method: str,
+                    datasets: list[str]) -> tuple[str, str] | None:
+    """Where ``method`` reads the five-crop view: ``(method, dataset)`` for a ``_tte`` twin
+    (``view: fivecrop``), ``(its member, dataset)`` for an ensemble of such twins; None
+    where it reads none of ``datasets``' five crops. The one decision behind ``methods:
+    all`` and the plan's check of a suite without five-crop features."""
     cls = method_class(config, method)
     for d in datasets:
         hp = method_hparams(config, method, d)
         if cls.consumes == "features" and hp.get("view") == "fivecrop":
-            return True
+            return method, d
         if cls.consumes == "runs" and hp.get("members") not in (None, method) \
-                and reads_fivecrop(config, hp["members"], [d]):
-            return True
-    return False
+                and (hit := fivecrop_reader(config, hp["members"], [d])):
+            return hit
+    return None
 
 
 def all_methods(config: dict[str, Any], suite: str) -> list[str]:
@@ -174,7 +177,7 @@ def all_methods(config: dict[str, Any], suite: str) -> list[str]:
         if cls.consumes == "runs" and getattr(cls, "vary", None) == "backbone" \
                 and len(s["backbones"]) < cls.min_members:
             continue
-        if no_crops and reads_fivecrop(config, n, s["datasets"]):
+        if no_crops and fivecrop_reader(config, n, s["datasets"]):
             continue
         out.append(n)
     return out

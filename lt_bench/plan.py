@@ -16,6 +16,7 @@ from typing import Any
 
 from lt_bench.config import (
     ConfigError,
+    fivecrop_reader,
     method_class,
     method_hparams,
     method_names,
@@ -64,16 +65,12 @@ class Plan:
         the method and the fix, not a failed head job after the extraction."""
         if suite_extract(self.config, suite.name).get("tte", "none") != "none":
             return
-        names = list(suite.methods) + [self.runs_method(m, d).member_method
-                                       for m in suite.methods if self.consumes(m) == "runs"
-                                       for d in suite.datasets]
-        for m in dict.fromkeys(names):
-            for d in suite.datasets:
-                if self.consumes(m) == "features" and self.hparams(m, d).get("view") == "fivecrop":
-                    raise ConfigError(
-                        f"suites.{suite.name}.methods: {m!r} reads the five-crop view (view: "
-                        f"fivecrop) on {d}, which extract.tte: none does not store; set "
-                        f"suites.{suite.name}.extract: {{tte: both}} (centre and five crops)")
+        for m in suite.methods:
+            if hit := fivecrop_reader(self.config, m, suite.datasets):
+                raise ConfigError(
+                    f"suites.{suite.name}.methods: {hit[0]!r} reads the five-crop view (view: "
+                    f"fivecrop) on {hit[1]}, which extract.tte: none does not store; set "
+                    f"suites.{suite.name}.extract: {{tte: both}} (centre and five crops)")
 
     # --- datasets ------------------------------------------------------------------------
 
