@@ -203,18 +203,22 @@ def train_runs(features_dir: Path, runs: list[dict[str, Any]], *, prior: Path | 
         tune = may_tune(feats.meta.get("dataset"))
     # fits kept for a later run of this job that differs only in view (keys seen twice)
     keys = [view_free_share_key(r, m) for r, m in zip(runs, methods, strict=True)]
-    shared = {k: None for k in keys if k is not None and keys.count(k) > 1}
+    shared: dict[str, tuple | None] = {k: None for k in keys
+                                       if k is not None and keys.count(k) > 1}
     out = []
-    for i, (r, m) in enumerate(zip(runs, methods, strict=True), 1):
+    for i, (r, m, k) in enumerate(zip(runs, methods, keys, strict=True), 1):
         log.info("run %d/%d: %s seed %s -> %s", i, len(runs), r["method"], r["seed"], r["out"])
         out.append(_fit_one(feats, r, m, tune=tune, device=device, reuse_dir=reuse_dir,
-                            shared=shared))
+                            shared=shared, share=k if k in shared else None))
     return out
 
 
 def _fit_one(feats: _Features, run: dict[str, Any], m, *, tune: bool, device: str,
-             reuse_dir: Path | None, shared: dict | None = None) -> dict[str, Any]:
-    """One run of ``train_runs``: ``m`` is its method, built from ``run["params"]``."""
+             reuse_dir: Path | None, shared: dict[str, tuple | None],
+             share: str | None) -> dict[str, Any]:
+    """One run of ``train_runs``: ``m`` is its method, built from ``run["params"]``;
+    ``share`` its key in ``shared`` (fit, run folder) where another run of the job shares
+    its fit (:func:`view_free_share_key`), else None."""
     from lt_bench.features.eval_views import default_view, resolve_view, split_view
     from lt_bench.methods import FitContext
     from lt_bench.runs import reuse
@@ -250,14 +254,13 @@ def _fit_one(feats: _Features, run: dict[str, Any], m, *, tune: bool, device: st
                      train_views=feats.views, device_memo=feats.device_memo)
     unfinish(out_dir)
     t0 = time.time()
-    share = view_free_share_key(run, m) if shared is not None else None
-    if share in (shared or {}) and shared[share] is not None:  # la_tte after la: one fit
+    if share is not None and shared[share] is not None:  # la_tte after la: one fit
         first, by = shared[share]
         result = replace(first, info={**first.info, "fit_shared_with": by})
         log.info("%s: the fit of %s (only the view differs)", out_dir, by)
     else:
         result = m.fit(ctx)
-        if share in (shared or {}):
+        if share is not None:
             shared[share] = (result, str(out_dir))
     fit_seconds = time.time() - t0
     result.predictor.save(out_dir)
