@@ -20,6 +20,8 @@ SHAPES = {
     "inat2018": (8142, 437_513, 24_426, 24_426, 500.0),
 }
 LOGIT_SCALE = 30.0
+#: LIFT's five-crop TTE: crops per val/test image (lt_bench/backbones/transforms.py)
+CROPS = 5
 
 
 # --- synthesis ---------------------------------------------------------------------------
@@ -49,8 +51,10 @@ class World:
         self.classnames = [f"class_{i:05d}" for i in range(k)]
 
 
-def write_features(world: World, backbone: str, out: Path, seed: int) -> dict[str, np.ndarray]:
-    """The features folder of one (dataset, backbone): {split}.parquet and text.parquet."""
+def write_features(world: World, backbone: str, out: Path, seed: int,
+                   tte: bool = True) -> dict[str, np.ndarray]:
+    """The features folder of one (dataset, backbone): {split}.parquet (val/test with their
+    five crops unless ``tte`` is false) and text.parquet; the centre features by split."""
     from lt_bench.features.store import (
         features_table,
         read_features,
@@ -66,17 +70,24 @@ def write_features(world: World, backbone: str, out: Path, seed: int) -> dict[st
     feats = {}
     for split, y in world.labels.items():
         x = np.empty((len(y), D), np.float16)
+        # the suite's extraction: `extract: {tte: both}` (config.yaml): val/test also carry
+        # the five crops (lt_bench/features/extract.py), read by the `*_tte` twins
+        crops = np.empty((len(y), CROPS, D), np.float16) if tte and split != "train" else None
         for i in range(0, len(y), 32768):  # chunks: iNat's train is 437.5k x 768
             yy = y[i:i + 32768]
             x[i:i + len(yy)] = (1.2 * world.means[yy] * np.sqrt(D)
                                 + rng.standard_normal((len(yy), D), np.float32)) / np.sqrt(D)
+            if crops is not None:
+                crops[i:i + len(yy)] = x[i:i + len(yy), None, :] + 0.3 * rng.standard_normal(
+                    (len(yy), CROPS, D), np.float32) / np.sqrt(D)
         split_file = out / f"{split}.split.txt"  # stands in for the split list's hash
         split_file.write_text(f"{world.dataset} {split} {len(y)}\n")
-        meta = {**base, "split": split, "split_sha256": sha256_file(split_file)}
+        meta = {**base, "split": split, "split_sha256": sha256_file(split_file),
+                **({"tte": "synthetic", "default_view": "centre"} if crops is not None else {})}
         split_file.unlink()
         paths = [f"{split}/{i}.jpg" for i in range(len(y))]
-        write_table(features_table(paths, y, x, meta), out / f"{split}.parquet")
-        del x
+        write_table(features_table(paths, y, x, meta, crops=crops), out / f"{split}.parquet")
+        del x, crops
         feats[split] = read_features(out / f"{split}.parquet").features  # what runs see
     emb = world.means / np.linalg.norm(world.means, axis=1, keepdims=True)
     write_text_embeddings(out / "text.parquet", world.classnames, emb,
@@ -109,14 +120,54 @@ def _unit(x):
 KNN_EXACT_MAC = 2e11
 
 
+#: rank of a synthetic head's weight noise (``HeadLogits``)
+NOISE_RANK = 32
+#: the methods whose synthetic head carries a logit adjustment (−½ log π)
+ADJUSTED = ("la", "bs", "la_posthoc", "gla", "gla_train", "lade", "tau_norm")
+
+
+class HeadLogits:
+    """The synthetic heads' logits on one features folder, cheaply: a head's weights are
+    ``W = M + c·A·B`` (the class means M plus rank-``NOISE_RANK`` noise, A: K × r, B: r × D),
+    so ``f̂ Wᵀ = f̂ Mᵀ + c·(f̂ Bᵀ) Aᵀ`` with ``f̂ Mᵀ`` computed once per split here; a run
+    costs N × K × r instead of a full N × D × K product (iNat2018: 9.6 s → < 1 s a run,
+    profiled at F = 1). The saved predictor is that W: the seam's rebuild equals these
+    logits up to rounding."""
+
+    def __init__(self, world: World, feats: dict[str, np.ndarray]):
+        self.world = world
+        self.unit = {s: _unit(feats[s].astype(np.float32)) for s in ("val", "test")}
+        self.means = {s: self.unit[s] @ world.means.T for s in ("val", "test")}
+
+    def head(self, rng, noise: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(W, A, B) of one run: entries of c·A·B have the variance of noise² / D."""
+        k = self.world.k
+        a = rng.standard_normal((k, NOISE_RANK), np.float32)
+        b = rng.standard_normal((NOISE_RANK, D), np.float32) * np.float32(
+            noise / np.sqrt(D * NOISE_RANK))
+        return self.world.means + a @ b, a, b
+
+    def logits(self, split: str, w, a, b, bias) -> np.ndarray:
+        z = (self.unit[split] @ b.T) @ a.T
+        z += self.means[split]
+        z *= (LOGIT_SCALE / np.maximum(np.linalg.norm(w, axis=1), 1e-12)).astype(np.float32)
+        if bias is not None:
+            z += bias
+        return z
+
+
 def feature_run(world, backbone, method, seed, feats, fdir: str, out: Path, q, prior: str,
-                train_sha: str, shas: dict, exact: bool = False):
+                train_sha: str, shas: dict, exact: bool = False, params: dict | None = None,
+                cache: HeadLogits | None = None):
     """One head-job run: the method's predictor (linear, or k-NN), its logits, write_run.
-    ``exact``: the logits are the seam's (``split_features_logits`` of the saved predictor,
-    float64, every k-NN search real), so ``lt-bench logits`` of every synthetic run equals
-    its metrics' (a before/after of significance on these files compares like with like);
-    otherwise a float32 product (equal up to rounding) and k-NN as ``KNN_EXACT_MAC`` says."""
-    from lt_bench.features.store import FeatureSplit
+    ``exact``: the logits are the seam's (``split_features_logits`` of the saved predictor on
+    the run's view, float64, every k-NN search real), so ``lt-bench logits`` of every
+    synthetic run equals its metrics' (a before/after of significance on these files
+    compares like with like); otherwise ``HeadLogits``' float32 products on the centre view
+    (a five-crop twin's too: equal to the seam's up to rounding and the crops) and k-NN as
+    ``KNN_EXACT_MAC`` says."""
+    from lt_bench.features.eval_views import split_view
+    from lt_bench.features.store import read_features
     from lt_bench.methods._predictor import (
         LinearPredictor,
         LinearTerm,
@@ -124,37 +175,43 @@ def feature_run(world, backbone, method, seed, feats, fdir: str, out: Path, q, p
     )
     from lt_bench.runs.folder import write_run
 
+    params = params or {}
+    view = "fivecrop" if params.get("view") == "fivecrop" else "centre"
+    base_method = method.removesuffix("_tte")
+    cache = cache or HeadLogits(world, feats)
     rng = np.random.default_rng(abs(hash((world.dataset, backbone, method, seed))) % 2**32)
     out.mkdir(parents=True, exist_ok=True)
     history = []
     noise = 0.6 + 0.1 * (hash(method) % 5)
-    w = world.means + noise * rng.standard_normal(world.means.shape).astype(np.float32) \
-        / np.sqrt(D)
+    w, a, b = cache.head(rng, noise)
     bias = None
-    if method in ("la", "bs", "la_posthoc", "gla", "gla_train", "lade", "tau_norm"):
+    if base_method in ADJUSTED:
         bias = (-np.log(world.counts / world.counts.sum())).astype(np.float32) * 0.5
-    wn = _unit(w)
-    logits = {s: (LOGIT_SCALE * _unit(feats[s]) @ wn.T
-                  + (0 if bias is None else bias)).astype(np.float32)
-              for s in ("val", "test")}
-    if method == "knn":
+    logits = {s: cache.logits(s, w, a, b, bias) for s in ("val", "test")}
+
+    def seam_split(s):
+        return split_view(read_features(f"{fdir}/{s}.parquet"), view, fdir)
+
+    if base_method == "knn":
         from lt_bench.methods.knn import KNNPredictor
 
         pred = KNNPredictor(10, 0.07, f"{fdir}/train.parquet", train_sha, world.k)
-        macs = sum(len(feats[s]) for s in ("val", "test")) * len(world.labels["train"]) * D
+        crops = 1 if view == "centre" else CROPS
+        macs = sum(len(feats[s]) for s in ("val", "test")) * crops * len(
+            world.labels["train"]) * D
         if exact or macs <= KNN_EXACT_MAC:
-            logits = {s: pred.logits(feats[s]) for s in ("val", "test")}
+            logits = {s: split_features_logits(pred, seam_split(s)) for s in ("val", "test")}
     else:
         pred = LinearPredictor([LinearTerm(w, scale=LOGIT_SCALE)], bias)
         if exact:
-            logits = {s: split_features_logits(pred, FeatureSplit(
-                [], world.labels[s], feats[s])) for s in ("val", "test")}
-        if method not in ("zero_shot", "tau_norm", "la_posthoc", "gla"):
+            logits = {s: split_features_logits(pred, seam_split(s)) for s in ("val", "test")}
+        if base_method not in ("zero_shot", "tau_norm", "la_posthoc", "gla"):
             history = [{"epoch": e, "train_loss": 2.0 / (e + 1), "val_top1": 0.5, "lr": 0.01}
                        for e in range(10)]
     pred.save(out)
-    config = {"method": method, "consumes": "features", "hparams": {}, "seed": seed,
+    config = {"method": method, "consumes": "features", "hparams": params, "seed": seed,
               "dataset": world.dataset, "backbone": backbone, "features_dir": fdir,
+              "view": view,
               **shas, "num_classes": world.k,
               "prior": prior, "tune": True, "device": "cpu", "base_runs": {},
               "fit_key": "synthetic"}
@@ -250,12 +307,14 @@ def synthesize(root: Path, fraction: float, datasets: list[str], exact: bool = F
             t0 = time.time()
             jobs = [plan.head_runs(d, b, seed) for seed in s.seeds] + [plan.head_runs(d, b)]
             wanted = set(plan.combine_inputs(d, s.seeds[0])) if combine_only else None
+            cache = HeadLogits(world, feats)
             for job in jobs:
                 for r in job:
                     if wanted is not None and f"{r['out']}/metrics.json" not in wanted:
                         continue
                     feature_run(world, b, r["method"], r["seed"], feats, fdir, Path(r["out"]),
-                                q, prior, train_sha, shas, exact)
+                                q, prior, train_sha, shas, exact, r["params"], cache)
+            del cache
             t["feature runs"] += time.time() - t0
             t0 = time.time()
             for (dd, bb, m, seed) in plan.per_backbone_runs(consumes="images"):

@@ -120,6 +120,35 @@ def test_a_head_of_view_fivecrop_reads_the_crop_average(folders):
     assert json.loads((r_auto / "config.json").read_text())["view"] == "centre"
 
 
+def test_five_crop_logits_go_a_row_block_of_images_at_a_time(folders, monkeypatch):
+    """A linear head's crop logits (N·C × K float64 in one call: 8 GB at iNat2018's test)
+    go a row block of images at a time into one float32 output: each call holds at most
+    the block's crops, the result is the crops' mean of the one whole call (which the
+    toy-sized split still makes: one block)."""
+    from lt_bench.methods import _predictor
+    from lt_bench.runs.predictors import load_run_predictor
+
+    run = _fit(folders, "la_blocks", "la", "both", hparams={**FAST, "view": "fivecrop"})
+    pred = load_run_predictor(run)
+    split = split_view(read_features(folders["both"] / "test.parquet"), "fivecrop",
+                       folders["both"])
+    n, c, d = split.crops.shape
+    k = pred.terms[0].weight.shape[0]
+    whole = pred.logits(split.crops.reshape(n * c, d).astype(np.float32))
+    whole = whole.reshape(n, c, k).mean(1)
+    rows, logits = [], pred.logits
+    monkeypatch.setattr(pred, "logits", lambda x: rows.append(len(x)) or logits(x))
+    np.testing.assert_array_equal(_predictor.split_features_logits(pred, split), whole)
+    assert rows == [n * c]  # the toy split: one block, the bits of one call
+    rows.clear()
+    monkeypatch.setattr(_predictor, "CROP_BLOCK_ELEMENTS", 7 * c * k)  # 7 images a block
+    blocked = _predictor.split_features_logits(pred, split)
+    assert blocked.dtype == np.float32 and blocked.shape == (n, k)
+    assert max(rows) == 7 * c and sum(rows) == n * c and len(rows) == -(-n // 7)
+    np.testing.assert_allclose(blocked, whole, rtol=1e-6, atol=1e-5)
+    np.testing.assert_array_equal(blocked.argmax(1), whole.argmax(1))
+
+
 def test_numbers_are_unchanged_for_none_and_fivecrop(folders):
     """auto on a none extraction is the centre and on a fivecrop one the crops, as before
     views: the same runs on both's explicit views give bit-identical logits."""
