@@ -211,8 +211,8 @@ def head_job(root: Path, dataset: str, fraction: float, epochs: int,
     if methods:
         keep = set(methods)
         runs = [r for r in runs if r["method"] in keep]
-    for r in runs:
-        if "epochs" in _defaults(r["method"]):
+    for r in runs:  # the plan's params are the method's (or variant's) whole hparams
+        if "epochs" in r["params"]:
             r["params"] = {**r["params"], "epochs": epochs}
     env = {**os.environ, "PYTHONPATH": str(code)}
     args = ["fit", "--features-dir", str(fdir), "--prior", f"results/prior/{dataset}/{b}.parquet",
@@ -225,13 +225,6 @@ def head_job(root: Path, dataset: str, fraction: float, epochs: int,
     return {"fraction": fraction, "n_train": n_train, "k": world.k, "methods": len(runs),
             "wall": wall, "rss": rss, "synth": synth,
             "features_f32_mib": n_train * D * 4 / 2**20}
-
-
-def _defaults(method: str) -> dict:
-    from lt_bench.methods import METHODS
-
-    cls = METHODS.get(method)
-    return dict(getattr(cls, "defaults", {}) or {})
 
 
 # --- output ------------------------------------------------------------------------------
@@ -293,6 +286,9 @@ def main(argv=None) -> None:
     ap.add_argument("--code", default=str(REPO),
                     help="the tree whose lt_bench the measured jobs import (e.g. a `git "
                          "archive` of a baseline commit): a before/after on the same files")
+    ap.add_argument("--jobs", type=int, default=1,
+                    help="ensemble jobs run side by side (as `snakemake --cores N` would; each "
+                         "one thread), e.g. 2 on a 2-core machine")
     ap.add_argument("--epochs", type=int, default=1, help="--head-job: epochs per trained head")
     ap.add_argument("--methods", nargs="+", help="--head-job: only these head methods")
     ap.add_argument("--max-steps", type=int,
@@ -341,7 +337,7 @@ def main(argv=None) -> None:
             root.mkdir(parents=True)
             print(f"F = {f:g}: synthesizing under {root} ...", flush=True)
             t0 = time.time()
-            synth, ens_rows = synthesize(root, f, a.datasets, a.exact, code)
+            synth, ens_rows = synthesize(root, f, a.datasets, a.exact, code, parallel=a.jobs)
             ens += [{**r, "fraction": f} for r in ens_rows]
             print(f"  synthesis {time.time() - t0:.0f} s: "
                   + ", ".join(f"{k} {v:.0f} s" for k, v in synth.items()), flush=True)

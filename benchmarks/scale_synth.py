@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from scale_measure import REPO, lt, measure
+from scale_measure import REPO, lt, measure, tree_bytes
 
 D = 768
 #: (K, train, val, test, head/tail ratio of the train counts): LIFT's split lists
@@ -260,25 +260,34 @@ def ensemble_jobs(plan, d: str, seeds) -> list[tuple[str, list[dict]]]:
     return jobs + ([("ensemble_of_runs (all)", rest)] if rest else [])
 
 
-def run_ensemble_jobs(plan, root: Path, d: str, jobs, code: Path) -> list[dict]:
+def run_ensemble_jobs(plan, root: Path, d: str, jobs, code: Path, parallel: int = 1) -> list[dict]:
     """Each ensemble job as the workflow runs it (``lt-bench combine --runs``, a process of
-    its own, lt_bench imported from ``code``): wall, peak RSS, bytes written."""
+    its own, lt_bench imported from ``code``, one thread: the rules' ``threads: 1``): wall,
+    peak RSS, bytes written (its runs' folders). ``parallel`` jobs at a time, as
+    ``snakemake --cores N`` runs these independent jobs side by side."""
+    from concurrent.futures import ThreadPoolExecutor
+
     (root / "logs").mkdir(exist_ok=True)
-    env = {**os.environ, "PYTHONPATH": str(code)}
-    rows = []
-    for job, runs in jobs:
+    env = {**os.environ, "PYTHONPATH": str(code), "OMP_NUM_THREADS": "1"}
+
+    def one(i_job):
+        i, (job, runs) = i_job
         cmd = lt(*plan.run_list_variants(runs), "combine", "--runs", json.dumps(runs))
-        log = root / "logs" / f"{job.split()[0]}_{d}_{len(rows)}.log"
-        wall, rss, nbytes = measure(cmd, root, log, env)
-        rows.append({"stage": job, "dataset": d, "runs": len(runs), "wall": wall, "rss": rss,
-                     "bytes": nbytes})
+        log = root / "logs" / f"{job.split()[0]}_{d}_{i}.log"
+        wall, rss, _ = measure(cmd, root, log, env)
+        nbytes = sum(tree_bytes(root / r["out"]) for r in runs)
         print(f"  {job:22s} {d:12s} {len(runs):3d} runs {wall:8.1f} s {rss:8.0f} MiB "
               f"{nbytes / 2**20:9.1f} MiB", flush=True)
-    return rows
+        return {"stage": job, "dataset": d, "runs": len(runs), "wall": wall, "rss": rss,
+                "bytes": nbytes}
+
+    with ThreadPoolExecutor(max(1, parallel)) as pool:
+        return list(pool.map(one, enumerate(jobs)))
 
 
 def synthesize(root: Path, fraction: float, datasets: list[str], exact: bool = False,
-               code: Path = REPO, combine_only: bool = False) -> tuple[dict[str, float], list]:
+               code: Path = REPO, combine_only: bool = False,
+               parallel: int = 1) -> tuple[dict[str, float], list]:
     """Every file of the paper suite's GPU stages under root/results; seconds per part and
     the ensemble jobs' rows. ``combine_only``: only the member runs of seed 0's combine_runs
     job and that job (its memory at the dataset's shape; ``--combine-job``)."""
@@ -325,7 +334,8 @@ def synthesize(root: Path, fraction: float, datasets: list[str], exact: bool = F
             del feats
         t0 = time.time()
         jobs = ensemble_jobs(plan, d, s.seeds)
-        ens_rows += run_ensemble_jobs(plan, root, d, jobs[:1] if combine_only else jobs, code)
+        ens_rows += run_ensemble_jobs(plan, root, d, jobs[:1] if combine_only else jobs, code,
+                                      parallel)
         t["ensembles"] += time.time() - t0
     return t, ens_rows
 
