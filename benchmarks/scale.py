@@ -215,7 +215,7 @@ def head_job(root: Path, dataset: str, fraction: float, epochs: int,
         if "epochs" in r["params"]:
             r["params"] = {**r["params"], "epochs": epochs}
     env = {**os.environ, "PYTHONPATH": str(code)}
-    args = ["fit", "--features-dir", str(fdir), "--prior", f"results/prior/{dataset}/{b}.parquet",
+    args = [*plan.run_list_variants(runs), "fit", "--features-dir", str(fdir), "--prior", f"results/prior/{dataset}/{b}.parquet",
             "--runs", json.dumps(runs), "--threads", "1"]
     cmd = (lt(*args) if max_steps is None else  # benchmarks/scale_bounded_fit.py
            [sys.executable, str(REPO / "benchmarks/scale_bounded_fit.py"), str(max_steps), *args])

@@ -40,6 +40,33 @@ def test_neighbours_and_votes_match_brute_force():
         assert (z.argmax(1) == p.argmax(1)).all()
 
 
+def _votes_in_one_call(sims, neighbour_labels, k, temperature, num_classes):
+    """The whole-split computation the row blocks replace (float64 votes of every row)."""
+    s = sims[:, :k].astype(np.float64)
+    w = np.exp((s - s[:, :1]) / temperature)
+    votes = np.zeros((len(s), num_classes))
+    np.add.at(votes, (np.arange(len(s))[:, None], neighbour_labels[:, :k]), w)
+    votes /= votes.sum(1, keepdims=True)
+    return np.log(votes + 1e-6).astype(np.float32)
+
+
+def test_votes_go_a_row_block_of_images_at_a_time(monkeypatch):
+    """Blocks of 3 images (of 1 row, or of 5 crops each) give the bits of one whole call;
+    with crops, an image's logits are the mean of its crops' logits."""
+    import lt_bench.blocks
+
+    rng = np.random.default_rng(3)
+    train, labels = rng.normal(size=(60, 6)), rng.integers(0, 7, 60)
+    queries = rng.normal(size=(11 * 5, 6))  # 11 images x 5 crops, crops in turn
+    sims, idx = knn_neighbours(queries, train, 8)
+    whole = _votes_in_one_call(sims, labels[idx], 8, 0.07, 7)
+    monkeypatch.setattr(lt_bench.blocks, "BLOCK_ELEMENTS", 3 * 5 * 7)
+    np.testing.assert_array_equal(knn_vote_logits(sims, labels[idx], 8, 0.07, 7, crops=5),
+                                  whole.reshape(11, 5, 7).mean(1))
+    monkeypatch.setattr(lt_bench.blocks, "BLOCK_ELEMENTS", 3 * 7)
+    np.testing.assert_array_equal(knn_vote_logits(sims, labels[idx], 8, 0.07, 7), whole)
+
+
 def test_knn_run_tunes_k_and_rebuilds_logits(tmp_path):
     fd = make_features_dir(tmp_path / "f")
     train, val, test = (read_features(fd / f"{s}.parquet") for s in ("train", "val", "test"))

@@ -134,13 +134,16 @@ def split_features_logits(predictor, split) -> np.ndarray:
     C × K columns), the crops' mean written into one float32 N × K output: the whole split's
     crops at once are N·C × K float64 (iNat2018's test: 24,426 × 5 × 8,142 = 8 GB, and a
     float32 copy) in every head job, ensemble and ``lt-bench logits`` of a TTE twin. A split
-    that fits one block (the toy world's) is computed as one call, as before. k-NN keeps one
-    call: its neighbour search of all crops is what it caches (``knn_logits``)."""
+    that fits one block (the toy world's) is computed as one call, as before. k-NN searches
+    the neighbours of all crops at once (what it caches) and votes a block at a time
+    (``knn_vote_logits``)."""
     crops = getattr(split, "crops", None)
     if crops is None:
         return predictor.logits(split.features)
     n, c, d = crops.shape
-    if not isinstance(predictor, LinearPredictor):
+    if getattr(predictor, "kind", None) == "knn":
+        return predictor.logits(crops.reshape(n * c, d).astype(np.float32), crops=c)
+    if not isinstance(predictor, LinearPredictor):  # a kind of another floor: one call
         z = predictor.logits(crops.reshape(n * c, d).astype(np.float32))
         return z.reshape(n, c, -1).mean(1).astype(np.float32)
     k = predictor.terms[0].weight.shape[0]

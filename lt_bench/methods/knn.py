@@ -38,6 +38,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from lt_bench.blocks import row_blocks
 from lt_bench.errors import InputValidationError, MissingInputError
 from lt_bench.io import sha256_file
 from lt_bench.methods._base import METHODS, FitContext, FitResult, Method
@@ -84,14 +85,27 @@ def knn_neighbours(queries: np.ndarray, train: np.ndarray, k: int,
 
 
 def knn_vote_logits(sims: np.ndarray, neighbour_labels: np.ndarray, k: int,
-                    temperature: float, num_classes: int) -> np.ndarray:
-    """Logits ``log(p_c + 1e-6)`` from the first ``k`` neighbours' weighted votes."""
-    s = sims[:, :k].astype(np.float64)
-    w = np.exp((s - s[:, :1]) / temperature)  # shift by the max: the shares are unchanged
-    votes = np.zeros((len(s), num_classes))
-    np.add.at(votes, (np.arange(len(s))[:, None], neighbour_labels[:, :k]), w)
-    votes /= votes.sum(1, keepdims=True)
-    return np.log(votes + EPS).astype(np.float32)
+                    temperature: float, num_classes: int, crops: int = 1) -> np.ndarray:
+    """Logits ``log(p_c + 1e-6)`` from the first ``k`` neighbours' weighted votes. With
+    ``crops`` > 1 the rows are each image's crops in turn, each crop votes on its own and an
+    image's logits are the mean of its crops' (a five-crop view).
+
+    A row block of images at a time (``lt_bench.blocks.row_blocks``), into one float32
+    output: the float64 votes and their log of a whole split are N·C × K each (iNat2018's
+    five-crop test: 8 GB apiece). Every step is row by row, so the blocks give the bits of
+    one whole call."""
+    n = len(sims) // crops
+    out = np.empty((n, num_classes), np.float32)
+    for rows in row_blocks(n, crops * num_classes):
+        a, b = rows.start * crops, min(rows.stop, n) * crops
+        s = sims[a:b, :k].astype(np.float64)
+        w = np.exp((s - s[:, :1]) / temperature)  # shift by the max: the shares are unchanged
+        votes = np.zeros((len(s), num_classes))
+        np.add.at(votes, (np.arange(len(s))[:, None], neighbour_labels[a:b, :k]), w)
+        votes /= votes.sum(1, keepdims=True)
+        z = np.log(votes + EPS).astype(np.float32)
+        out[rows] = z if crops == 1 else z.reshape(-1, crops, num_classes).mean(1)
+    return out
 
 
 def _digest(x: np.ndarray) -> bytes:
@@ -135,10 +149,12 @@ class KNNPredictor:
             self._train = (tr.features, tr.labels)
         return self._train
 
-    def logits(self, features: np.ndarray) -> np.ndarray:
+    def logits(self, features: np.ndarray, crops: int = 1) -> np.ndarray:
+        """Logits of the query rows; ``crops`` > 1: the rows are each image's crops in
+        turn, the logits one row per image, the mean of its crops' (``knn_vote_logits``)."""
         feats, labels = self._load()
         return knn_logits(features, feats, labels, self.k, self.temperature,
-                          self.num_classes, bank_key=self.train_sha256)
+                          self.num_classes, bank_key=self.train_sha256, crops=crops)
 
     def save(self, run_dir: Path) -> None:
         write_predictor_spec(run_dir, {
@@ -148,7 +164,8 @@ class KNNPredictor:
 
 
 def knn_logits(queries: np.ndarray, bank: np.ndarray, bank_labels: np.ndarray, k: int,
-               temperature: float, num_classes: int, bank_key=None) -> np.ndarray:
+               temperature: float, num_classes: int, bank_key=None,
+               crops: int = 1) -> np.ndarray:
     """k-NN logits of ``queries`` on ``bank``; queries identical to the bank (the same rows,
     bit for bit) are answered leave-one-out. ``bank_key`` (e.g. the bank file's sha256)
     names the bank in the cache of the last neighbour search."""
@@ -161,7 +178,7 @@ def knn_logits(queries: np.ndarray, bank: np.ndarray, bank_labels: np.ndarray, k
         _NEIGHBOURS.clear()
         _NEIGHBOURS[key] = knn_neighbours(queries, bank, k, exclude_self=same)
     sims, idx = _NEIGHBOURS[key]
-    return knn_vote_logits(sims, bank_labels[idx], k, temperature, num_classes)
+    return knn_vote_logits(sims, bank_labels[idx], k, temperature, num_classes, crops)
 
 
 def load_knn(folder) -> KNNPredictor:
@@ -223,9 +240,8 @@ class KNN(Method):
                 sims, idx = knn_neighbours(queries, ctx.train.features, max(grid))
                 neighbours.update(sims=sims, labels=ctx.train.labels[idx])
             z = knn_vote_logits(neighbours["sims"], neighbours["labels"], k,
-                                hp["temperature"], ctx.num_classes)
-            if crops is not None:
-                z = z.reshape(len(crops), crops.shape[1], -1).mean(1)
+                                hp["temperature"], ctx.num_classes,
+                                1 if crops is None else crops.shape[1])
             return top1(z, ctx.val.labels)
 
         k, info = choose("k", grid, default, val_top1, ctx)
