@@ -102,10 +102,15 @@ def write_prior_file(world: World, backbone: str, out: Path, seed: int) -> np.nd
     rng = np.random.default_rng([seed, world.k, 11])
     q = world.counts / world.counts.sum() * np.exp(0.3 * rng.standard_normal(world.k))
     q /= q.sum()
+    q5 = q * np.exp(0.05 * rng.standard_normal(world.k))  # the five-crop view's estimate
+    q5 /= q5.sum()
     out.parent.mkdir(parents=True, exist_ok=True)
+    # both views' q̂, as `lt-bench prior` writes it from `extract: {tte: both}` features
     write_prior(out, q, {"temperature": 1.0, "split": "val", "dataset": world.dataset,
-                         "backbone": backbone, "num_classes": world.k,
-                         "method": "synthetic (benchmarks/scale.py)"})
+                         "backbone": backbone, "num_classes": world.k, "view": "centre",
+                         "views": {"fivecrop": {"temperature": 1.0}},
+                         "method": "synthetic (benchmarks/scale.py)"},
+                views={"fivecrop": q5})
     return q
 
 
