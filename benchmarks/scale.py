@@ -19,6 +19,7 @@ which is why the per-fraction figures are printed too). Disk: N-sized files (fea
 fine-tuning's stored features, every run's predictions) scale by their real rows / rows
 written, K-sized ones (predictors, per-class tables) do not.
 
+``--prior-job DATASET``: one estimate_prior job (``lt-bench prior``, both val views).
 ``--head-job DATASET`` measures instead the memory of one head job (``lt-bench fit
 --runs`` with every head method of the plan at seed 0, features read once) at that
 dataset's shape × F, ``--epochs`` epochs per trained head (``--max-steps S``: each epoch
@@ -227,6 +228,26 @@ def head_job(root: Path, dataset: str, fraction: float, epochs: int,
             "features_f32_mib": n_train * D * 4 / 2**20}
 
 
+def prior_job(root: Path, dataset: str, fraction: float, code: Path = REPO) -> dict:
+    """One estimate_prior job (`lt-bench prior`, the rule's command) on one backbone's
+    synthetic features at the dataset's shape × F, both val views (extract tte both)."""
+    plan = paper_plan()
+    os.chdir(root)
+    b = plan.suite.backbones[0]
+    world = World(dataset, fraction)
+    fdir = Path(f"results/features/{dataset}/{b}")
+    t0 = time.time()
+    write_features(world, b, fdir, 0)
+    synth = time.time() - t0
+    env = {**os.environ, "PYTHONPATH": str(code), "OMP_NUM_THREADS": "1"}
+    (root / "logs").mkdir(exist_ok=True)
+    wall, rss, _ = measure(lt("prior", "--features-dir", str(fdir), "--out",
+                              f"results/prior/{dataset}/{b}.parquet"),
+                           root, root / "logs" / "prior_job.log", env)
+    return {"fraction": fraction, "n_val": len(world.labels["val"]), "k": world.k,
+            "wall": wall, "rss": rss, "synth": synth}
+
+
 # --- output ------------------------------------------------------------------------------
 
 def fit_line(fs: list[float], ys: list[float]) -> tuple[float, float]:
@@ -283,6 +304,9 @@ def main(argv=None) -> None:
                     help="measure instead one combine_runs job (seed 0's ensembles of feature "
                          "runs, `lt-bench combine --runs`) at this dataset's shape: only its "
                          "member runs are synthesized")
+    ap.add_argument("--prior-job", choices=list(SHAPES),
+                    help="measure instead one estimate_prior job (`lt-bench prior` on one "
+                         "backbone's features, both val views) at this dataset's shape")
     ap.add_argument("--code", default=str(REPO),
                     help="the tree whose lt_bench the measured jobs import (e.g. a `git "
                          "archive` of a baseline commit): a before/after on the same files")
@@ -314,6 +338,15 @@ def main(argv=None) -> None:
 
         return _rss_per_fraction(a, f"head_{a.head_job}", one_head_job)
     code = Path(a.code).resolve()
+    if a.prior_job:
+        def one_prior_job(root: Path, f: float) -> dict:
+            r = prior_job(root, a.prior_job, f, code)
+            print(f"  F={f:g}: val {r['n_val']:,} x K {r['k']:,}, both views (code {code}): "
+                  f"wall {r['wall']:.0f} s, peak RSS {r['rss']:,.0f} MiB (synthesis "
+                  f"{r['synth']:.0f} s)", flush=True)
+            return r
+
+        return _rss_per_fraction(a, f"prior_{a.prior_job}", one_prior_job)
     if a.combine_job:
         def one_combine_job(root: Path, f: float) -> dict:
             t0 = time.time()

@@ -45,7 +45,9 @@ class World:
         self.counts = train_counts(k, max(k, round(n_tr * fraction)), ratio)
         self.labels = {
             "train": np.repeat(np.arange(k), self.counts).astype(np.int64),
-            "val": rng.integers(0, k, max(k // 10, round(n_va * fraction))),
+            # val is class-balanced, as LIFT's val lists are (20 / 20 / 3 a class): the prior
+            # estimate (`lt-bench prior`) needs every class in it
+            "val": rng.permutation(np.arange(max(k // 10, round(n_va * fraction))) % k),
             "test": rng.integers(0, k, max(k // 10, round(n_te * fraction))),
         }
         self.classnames = [f"class_{i:05d}" for i in range(k)]

@@ -56,6 +56,26 @@ def test_full_estimator_with_temperature_recovers_planted_prior():
     assert 0.5 * np.abs(q_hat - q).sum() < 0.1
 
 
+def test_prior_estimate_goes_a_row_block_at_a_time(monkeypatch):
+    """At iNat2018's val (24,426 × 8,142) the whole-split softmaxes and cross-entropy held
+    several float64 N × K copies; blocked, the confidence is the same bits (row by row) and
+    q̂ / T the same optimum (the CE summed a block at a time: equal to ~1e-9); a split in
+    one block (the default here, as the toy world's) is the one call of before."""
+    import lt_bench.blocks
+
+    z, y, _ = planted(k=20, per_class=60, seed=4)
+    q_whole, t_whole = estimate_prior(z, y)
+    conf_whole = mean_confidence(z, 1.7)
+    # the one-block path is the original expression: the same bits as dividing first
+    np.testing.assert_array_equal(fit_prior(z, y, temperature=t_whole),
+                                  fit_prior(z / t_whole, y))
+    monkeypatch.setattr(lt_bench.blocks, "BLOCK_ELEMENTS", 7 * 20)  # 7 rows a block
+    assert mean_confidence(z, 1.7) == conf_whole
+    q_blocked, t_blocked = estimate_prior(z, y)
+    assert t_blocked == t_whole  # the temperature's root search reads the confidence only
+    np.testing.assert_allclose(q_blocked, q_whole, rtol=1e-7)
+
+
 def test_temperature_makes_confidence_equal_accuracy():
     rng = np.random.default_rng(0)
     z = rng.normal(0, 2, (4000, 10))

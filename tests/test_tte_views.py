@@ -125,6 +125,7 @@ def test_five_crop_logits_go_a_row_block_of_images_at_a_time(folders, monkeypatc
     go a row block of images at a time into one float32 output: each call holds at most
     the block's crops, the result is the crops' mean of the one whole call (which the
     toy-sized split still makes: one block)."""
+    import lt_bench.blocks
     from lt_bench.methods import _predictor
     from lt_bench.runs.predictors import load_run_predictor
 
@@ -141,7 +142,7 @@ def test_five_crop_logits_go_a_row_block_of_images_at_a_time(folders, monkeypatc
     np.testing.assert_array_equal(_predictor.split_features_logits(pred, split), whole)
     assert rows == [n * c]  # the toy split: one block, the bits of one call
     rows.clear()
-    monkeypatch.setattr(_predictor, "CROP_BLOCK_ELEMENTS", 7 * c * k)  # 7 images a block
+    monkeypatch.setattr(lt_bench.blocks, "CROP_BLOCK_ELEMENTS", 7 * c * k)  # 7 images a block
     blocked = _predictor.split_features_logits(pred, split)
     assert blocked.dtype == np.float32 and blocked.shape == (n, k)
     assert max(rows) == 7 * c and sum(rows) == n * c and len(rows) == -(-n // 7)
@@ -416,3 +417,24 @@ def test_a_twin_without_five_crop_features_stops_the_plan():
                     {"extract": {**bad["extract"], "tte": "both"}}):
             ok = Plan({**bad, **fix})
             assert ok.suite.methods == methods and ok.extract_options()["tte"] == "both"
+
+
+def test_the_prior_of_both_views_in_blocks(folders, tmp_path, monkeypatch):
+    """`lt-bench prior` with the crops' zero-shot logits and every N × K step in small
+    blocks (as at iNat2018's shape, where the whole computation peaked at > 14 GB): the
+    q̂ of each view and the temperatures of one whole call, up to the rounding of the
+    float32 zero-shot products (a BLAS product rounds by its row count)."""
+    import lt_bench.blocks
+    from lt_bench.prior import prior_from_features, read_prior
+
+    whole = tmp_path / "whole.parquet"
+    prior_from_features(folders["both"], whole)
+    monkeypatch.setattr(lt_bench.blocks, "CROP_BLOCK_ELEMENTS", 1)  # one image a block
+    monkeypatch.setattr(lt_bench.blocks, "BLOCK_ELEMENTS", 1)  # one row a block
+    blocked = tmp_path / "blocked.parquet"
+    prior_from_features(folders["both"], blocked)
+    a, b = read_prior(whole), read_prior(blocked)
+    assert b.temperature == pytest.approx(a.temperature, rel=1e-6)
+    np.testing.assert_allclose(b.q_hat, a.q_hat, rtol=1e-6)
+    np.testing.assert_allclose(b.views["fivecrop"][0], a.views["fivecrop"][0], rtol=1e-6)
+    assert b.views["fivecrop"][1] == pytest.approx(a.views["fivecrop"][1], rel=1e-6)

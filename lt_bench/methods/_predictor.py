@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lt_bench.blocks import row_blocks
+from lt_bench.blocks import crop_blocks
 from lt_bench.errors import InputValidationError
 from lt_bench.io import atomic_path
 from lt_bench.predictor_spec import (
@@ -120,23 +120,16 @@ def load_feature_predictor(folder):
     return load_predictor(folder)
 
 
-#: elements (images × crops × K) of one block of crop logits: 64 MiB of float64, 206 images ×
-#: 5 crops at iNat2018's K = 8,142; not lt_bench.blocks' 2**20: each call normalises the
-#: K × D weights again (~20 ms at that shape), which 25-image blocks would repeat ~1,000
-#: times a split (measured: 2**23 costs ~15 % over one whole call)
-CROP_BLOCK_ELEMENTS = 2**23
-
-
 def split_features_logits(predictor, split) -> np.ndarray:
     """Logits of ``predictor`` on a FeatureSplit, averaged over its test-time crops if any.
 
-    A linear predictor's crop logits go a row block of images at a time (``row_blocks`` over
-    C × K columns), the crops' mean written into one float32 N × K output: the whole split's
-    crops at once are N·C × K float64 (iNat2018's test: 24,426 × 5 × 8,142 = 8 GB, and a
-    float32 copy) in every head job, ensemble and ``lt-bench logits`` of a TTE twin. A split
-    that fits one block (the toy world's) is computed as one call, as before. k-NN searches
-    the neighbours of all crops at once (what it caches) and votes a block at a time
-    (``knn_vote_logits``)."""
+    A linear predictor's crop logits go a block of images at a time
+    (``lt_bench.blocks.crop_blocks``), the crops' mean written into one float32 N × K
+    output: the whole split's crops at once are N·C × K float64 (iNat2018's test: 24,426 ×
+    5 × 8,142 = 8 GB, and a float32 copy) in every head job, ensemble and ``lt-bench
+    logits`` of a TTE twin. A split that fits one block (the toy world's) is one call, as
+    before. k-NN searches the neighbours of all crops at once (what it caches) and votes a
+    block at a time (``knn_vote_logits``)."""
     crops = getattr(split, "crops", None)
     if crops is None:
         return predictor.logits(split.features)
@@ -148,7 +141,7 @@ def split_features_logits(predictor, split) -> np.ndarray:
         return z.reshape(n, c, -1).mean(1).astype(np.float32)
     k = predictor.terms[0].weight.shape[0]
     out = np.empty((n, k), np.float32)
-    for rows in row_blocks(n, c * k, rows=max(1, CROP_BLOCK_ELEMENTS // (c * k))):
+    for rows in crop_blocks(n, c, k):
         block = crops[rows]
         z = predictor.logits(block.reshape(-1, d).astype(np.float32))
         out[rows] = z.reshape(len(block), c, k).mean(1)

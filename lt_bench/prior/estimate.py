@@ -19,6 +19,7 @@ import math
 
 import numpy as np
 
+from lt_bench.blocks import row_blocks
 from lt_bench.errors import InputValidationError
 
 #: the temperature is searched in [1/T_BOUND, T_BOUND]
@@ -26,10 +27,17 @@ T_BOUND = 1e3
 
 
 def mean_confidence(logits: np.ndarray, temperature: float) -> float:
+    """Mean over rows of the max softmax probability of ``logits / temperature``; a row block
+    of float64 at a time (lt_bench/blocks.py: at iNat2018's val, 24,426 × 8,142, each whole
+    softmax held ~3 float64 copies of 1.6 GB, in every step of the temperature's root
+    search); row by row, so the bits of one whole call."""
     from scipy.special import softmax
 
-    return float(softmax(np.asarray(logits, dtype=np.float64) / temperature, axis=1)
-                 .max(1).mean())
+    n, k = np.shape(logits)
+    conf = np.empty(n)
+    for b in row_blocks(n, k):
+        conf[b] = softmax(np.asarray(logits[b], dtype=np.float64) / temperature, axis=1).max(1)
+    return float(conf.mean())
 
 
 def calibrate_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
@@ -55,13 +63,15 @@ def calibrate_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
     return math.exp(brentq(gap, lo, hi, xtol=1e-10, rtol=1e-10, maxiter=200))
 
 
-def fit_prior(logits: np.ndarray, labels: np.ndarray, max_iter: int = 500) -> np.ndarray:
-    """``argmin_q mean CE(z − log q, y)`` over the simplex (``z`` already divided by T)."""
+def fit_prior(logits: np.ndarray, labels: np.ndarray, max_iter: int = 500,
+              temperature: float = 1.0) -> np.ndarray:
+    """``argmin_q mean CE(z − log q, y)`` over the simplex, ``z = logits / temperature``
+    (divided a block at a time: no second N × K copy)."""
     import torch
 
-    z = torch.as_tensor(np.asarray(logits, dtype=np.float64))
+    logits = np.asarray(logits, dtype=np.float64)
     y = torch.as_tensor(np.asarray(labels, dtype=np.int64))
-    k = z.shape[1]
+    k = logits.shape[1]
     missing = np.setdiff1d(np.arange(k), np.unique(labels))
     if len(missing):
         raise InputValidationError(f"prior estimation needs every class in the labelled split; "
@@ -70,12 +80,27 @@ def fit_prior(logits: np.ndarray, labels: np.ndarray, max_iter: int = 500) -> np
     opt = torch.optim.LBFGS([theta], lr=1.0, max_iter=max_iter, tolerance_grad=1e-12,
                             tolerance_change=1e-14, history_size=50,
                             line_search_fn="strong_wolfe")
+    # the loss and its gradient a row block at a time: the whole split's cross-entropy held
+    # ~4 float64 N × K tensors (iNat2018's val: 1.6 GB each; `lt-bench prior` peaked at
+    # 10.8 GB where its SLURM job asks 4 GB). A split that fits one block (the toy world's)
+    # is the one call as before: the same bits; blocks sum per block (q̂ equal to ~1e-12)
+    blocks = row_blocks(len(y), k)
+    z = torch.as_tensor(logits / temperature if len(blocks) == 1 else logits)
 
     def closure():
         opt.zero_grad()
-        loss = torch.nn.functional.cross_entropy(z - torch.log_softmax(theta, 0), y)
-        loss.backward()
-        return loss
+        if len(blocks) == 1:
+            loss = torch.nn.functional.cross_entropy(z - torch.log_softmax(theta, 0), y)
+            loss.backward()
+            return loss
+        total = torch.zeros((), dtype=torch.float64)
+        for b in blocks:
+            loss = torch.nn.functional.cross_entropy(
+                z[b] / temperature - torch.log_softmax(theta, 0), y[b],
+                reduction="sum") / len(y)
+            loss.backward()
+            total += loss.detach()
+        return total
 
     opt.step(closure)
     return torch.softmax(theta.detach(), 0).numpy()
@@ -144,9 +169,9 @@ def estimate_prior(logits: np.ndarray, labels: np.ndarray,
         raise InputValidationError(f"prior solver {solver!r} is unknown; valid: "
                                    f"{', '.join(SOLVERS)}")
     t = calibrate_temperature(logits, labels) if temperature is None else float(temperature)
-    z = np.asarray(logits, dtype=np.float64) / t
     if solver == "argmin":
-        return fit_prior(z, labels), t
+        return fit_prior(logits, labels, temperature=t), t
+    z = np.asarray(logits, dtype=np.float64) / t
     # GLA uses log q as the loop leaves it; Σq is only near 1, and a common factor is a
     # constant shift of every log q_k, which no logit comparison or CE sees: stored summed to 1
     q = gla_sgd_prior(z, labels)
