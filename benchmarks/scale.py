@@ -196,9 +196,10 @@ def disk_footprint(root: Path, fraction: float) -> dict[str, dict]:
 
 # --- the head job at one dataset's shape -------------------------------------------------
 
-def head_job(root: Path, dataset: str, fraction: float, epochs: int,
-             methods: list[str] | None, max_steps: int | None = None,
-             code: Path = REPO) -> dict:
+def one_features_folder(root: Path, dataset: str, fraction: float, prior: bool):
+    """The paper plan, its first backbone and the synthetic features folder (and prior
+    file) of that backbone on ``dataset`` × F under ``root``: (plan, backbone, world,
+    folder, seconds)."""
     plan = paper_plan()
     os.chdir(root)
     b = plan.suite.backbones[0]
@@ -206,8 +207,15 @@ def head_job(root: Path, dataset: str, fraction: float, epochs: int,
     fdir = Path(f"results/features/{dataset}/{b}")
     t0 = time.time()
     write_features(world, b, fdir, 0)
-    write_prior_file(world, b, Path(f"results/prior/{dataset}/{b}.parquet"), 0)
-    synth = time.time() - t0
+    if prior:
+        write_prior_file(world, b, Path(f"results/prior/{dataset}/{b}.parquet"), 0)
+    return plan, b, world, fdir, time.time() - t0
+
+
+def head_job(root: Path, dataset: str, fraction: float, epochs: int,
+             methods: list[str] | None, max_steps: int | None = None,
+             code: Path = REPO) -> dict:
+    plan, b, world, fdir, synth = one_features_folder(root, dataset, fraction, prior=True)
     runs = plan.head_runs(dataset, b, 0)
     if methods:
         keep = set(methods)
@@ -231,14 +239,7 @@ def head_job(root: Path, dataset: str, fraction: float, epochs: int,
 def prior_job(root: Path, dataset: str, fraction: float, code: Path = REPO) -> dict:
     """One estimate_prior job (`lt-bench prior`, the rule's command) on one backbone's
     synthetic features at the dataset's shape × F, both val views (extract tte both)."""
-    plan = paper_plan()
-    os.chdir(root)
-    b = plan.suite.backbones[0]
-    world = World(dataset, fraction)
-    fdir = Path(f"results/features/{dataset}/{b}")
-    t0 = time.time()
-    write_features(world, b, fdir, 0)
-    synth = time.time() - t0
+    _, b, world, fdir, synth = one_features_folder(root, dataset, fraction, prior=False)
     env = {**os.environ, "PYTHONPATH": str(code), "OMP_NUM_THREADS": "1"}
     (root / "logs").mkdir(exist_ok=True)
     wall, rss, _ = measure(lt("prior", "--features-dir", str(fdir), "--out",
